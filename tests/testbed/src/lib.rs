@@ -1,0 +1,1 @@
+//! Test bed for integration tests: hosts as network namespaces. See docs/ARCHITECTURE.md.

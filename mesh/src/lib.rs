@@ -1,2 +1,1 @@
-//! See docs/ARCHITECTURE.md.
-#![forbid(unsafe_code)]
+//! The WireGuard datapath, routes, bridge and firewall of a weft node. See docs/ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! IP address management without a datastore (sans-IO).

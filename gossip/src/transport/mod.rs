@@ -1,0 +1,1 @@
+//! QUIC transport and admission for the gossip core.

@@ -9,6 +9,7 @@
 //! Secret material is zeroized on drop and never shows in `Debug` or `Display`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 mod error;
 mod identity;
 mod secret;

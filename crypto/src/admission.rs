@@ -1,0 +1,1 @@
+//! Cluster admission proofs, bound to one QUIC connection. (Being built with the gossip transport.)

@@ -1,0 +1,61 @@
+//! The error type of weft-mesh.
+
+/// Errors of weft-mesh. Messages never contain key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration request was refused; nothing of it was applied.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The device has no peer with this key (for changes marked `update_only`, this is not an error).
+    #[error("no such peer: {0}")]
+    NoSuchPeer(String),
+    /// Opening or configuring the TUN device failed.
+    #[error("TUN device {name}: {source}")]
+    Tun {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel sent a netlink answer that could not be read.
+    #[error("netlink: {0}")]
+    Netlink(String),
+    /// The interface exists but is not a WireGuard device of the expected kind.
+    #[error("interface {0} is not a WireGuard device")]
+    NotWireGuard(String),
+    /// The device was closed (interface deleted or shut down).
+    #[error("device closed")]
+    Closed,
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The errno the configuration protocol answers with (`errno=-N`).
+    pub fn errno(&self) -> i32 {
+        match self {
+            Self::InvalidConfig(_) => libc::EINVAL,
+            Self::NoSuchPeer(_) => libc::ENOENT,
+            Self::Tun { source, .. } | Self::Io { source, .. } => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
+            Self::Closed => libc::ENODEV,
+            Self::Netlink(_) => libc::EPROTO,
+            Self::NotWireGuard(_) => libc::ENODEV,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -49,7 +49,9 @@ impl fmt::Debug for IdentityKey {
 }
 
 /// A node's id: its ed25519 public key. Displayed in base64 like WireGuard keys.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub [u8; KEY_LEN]);
 
 impl NodeId {
@@ -63,9 +65,11 @@ impl NodeId {
 
     /// Check that `signature` over `message` was made by this node's identity key.
     pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<()> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0).map_err(|_| Error::BadNodeId("not a point on the curve"))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .map_err(|_| Error::BadNodeId("not a point on the curve"))?;
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
-        key.verify_strict(message, &sig).map_err(|_| Error::BadSignature)
+        key.verify_strict(message, &sig)
+            .map_err(|_| Error::BadSignature)
     }
 
     /// A short form for logs and tables: the first 8 base64 characters.
@@ -114,7 +118,10 @@ mod tests {
         let key = IdentityKey::generate();
         let sig = key.sign(b"record v1");
         key.node_id().verify(b"record v1", &sig).expect("verifies");
-        assert!(matches!(key.node_id().verify(b"record v2", &sig), Err(Error::BadSignature)));
+        assert!(matches!(
+            key.node_id().verify(b"record v2", &sig),
+            Err(Error::BadSignature)
+        ));
         let other = IdentityKey::generate();
         assert!(other.node_id().verify(b"record v1", &sig).is_err());
     }

@@ -312,3 +312,38 @@ fn panic_inside_a_test_still_cleans_up() {
         list_netns()
     );
 }
+
+#[test]
+fn stale_namespaces_of_dead_processes_are_swept() {
+    if !require_root("stale_namespaces_of_dead_processes_are_swept") {
+        return;
+    }
+    // A pid that is certainly dead: a child we started and reaped.
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    child.wait().expect("wait");
+    let dead = child.id();
+    let stale = format!("wt{dead}x0h3");
+    // One of our own pid, with a bed number this process never reaches: must survive.
+    let live = format!("wt{}x999999u", std::process::id());
+    for ns in [&stale, &live] {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "add", ns])
+            .status()
+            .expect("ip netns add");
+        assert!(status.success(), "creating {ns}");
+    }
+    let bed = TestBed::new(1).expect("build test bed");
+    let stale_gone = !netns_exists(&stale);
+    let live_kept = netns_exists(&live);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &live])
+        .status();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &stale])
+        .status();
+    drop(bed);
+    assert!(stale_gone, "stale namespace {stale} not swept");
+    assert!(live_kept, "namespace {live} of a live process was swept");
+}

@@ -25,6 +25,7 @@ mod pcap;
 mod proc;
 mod shared;
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 pub use bed::{
@@ -53,8 +54,8 @@ pub fn require_root(test_name: &str) -> bool {
             if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
                 panic!("{test_name}: {why}, but {REQUIRE_ENV}=1");
             }
-            println!("skipped: {test_name}: {why}");
-            eprintln!("skipped: {test_name}: {why}");
+            // Straight to stderr, past the test harness's capture, so skips are visible.
+            let _ = writeln!(std::io::stderr(), "skipped: {test_name}: {why}");
             false
         }
     }

@@ -1,0 +1,126 @@
+//! The command line: every command and option, with the doc comments `--help` shows.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use weft_crypto::DEFAULT_STATE_DIR;
+
+use crate::output::OutputFormat;
+
+/// An encrypted full-mesh network for containers, on WireGuard.
+///
+/// Every node keeps a WireGuard tunnel to every other node and learns about the others by
+/// gossip; only holders of the cluster secret may join.
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft",
+    version,
+    propagate_version = true,
+    after_help = "Exit status: 0 on success, 1 when a command fails, 2 on a usage error.\n\
+                  Logs go to stderr; RUST_LOG (e.g. RUST_LOG=debug) overrides -v."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Output format of commands that print state (`identity`, `secret check`).
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Log more to stderr: -v info, -vv debug, -vvv trace. Secrets are never logged.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// File holding the cluster secret (as written by `weft secret new`). It must not be
+    /// readable by group or others.
+    #[arg(long, global = true, env = "WEFT_SECRET_FILE", value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The node's state directory, for commands that use the node's keys.
+#[derive(Debug, Args)]
+pub struct StateDirArg {
+    /// Directory holding the node's keys and state. Created with mode 0700 on first use; refused
+    /// if group or others may access it.
+    #[arg(long, env = "WEFT_STATE_DIR", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a new WireGuard private key in base64, exactly like `wg genkey`.
+    Genkey,
+
+    /// Read a base64 WireGuard private key on stdin and print its public key, exactly like
+    /// `wg pubkey` (e.g. `weft genkey | tee private.key | weft pubkey`).
+    Pubkey,
+
+    /// Make or check the cluster secret that admits nodes to the cluster.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+
+    /// Print this node's id and WireGuard public key, creating the node's keys in the state
+    /// directory on first use.
+    Identity(IdentityArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Make a new random 256-bit cluster secret, in base64. Give the same secret to every node.
+    New {
+        /// Write the secret to this new file (mode 0600) instead of stdout. An existing file is
+        /// never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+
+    /// Check that the secret in --secret-file (or WEFT_SECRET_FILE) is acceptable: a private
+    /// file holding at least 128 bits of entropy.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    #[command(flatten)]
+    pub state: StateDirArg,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_and_argument_is_documented() {
+        fn check(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "{path} --{id} has no help text");
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" {
+                    assert!(sub.get_about().is_some(), "{name} has no help text");
+                }
+                check(sub, &name);
+            }
+        }
+        check(&Cli::command(), "weft");
+    }
+}

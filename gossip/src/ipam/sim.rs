@@ -1,0 +1,420 @@
+//! A deterministic simulator of many IPAM cores: virtual time, a network with loss and
+//! partitions, and push-pull gossip of the `ipam` record field standing in for the
+//! membership core. For property tests and the benchmark; not used by the daemon.
+//!
+//! Records are relayed by every node (as the gossip core does), so the last record of a node
+//! that crashed or left keeps spreading. Messages take one tick and are dropped when the
+//! two nodes cannot reach each other at delivery time, or by random loss.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use weft_crypto::{IdentityKey, NodeId};
+
+use super::{Error, Ipam, IpamConfig, MemoryStore, Piece, RingEntry};
+
+/// One simulated node.
+#[derive(Debug)]
+pub struct SimNode {
+    pub id: NodeId,
+    identity: Arc<IdentityKey>,
+    pub store: MemoryStore,
+    /// `None` while crashed (or after it left or was forgotten).
+    pub ipam: Option<Ipam<MemoryStore>>,
+    /// Left or forgotten: it never comes back with this identity.
+    pub gone: bool,
+    /// Latest record bytes known per node (including its own).
+    known: BTreeMap<NodeId, (u64, Vec<u8>)>,
+    /// Reachability as last told to its core.
+    told: BTreeSet<NodeId>,
+    /// Owned pieces and allocations when it crashed (what it restarts with).
+    frozen: Option<(Vec<Piece>, Vec<(String, Ipv4Addr)>)>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    from: usize,
+    to: usize,
+    bytes: Vec<u8>,
+    due: Instant,
+}
+
+/// The simulated cluster.
+#[derive(Debug)]
+pub struct Sim {
+    pub now: Instant,
+    pub tick: Duration,
+    rng: ChaCha8Rng,
+    config: IpamConfig,
+    pub nodes: Vec<SimNode>,
+    index: HashMap<NodeId, usize>,
+    /// Partition group per node index; nodes in different groups cannot talk.
+    group: Vec<u8>,
+    loss: f64,
+    in_flight: Vec<InFlight>,
+    /// Gossip partners per node per tick.
+    pub fanout: usize,
+    /// Errors the cores returned on input that a correct peer sent (should stay empty).
+    pub unexpected: Vec<String>,
+    seed_counter: u64,
+}
+
+impl Sim {
+    pub fn new(seed: u64, range: Ipv4Net) -> Self {
+        let config = IpamConfig::new(range);
+        Self {
+            now: Instant::now(),
+            tick: Duration::from_millis(100),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            config,
+            nodes: Vec::new(),
+            index: HashMap::new(),
+            group: Vec::new(),
+            loss: 0.0,
+            in_flight: Vec::new(),
+            fanout: 2,
+            unexpected: Vec::new(),
+            seed_counter: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        }
+    }
+
+    pub fn config_mut(&mut self) -> &mut IpamConfig {
+        &mut self.config
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        self.seed_counter = self.seed_counter.wrapping_add(1);
+        self.seed_counter
+    }
+
+    /// Adds a node (fresh state, no genesis). Returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let mut seed = [0u8; 32];
+        self.rng.fill(&mut seed);
+        let identity = Arc::new(IdentityKey::from_seed(&seed));
+        let id = identity.node_id();
+        let store = MemoryStore::new();
+        let s = self.next_seed();
+        let ipam = Ipam::open(identity.clone(), self.config.clone(), store.clone(), s).expect("a fresh in-memory store opens");
+        self.nodes.push(SimNode { id, identity, store, ipam: Some(ipam), gone: false, known: BTreeMap::new(), told: BTreeSet::new(), frozen: None });
+        self.index.insert(id, i);
+        self.group.push(0);
+        i
+    }
+
+    pub fn index_of(&self, id: &NodeId) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    pub fn ipam(&mut self, i: usize) -> Option<&mut Ipam<MemoryStore>> {
+        self.nodes.get_mut(i)?.ipam.as_mut()
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].ipam.is_some() && !self.nodes[i].gone
+    }
+
+    pub fn can_talk(&self, a: usize, b: usize) -> bool {
+        a != b && self.is_up(a) && self.is_up(b) && self.group[a] == self.group[b]
+    }
+
+    pub fn crash(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(ipam) = node.ipam.take() {
+            node.frozen = Some((ipam.owned().to_vec(), ipam.allocations()));
+        }
+        node.known.clear();
+        node.told.clear();
+    }
+
+    /// Restarts a crashed node from its persisted state.
+    pub fn restart(&mut self, i: usize) -> Result<(), Error> {
+        let s = self.next_seed();
+        let node = &mut self.nodes[i];
+        if node.ipam.is_some() {
+            return Ok(());
+        }
+        let ipam = Ipam::open(node.identity.clone(), self.config.clone(), node.store.clone(), s)?;
+        node.ipam = Some(ipam);
+        node.frozen = None;
+        Ok(())
+    }
+
+    /// The node leaves for good: hands its space over, announces its last record to the
+    /// nodes it can reach, and is gone.
+    pub fn leave(&mut self, i: usize) -> Result<Option<NodeId>, Error> {
+        let now = self.now;
+        let Some(ipam) = self.nodes[i].ipam.as_mut() else { return Ok(None) };
+        let to = ipam.leave(now)?;
+        self.flush(i);
+        self.publish(i);
+        let rec = self.nodes[i].known.get(&self.nodes[i].id).cloned();
+        if let Some((seq, bytes)) = rec {
+            let from = self.nodes[i].id;
+            for j in 0..self.nodes.len() {
+                if self.can_talk(i, j) && !self.lost() {
+                    self.offer(j, from, seq, &bytes);
+                }
+            }
+        }
+        self.nodes[i].ipam = None;
+        self.nodes[i].gone = true;
+        Ok(to)
+    }
+
+    /// Operator action on `by`: forget `target`, which must be down. It never returns.
+    pub fn forget(&mut self, by: usize, target: usize) -> Result<(), Error> {
+        let now = self.now;
+        let id = self.nodes[target].id;
+        let ipam = self.nodes[by].ipam.as_mut().ok_or(Error::UnknownNode(id))?;
+        ipam.forget(now, id)?;
+        self.nodes[target].gone = true;
+        self.nodes[target].ipam = None;
+        Ok(())
+    }
+
+    /// Brings a forgotten node back with its old identity and state (an operator mistake
+    /// the design must refuse).
+    pub fn resurrect(&mut self, i: usize) -> Result<(), Error> {
+        self.nodes[i].gone = false;
+        self.restart(i)
+    }
+
+    pub fn partition(&mut self, groups: Vec<u8>) {
+        for (i, g) in groups.into_iter().enumerate() {
+            if let Some(slot) = self.group.get_mut(i) {
+                *slot = g;
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.group.iter_mut().for_each(|g| *g = 0);
+    }
+
+    pub fn set_loss(&mut self, loss: f64) {
+        self.loss = loss;
+    }
+
+    fn lost(&mut self) -> bool {
+        self.loss > 0.0 && self.rng.gen_bool(self.loss.min(1.0))
+    }
+
+    /// Moves the core's transmits into the network.
+    fn flush(&mut self, i: usize) {
+        let due = self.now + self.tick;
+        let mut out = Vec::new();
+        if let Some(ipam) = self.nodes[i].ipam.as_mut() {
+            while let Some(t) = ipam.poll_transmit() {
+                out.push(t);
+            }
+            while ipam.poll_event().is_some() {}
+        }
+        for t in out {
+            if let Some(&to) = self.index.get(&t.to) {
+                if !self.lost() {
+                    self.in_flight.push(InFlight { from: i, to, bytes: t.bytes, due });
+                }
+            }
+        }
+    }
+
+    /// Puts node i's current record into its own gossip cache.
+    fn publish(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let Some(ipam) = node.ipam.as_ref() else { return };
+        let seq = ipam.record_seq();
+        if node.known.get(&node.id).is_some_and(|(s, _)| *s == seq) {
+            return;
+        }
+        if let Some(bytes) = ipam.record() {
+            node.known.insert(node.id, (seq, bytes));
+        }
+    }
+
+    /// Offers a record to node j; it takes it if newer.
+    fn offer(&mut self, j: usize, from: NodeId, seq: u64, bytes: &[u8]) {
+        let now = self.now;
+        let node = &mut self.nodes[j];
+        if node.known.get(&from).is_some_and(|(s, _)| *s >= seq) {
+            return;
+        }
+        node.known.insert(from, (seq, bytes.to_vec()));
+        if let Some(ipam) = node.ipam.as_mut() {
+            if let Err(e) = ipam.handle_record(now, from, bytes) {
+                if !matches!(e, Error::GenesisConflict(_)) {
+                    self.unexpected.push(format!("node {j} on record of {}: {e}", from.short()));
+                }
+            }
+        }
+        self.flush(j);
+    }
+
+    /// One tick: reachability, timers, message delivery, one gossip round.
+    pub fn step(&mut self) {
+        self.now += self.tick;
+        let now = self.now;
+        let n = self.nodes.len();
+        for i in 0..n {
+            if !self.is_up(i) {
+                continue;
+            }
+            let reach: BTreeSet<NodeId> = (0..n).filter(|&j| self.can_talk(i, j)).map(|j| self.nodes[j].id).collect();
+            let told = std::mem::take(&mut self.nodes[i].told);
+            let all: BTreeSet<NodeId> = reach.union(&told).copied().collect();
+            if let Some(ipam) = self.nodes[i].ipam.as_mut() {
+                for id in all {
+                    let r = reach.contains(&id);
+                    if r != told.contains(&id) {
+                        ipam.set_reachable(now, id, r);
+                    }
+                }
+                ipam.handle_timeout(now);
+            }
+            self.nodes[i].told = reach;
+            self.flush(i);
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight).into_iter().partition(|m| m.due <= now);
+        self.in_flight = later;
+        for m in due {
+            if !self.can_talk(m.from, m.to) {
+                continue;
+            }
+            let from = self.nodes[m.from].id;
+            if let Some(ipam) = self.nodes[m.to].ipam.as_mut() {
+                if let Err(e) = ipam.handle_message(now, from, &m.bytes) {
+                    self.unexpected.push(format!("node {} on message from {}: {e}", m.to, m.from));
+                }
+            }
+            self.flush(m.to);
+        }
+        for i in 0..n {
+            self.publish(i);
+        }
+        for i in 0..n {
+            if !self.is_up(i) {
+                continue;
+            }
+            let mut peers: Vec<usize> = (0..n).filter(|&j| self.can_talk(i, j)).collect();
+            peers.shuffle(&mut self.rng);
+            peers.truncate(self.fanout);
+            for j in peers {
+                if self.lost() {
+                    continue;
+                }
+                self.exchange(i, j);
+            }
+        }
+    }
+
+    /// Push-pull anti-entropy between i and j.
+    fn exchange(&mut self, i: usize, j: usize) {
+        let to_j: Vec<(NodeId, u64, Vec<u8>)> = self.nodes[i]
+            .known
+            .iter()
+            .filter(|(id, (s, _))| self.nodes[j].known.get(*id).map_or(true, |(t, _)| t < s))
+            .map(|(id, (s, b))| (*id, *s, b.clone()))
+            .collect();
+        let to_i: Vec<(NodeId, u64, Vec<u8>)> = self.nodes[j]
+            .known
+            .iter()
+            .filter(|(id, (s, _))| self.nodes[i].known.get(*id).map_or(true, |(t, _)| t < s))
+            .map(|(id, (s, b))| (*id, *s, b.clone()))
+            .collect();
+        for (id, s, b) in to_j {
+            self.offer(j, id, s, &b);
+        }
+        for (id, s, b) in to_i {
+            self.offer(i, id, s, &b);
+        }
+    }
+
+    pub fn run(&mut self, ticks: usize) {
+        for _ in 0..ticks {
+            self.step();
+        }
+    }
+
+    /// Safety: the pieces that nodes own (live ones, and crashed ones that will restart with
+    /// them) never overlap, every allocation lies in its node's own pieces, and no address
+    /// is allocated twice.
+    pub fn check_safety(&self) -> Result<(), String> {
+        let mut pieces: Vec<(u32, u32, usize)> = Vec::new();
+        let mut addresses: BTreeMap<Ipv4Addr, (usize, String)> = BTreeMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.gone {
+                continue;
+            }
+            let (owned, allocs) = match (&node.ipam, &node.frozen) {
+                (Some(ipam), _) => (ipam.owned().to_vec(), ipam.allocations()),
+                (None, Some((o, a))) => (o.clone(), a.clone()),
+                (None, None) => continue,
+            };
+            pieces.extend(owned.iter().map(|p| (p.start, p.end, i)));
+            let base = u32::from(self.config.range.network());
+            for (container, addr) in allocs {
+                let off = u32::from(addr) - base;
+                if !owned.iter().any(|p| p.start <= off && off < p.end) {
+                    return Err(format!("node {i} allocated {addr} ({container}) outside its own pieces"));
+                }
+                if let Some((j, c)) = addresses.insert(addr, (i, container.clone())) {
+                    return Err(format!("address {addr} allocated twice: node {j} ({c}) and node {i} ({container})"));
+                }
+            }
+        }
+        pieces.sort_unstable();
+        for w in pieces.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(format!("nodes {} and {} both own offsets {}..{}", w[0].2, w[1].2, w[1].0, w[0].1.min(w[1].1)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Agreement: every live node computes the same ownership, and it matches what each live
+    /// node really owns.
+    pub fn check_agreement(&self) -> Result<(), String> {
+        let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_up(i)).collect();
+        let Some(&first) = live.first() else { return Ok(()) };
+        let norm = |ring: Vec<RingEntry>| -> Vec<(u32, u32, NodeId)> {
+            let mut out: Vec<(u32, u32, NodeId)> = Vec::new();
+            for e in ring {
+                match out.last_mut() {
+                    Some(last) if last.1 == e.start && last.2 == e.owner => last.1 = e.end,
+                    _ => out.push((e.start, e.end, e.owner)),
+                }
+            }
+            out
+        };
+        let view = |i: usize| self.nodes[i].ipam.as_ref().map(|x| norm(x.ownership())).unwrap_or_default();
+        let reference = view(first);
+        for &i in &live[1..] {
+            let v = view(i);
+            if v != reference {
+                return Err(format!("node {i} and node {first} disagree on ownership:\n  {v:?}\n  {reference:?}"));
+            }
+        }
+        for &i in &live {
+            let Some(ipam) = self.nodes[i].ipam.as_ref() else { continue };
+            let id = self.nodes[i].id;
+            let mine: Vec<(u32, u32)> = reference.iter().filter(|e| e.2 == id).map(|e| (e.0, e.1)).collect();
+            let owned: Vec<(u32, u32)> = ipam.owned().iter().map(|p| (p.start, p.end)).collect();
+            if mine != owned {
+                return Err(format!("view says node {i} owns {mine:?} but it owns {owned:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Largest record any live node publishes now.
+    pub fn max_record_len(&self) -> usize {
+        self.nodes.iter().filter_map(|n| n.ipam.as_ref()?.record()).map(|r| r.len()).max().unwrap_or(0)
+    }
+}

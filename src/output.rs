@@ -1,8 +1,11 @@
 //! How state-printing commands print: aligned text for people, JSON for programs (`-o json`).
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -51,6 +54,30 @@ fn write(out: &mut impl Write, format: OutputFormat, report: &impl Report) -> an
         }
     }
     Ok(())
+}
+
+/// Print a secret and a newline to stdout; the formatted copy is zeroized.
+pub fn print_secret_line(secret: &str) -> anyhow::Result<()> {
+    let mut line = Zeroizing::new(String::with_capacity(secret.len() + 1));
+    line.push_str(secret);
+    line.push('\n');
+    let mut out = io::stdout().lock();
+    out.write_all(line.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The same warning `wg genkey` gives when stdout is a file others can read.
+pub fn warn_if_stdout_is_world_accessible() {
+    let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return;
+    };
+    if meta.is_file() && meta.permissions().mode() & 0o007 != 0 {
+        eprintln!("Warning: writing to world accessible file.\nConsider setting the umask to 077 and trying again.");
+    }
 }
 
 #[cfg(test)]

@@ -116,6 +116,12 @@ impl KeyStore {
         self.wireguard.public_key()
     }
 
+    /// The keys themselves, for handing each to the part of the node that uses it (identity
+    /// to gossip, WireGuard key to the datapath).
+    pub fn into_keys(self) -> (IdentityKey, WgPrivateKey) {
+        (self.identity, self.wireguard)
+    }
+
     /// Whether this call created a key file (the node's first start, or a key file was missing).
     pub fn created(&self) -> bool {
         self.created
@@ -222,6 +228,9 @@ mod tests {
         assert_eq!(second.identity().sign(b"m"), first.identity().sign(b"m"));
         let third = KeyStore::open(&dir).expect("open");
         assert_eq!(third.node_id(), first.node_id());
+        let (identity, wireguard) = third.into_keys();
+        assert_eq!(identity.node_id(), first.node_id());
+        assert_eq!(wireguard.public_key(), first.wireguard_public_key());
     }
 
     #[test]

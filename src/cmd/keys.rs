@@ -2,12 +2,12 @@
 //! with the same input rules, output and error messages.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
 
 use anyhow::bail;
 use weft_crypto::{WgPrivateKey, WgPublicKey};
 use zeroize::Zeroizing;
+
+use crate::output::{print_secret_line, warn_if_stdout_is_world_accessible};
 
 /// Characters in a base64 WireGuard key.
 const KEY_BASE64_LEN: usize = 44;
@@ -63,30 +63,6 @@ fn public_key_of(mut input: impl Read) -> anyhow::Result<WgPublicKey> {
     let text = std::str::from_utf8(&text[..]).map_err(|_| anyhow::anyhow!(BAD_KEY))?;
     let private = WgPrivateKey::from_base64(text).map_err(|_| anyhow::anyhow!(BAD_KEY))?;
     Ok(private.public_key())
-}
-
-/// Print a secret and a newline to stdout; the formatted copy is zeroized.
-pub fn print_secret_line(secret: &str) -> anyhow::Result<()> {
-    let mut line = Zeroizing::new(String::with_capacity(secret.len() + 1));
-    line.push_str(secret);
-    line.push('\n');
-    let mut out = io::stdout().lock();
-    out.write_all(line.as_bytes())?;
-    out.flush()?;
-    Ok(())
-}
-
-/// The same warning `wg genkey` gives when stdout is a file others can read.
-pub fn warn_if_stdout_is_world_accessible() {
-    let Ok(fd) = io::stdout().as_fd().try_clone_to_owned() else {
-        return;
-    };
-    let Ok(meta) = std::fs::File::from(fd).metadata() else {
-        return;
-    };
-    if meta.is_file() && meta.permissions().mode() & 0o007 != 0 {
-        eprintln!("Warning: writing to world accessible file.\nConsider setting the umask to 077 and trying again.");
-    }
 }
 
 #[cfg(test)]

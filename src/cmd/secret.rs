@@ -6,8 +6,9 @@ use anyhow::Context;
 use serde::Serialize;
 use weft_crypto::ClusterSecret;
 
-use super::keys::{print_secret_line, warn_if_stdout_is_world_accessible};
-use crate::output::{self, OutputFormat, Report};
+use crate::output::{
+    self, print_secret_line, warn_if_stdout_is_world_accessible, OutputFormat, Report,
+};
 
 pub fn new(out: Option<&Path>) -> anyhow::Result<()> {
     let secret = ClusterSecret::generate();

@@ -2,6 +2,9 @@
 
 pub mod config;
 pub mod error;
+pub mod tun;
+pub mod uapi;
+pub mod userspace;
 
 pub use config::{DeviceConfig, DeviceStatus, PeerConfig, PeerStatus, PresharedKey};
 pub use error::{Error, Result};

@@ -1,0 +1,578 @@
+//! The engine: one task that owns the TUN device, the UDP sockets and every peer.
+//!
+//! Packets flow through two reusable buffers (no allocation per packet). All timers run
+//! from one tick for every peer. Configuration and status requests arrive as commands, so
+//! the peer table needs no lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+use weft_crypto::WgPublicKey;
+
+use super::allowed_ips::AllowedIps;
+use super::peer::{DeviceKey, Peer};
+use super::sockets::Sockets;
+use super::Counters;
+use crate::config::{DeviceConfig, DeviceStatus, PeerConfig};
+use crate::tun::Tun;
+use crate::Result;
+
+/// How often peer timers (handshake retry, rekey, keepalive, expiry) are checked.
+pub(crate) const TICK: Duration = Duration::from_millis(250);
+
+/// Largest IP packet the TUN device can hand us, and room for WireGuard's overhead.
+const MAX_PACKET: usize = 65_535;
+const BUFFER_LEN: usize = MAX_PACKET + 256;
+
+/// Packets handled per readiness event before the engine looks at its other inputs.
+const BATCH: usize = 64;
+
+/// Size of a cookie reply, which is not proof that the sender holds a key.
+const COOKIE_REPLY_LEN: usize = 64;
+
+/// Peer indices are 24 bits: boringtun shifts them left by 8 for session indices.
+const INDEX_MASK: u32 = 0x00ff_ffff;
+
+pub(crate) enum Command {
+    Apply(DeviceConfig, oneshot::Sender<Result<()>>),
+    Status(oneshot::Sender<DeviceStatus>),
+    Counters(oneshot::Sender<Counters>),
+    Shutdown,
+}
+
+struct Io {
+    tun: AsyncFd<Tun>,
+    sockets: Sockets,
+}
+
+struct Buffers {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+}
+
+struct State {
+    key: Option<DeviceKey>,
+    peers: BTreeMap<u32, Peer>,
+    by_key: HashMap<WgPublicKey, u32>,
+    table: AllowedIps<u32>,
+    next_index: u32,
+    counters: Counters,
+    span: tracing::Span,
+}
+
+pub(crate) struct Engine {
+    io: Io,
+    state: State,
+    bufs: Buffers,
+}
+
+impl Engine {
+    pub fn new(tun: Tun, span: tracing::Span) -> Result<Self> {
+        let tun = tun.into_async()?;
+        let sockets = Sockets::bind(0, None)?;
+        Ok(Self {
+            io: Io { tun, sockets },
+            state: State {
+                key: None,
+                peers: BTreeMap::new(),
+                by_key: HashMap::new(),
+                table: AllowedIps::new(),
+                next_index: rand_index(),
+                counters: Counters::default(),
+                span,
+            },
+            bufs: Buffers {
+                src: vec![0; BUFFER_LEN],
+                dst: vec![0; BUFFER_LEN],
+            },
+        })
+    }
+
+    /// Run until the interface disappears, a `Shutdown` arrives or every handle is gone.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, closed: watch::Sender<bool>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let io = &mut self.io;
+        let state = &mut self.state;
+        let bufs = &mut self.bufs;
+        loop {
+            tokio::select! {
+                ready = io.tun.ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR) => {
+                    let mut guard = match ready {
+                        Ok(guard) => guard,
+                        Err(e) => {
+                            warn!(parent: &state.span, error = %e, "TUN device failed; stopping");
+                            break;
+                        }
+                    };
+                    match read_tun(&mut guard, &io.sockets, state, bufs) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            info!(parent: &state.span, error = %e, "interface gone; stopping");
+                            break;
+                        }
+                    }
+                }
+                Ok(()) = readable(io.sockets.v4.as_ref()) => {
+                    if let Some(socket) = io.sockets.v4.as_ref() {
+                        read_udp(socket, &io.sockets, io.tun.get_ref(), state, bufs);
+                    }
+                }
+                Ok(()) = readable(io.sockets.v6.as_ref()) => {
+                    if let Some(socket) = io.sockets.v6.as_ref() {
+                        read_udp(socket, &io.sockets, io.tun.get_ref(), state, bufs);
+                    }
+                }
+                _ = tick.tick() => state.tick(&io.sockets, bufs),
+                command = commands.recv() => match command {
+                    Some(Command::Apply(config, reply)) => {
+                        let _ = reply.send(state.apply(config, &mut io.sockets));
+                    }
+                    Some(Command::Status(reply)) => {
+                        let _ = reply.send(state.status(&io.sockets));
+                    }
+                    Some(Command::Counters(reply)) => {
+                        let _ = reply.send(state.counters);
+                    }
+                    Some(Command::Shutdown) | None => break,
+                },
+            }
+        }
+        let _ = closed.send(true);
+    }
+}
+
+fn rand_index() -> u32 {
+    let mut bytes = [0u8; 4];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    u32::from_le_bytes(bytes) & INDEX_MASK
+}
+
+async fn readable(socket: Option<&tokio::net::UdpSocket>) -> io::Result<()> {
+    match socket {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Read a batch of packets from the TUN device. An error other than `WouldBlock` means the
+/// interface is gone.
+fn read_tun(
+    guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, Tun>,
+    sockets: &Sockets,
+    state: &mut State,
+    bufs: &mut Buffers,
+) -> io::Result<()> {
+    for _ in 0..BATCH {
+        let read = guard.try_io(|tun| tun.get_ref().read_packet(&mut bufs.src[..MAX_PACKET]));
+        match read {
+            Ok(Ok(0)) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(Ok(len)) => state.outgoing(len, sockets, bufs),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Read a batch of datagrams from one UDP socket.
+fn read_udp(
+    socket: &tokio::net::UdpSocket,
+    sockets: &Sockets,
+    tun: &Tun,
+    state: &mut State,
+    bufs: &mut Buffers,
+) {
+    for _ in 0..BATCH {
+        match socket.try_recv_from(&mut bufs.src) {
+            Ok((len, from)) => state.incoming(len, from, sockets, tun, bufs),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // ICMP errors surface here (port unreachable...): not fatal for the socket.
+                debug!(parent: &state.span, error = %e, "UDP receive error");
+                state.counters.udp_errors += 1;
+            }
+        }
+    }
+}
+
+fn send(sockets: &Sockets, counters: &mut Counters, buf: &[u8], to: SocketAddr) -> bool {
+    match sockets.send(buf, to) {
+        Ok(_) => true,
+        Err(_) => {
+            counters.send_errors += 1;
+            false
+        }
+    }
+}
+
+impl State {
+    /// A packet from the TUN device: find the peer by destination and encrypt to it.
+    fn outgoing(&mut self, len: usize, sockets: &Sockets, bufs: &mut Buffers) {
+        self.counters.tun_rx_packets += 1;
+        let packet = &bufs.src[..len];
+        let Some(dst) = Tunn::dst_address(packet) else {
+            self.counters.invalid_tun_packets += 1;
+            return;
+        };
+        let Some(index) = self.table.lookup(dst) else {
+            self.counters.no_route += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&index) else {
+            self.counters.no_route += 1;
+            return;
+        };
+        let Some(tunn) = peer.tunn.as_mut() else {
+            self.counters.no_key += 1;
+            return;
+        };
+        match tunn.encapsulate(packet, &mut bufs.dst) {
+            TunnResult::WriteToNetwork(out) => match peer.endpoint {
+                Some(endpoint) => {
+                    if send(sockets, &mut self.counters, out, endpoint) {
+                        peer.tx_bytes += out.len() as u64;
+                    }
+                }
+                None => self.counters.no_endpoint += 1,
+            },
+            TunnResult::Err(e) => {
+                debug!(parent: &peer.span, error = ?e, "encapsulate failed");
+                self.counters.rejected += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// A datagram from the network: find the peer, decrypt, check the inner source.
+    fn incoming(
+        &mut self,
+        len: usize,
+        from: SocketAddr,
+        sockets: &Sockets,
+        tun: &Tun,
+        bufs: &mut Buffers,
+    ) {
+        let datagram = &bufs.src[..len];
+        let Some(key) = self.key.as_ref() else {
+            self.counters.no_key += 1;
+            return;
+        };
+        // MAC checks and, under load, a cookie reply instead of handshake work.
+        let packet = match key
+            .rate_limiter
+            .verify_packet(Some(from.ip()), datagram, &mut bufs.dst)
+        {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                send(sockets, &mut self.counters, cookie, from);
+                self.counters.cookies_sent += 1;
+                return;
+            }
+            Err(_) => {
+                self.counters.invalid_packets += 1;
+                return;
+            }
+        };
+        let (index, kind) = match packet {
+            Packet::HandshakeInit(ref init) => {
+                let index = parse_handshake_anon(&key.secret, &key.public, init)
+                    .ok()
+                    .and_then(|half| {
+                        self.by_key
+                            .get(&WgPublicKey(half.peer_static_public))
+                            .copied()
+                    });
+                (index, Kind::HandshakeInit)
+            }
+            Packet::HandshakeResponse(ref p) => {
+                (Some(p.receiver_idx >> 8), Kind::HandshakeResponse)
+            }
+            Packet::PacketCookieReply(ref p) => (Some(p.receiver_idx >> 8), Kind::CookieReply),
+            Packet::PacketData(ref p) => (Some(p.receiver_idx >> 8), Kind::Data),
+        };
+        let Some(peer) = index.and_then(|i| self.peers.get_mut(&i)) else {
+            self.counters.unknown_peer += 1;
+            return;
+        };
+        let Peer {
+            tunn,
+            span,
+            endpoint,
+            rx_bytes,
+            tx_bytes,
+            index,
+            ..
+        } = peer;
+        let Some(tunn) = tunn.as_mut() else {
+            self.counters.no_key += 1;
+            return;
+        };
+        let result = tunn.decapsulate(Some(from.ip()), datagram, &mut bufs.dst);
+        let authenticated = match (&result, kind) {
+            (TunnResult::Err(_), _) | (_, Kind::CookieReply) => false,
+            (TunnResult::WriteToNetwork(out), _) => out.len() != COOKIE_REPLY_LEN,
+            _ => true,
+        };
+        if authenticated {
+            *rx_bytes += len as u64;
+            if *endpoint != Some(from) {
+                debug!(parent: &*span, endpoint = %from, "endpoint roamed");
+                *endpoint = Some(from);
+            }
+        }
+        let mut drain = false;
+        match result {
+            TunnResult::Done => {}
+            TunnResult::Err(e) => {
+                debug!(parent: &*span, error = ?e, "datagram rejected");
+                self.counters.rejected += 1;
+            }
+            TunnResult::WriteToNetwork(out) => {
+                if send(sockets, &mut self.counters, out, from) {
+                    *tx_bytes += out.len() as u64;
+                }
+                drain = true;
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                deliver(
+                    tun,
+                    &self.table,
+                    &mut self.counters,
+                    *index,
+                    packet,
+                    IpAddr::V4(src),
+                );
+            }
+            TunnResult::WriteToTunnelV6(packet, src) => {
+                deliver(
+                    tun,
+                    &self.table,
+                    &mut self.counters,
+                    *index,
+                    packet,
+                    IpAddr::V6(src),
+                );
+            }
+        }
+        // The drain rule: after WriteToNetwork, call again with nothing until Done, to
+        // flush packets queued while the handshake was in flight.
+        while drain {
+            match tunn.decapsulate(None, &[], &mut bufs.dst) {
+                TunnResult::WriteToNetwork(out) => match *endpoint {
+                    Some(endpoint) => {
+                        if send(sockets, &mut self.counters, out, endpoint) {
+                            *tx_bytes += out.len() as u64;
+                        }
+                    }
+                    None => self.counters.no_endpoint += 1,
+                },
+                _ => drain = false,
+            }
+        }
+    }
+
+    /// Every tick: each peer's timers, and the shared handshake rate limiter's count.
+    fn tick(&mut self, sockets: &Sockets, bufs: &mut Buffers) {
+        if let Some(key) = &self.key {
+            key.rate_limiter.reset_count();
+        }
+        for peer in self.peers.values_mut() {
+            let Some(tunn) = peer.tunn.as_mut() else {
+                continue;
+            };
+            match tunn.update_timers(&mut bufs.dst) {
+                TunnResult::WriteToNetwork(out) => match peer.endpoint {
+                    Some(endpoint) => {
+                        if send(sockets, &mut self.counters, out, endpoint) {
+                            peer.tx_bytes += out.len() as u64;
+                        }
+                    }
+                    None => self.counters.no_endpoint += 1,
+                },
+                TunnResult::Err(WireGuardError::ConnectionExpired) | TunnResult::Done => {}
+                TunnResult::Err(e) => debug!(parent: &peer.span, error = ?e, "timer error"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Apply a configuration change: everything that can fail (binding a port) first, then
+    /// the in-memory changes, which cannot.
+    fn apply(&mut self, config: DeviceConfig, sockets: &mut Sockets) -> Result<()> {
+        let fwmark = config
+            .fwmark
+            .map(|m| (m != 0).then_some(m))
+            .unwrap_or(sockets.fwmark);
+        match config.listen_port {
+            Some(port) if port != sockets.port || port == 0 => {
+                *sockets = Sockets::bind(port, fwmark)?
+            }
+            _ if fwmark != sockets.fwmark => sockets.set_fwmark(fwmark)?,
+            _ => {}
+        }
+
+        if let Some(private) = config.private_key {
+            self.set_key(private);
+        }
+        if config.replace_peers {
+            let indices: Vec<u32> = self.peers.keys().copied().collect();
+            for index in indices {
+                self.remove_peer(index);
+            }
+        }
+        for peer in config.peers {
+            self.apply_peer(peer);
+        }
+        Ok(())
+    }
+
+    fn set_key(&mut self, private: weft_crypto::WgPrivateKey) {
+        if private.as_bytes().iter().all(|&b| b == 0) {
+            self.key = None;
+        } else if self.key.as_ref().map(|k| k.private.as_bytes()) != Some(private.as_bytes()) {
+            self.key = Some(DeviceKey::new(private));
+        } else {
+            return;
+        }
+        // A peer with our own public key is meaningless (WireGuard removes it).
+        if let Some(own) = self.key.as_ref().map(DeviceKey::wg_public) {
+            if let Some(index) = self.by_key.get(&own).copied() {
+                self.remove_peer(index);
+            }
+        }
+        for peer in self.peers.values_mut() {
+            peer.rebuild_tunn(self.key.as_ref());
+        }
+    }
+
+    fn apply_peer(&mut self, change: PeerConfig) {
+        if self.key.as_ref().map(DeviceKey::wg_public) == Some(change.public_key) {
+            return;
+        }
+        let existing = self.by_key.get(&change.public_key).copied();
+        if change.remove {
+            if let Some(index) = existing {
+                self.remove_peer(index);
+            }
+            return;
+        }
+        let index = match existing {
+            Some(index) => index,
+            None if change.update_only => return,
+            None => self.add_peer(change.public_key),
+        };
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return;
+        };
+        let mut rebuild = false;
+        if let Some(psk) = change.preshared_key {
+            let psk = (!psk.is_zero()).then_some(psk);
+            rebuild |= psk != peer.preshared_key;
+            peer.preshared_key = psk;
+        }
+        if let Some(keepalive) = change.persistent_keepalive {
+            let keepalive = (keepalive != 0).then_some(keepalive);
+            rebuild |= keepalive != peer.keepalive;
+            peer.keepalive = keepalive;
+        }
+        if let Some(endpoint) = change.endpoint {
+            peer.endpoint = Some(endpoint);
+        }
+        if rebuild {
+            peer.rebuild_tunn(self.key.as_ref());
+        }
+        if change.replace_allowed_ips {
+            self.table.remove_value(index);
+            peer.allowed_ips.clear();
+        }
+        // A prefix belongs to one peer: taking it moves it from its previous owner.
+        let mut taken = Vec::new();
+        for net in change.allowed_ips {
+            let net = net.trunc();
+            if peer.allowed_ips.contains(&net) {
+                continue;
+            }
+            peer.allowed_ips.push(net);
+            match self.table.insert(net, index) {
+                Some(previous) if previous != index => taken.push((previous, net)),
+                _ => {}
+            }
+        }
+        for (previous, net) in taken {
+            if let Some(other) = self.peers.get_mut(&previous) {
+                other.allowed_ips.retain(|n| *n != net);
+            }
+        }
+    }
+
+    fn add_peer(&mut self, public_key: WgPublicKey) -> u32 {
+        let mut index = self.next_index;
+        while self.peers.contains_key(&index) {
+            index = (index + 1) & INDEX_MASK;
+        }
+        self.next_index = (index + 1) & INDEX_MASK;
+        let mut peer = Peer::new(public_key, index, &self.span);
+        peer.rebuild_tunn(self.key.as_ref());
+        info!(parent: &peer.span, "peer added");
+        self.by_key.insert(public_key, index);
+        self.peers.insert(index, peer);
+        index
+    }
+
+    fn remove_peer(&mut self, index: u32) {
+        if let Some(peer) = self.peers.remove(&index) {
+            info!(parent: &peer.span, "peer removed");
+            self.by_key.remove(&peer.public_key);
+            self.table.remove_value(index);
+        }
+    }
+
+    fn status(&self, sockets: &Sockets) -> DeviceStatus {
+        DeviceStatus {
+            private_key: self.key.as_ref().map(|k| k.private.clone()),
+            public_key: self.key.as_ref().map(DeviceKey::wg_public),
+            listen_port: sockets.port,
+            fwmark: sockets.fwmark,
+            peers: self.peers.values().map(Peer::status).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    HandshakeInit,
+    HandshakeResponse,
+    CookieReply,
+    Data,
+}
+
+/// Write a decrypted packet to the TUN device if its source belongs to the peer that sent
+/// it (cryptokey routing); otherwise drop and count it.
+fn deliver(
+    tun: &Tun,
+    table: &AllowedIps<u32>,
+    counters: &mut Counters,
+    index: u32,
+    packet: &[u8],
+    src: IpAddr,
+) {
+    if table.lookup(src) != Some(index) {
+        counters.bad_source += 1;
+        return;
+    }
+    match tun.write_packet(packet) {
+        Ok(_) => counters.tun_tx_packets += 1,
+        Err(_) => counters.tun_write_errors += 1,
+    }
+}

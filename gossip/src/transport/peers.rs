@@ -1,0 +1,101 @@
+//! The table of admitted connections: one per peer address.
+//!
+//! Two nodes may dial each other at the same moment and end up with two connections. Both ends
+//! must then keep the same one, with no further messages: they pick the connection with the
+//! smaller TLS export, a value both ends share and no one chooses. A connection from a new
+//! instance of the peer (it restarted: a new certificate) replaces the old one outright, since
+//! the old one is dead even if this end has not noticed yet.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use weft_crypto::admission::Export;
+use weft_crypto::NodeId;
+
+/// An admitted connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) addr: SocketAddr,
+    pub(crate) node: NodeId,
+    pub(crate) export: Export,
+    /// The peer's TLS certificate: new at every start of the peer, so it tells instances apart.
+    pub(crate) certificate: Arc<[u8]>,
+}
+
+impl Peer {
+    fn is_live(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+
+    fn same_instance(&self, other: &Peer) -> bool {
+        self.node == other.node && self.certificate == other.certificate
+    }
+}
+
+/// What became of a newly admitted connection.
+#[derive(Debug)]
+pub(crate) enum Placement {
+    /// It is the peer's connection now; there was no live one before.
+    New,
+    /// It replaced a duplicate connection to the same peer instance, which should be closed
+    /// once in-flight messages had time to land.
+    ReplacedDuplicate(Peer),
+    /// It replaced the connection to an earlier instance of the peer, which is dead.
+    ReplacedStale(Peer),
+    /// The existing connection to the same instance wins; the new one is the duplicate.
+    Duplicate(Peer),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Peers {
+    by_addr: HashMap<SocketAddr, Peer>,
+}
+
+impl Peers {
+    /// The live connection to `addr`, if any.
+    pub(crate) fn live(&self, addr: SocketAddr) -> Option<Peer> {
+        self.by_addr.get(&addr).filter(|p| p.is_live()).cloned()
+    }
+
+    pub(crate) fn place(&mut self, new: Peer) -> Placement {
+        let old = match self.by_addr.get(&new.addr) {
+            Some(old) if old.is_live() => old.clone(),
+            _ => {
+                self.by_addr.insert(new.addr, new);
+                return Placement::New;
+            }
+        };
+        if !old.same_instance(&new) {
+            self.by_addr.insert(new.addr, new);
+            return Placement::ReplacedStale(old);
+        }
+        if new.export < old.export {
+            self.by_addr.insert(new.addr, new);
+            Placement::ReplacedDuplicate(old)
+        } else {
+            Placement::Duplicate(old)
+        }
+    }
+
+    /// Forget `conn` if it is still the one kept for `addr`.
+    pub(crate) fn remove(&mut self, addr: SocketAddr, conn: &quinn::Connection) {
+        if self
+            .by_addr
+            .get(&addr)
+            .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+        {
+            self.by_addr.remove(&addr);
+        }
+    }
+
+    /// Address and node id of every live connection.
+    pub(crate) fn live_peers(&self) -> Vec<(SocketAddr, NodeId)> {
+        self.by_addr
+            .values()
+            .filter(|p| p.is_live())
+            .map(|p| (p.addr, p.node))
+            .collect()
+    }
+}

@@ -1,0 +1,400 @@
+//! The gossip transport over loopback: admission, message delivery with node attribution,
+//! refusal of intruders, backoff, size limits and robustness against junk.
+//!
+//! Every node binds an ephemeral port on a 127.0.0.0/8 address; tests that get an address
+//! banned use an address of their own so that the other tests' nodes are unaffected.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::time::timeout;
+use weft_crypto::admission::{AdmissionKey, Proof, Role, EXPORTER_LABEL, EXPORT_LEN};
+use weft_crypto::{ClusterSecret, IdentityKey};
+use weft_gossip::transport::{
+    unadmitted_client_config, Error, Incoming, Kind, Transport, TransportConfig,
+    CLOSE_ADMISSION_FAILED, MAX_DATAGRAM_LEN,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(secret: &ClusterSecret) -> TransportConfig {
+    TransportConfig::new(Arc::new(IdentityKey::generate()), secret.clone())
+}
+
+fn bind(ip: [u8; 4], config: TransportConfig) -> (Transport, SocketAddr) {
+    let t = Transport::bind(SocketAddr::from((ip, 0)), config).expect("bind");
+    let addr = t.local_addr().expect("local addr");
+    (t, addr)
+}
+
+async fn next(t: &Transport) -> Incoming {
+    timeout(WAIT, t.recv())
+        .await
+        .expect("a message within the wait")
+        .expect("transport open")
+}
+
+/// Bytes with a pattern, so that a shifted or truncated copy does not compare equal.
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+#[tokio::test]
+async fn members_exchange_datagrams_and_streams_both_ways() {
+    let secret = ClusterSecret::generate();
+    let (a, a_addr) = bind([127, 0, 0, 1], config(&secret));
+    let (b, b_addr) = bind([127, 0, 0, 1], config(&secret));
+
+    // A datagram of exactly the limit opens the connection and arrives whole.
+    let probe = pattern(MAX_DATAGRAM_LEN, 1);
+    a.send_datagram(b_addr, probe.clone())
+        .await
+        .expect("a→b datagram");
+    let got = next(&b).await;
+    assert_eq!(
+        (got.from, got.node, got.kind),
+        (a_addr, a.node_id(), Kind::Datagram)
+    );
+    assert_eq!(got.bytes, probe);
+
+    // b answers over the connection a opened.
+    b.send_datagram(a_addr, Bytes::from_static(b"ack from b"))
+        .await
+        .expect("b→a datagram");
+    let got = next(&a).await;
+    assert_eq!(
+        (got.from, got.node, got.kind),
+        (b_addr, b.node_id(), Kind::Datagram)
+    );
+    assert_eq!(&got.bytes[..], b"ack from b");
+
+    // Streams both ways, one large (several flow-control windows) and one empty.
+    let big = pattern(3 << 20, 7);
+    a.send_stream(b_addr, big.clone())
+        .await
+        .expect("a→b stream");
+    b.send_stream(a_addr, Bytes::new())
+        .await
+        .expect("b→a stream");
+    let got = next(&b).await;
+    assert_eq!(
+        (got.from, got.node, got.kind),
+        (a_addr, a.node_id(), Kind::Stream)
+    );
+    assert_eq!(got.bytes.len(), big.len());
+    assert!(got.bytes == big, "stream content differs");
+    let got = next(&a).await;
+    assert_eq!(
+        (got.from, got.node, got.kind),
+        (b_addr, b.node_id(), Kind::Stream)
+    );
+    assert!(got.bytes.is_empty());
+
+    // One connection carried everything.
+    assert_eq!(a.open_connections(), 1);
+    assert_eq!(b.open_connections(), 1);
+    assert_eq!(a.connected_peers(), vec![(b_addr, b.node_id())]);
+    assert_eq!(b.connected_peers(), vec![(a_addr, a.node_id())]);
+
+    a.close().await;
+    assert!(matches!(
+        a.send_datagram(b_addr, Bytes::from_static(b"late")).await,
+        Err(Error::Closed)
+    ));
+    assert!(a.recv().await.is_none(), "recv ends after close");
+}
+
+#[tokio::test]
+async fn intruder_without_the_secret_is_cut_off_and_receives_nothing() {
+    let secret = ClusterSecret::generate();
+    let (a, a_addr) = bind([127, 0, 0, 1], config(&secret));
+    let (b, _) = bind([127, 0, 0, 1], config(&secret));
+
+    // The intruder speaks the protocol by hand so that it can see everything it gets.
+    let mut endpoint =
+        quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 2], 0))).expect("client endpoint");
+    endpoint.set_default_client_config(unadmitted_client_config().expect("client config"));
+    let conn = endpoint
+        .connect(a_addr, "weft")
+        .expect("connect")
+        .await
+        .expect("the TLS handshake itself succeeds");
+    // Data sent before admission must never reach a's application.
+    conn.send_datagram(Bytes::from_static(b"intruder datagram"))
+        .expect("datagram queued");
+    let mut export = [0u8; EXPORT_LEN];
+    conn.export_keying_material(&mut export, EXPORTER_LABEL, &[])
+        .expect("export");
+    let wrong = AdmissionKey::new(&ClusterSecret::generate());
+    let proof = Proof::create(&wrong, &IdentityKey::generate(), &export, Role::Client);
+    let (mut send, mut recv) = conn.open_bi().await.expect("open admission stream");
+    send.write_all(&proof.to_bytes()).await.expect("send proof");
+    send.finish().expect("finish");
+
+    match timeout(WAIT, recv.read_to_end(1 << 16))
+        .await
+        .expect("answer in time")
+    {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(close),
+        ))) => assert_eq!(close.error_code, CLOSE_ADMISSION_FAILED),
+        other => panic!("expected the admission close, got {other:?}"),
+    }
+    assert!(conn.read_datagram().await.is_err());
+    let stats = conn.stats();
+    assert_eq!(
+        stats.frame_rx.stream, 0,
+        "no stream data reached the intruder"
+    );
+    assert_eq!(
+        stats.frame_rx.datagram, 0,
+        "no datagram reached the intruder"
+    );
+    assert_eq!(
+        stats.frame_rx.max_streams_uni, 0,
+        "streams were never opened to it"
+    );
+
+    // a's application got nothing from the intruder: the first message it sees is b's.
+    b.send_datagram(a_addr, Bytes::from_static(b"member"))
+        .await
+        .expect("member still admitted");
+    let got = next(&a).await;
+    assert_eq!((got.node, &got.bytes[..]), (b.node_id(), &b"member"[..]));
+    assert_eq!(
+        a.connected_peers(),
+        vec![(b.local_addr().expect("addr"), b.node_id())]
+    );
+}
+
+#[tokio::test]
+async fn wrong_secret_fails_then_is_refused_during_backoff() {
+    let (a, a_addr) = bind([127, 0, 0, 1], config(&ClusterSecret::generate()));
+    let (intruder, _) = bind([127, 0, 0, 3], config(&ClusterSecret::generate()));
+
+    let first = intruder
+        .send_datagram(a_addr, Bytes::from_static(b"let me in"))
+        .await;
+    assert!(
+        matches!(first, Err(Error::AdmissionRejected { addr }) if addr == a_addr),
+        "{first:?}"
+    );
+
+    // Refused outright, before any handshake: not a timeout, not another admission round.
+    let start = Instant::now();
+    let second = intruder
+        .send_datagram(a_addr, Bytes::from_static(b"again"))
+        .await;
+    assert!(matches!(second, Err(Error::Refused { .. })), "{second:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    // Neither side's application saw anything, and the intruder holds no connection.
+    assert!(timeout(Duration::from_millis(300), intruder.recv())
+        .await
+        .is_err());
+    assert!(timeout(Duration::from_millis(300), a.recv()).await.is_err());
+    assert!(intruder.connected_peers().is_empty());
+    assert!(a.connected_peers().is_empty());
+}
+
+#[tokio::test]
+async fn backoff_covers_the_whole_ip_and_then_expires() {
+    let secret = ClusterSecret::generate();
+    let mut cfg = config(&secret);
+    cfg.backoff_base = Duration::from_millis(500);
+    let (a, a_addr) = bind([127, 0, 0, 1], cfg);
+    let (intruder, _) = bind([127, 0, 0, 4], config(&ClusterSecret::generate()));
+    let (member, member_addr) = bind([127, 0, 0, 4], config(&secret));
+
+    let first = intruder
+        .send_datagram(a_addr, Bytes::from_static(b"x"))
+        .await;
+    assert!(
+        matches!(first, Err(Error::AdmissionRejected { .. })),
+        "{first:?}"
+    );
+    // The backoff is per source IP: a member behind the same address waits too.
+    let refused = member
+        .send_datagram(a_addr, Bytes::from_static(b"hi"))
+        .await;
+    assert!(matches!(refused, Err(Error::Refused { .. })), "{refused:?}");
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    member
+        .send_datagram(a_addr, Bytes::from_static(b"hi"))
+        .await
+        .expect("admitted once the backoff is over");
+    let got = next(&a).await;
+    assert_eq!((got.from, got.node), (member_addr, member.node_id()));
+}
+
+#[tokio::test]
+async fn oversized_messages_are_errors() {
+    let secret = ClusterSecret::generate();
+    let (a, _) = bind([127, 0, 0, 1], config(&secret));
+    let (b, b_addr) = bind([127, 0, 0, 1], config(&secret));
+
+    let err = a
+        .send_datagram(b_addr, pattern(MAX_DATAGRAM_LEN + 1, 0))
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(err, Error::DatagramTooLarge { len, max } if len == MAX_DATAGRAM_LEN + 1 && max == MAX_DATAGRAM_LEN),
+        "{err:?}"
+    );
+    let max = weft_gossip::transport::DEFAULT_MAX_STREAM_LEN;
+    let err = a
+        .send_stream(b_addr, pattern(max + 1, 0))
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(err, Error::StreamTooLarge { len, .. } if len == max + 1),
+        "{err:?}"
+    );
+    // Refused locally: no connection was even opened for them.
+    assert_eq!(a.open_connections(), 0);
+    assert!(timeout(Duration::from_millis(200), b.recv()).await.is_err());
+}
+
+#[tokio::test]
+async fn oversized_stream_from_a_member_is_refused_by_the_receiver() {
+    let secret = ClusterSecret::generate();
+    let mut small = config(&secret);
+    small.max_stream_len = 64 * 1024;
+    let (receiver, receiver_addr) = bind([127, 0, 0, 1], small);
+    let (sender, _) = bind([127, 0, 0, 1], config(&secret));
+
+    // The sender's own limit is larger, so only the receiver can refuse this.
+    sender
+        .send_stream(receiver_addr, pattern(64 * 1024 + 1, 3))
+        .await
+        .expect("handed to QUIC");
+    sender
+        .send_stream(receiver_addr, pattern(64 * 1024, 4))
+        .await
+        .expect("handed to QUIC");
+    let got = next(&receiver).await;
+    assert_eq!(
+        got.bytes,
+        pattern(64 * 1024, 4),
+        "only the message within the limit arrives"
+    );
+    assert!(timeout(Duration::from_millis(300), receiver.recv())
+        .await
+        .is_err());
+    // The connection survives the refusal.
+    sender
+        .send_datagram(receiver_addr, Bytes::from_static(b"still here"))
+        .await
+        .expect("datagram");
+    assert_eq!(&next(&receiver).await.bytes[..], b"still here");
+}
+
+#[tokio::test]
+async fn garbage_udp_does_not_disturb_the_transport() {
+    let secret = ClusterSecret::generate();
+    let (a, a_addr) = bind([127, 0, 0, 1], config(&secret));
+
+    let junk = UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+    let mut datagrams: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0xff; 1200], vec![0xc0; 1500]];
+    // Long-header packets that claim QUIC v1 Initial, Handshake and Retry, with junk payloads.
+    for first in [0xc0u8, 0xe0, 0xf0] {
+        let mut p = vec![first, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0];
+        p.extend(pattern(1200, first).iter());
+        datagrams.push(p);
+    }
+    // Short-header packets with random-looking connection ids.
+    for i in 0..50u8 {
+        datagrams.push(
+            pattern(40 + usize::from(i) * 20, i)
+                .iter()
+                .map(|b| b & 0x7f | 0x40)
+                .collect(),
+        );
+    }
+    for d in &datagrams {
+        junk.send_to(d, a_addr).expect("send junk");
+    }
+
+    // An honest member (from the same IP as the junk) is served as usual afterwards.
+    let (b, b_addr) = bind([127, 0, 0, 1], config(&secret));
+    b.send_stream(a_addr, Bytes::from_static(b"after the junk"))
+        .await
+        .expect("member admitted");
+    let got = next(&a).await;
+    assert_eq!((got.from, &got.bytes[..]), (b_addr, &b"after the junk"[..]));
+    a.send_datagram(b_addr, Bytes::from_static(b"reply"))
+        .await
+        .expect("reply");
+    assert_eq!(&next(&b).await.bytes[..], b"reply");
+}
+
+#[tokio::test]
+async fn simultaneous_dials_settle_on_one_connection() {
+    let secret = ClusterSecret::generate();
+    let (a, a_addr) = bind([127, 0, 0, 1], config(&secret));
+    let (b, b_addr) = bind([127, 0, 0, 1], config(&secret));
+
+    let (ra, rb) = tokio::join!(
+        a.send_stream(b_addr, Bytes::from_static(b"from a")),
+        b.send_stream(a_addr, Bytes::from_static(b"from b")),
+    );
+    ra.expect("a→b");
+    rb.expect("b→a");
+    assert_eq!(&next(&b).await.bytes[..], b"from a");
+    assert_eq!(&next(&a).await.bytes[..], b"from b");
+
+    // Both ends close the same duplicate (after a grace period), leaving one connection.
+    let deadline = Instant::now() + WAIT;
+    while a.open_connections() + b.open_connections() > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "duplicate connection was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((a.open_connections(), b.open_connections()), (1, 1));
+    a.send_datagram(b_addr, Bytes::from_static(b"after"))
+        .await
+        .expect("a→b after");
+    b.send_datagram(a_addr, Bytes::from_static(b"after"))
+        .await
+        .expect("b→a after");
+    assert_eq!(next(&b).await.node, a.node_id());
+    assert_eq!(next(&a).await.node, b.node_id());
+}
+
+#[tokio::test]
+async fn connection_to_self_is_refused() {
+    let (a, a_addr) = bind([127, 0, 0, 1], config(&ClusterSecret::generate()));
+    let err = a
+        .send_datagram(a_addr, Bytes::from_static(b"me?"))
+        .await
+        .expect_err("self");
+    assert!(matches!(err, Error::SelfConnection { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_extra_peers() {
+    let secret = ClusterSecret::generate();
+    let mut one = config(&secret);
+    one.max_connections = 1;
+    let (a, a_addr) = bind([127, 0, 0, 1], one);
+    let (b, _) = bind([127, 0, 0, 1], config(&secret));
+    let (c, _) = bind([127, 0, 0, 1], config(&secret));
+
+    b.send_datagram(a_addr, Bytes::from_static(b"b"))
+        .await
+        .expect("first peer fits");
+    let err = c
+        .send_datagram(a_addr, Bytes::from_static(b"c"))
+        .await
+        .expect_err("over the limit");
+    assert!(matches!(err, Error::Refused { .. }), "{err:?}");
+    assert_eq!(next(&a).await.node, b.node_id());
+}

@@ -1,0 +1,486 @@
+//! Node records: the signed data each node publishes about itself.
+//!
+//! A [`NodeRecord`] is encoded to bytes (the *body*) and signed by its owner's identity key,
+//! giving a [`SignedRecord`]. Only [`VerifiedRecord::verify`] turns a signed record into a
+//! [`VerifiedRecord`], so code holding a `VerifiedRecord` knows the signature was checked and
+//! the body was within bounds. The signature covers the exact body bytes, so there is no
+//! canonical-encoding question: what was signed is what is decoded.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use weft_crypto::{IdentityKey, NodeId, Signature, WgPublicKey, SIGNATURE_LEN};
+
+use crate::codec::{put_addr, put_bytes, put_varint, Reader};
+use crate::error::{Error, Result};
+
+/// Longest node name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+/// Largest opaque IPAM payload, in bytes.
+pub const MAX_IPAM_LEN: usize = 512;
+/// Most labels on one record.
+pub const MAX_LABELS: usize = 16;
+/// Most bytes of all label keys and values together.
+pub const MAX_LABEL_BYTES: usize = 192;
+/// Most endpoints of all three kinds together.
+pub const MAX_ENDPOINTS: usize = 6;
+/// Largest encoded record body. With the signature and a datagram header this keeps a single
+/// record below the 1,200-byte datagram bound.
+pub const MAX_BODY_LEN: usize = 1024;
+
+const RECORD_CONTEXT: &[u8] = b"weft-gossip-record-v1\0";
+const LEAVE_CONTEXT: &[u8] = b"weft-gossip-leave-v1\0";
+
+/// Where a node can be reached for WireGuard traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Set by the operator (e.g. a public address behind a port forward).
+    pub configured: Vec<SocketAddr>,
+    /// The node's own interface addresses.
+    pub local: Vec<SocketAddr>,
+    /// Source addresses other nodes saw this node's packets come from (NAT mappings).
+    pub observed: Vec<SocketAddr>,
+}
+
+impl Endpoints {
+    fn len(&self) -> usize {
+        self.configured.len() + self.local.len() + self.observed.len()
+    }
+}
+
+/// What a node says about itself. Only its owner can change it: every copy travels signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// The owner's identity public key; the record is signed by the matching private key.
+    pub node_id: NodeId,
+    /// Grows with every change, and doubles as the SWIM incarnation number: a node refutes a
+    /// suspicion by publishing its record again with a higher version. The caller persists it
+    /// across restarts (see [`crate::Membership::new`]).
+    pub version: u64,
+    /// Human-readable name (≤ [`MAX_NAME_LEN`] bytes).
+    pub name: String,
+    /// The node's WireGuard public key.
+    pub wg_key: WgPublicKey,
+    /// The address the node's gossip transport listens on.
+    pub gossip_addr: SocketAddr,
+    /// WireGuard endpoints.
+    pub endpoints: Endpoints,
+    /// Opaque bytes owned by the IPAM module (≤ [`MAX_IPAM_LEN`]).
+    pub ipam: Vec<u8>,
+    /// Free-form labels (≤ [`MAX_LABELS`] entries, ≤ [`MAX_LABEL_BYTES`] bytes).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeRecord {
+    /// A record with no endpoints, IPAM data or labels.
+    pub fn new(
+        node_id: NodeId,
+        version: u64,
+        name: impl Into<String>,
+        wg_key: WgPublicKey,
+        gossip_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            node_id,
+            version,
+            name: name.into(),
+            wg_key,
+            gossip_addr,
+            endpoints: Endpoints::default(),
+            ipam: Vec::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Check the bounds that keep a record small enough for one datagram.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.len() > MAX_NAME_LEN {
+            return Err(Error::InvalidRecord("name too long"));
+        }
+        if self.ipam.len() > MAX_IPAM_LEN {
+            return Err(Error::InvalidRecord("ipam data too long"));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(Error::InvalidRecord("too many labels"));
+        }
+        if self
+            .labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            > MAX_LABEL_BYTES
+        {
+            return Err(Error::InvalidRecord("labels too long"));
+        }
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return Err(Error::InvalidRecord("too many endpoints"));
+        }
+        Ok(())
+    }
+
+    /// The body bytes that get signed. The node id and version come first so that a receiver
+    /// can tell whether a record is news before decoding or verifying the rest.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        self.validate()?;
+        let mut out = Vec::with_capacity(160 + self.ipam.len());
+        out.extend_from_slice(self.node_id.as_bytes());
+        put_varint(&mut out, self.version);
+        put_bytes(&mut out, self.name.as_bytes());
+        out.extend_from_slice(self.wg_key.as_bytes());
+        put_addr(&mut out, &self.gossip_addr);
+        for list in [
+            &self.endpoints.configured,
+            &self.endpoints.local,
+            &self.endpoints.observed,
+        ] {
+            put_varint(&mut out, list.len() as u64);
+            for a in list {
+                put_addr(&mut out, a);
+            }
+        }
+        put_bytes(&mut out, &self.ipam);
+        put_varint(&mut out, self.labels.len() as u64);
+        for (k, v) in &self.labels {
+            put_bytes(&mut out, k.as_bytes());
+            put_bytes(&mut out, v.as_bytes());
+        }
+        if out.len() > MAX_BODY_LEN {
+            return Err(Error::InvalidRecord("encoded record too long"));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn decode(body: &[u8]) -> Result<Self> {
+        if body.len() > MAX_BODY_LEN {
+            return Err(Error::InvalidRecord("encoded record too long"));
+        }
+        let mut r = Reader::new(body);
+        let node_id = NodeId(r.array()?);
+        let version = r.varint()?;
+        let name = r.string(MAX_NAME_LEN)?.to_owned();
+        let wg_key = WgPublicKey(r.array()?);
+        let gossip_addr = r.addr()?;
+        let mut endpoints = Endpoints::default();
+        for list in [
+            &mut endpoints.configured,
+            &mut endpoints.local,
+            &mut endpoints.observed,
+        ] {
+            let n = r.count(MAX_ENDPOINTS)?;
+            for _ in 0..n {
+                list.push(r.addr()?);
+            }
+        }
+        let ipam = r.bytes(MAX_IPAM_LEN)?.to_vec();
+        let n = r.count(MAX_LABELS)?;
+        let mut labels = BTreeMap::new();
+        for _ in 0..n {
+            let k = r.string(MAX_LABEL_BYTES)?.to_owned();
+            let v = r.string(MAX_LABEL_BYTES)?.to_owned();
+            if labels.insert(k, v).is_some() {
+                return Err(Error::InvalidRecord("duplicate label"));
+            }
+        }
+        r.finish()?;
+        let record = Self {
+            node_id,
+            version,
+            name,
+            wg_key,
+            gossip_addr,
+            endpoints,
+            ipam,
+            labels,
+        };
+        record.validate()?;
+        Ok(record)
+    }
+
+    /// Encode and sign with `key`, which must be this record's owner.
+    pub fn sign(&self, key: &IdentityKey) -> Result<SignedRecord> {
+        if key.node_id() != self.node_id {
+            return Err(Error::IdentityMismatch);
+        }
+        let body = self.encode()?;
+        let signature = key.sign(&signed_message(RECORD_CONTEXT, &body));
+        Ok(SignedRecord { body, signature })
+    }
+}
+
+fn signed_message(context: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(context.len() + body.len());
+    msg.extend_from_slice(context);
+    msg.extend_from_slice(body);
+    msg
+}
+
+/// A record body and its owner's signature, as it travels. Not yet checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedRecord {
+    pub(crate) body: Vec<u8>,
+    pub(crate) signature: Signature,
+}
+
+impl fmt::Debug for SignedRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.peek() {
+            Ok((id, v)) => write!(f, "SignedRecord({id:?} v{v}, {} bytes)", self.body.len()),
+            Err(_) => write!(f, "SignedRecord(<malformed>, {} bytes)", self.body.len()),
+        }
+    }
+}
+
+impl SignedRecord {
+    /// Build from raw parts (for tests and tools that craft records).
+    pub fn from_parts(body: Vec<u8>, signature: Signature) -> Self {
+        Self { body, signature }
+    }
+
+    /// The signed body bytes.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Node id and version, read without verifying: only to decide whether the record is news.
+    pub fn peek(&self) -> Result<(NodeId, u64)> {
+        let mut r = Reader::new(&self.body);
+        Ok((NodeId(r.array()?), r.varint()?))
+    }
+
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        put_bytes(out, &self.body);
+        out.extend_from_slice(&self.signature.0);
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        crate::codec::varint_len(self.body.len() as u64) + self.body.len() + SIGNATURE_LEN
+    }
+
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self> {
+        let body = r.bytes(MAX_BODY_LEN)?.to_vec();
+        let signature = Signature(r.array()?);
+        Ok(Self { body, signature })
+    }
+}
+
+/// A record whose signature and bounds were checked. Only [`VerifiedRecord::verify`] makes one.
+#[derive(Debug, Clone)]
+pub struct VerifiedRecord {
+    record: NodeRecord,
+    signed: SignedRecord,
+}
+
+impl VerifiedRecord {
+    /// Check that `signed` is a well-formed record signed by the node it names.
+    pub fn verify(signed: SignedRecord, cache: Option<&SignatureCache>) -> Result<Self> {
+        let record = NodeRecord::decode(&signed.body)?;
+        let cache_key = cache.map(|_| cache_key(&signed));
+        let cached = match (cache, &cache_key) {
+            (Some(c), Some(k)) => c.contains(k),
+            _ => false,
+        };
+        if !cached {
+            record
+                .node_id
+                .verify(
+                    &signed_message(RECORD_CONTEXT, &signed.body),
+                    &signed.signature,
+                )
+                .map_err(|_| Error::BadSignature(record.node_id))?;
+            if let (Some(c), Some(k)) = (cache, cache_key) {
+                c.insert(k);
+            }
+        }
+        Ok(Self { record, signed })
+    }
+
+    /// Sign our own record: no need to check a signature we just made.
+    pub(crate) fn sign(record: NodeRecord, key: &IdentityKey) -> Result<Self> {
+        let signed = record.sign(key)?;
+        Ok(Self { record, signed })
+    }
+
+    pub fn record(&self) -> &NodeRecord {
+        &self.record
+    }
+
+    pub fn signed(&self) -> &SignedRecord {
+        &self.signed
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.record.node_id
+    }
+
+    pub fn version(&self) -> u64 {
+        self.record.version
+    }
+}
+
+fn cache_key(signed: &SignedRecord) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(signed.signature.0);
+    h.update(&signed.body);
+    h.finalize().into()
+}
+
+/// Remembers (body, signature) pairs that verified, so a simulator running thousands of
+/// cores in one process checks each signature once instead of once per node. Keyed by a hash
+/// of the body *and* the signature, so a tampered body never hits the cache. A real node has
+/// no use for it (leave [`crate::Config::signature_cache`] empty).
+#[derive(Clone, Default)]
+pub struct SignatureCache(Arc<Mutex<HashSet<[u8; 32]>>>);
+
+impl SignatureCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.0.lock().map(|s| s.contains(key)).unwrap_or(false)
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(key);
+        }
+    }
+}
+
+impl fmt::Debug for SignatureCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map(|s| s.len()).unwrap_or(0);
+        write!(f, "SignatureCache({n} entries)")
+    }
+}
+
+/// A node's signed statement that it leaves the cluster as of record `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedLeave {
+    pub node_id: NodeId,
+    pub version: u64,
+    pub signature: Signature,
+}
+
+impl SignedLeave {
+    pub fn sign(key: &IdentityKey, version: u64) -> Self {
+        let node_id = key.node_id();
+        let signature = key.sign(&Self::message(&node_id, version));
+        Self {
+            node_id,
+            version,
+            signature,
+        }
+    }
+
+    fn message(node_id: &NodeId, version: u64) -> Vec<u8> {
+        let mut body = node_id.as_bytes().to_vec();
+        put_varint(&mut body, version);
+        signed_message(LEAVE_CONTEXT, &body)
+    }
+
+    pub fn verify(&self) -> Result<()> {
+        self.node_id
+            .verify(&Self::message(&self.node_id, self.version), &self.signature)
+            .map_err(|_| Error::BadSignature(self.node_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(key: &IdentityKey) -> NodeRecord {
+        let mut r = NodeRecord::new(
+            key.node_id(),
+            7,
+            "a",
+            WgPublicKey([9; 32]),
+            "192.0.2.1:6783".parse().expect("addr"),
+        );
+        r.endpoints
+            .observed
+            .push("[2001:db8::1]:51820".parse().expect("addr"));
+        r.ipam = vec![1, 2, 3];
+        r.labels.insert("zone".into(), "x".into());
+        r
+    }
+
+    #[test]
+    fn signed_record_verifies_and_decodes_to_the_same_record() {
+        let key = IdentityKey::from_seed(&[1; 32]);
+        let rec = sample(&key);
+        let signed = rec.sign(&key).expect("sign");
+        assert_eq!(signed.peek().expect("peek"), (key.node_id(), 7));
+        let v = VerifiedRecord::verify(signed, None).expect("verifies");
+        assert_eq!(v.record(), &rec);
+    }
+
+    #[test]
+    fn tampered_or_foreign_records_fail_even_with_a_warm_cache() {
+        let key = IdentityKey::from_seed(&[1; 32]);
+        let other = IdentityKey::from_seed(&[2; 32]);
+        let cache = SignatureCache::new();
+        let signed = sample(&key).sign(&key).expect("sign");
+        VerifiedRecord::verify(signed.clone(), Some(&cache)).expect("good record");
+        let mut tampered = signed.clone();
+        let last = tampered.body.len() - 1;
+        tampered.body[last] ^= 1;
+        assert!(VerifiedRecord::verify(tampered, Some(&cache)).is_err());
+        // Signed by another key but naming `key`'s node id.
+        let body = sample(&key).encode().expect("encode");
+        let forged = SignedRecord {
+            signature: other.sign(&signed_message(RECORD_CONTEXT, &body)),
+            body,
+        };
+        assert_eq!(
+            VerifiedRecord::verify(forged, Some(&cache)).err(),
+            Some(Error::BadSignature(key.node_id()))
+        );
+        assert_eq!(
+            sample(&key).sign(&other).err(),
+            Some(Error::IdentityMismatch)
+        );
+    }
+
+    #[test]
+    fn oversized_records_are_refused() {
+        let key = IdentityKey::from_seed(&[1; 32]);
+        let mut r = sample(&key);
+        r.ipam = vec![0; MAX_IPAM_LEN + 1];
+        assert!(r.sign(&key).is_err());
+        let mut r = sample(&key);
+        r.version = u64::MAX;
+        r.gossip_addr = "[2001:db8::2]:6783".parse().expect("addr");
+        r.ipam = vec![0; MAX_IPAM_LEN];
+        r.name = "n".repeat(MAX_NAME_LEN);
+        r.labels.clear();
+        for i in 0..MAX_LABELS {
+            r.labels.insert(
+                format!("label{i:02}"),
+                "v".repeat(MAX_LABEL_BYTES / MAX_LABELS - 7),
+            );
+        }
+        r.endpoints.observed.clear();
+        r.endpoints.local = vec!["[2001:db8::1]:51820".parse().expect("addr"); MAX_ENDPOINTS];
+        assert!(r.sign(&key).is_ok(), "a maximal record fits");
+    }
+
+    #[test]
+    fn leave_is_bound_to_node_and_version() {
+        let key = IdentityKey::from_seed(&[1; 32]);
+        let leave = SignedLeave::sign(&key, 5);
+        leave.verify().expect("valid leave");
+        let mut replayed = leave.clone();
+        replayed.version = 6;
+        assert!(replayed.verify().is_err());
+    }
+}

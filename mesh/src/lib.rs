@@ -1,7 +1,9 @@
 //! The WireGuard datapath, routes, bridge and firewall of a weft node. See docs/ARCHITECTURE.md.
 
+pub mod backend;
 pub mod config;
 pub mod error;
+pub mod kernel;
 pub mod tun;
 pub mod uapi;
 pub mod userspace;

@@ -12,7 +12,7 @@
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::{ClusterSecret, IdentityKey, NodeId, Signature, KEY_LEN, SIGNATURE_LEN};
@@ -189,6 +189,46 @@ impl fmt::Debug for Proof {
     }
 }
 
+/// The key of a node's QUIC stateless-reset tokens, derived from its identity key so that it
+/// is the same after a restart: a restarted node can then reset the connections its previous
+/// instance had, and peers notice at once instead of after an idle timeout.
+pub struct ResetKey(Zeroizing<[u8; 32]>);
+
+impl ResetKey {
+    pub fn new(identity: &IdentityKey) -> Self {
+        // Ed25519 signatures are deterministic, so this is a fixed value that only the holder
+        // of the identity key can compute. The signature itself is never sent anywhere.
+        let signature = identity.sign(b"weft quic stateless reset key v1");
+        let mut hash = Sha256::new();
+        hash.update(b"weft reset key v1\0");
+        hash.update(signature.0);
+        Self(Zeroizing::new(hash.finalize().into()))
+    }
+
+    /// HMAC-SHA256 of `data`.
+    pub fn sign(&self, data: &[u8]) -> [u8; 32] {
+        self.hmac(data).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the HMAC of `data`, compared in constant time.
+    pub fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
+        self.hmac(data).verify_slice(tag).is_ok()
+    }
+
+    fn hmac(&self, data: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0[..])
+            .expect("HMAC-SHA256 takes a key of any length");
+        mac.update(data);
+        mac
+    }
+}
+
+impl fmt::Debug for ResetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResetKey(<redacted>)")
+    }
+}
+
 fn signed_message(export: &Export, role: Role, node: &NodeId) -> Vec<u8> {
     let mut msg = Vec::with_capacity(SIGNATURE_CONTEXT.len() + EXPORT_LEN + 1 + KEY_LEN);
     msg.extend_from_slice(SIGNATURE_CONTEXT);
@@ -308,6 +348,22 @@ mod tests {
             Proof::from_bytes(&[]),
             Err(AdmissionError::BadLength { len: 0 })
         ));
+    }
+
+    #[test]
+    fn reset_key_is_stable_per_identity() {
+        let id = IdentityKey::generate();
+        // The same key loaded again, as after a restart.
+        let again = IdentityKey::from_base64(&id.to_base64_secret()).expect("round trip");
+        let tag = ResetKey::new(&id).sign(b"cid");
+        assert_eq!(
+            ResetKey::new(&again).sign(b"cid"),
+            tag,
+            "same after a restart"
+        );
+        assert!(ResetKey::new(&again).verify(b"cid", &tag));
+        assert!(!ResetKey::new(&again).verify(b"cie", &tag));
+        assert_ne!(ResetKey::new(&IdentityKey::generate()).sign(b"cid"), tag);
     }
 
     #[test]

@@ -398,3 +398,68 @@ async fn connection_limit_refuses_extra_peers() {
     assert!(matches!(err, Error::Refused { .. }), "{err:?}");
     assert_eq!(next(&a).await.node, b.node_id());
 }
+
+#[tokio::test]
+async fn restarted_peer_resets_its_stale_connections() {
+    let secret = ClusterSecret::generate();
+    // Long idle timeout and no keep-alive: only a stateless reset can end the stale
+    // connection within this test.
+    let mut cfg = config(&secret);
+    cfg.idle_timeout = Duration::from_secs(120);
+    cfg.keep_alive = None;
+    let (a, a_addr) = bind([127, 0, 0, 1], cfg);
+
+    // b runs on its own runtime, which is then dropped: b vanishes without a close frame,
+    // as if its process had crashed.
+    let b_identity = Arc::new(IdentityKey::generate());
+    let b_config = TransportConfig::new(b_identity.clone(), secret.clone());
+    let (crash, crashed) = tokio::sync::oneshot::channel::<()>();
+    let (bound, b_bound) = tokio::sync::oneshot::channel();
+    let b_thread = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let b = rt.block_on(async move {
+            let (b, b_addr) = bind([127, 0, 0, 1], b_config);
+            let _ = bound.send(b_addr);
+            // Serve until told to crash.
+            let _ = crashed.await;
+            b
+        });
+        drop(rt);
+        drop(b);
+    });
+    let b_addr = b_bound.await.expect("b bound");
+    // a dials b: b is the server of this connection, so a holds reset tokens for b's
+    // connection ids.
+    a.send_datagram(b_addr, Bytes::from_static(b"first life"))
+        .await
+        .expect("a→b");
+    crash.send(()).expect("b still running");
+    b_thread.await.expect("b's thread");
+    // b starts again on the same address with the same identity key.
+    let b2 = Transport::bind(
+        b_addr,
+        TransportConfig::new(b_identity.clone(), secret.clone()),
+    )
+    .expect("rebind b's address");
+    assert_eq!(a.connected_peers(), vec![(b_addr, b_identity.node_id())]);
+    // a's next packet on the stale connection draws a stateless reset.
+    let _ = a
+        .send_datagram(b_addr, Bytes::from_static(b"lost on the stale connection"))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    while !a.connected_peers().is_empty() {
+        assert!(Instant::now() < deadline, "stale connection was not reset");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.send_datagram(b_addr, Bytes::from_static(b"hello again"))
+        .await
+        .expect("a→b2 over a new connection");
+    let got = next(&b2).await;
+    assert_eq!(
+        (got.from, got.node, &got.bytes[..]),
+        (a_addr, a.node_id(), &b"hello again"[..])
+    );
+}

@@ -27,7 +27,10 @@
 //!
 //! One connection per peer address, opened on demand and reused; if two nodes dial each other
 //! at once, both keep the same one of the two (see `peers`). Connections are kept alive by
-//! QUIC keep-alives and close after `idle_timeout` without any answer from the peer.
+//! QUIC keep-alives and close after `idle_timeout` without any answer from the peer. A node
+//! that restarts with the same identity key answers its previous instance's connections with
+//! QUIC stateless resets (their key derives from the identity), so peers drop them at once;
+//! and a connection from a new instance of a peer replaces the stale one.
 
 mod admit;
 mod backoff;
@@ -46,7 +49,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::{debug, info, info_span, warn, Instrument};
-use weft_crypto::admission::AdmissionKey;
+use weft_crypto::admission::{AdmissionKey, ResetKey};
 use weft_crypto::{ClusterSecret, IdentityKey, NodeId};
 
 pub use error::{Error, Result};
@@ -224,10 +227,18 @@ impl Transport {
         let mut client = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&cert)?));
         client.transport_config(quic);
 
-        let mut endpoint = quinn::Endpoint::server(server, addr).map_err(|e| Error::Bind {
+        let bind_error = |e| Error::Bind {
             addr,
             source: Arc::new(e),
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
+        let reset_key = Arc::new(ResetHmac(ResetKey::new(&config.identity)));
+        let mut endpoint_config = quinn::EndpointConfig::new(reset_key);
+        endpoint_config.cid_generator(|| Box::new(RandomCids));
+        let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+            .map_err(bind_error)?;
         endpoint.set_default_client_config(client);
 
         let max_connections = config.max_connections.max(1);
@@ -635,6 +646,51 @@ impl Shared {
         };
         lock(&self.peers).remove(peer.addr, &peer.conn);
         info!(%reason, "connection closed");
+    }
+}
+
+/// Stateless-reset tokens from a key that survives restarts (see [`ResetKey`]).
+struct ResetHmac(ResetKey);
+
+impl quinn::crypto::HmacKey for ResetHmac {
+    fn sign(&self, data: &[u8], out: &mut [u8]) {
+        let tag = self.0.sign(data);
+        let n = out.len().min(tag.len());
+        out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        if self.0.verify(data, signature) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
+}
+
+/// Random 8-byte connection ids that any instance of this node accepts as possibly its own.
+/// quinn's default generator checks ids with a per-instance random key and silently drops
+/// packets for ids of an earlier instance; this one lets a restarted node answer them with a
+/// stateless reset (quinn rate-limits resets and keeps them smaller than the packet that
+/// drew them, so they cannot amplify).
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let bytes: [u8; 8] = rand::random();
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
     }
 }
 

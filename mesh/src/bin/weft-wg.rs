@@ -5,7 +5,7 @@
 //! `-f` it starts itself again in the background and returns once the socket is ready.
 //! It exits, removing the socket, when the interface is deleted or on SIGTERM/SIGINT.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context};
@@ -98,6 +98,7 @@ fn foreground(args: &Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -146,6 +146,7 @@ impl Engine {
                 },
             }
         }
+        info!(parent: &state.span, counters = ?state.counters, "engine stopped");
         let _ = closed.send(true);
     }
 }
@@ -279,7 +280,8 @@ impl State {
                 self.counters.cookies_sent += 1;
                 return;
             }
-            Err(_) => {
+            Err(e) => {
+                debug!(parent: &self.span, from = %from, len, error = ?e, "invalid datagram");
                 self.counters.invalid_packets += 1;
                 return;
             }

@@ -16,7 +16,10 @@ fn cluster(n: usize, r: &str) -> Sim {
     let mut sim = Sim::new(7, range(r));
     let seed = sim.add_node();
     let now = sim.now;
-    sim.ipam(seed).expect("up").init_genesis(now).expect("genesis");
+    sim.ipam(seed)
+        .expect("up")
+        .init_genesis(now)
+        .expect("genesis");
     for _ in 1..n {
         sim.add_node();
     }
@@ -46,13 +49,27 @@ fn single_node_exhausts_the_range_and_reuses_freed_addresses() {
     got.sort();
     got.dedup();
     assert_eq!(got.len(), 14, "14 distinct usable addresses in a /28");
-    assert!(!got.contains(&"10.40.0.0".parse().expect("addr")), "network address is never handed out");
-    assert!(!got.contains(&"10.40.0.15".parse().expect("addr")), "broadcast address is never handed out");
+    assert!(
+        !got.contains(&"10.40.0.0".parse().expect("addr")),
+        "network address is never handed out"
+    );
+    assert!(
+        !got.contains(&"10.40.0.15".parse().expect("addr")),
+        "broadcast address is never handed out"
+    );
     let err = allocate(&mut sim, 0, "one-more").expect_err("range is full");
     assert!(matches!(err, Error::RangeExhausted { .. }), "{err}");
     assert!(err.to_string().contains("10.40.0.0/28 is full"), "{err}");
-    let freed = sim.ipam(0).expect("up").release("c3").expect("release").expect("had one");
-    assert_eq!(allocate(&mut sim, 0, "one-more").expect("freed address is usable"), freed);
+    let freed = sim
+        .ipam(0)
+        .expect("up")
+        .release("c3")
+        .expect("release")
+        .expect("had one");
+    assert_eq!(
+        allocate(&mut sim, 0, "one-more").expect("freed address is usable"),
+        freed
+    );
 }
 
 #[test]
@@ -78,7 +95,9 @@ fn cut_off_from_every_owner_of_free_space_says_so() {
     let mut sim = cluster(2, "10.32.0.0/24");
     // Node 1 takes a piece and fills it, then is cut off from the seed.
     let mut n = 0;
-    while allocate(&mut sim, 1, &format!("c{n}")).is_ok() && sim.ipam(1).expect("up").free_addresses() > 0 {
+    while allocate(&mut sim, 1, &format!("c{n}")).is_ok()
+        && sim.ipam(1).expect("up").free_addresses() > 0
+    {
         n += 1;
     }
     sim.partition(vec![0, 1]);
@@ -91,8 +110,14 @@ fn cut_off_from_every_owner_of_free_space_says_so() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(err, Error::NoAddressSpaceReachable { ref unreachable } if unreachable.len() == 1), "{err}");
-    assert!(err.to_string().starts_with("no address space reachable"), "{err}");
+    assert!(
+        matches!(err, Error::NoAddressSpaceReachable { ref unreachable } if unreachable.len() == 1),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with("no address space reachable"),
+        "{err}"
+    );
     sim.heal();
     sim.run(5);
     allocate(&mut sim, 1, "after-heal").expect("space again once healed");
@@ -107,8 +132,14 @@ fn clusters_started_apart_refuse_to_merge_naming_both_sides() {
     let a2 = sim.add_node();
     sim.partition(vec![0, 1, 0]);
     let now = sim.now;
-    sim.ipam(a).expect("up").init_genesis(now).expect("genesis a");
-    sim.ipam(b).expect("up").init_genesis(now).expect("genesis b");
+    sim.ipam(a)
+        .expect("up")
+        .init_genesis(now)
+        .expect("genesis a");
+    sim.ipam(b)
+        .expect("up")
+        .init_genesis(now)
+        .expect("genesis b");
     sim.run(10);
     allocate(&mut sim, a2, "x").expect("joins side a");
     allocate(&mut sim, b, "y").expect("side b allocates");
@@ -122,10 +153,16 @@ fn clusters_started_apart_refuse_to_merge_naming_both_sides() {
         assert_eq!(c.theirs.creator, other_creator.to_string());
         assert_ne!(c.ours.genesis, c.theirs.genesis);
         let text = c.to_string();
-        assert!(text.contains("refusing to merge") && text.contains(&ida.to_string()) && text.contains(&idb.to_string()), "{text}");
+        assert!(
+            text.contains("refusing to merge")
+                && text.contains(&ida.to_string())
+                && text.contains(&idb.to_string()),
+            "{text}"
+        );
     }
     // Nothing moved between the two spaces.
-    sim.check_safety().expect_err("two geneses do overlap by construction; the check must see it");
+    sim.check_safety()
+        .expect_err("two geneses do overlap by construction; the check must see it");
     assert_eq!(sim.ipam(b).expect("up").owned().len(), 1);
     assert!(sim.unexpected.is_empty(), "{:?}", sim.unexpected);
 }
@@ -137,14 +174,25 @@ fn leaving_hands_space_back_and_forgetting_reclaims_a_dead_node() {
         allocate(&mut sim, i, &format!("pod{i}")).expect("space");
     }
     sim.run(20);
-    let leaver_space: u64 = sim.ipam(3).expect("up").owned().iter().map(|p| u64::from(p.end - p.start)).sum();
+    let leaver_space: u64 = sim
+        .ipam(3)
+        .expect("up")
+        .owned()
+        .iter()
+        .map(|p| u64::from(p.end - p.start))
+        .sum();
     assert!(leaver_space > 0);
     sim.leave(3).expect("leave").expect("handed to someone");
     sim.run(20);
     sim.check_safety().expect("no overlap after leave");
     sim.check_agreement().expect("agree after leave");
     let leaver = sim.nodes[3].id;
-    assert!(sim.ipam(0).expect("up").ownership().iter().all(|e| e.owner != leaver));
+    assert!(sim
+        .ipam(0)
+        .expect("up")
+        .ownership()
+        .iter()
+        .all(|e| e.owner != leaver));
 
     // Node 2 crashes and never comes back; node 0 forgets it.
     sim.crash(2);
@@ -152,12 +200,20 @@ fn leaving_hands_space_back_and_forgetting_reclaims_a_dead_node() {
     let dead = sim.nodes[2].id;
     let now = sim.now;
     let live = sim.nodes[1].id;
-    assert!(matches!(sim.ipam(0).expect("up").forget(now, live), Err(Error::ForgetReachable(_))));
+    assert!(matches!(
+        sim.ipam(0).expect("up").forget(now, live),
+        Err(Error::ForgetReachable(_))
+    ));
     sim.forget(0, 2).expect("forget");
     sim.run(20);
     sim.check_safety().expect("no overlap after forget");
     sim.check_agreement().expect("agree after forget");
-    assert!(sim.ipam(1).expect("up").ownership().iter().all(|e| e.owner != dead));
+    assert!(sim
+        .ipam(1)
+        .expect("up")
+        .ownership()
+        .iter()
+        .all(|e| e.owner != dead));
     assert!(sim.ipam(1).expect("up").is_forgotten(&dead));
 
     // It comes back anyway with its old identity and state: it is told, and refuses to allocate.
@@ -181,7 +237,13 @@ fn restart_keeps_allocations_in_the_state_directory() {
     let mut first = Vec::new();
     let seq_before;
     {
-        let mut ipam = Ipam::open(identity.clone(), config.clone(), FileStore::new(dir.path()), 1).expect("open");
+        let mut ipam = Ipam::open(
+            identity.clone(),
+            config.clone(),
+            FileStore::new(dir.path()),
+            1,
+        )
+        .expect("open");
         ipam.init_genesis(now).expect("genesis");
         for i in 0..20 {
             first.push(ipam.allocate(now, &format!("c{i}")).expect("allocate"));
@@ -189,13 +251,29 @@ fn restart_keeps_allocations_in_the_state_directory() {
         ipam.release("c5").expect("release");
         seq_before = ipam.record_seq();
     } // the daemon dies here: nothing else is written
-    let mut ipam = Ipam::open(identity.clone(), config.clone(), FileStore::new(dir.path()), 2).expect("reopen");
-    assert!(ipam.record_seq() > seq_before, "record sequence grows across restarts");
+    let mut ipam = Ipam::open(
+        identity.clone(),
+        config.clone(),
+        FileStore::new(dir.path()),
+        2,
+    )
+    .expect("reopen");
+    assert!(
+        ipam.record_seq() > seq_before,
+        "record sequence grows across restarts"
+    );
     for i in (0..20).filter(|&i| i != 5) {
-        assert_eq!(ipam.allocate(now, &format!("c{i}")).expect("same"), first[i], "container c{i} keeps its address");
+        assert_eq!(
+            ipam.allocate(now, &format!("c{i}")).expect("same"),
+            first[i],
+            "container c{i} keeps its address"
+        );
     }
     let fresh = ipam.allocate(now, "new").expect("new one");
-    assert!(!first.iter().enumerate().any(|(i, a)| i != 5 && *a == fresh), "no address in use is reused");
+    assert!(
+        !first.iter().enumerate().any(|(i, a)| i != 5 && *a == fresh),
+        "no address in use is reused"
+    );
     assert_eq!(ipam.allocations().len(), 20);
 
     // A torn last journal line (the daemon died mid-append) is dropped; anything else is an error.
@@ -204,9 +282,21 @@ fn restart_keeps_allocations_in_the_state_directory() {
     text.push_str("{\"op\":\"allo");
     std::fs::write(&journal, &text).expect("write");
     drop(ipam);
-    Ipam::open(identity.clone(), config.clone(), FileStore::new(dir.path()), 3).expect("torn tail is tolerated");
+    Ipam::open(
+        identity.clone(),
+        config.clone(),
+        FileStore::new(dir.path()),
+        3,
+    )
+    .expect("torn tail is tolerated");
     std::fs::write(&journal, format!("garbage\n{text}")).expect("write");
-    let err = Ipam::open(identity.clone(), config.clone(), FileStore::new(dir.path()), 4).expect_err("corrupt journal");
+    let err = Ipam::open(
+        identity.clone(),
+        config.clone(),
+        FileStore::new(dir.path()),
+        4,
+    )
+    .expect_err("corrupt journal");
     assert!(err.to_string().contains("line 1"), "{err}");
 
     // State of another node is refused.
@@ -221,14 +311,25 @@ fn garbage_records_and_messages_change_nothing() {
     let identity = Arc::new(IdentityKey::from_seed(&[1; 32]));
     let peer = IdentityKey::from_seed(&[2; 32]).node_id();
     let now = Instant::now();
-    let mut ipam = Ipam::open(identity, IpamConfig::new(range("10.32.0.0/20")), MemoryStore::new(), 1).expect("open");
+    let mut ipam = Ipam::open(
+        identity,
+        IpamConfig::new(range("10.32.0.0/20")),
+        MemoryStore::new(),
+        1,
+    )
+    .expect("open");
     ipam.init_genesis(now).expect("genesis");
     let good = ipam.record().expect("record");
     let seq = ipam.record_seq();
     let mut rng = 0x1234_5678_u64;
     for len in 0..good.len() {
-        assert!(ipam.handle_record(now, peer, &good[..len]).is_err(), "truncated record of {len} bytes");
-        assert!(ipam.handle_message(now, peer, &good[..len.min(40)]).is_err());
+        assert!(
+            ipam.handle_record(now, peer, &good[..len]).is_err(),
+            "truncated record of {len} bytes"
+        );
+        assert!(ipam
+            .handle_message(now, peer, &good[..len.min(40)])
+            .is_err());
     }
     for _ in 0..2000 {
         let mut bytes = good.clone();

@@ -51,7 +51,9 @@ impl IpamConfig {
 
 impl Default for IpamConfig {
     fn default() -> Self {
-        let range = Self::DEFAULT_RANGE.parse().unwrap_or_else(|_| Ipv4Net::from(Ipv4Addr::new(10, 32, 0, 0)));
+        let range = Self::DEFAULT_RANGE
+            .parse()
+            .unwrap_or_else(|_| Ipv4Net::from(Ipv4Addr::new(10, 32, 0, 0)));
         Self::new(range)
     }
 }
@@ -59,12 +61,26 @@ impl Default for IpamConfig {
 /// What the core reports to its driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    GenesisAdopted { genesis: GenesisId, creator: NodeId },
-    SpaceReceived { from: NodeId, addresses: u64 },
-    SpaceGiven { to: NodeId, addresses: u64 },
-    NodeForgotten { node: NodeId, by: NodeId },
+    GenesisAdopted {
+        genesis: GenesisId,
+        creator: NodeId,
+    },
+    SpaceReceived {
+        from: NodeId,
+        addresses: u64,
+    },
+    SpaceGiven {
+        to: NodeId,
+        addresses: u64,
+    },
+    NodeForgotten {
+        node: NodeId,
+        by: NodeId,
+    },
     /// This node was forgotten; it allocates nothing any more.
-    Forgotten { by: NodeId },
+    Forgotten {
+        by: NodeId,
+    },
     Conflict(Box<GenesisConflict>),
 }
 
@@ -84,7 +100,11 @@ struct Peer {
 impl Peer {
     fn free(&self) -> u64 {
         match &self.record {
-            Some(r) if r.status == Status::Active => r.claims.iter().map(|c| u64::from(c.piece.len() - c.used)).sum(),
+            Some(r) if r.status == Status::Active => r
+                .claims
+                .iter()
+                .map(|c| u64::from(c.piece.len() - c.used))
+                .sum(),
             _ => 0,
         }
     }
@@ -136,7 +156,12 @@ pub struct Ipam<S: Store> {
 impl<S: Store> Ipam<S> {
     /// Opens the IPAM state of `identity` from `store` (or starts fresh), and persists a new
     /// start epoch so the record sequence keeps growing across restarts.
-    pub fn open(identity: Arc<IdentityKey>, config: IpamConfig, mut store: S, seed: u64) -> Result<Self> {
+    pub fn open(
+        identity: Arc<IdentityKey>,
+        config: IpamConfig,
+        mut store: S,
+        seed: u64,
+    ) -> Result<Self> {
         super::statement::check_range(config.range)?;
         let me = identity.node_id();
         let loaded = store.load()?;
@@ -177,19 +202,28 @@ impl<S: Store> Ipam<S> {
     }
 
     fn restore(&mut self, state: PersistedState, journal: Vec<JournalOp>) -> Result<()> {
-        let bad = |reason: String| Error::State { path: "ipam state".into(), reason };
+        let bad = |reason: String| Error::State {
+            path: "ipam state".into(),
+            reason,
+        };
         if state.format != STATE_FORMAT {
             return Err(bad(format!("unknown format {}", state.format)));
         }
         if state.node != self.me.to_string() {
-            return Err(bad(format!("belongs to node {}, not to this node {}", state.node, self.me)));
+            return Err(bad(format!(
+                "belongs to node {}, not to this node {}",
+                state.node, self.me
+            )));
         }
         if let Some(g) = &state.genesis {
             let bytes = unhex(g)?;
             let mut r = Reader::new(&bytes);
             let genesis = Genesis::decode(&mut r)?;
             if genesis.range != self.config.range {
-                return Err(Error::RangeMismatch { configured: self.config.range, cluster: genesis.range });
+                return Err(Error::RangeMismatch {
+                    configured: self.config.range,
+                    cluster: genesis.range,
+                });
             }
             self.genesis = Some(genesis);
         }
@@ -199,7 +233,10 @@ impl<S: Store> Ipam<S> {
             PersistedStatus::Active => Status::Active,
             PersistedStatus::Left => Status::Left,
             PersistedStatus::Forgotten { by } => {
-                self.forgotten_by = Some(by.parse().map_err(|_| bad("bad forgotten-by node id".into()))?);
+                self.forgotten_by = Some(
+                    by.parse()
+                        .map_err(|_| bad("bad forgotten-by node id".into()))?,
+                );
                 Status::Forgotten
             }
         };
@@ -211,13 +248,17 @@ impl<S: Store> Ipam<S> {
         self.pool.add(&state.owned);
         for (container, &offset) in &state.allocations {
             if !self.pool.restore(container.clone(), offset) {
-                return Err(bad(format!("allocation of {container} is outside the owned space")));
+                return Err(bad(format!(
+                    "allocation of {container} is outside the owned space"
+                )));
             }
         }
         for op in journal {
             match op {
                 JournalOp::Allocate { container, offset } => {
-                    if !self.pool.restore(container.clone(), offset) && self.pool.allocated(&container) != Some(offset) {
+                    if !self.pool.restore(container.clone(), offset)
+                        && self.pool.allocated(&container) != Some(offset)
+                    {
                         return Err(bad(format!("journal: allocation of {container} is outside the owned space or taken")));
                     }
                 }
@@ -232,10 +273,12 @@ impl<S: Store> Ipam<S> {
             self.outgoing.push(Transfer::decode(&mut r, self.me, size)?);
         }
         for (node, seq) in state.next_seq {
-            self.next_seq.insert(node.parse().map_err(|_| bad("bad node id".into()))?, seq);
+            self.next_seq
+                .insert(node.parse().map_err(|_| bad("bad node id".into()))?, seq);
         }
         for (node, acc) in state.accepted {
-            self.accepted.insert(node.parse().map_err(|_| bad("bad node id".into()))?, acc);
+            self.accepted
+                .insert(node.parse().map_err(|_| bad("bad node id".into()))?, acc);
         }
         for t in &state.tombstones {
             let bytes = unhex(t)?;
@@ -259,10 +302,16 @@ impl<S: Store> Ipam<S> {
             status: match self.status {
                 Status::Active => PersistedStatus::Active,
                 Status::Left => PersistedStatus::Left,
-                Status::Forgotten => PersistedStatus::Forgotten { by: self.forgotten_by.map(|n| n.to_string()).unwrap_or_default() },
+                Status::Forgotten => PersistedStatus::Forgotten {
+                    by: self.forgotten_by.map(|n| n.to_string()).unwrap_or_default(),
+                },
             },
             owned: self.pool.owned().to_vec(),
-            allocations: self.pool.allocations().map(|(c, &o)| (c.clone(), o)).collect(),
+            allocations: self
+                .pool
+                .allocations()
+                .map(|(c, &o)| (c.clone(), o))
+                .collect(),
             outgoing: self
                 .outgoing
                 .iter()
@@ -272,8 +321,16 @@ impl<S: Store> Ipam<S> {
                     hex(&w.buf)
                 })
                 .collect(),
-            next_seq: self.next_seq.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
-            accepted: self.accepted.iter().map(|(n, a)| (n.to_string(), a.clone())).collect(),
+            next_seq: self
+                .next_seq
+                .iter()
+                .map(|(n, s)| (n.to_string(), *s))
+                .collect(),
+            accepted: self
+                .accepted
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.clone()))
+                .collect(),
             tombstones: self
                 .tombstones
                 .values()
@@ -332,14 +389,20 @@ impl<S: Store> Ipam<S> {
         self.pool
             .owned()
             .iter()
-            .flat_map(|p| ipnet::Ipv4Subnets::new(address_at(range, p.start), address_at(range, p.end - 1), 0))
+            .flat_map(|p| {
+                ipnet::Ipv4Subnets::new(address_at(range, p.start), address_at(range, p.end - 1), 0)
+            })
             .collect()
     }
 
     /// Every container and its address.
     pub fn allocations(&self) -> Vec<(String, Ipv4Addr)> {
         let range = self.range();
-        let mut out: Vec<_> = self.pool.allocations().map(|(c, &o)| (c.clone(), address_at(range, o))).collect();
+        let mut out: Vec<_> = self
+            .pool
+            .allocations()
+            .map(|(c, &o)| (c.clone(), address_at(range, o)))
+            .collect();
         out.sort();
         out
     }
@@ -361,13 +424,28 @@ impl<S: Store> Ipam<S> {
             .pool
             .owned()
             .iter()
-            .map(|&piece| Claim { piece, used: self.pool.used_in(piece.start, piece.end) })
+            .map(|&piece| Claim {
+                piece,
+                used: self.pool.used_in(piece.start, piece.end),
+            })
             .collect();
         let mut outgoing = self.outgoing.clone();
         outgoing.reverse();
-        let mut reclaims: Vec<Reclaim> = self.tombstones.values().filter(|rc| rc.by == self.me).cloned().collect();
+        let mut reclaims: Vec<Reclaim> = self
+            .tombstones
+            .values()
+            .filter(|rc| rc.by == self.me)
+            .cloned()
+            .collect();
         reclaims.sort_by_key(|rc| std::cmp::Reverse(rc.base_seq));
-        let record = Record { genesis, seq: self.record_seq(), status: self.status, claims, outgoing, reclaims };
+        let record = Record {
+            genesis,
+            seq: self.record_seq(),
+            status: self.status,
+            claims,
+            outgoing,
+            reclaims,
+        };
         Some(record.encode().0)
     }
 
@@ -387,10 +465,17 @@ impl<S: Store> Ipam<S> {
         let id = genesis.id;
         let size = genesis.size();
         self.genesis = Some(genesis);
-        self.pool.add(&[Piece { start: 0, end: size, version: 1 }]);
+        self.pool.add(&[Piece {
+            start: 0,
+            end: size,
+            version: 1,
+        }]);
         self.save()?;
         info!(genesis = %id, range = %self.config.range, "started a new address space");
-        self.events.push_back(Event::GenesisAdopted { genesis: id, creator: self.me });
+        self.events.push_back(Event::GenesisAdopted {
+            genesis: id,
+            creator: self.me,
+        });
         Ok(id)
     }
 
@@ -398,7 +483,9 @@ impl<S: Store> Ipam<S> {
         match self.status {
             Status::Active => Ok(()),
             Status::Left => Err(Error::Left),
-            Status::Forgotten => Err(Error::Forgotten { by: self.forgotten_by.unwrap_or(self.me) }),
+            Status::Forgotten => Err(Error::Forgotten {
+                by: self.forgotten_by.unwrap_or(self.me),
+            }),
         }
     }
 
@@ -415,7 +502,10 @@ impl<S: Store> Ipam<S> {
             return Ok(address_at(range, offset));
         }
         if let Some(offset) = self.pool.allocate(container) {
-            let op = JournalOp::Allocate { container: container.to_owned(), offset };
+            let op = JournalOp::Allocate {
+                container: container.to_owned(),
+                offset,
+            };
             if let Err(e) = self.store.append(&op) {
                 self.pool.release(container);
                 return Err(e);
@@ -434,8 +524,12 @@ impl<S: Store> Ipam<S> {
 
     /// Releases the address of `container`, if it has one.
     pub fn release(&mut self, container: &str) -> Result<Option<Ipv4Addr>> {
-        let Some(offset) = self.pool.allocated(container) else { return Ok(None) };
-        self.store.append(&JournalOp::Release { container: container.to_owned() })?;
+        let Some(offset) = self.pool.allocated(container) else {
+            return Ok(None);
+        };
+        self.store.append(&JournalOp::Release {
+            container: container.to_owned(),
+        })?;
         self.pool.release(container);
         self.journal_len += 1;
         self.bump();
@@ -446,7 +540,9 @@ impl<S: Store> Ipam<S> {
     /// already asked). The daemon may call this ahead of need, e.g. right after joining.
     pub fn request_space(&mut self, now: Instant) -> Result<NodeId> {
         self.check_active()?;
-        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else { return Err(Error::NoGenesis) };
+        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
+            return Err(Error::NoGenesis);
+        };
         if let Some(p) = self.pending {
             if p.deadline > now {
                 return Ok(p.donor);
@@ -469,12 +565,18 @@ impl<S: Store> Ipam<S> {
         }
         let Some((_, donor)) = best else {
             if unreachable.is_empty() && self.pool.free_count() == 0 {
-                return Err(Error::RangeExhausted { range: self.range() });
+                return Err(Error::RangeExhausted {
+                    range: self.range(),
+                });
             }
             return Err(Error::NoAddressSpaceReachable { unreachable });
         };
         let id = self.rng.gen();
-        self.pending = Some(Pending { id, donor, deadline: now + self.config.request_timeout });
+        self.pending = Some(Pending {
+            id,
+            donor,
+            deadline: now + self.config.request_timeout,
+        });
         debug!(peer = %donor.short(), "asking for address space");
         self.send(donor, Message::Request { genesis, id });
         Ok(donor)
@@ -492,7 +594,13 @@ impl<S: Store> Ipam<S> {
         let candidates: Vec<NodeId> = self
             .peers
             .iter()
-            .filter(|(id, p)| p.reachable && !self.tombstones.contains_key(id) && p.record.as_ref().is_some_and(|r| r.status == Status::Active))
+            .filter(|(id, p)| {
+                p.reachable
+                    && !self.tombstones.contains_key(id)
+                    && p.record
+                        .as_ref()
+                        .is_some_and(|r| r.status == Status::Active)
+            })
             .map(|(id, _)| *id)
             .collect();
         let receiver = if self.pool.owned().is_empty() {
@@ -502,17 +610,34 @@ impl<S: Store> Ipam<S> {
                 let ring = self.ownership();
                 ring.iter().find(|e| e.end == first.start).map(|e| e.owner)
             });
-            let chosen = neighbour.filter(|n| candidates.contains(n)).or_else(|| candidates.first().copied());
+            let chosen = neighbour
+                .filter(|n| candidates.contains(n))
+                .or_else(|| candidates.first().copied());
             Some(chosen.ok_or(Error::NoPeerToHandTo)?)
         };
-        let pieces: Vec<Piece> = self.pool.clear().into_iter().map(|p| Piece { version: p.version + 1, ..p }).collect();
+        let pieces: Vec<Piece> = self
+            .pool
+            .clear()
+            .into_iter()
+            .map(|p| Piece {
+                version: p.version + 1,
+                ..p
+            })
+            .collect();
         if let Some(to) = receiver {
             let t = self.make_transfer(genesis, to, pieces);
             self.outgoing.push(t.clone());
             self.status = Status::Left;
             self.save()?;
             info!(peer = %to.short(), addresses = t.addresses(), "left: handed all address space over");
-            self.send(to, Message::Grant { genesis, id: 0, transfer: t });
+            self.send(
+                to,
+                Message::Grant {
+                    genesis,
+                    id: 0,
+                    transfer: t,
+                },
+            );
         } else {
             self.status = Status::Left;
             self.save()?;
@@ -525,7 +650,9 @@ impl<S: Store> Ipam<S> {
     /// operator asserts it will not come back with this identity: if it does, it is refused.
     pub fn forget(&mut self, _now: Instant, node: NodeId) -> Result<Reclaim> {
         self.check_active()?;
-        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else { return Err(Error::NoGenesis) };
+        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
+            return Err(Error::NoGenesis);
+        };
         if node == self.me {
             return Err(Error::ForgetSelf);
         }
@@ -538,7 +665,11 @@ impl<S: Store> Ipam<S> {
             .ownership()
             .into_iter()
             .filter(|e| e.owner == node)
-            .map(|e| Piece { start: e.start, end: e.end, version: e.version + 1 })
+            .map(|e| Piece {
+                start: e.start,
+                end: e.end,
+                version: e.version + 1,
+            })
             .collect();
         let reclaim = Reclaim::sign(&self.identity, genesis, node, base_seq, pieces.clone());
         self.tombstones.insert(node, reclaim.clone());
@@ -547,7 +678,8 @@ impl<S: Store> Ipam<S> {
         self.save()?;
         let addresses: u64 = pieces.iter().map(|p| u64::from(p.len())).sum();
         info!(peer = %node.short(), addresses, "forgot node and took its address space back");
-        self.events.push_back(Event::NodeForgotten { node, by: self.me });
+        self.events
+            .push_back(Event::NodeForgotten { node, by: self.me });
         Ok(reclaim)
     }
 
@@ -558,7 +690,10 @@ impl<S: Store> Ipam<S> {
     }
 
     fn send(&mut self, to: NodeId, msg: Message) {
-        self.transmits.push_back(Transmit { to, bytes: msg.encode() });
+        self.transmits.push_back(Transmit {
+            to,
+            bytes: msg.encode(),
+        });
     }
 
     // ----- inputs -----
@@ -590,8 +725,12 @@ impl<S: Store> Ipam<S> {
         }
         let record = Record::decode(from, bytes)?;
         if let Some(rc) = self.tombstones.get(&from) {
-            if record.status != Status::Forgotten && record.genesis.id == rc_genesis(&self.genesis) {
-                let msg = Message::Forgotten { genesis: record.genesis.id, reclaim: rc.clone() };
+            if record.status != Status::Forgotten && record.genesis.id == rc_genesis(&self.genesis)
+            {
+                let msg = Message::Forgotten {
+                    genesis: record.genesis.id,
+                    reclaim: rc.clone(),
+                };
                 self.send(from, msg);
             }
             return Ok(());
@@ -631,17 +770,26 @@ impl<S: Store> Ipam<S> {
     fn adopt(&mut self, genesis: &Genesis) -> Result<()> {
         genesis.verify()?;
         if genesis.range != self.config.range {
-            return Err(Error::RangeMismatch { configured: self.config.range, cluster: genesis.range });
+            return Err(Error::RangeMismatch {
+                configured: self.config.range,
+                cluster: genesis.range,
+            });
         }
         self.genesis = Some(genesis.clone());
         self.save()?;
         info!(genesis = %genesis.id, creator = %genesis.creator.short(), "joined the address space");
-        self.events.push_back(Event::GenesisAdopted { genesis: genesis.id, creator: genesis.creator });
+        self.events.push_back(Event::GenesisAdopted {
+            genesis: genesis.id,
+            creator: genesis.creator,
+        });
         Ok(())
     }
 
     fn conflict(&mut self, from: NodeId, theirs: &Genesis) -> Error {
-        let entry = self.conflicts.entry(theirs.id).or_insert_with(|| (theirs.clone(), BTreeSet::new()));
+        let entry = self
+            .conflicts
+            .entry(theirs.id)
+            .or_insert_with(|| (theirs.clone(), BTreeSet::new()));
         let first = entry.1.insert(from) && entry.1.len() == 1;
         let c = self.conflict_report(theirs.id);
         if first {
@@ -658,28 +806,60 @@ impl<S: Store> Ipam<S> {
             range: g.range,
             nodes: nodes.iter().take(5).map(|n| n.to_string()).collect(),
         };
-        let our_nodes: Vec<NodeId> = std::iter::once(self.me).chain(self.peers.iter().filter(|(_, p)| p.record.is_some()).map(|(id, _)| *id)).collect();
+        let our_nodes: Vec<NodeId> = std::iter::once(self.me)
+            .chain(
+                self.peers
+                    .iter()
+                    .filter(|(_, p)| p.record.is_some())
+                    .map(|(id, _)| *id),
+            )
+            .collect();
         let (their_genesis, their_nodes) = &self.conflicts[&theirs];
         let ours = self.genesis.as_ref().map_or_else(
-            || GenesisSide { genesis: GenesisId([0; 16]), creator: String::new(), range: self.config.range, nodes: vec![] },
+            || GenesisSide {
+                genesis: GenesisId([0; 16]),
+                creator: String::new(),
+                range: self.config.range,
+                nodes: vec![],
+            },
             |g| side(g, our_nodes),
         );
-        GenesisConflict { ours, theirs: side(their_genesis, their_nodes.iter().copied().collect()) }
+        GenesisConflict {
+            ours,
+            theirs: side(their_genesis, their_nodes.iter().copied().collect()),
+        }
     }
 
     /// Applies a transfer addressed to us, exactly once.
     fn accept(&mut self, t: &Transfer) -> Result<()> {
-        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else { return Err(Error::NoGenesis) };
-        if t.to != self.me || self.status != Status::Active || self.tombstones.contains_key(&t.from) {
+        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
+            return Err(Error::NoGenesis);
+        };
+        if t.to != self.me || self.status != Status::Active || self.tombstones.contains_key(&t.from)
+        {
             return Ok(());
         }
-        if self.accepted.get(&t.from).is_some_and(|a| a.contains(t.seq)) {
+        if self
+            .accepted
+            .get(&t.from)
+            .is_some_and(|a| a.contains(t.seq))
+        {
             let record_seq = self.record_seq();
-            self.send(t.from, Message::Ack { genesis, seq: t.seq, record_seq });
+            self.send(
+                t.from,
+                Message::Ack {
+                    genesis,
+                    seq: t.seq,
+                    record_seq,
+                },
+            );
             return Ok(());
         }
         t.verify(genesis)?;
-        if t.pieces.iter().any(|p| (p.start..p.end).any(|o| self.pool.owns(o))) {
+        if t.pieces
+            .iter()
+            .any(|p| (p.start..p.end).any(|o| self.pool.owns(o)))
+        {
             return Err(Error::Decode("transfer overlaps space this node owns"));
         }
         self.accepted.entry(t.from).or_default().insert(t.seq);
@@ -688,17 +868,29 @@ impl<S: Store> Ipam<S> {
         let addresses = t.addresses();
         info!(peer = %t.from.short(), addresses, "received address space");
         let record_seq = self.record_seq();
-        self.send(t.from, Message::Ack { genesis, seq: t.seq, record_seq });
+        self.send(
+            t.from,
+            Message::Ack {
+                genesis,
+                seq: t.seq,
+                record_seq,
+            },
+        );
         if self.pending.is_some_and(|p| p.donor == t.from) {
             self.pending = None;
         }
         self.wants_space = false;
-        self.events.push_back(Event::SpaceReceived { from: t.from, addresses });
+        self.events.push_back(Event::SpaceReceived {
+            from: t.from,
+            addresses,
+        });
         Ok(())
     }
 
     fn learn_reclaim(&mut self, rc: &Reclaim) -> Result<()> {
-        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else { return Err(Error::NoGenesis) };
+        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
+            return Err(Error::NoGenesis);
+        };
         if rc.forgotten == self.me {
             if self.status == Status::Forgotten {
                 return Ok(());
@@ -724,19 +916,27 @@ impl<S: Store> Ipam<S> {
         // otherwise belong to nobody: they come back to us.
         let mut back = Vec::new();
         for t in self.outgoing.iter().filter(|t| t.to == rc.forgotten) {
-            back.extend(subtract(&t.pieces, &rc.pieces).into_iter().map(|p| Piece { version: p.version + 1, ..p }));
+            back.extend(subtract(&t.pieces, &rc.pieces).into_iter().map(|p| Piece {
+                version: p.version + 1,
+                ..p
+            }));
         }
         self.outgoing.retain(|t| t.to != rc.forgotten);
         self.pool.add(&back);
         self.save()?;
         info!(peer = %rc.forgotten.short(), by = %rc.by.short(), "node was forgotten");
-        self.events.push_back(Event::NodeForgotten { node: rc.forgotten, by: rc.by });
+        self.events.push_back(Event::NodeForgotten {
+            node: rc.forgotten,
+            by: rc.by,
+        });
         Ok(())
     }
 
     /// A direct message from `from` (authenticated by the transport).
     pub fn handle_message(&mut self, now: Instant, from: NodeId, bytes: &[u8]) -> Result<()> {
-        let Some(ours) = self.genesis.as_ref().map(|g| g.id) else { return Err(Error::NoGenesis) };
+        let Some(ours) = self.genesis.as_ref().map(|g| g.id) else {
+            return Err(Error::NoGenesis);
+        };
         let msg = Message::decode(from, bytes, self.size())?;
         if msg.genesis() != ours {
             return Err(Error::Decode("message for another address space"));
@@ -745,7 +945,10 @@ impl<S: Store> Ipam<S> {
             return self.learn_reclaim(reclaim);
         }
         if let Some(rc) = self.tombstones.get(&from) {
-            let msg = Message::Forgotten { genesis: ours, reclaim: rc.clone() };
+            let msg = Message::Forgotten {
+                genesis: ours,
+                reclaim: rc.clone(),
+            };
             self.send(from, msg);
             return Ok(());
         }
@@ -762,7 +965,9 @@ impl<S: Store> Ipam<S> {
                 }
                 Ok(())
             }
-            Message::Ack { seq, record_seq, .. } => {
+            Message::Ack {
+                seq, record_seq, ..
+            } => {
                 if self.outgoing.iter().any(|t| t.to == from && t.seq == seq) {
                     self.acks.insert((from, seq), record_seq);
                 }
@@ -774,16 +979,34 @@ impl<S: Store> Ipam<S> {
 
     /// Answers a request for space: half of this node's largest free run, from its top end.
     fn give(&mut self, to: NodeId, id: u64) -> Result<()> {
-        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else { return Err(Error::NoGenesis) };
+        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
+            return Err(Error::NoGenesis);
+        };
         if let Some(&(last_id, seq)) = self.granted.get(&to) {
             if last_id == id {
-                if let Some(t) = self.outgoing.iter().find(|t| t.to == to && t.seq == seq).cloned() {
-                    self.send(to, Message::Grant { genesis, id, transfer: t });
+                if let Some(t) = self
+                    .outgoing
+                    .iter()
+                    .find(|t| t.to == to && t.seq == seq)
+                    .cloned()
+                {
+                    self.send(
+                        to,
+                        Message::Grant {
+                            genesis,
+                            id,
+                            transfer: t,
+                        },
+                    );
                 }
                 return Ok(());
             }
         }
-        let run = if self.status == Status::Active { self.pool.largest_free_run() } else { None };
+        let run = if self.status == Status::Active {
+            self.pool.largest_free_run()
+        } else {
+            None
+        };
         let Some((start, end)) = run else {
             self.send(to, Message::Deny { genesis, id });
             return Ok(());
@@ -795,19 +1018,38 @@ impl<S: Store> Ipam<S> {
         self.granted.insert(to, (id, t.seq));
         self.save()?;
         info!(peer = %to.short(), addresses = t.addresses(), "gave address space");
-        self.events.push_back(Event::SpaceGiven { to, addresses: t.addresses() });
-        self.send(to, Message::Grant { genesis, id, transfer: t });
+        self.events.push_back(Event::SpaceGiven {
+            to,
+            addresses: t.addresses(),
+        });
+        self.send(
+            to,
+            Message::Grant {
+                genesis,
+                id,
+                transfer: t,
+            },
+        );
         Ok(())
     }
 
     /// Drops our transfers to `node` once we hold a record of it that shows them applied: from
     /// then on its own record asserts those pieces, and relaying ours is no longer needed.
     fn prune_acknowledged(&mut self, node: NodeId) -> Result<()> {
-        let Some(have) = self.peers.get(&node).and_then(|p| p.record.as_ref()).map(|r| r.seq) else { return Ok(()) };
+        let Some(have) = self
+            .peers
+            .get(&node)
+            .and_then(|p| p.record.as_ref())
+            .map(|r| r.seq)
+        else {
+            return Ok(());
+        };
         let acks = &self.acks;
         let before = self.outgoing.len();
-        self.outgoing.retain(|t| t.to != node || acks.get(&(node, t.seq)).map_or(true, |&need| have < need));
-        self.acks.retain(|&(n, _), &mut need| n != node || have < need);
+        self.outgoing
+            .retain(|t| t.to != node || acks.get(&(node, t.seq)).map_or(true, |&need| have < need));
+        self.acks
+            .retain(|&(n, _), &mut need| n != node || have < need);
         if before != self.outgoing.len() {
             self.save()?;
         }
@@ -815,16 +1057,30 @@ impl<S: Store> Ipam<S> {
     }
 
     fn retransmit_to(&mut self, only: Option<NodeId>) {
-        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else { return };
+        let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
+            return;
+        };
         let resend: Vec<Transfer> = self
             .outgoing
             .iter()
             .filter(|t| !self.acks.contains_key(&(t.to, t.seq)))
-            .filter(|t| only.map_or_else(|| self.peers.get(&t.to).is_some_and(|p| p.reachable), |n| n == t.to))
+            .filter(|t| {
+                only.map_or_else(
+                    || self.peers.get(&t.to).is_some_and(|p| p.reachable),
+                    |n| n == t.to,
+                )
+            })
             .cloned()
             .collect();
         for t in resend {
-            self.send(t.to, Message::Grant { genesis, id: 0, transfer: t });
+            self.send(
+                t.to,
+                Message::Grant {
+                    genesis,
+                    id: 0,
+                    transfer: t,
+                },
+            );
         }
     }
 
@@ -832,7 +1088,8 @@ impl<S: Store> Ipam<S> {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.pending.is_some_and(|p| p.deadline <= now) {
             if let Some(p) = self.pending.take() {
-                self.denied.insert(p.donor, now + self.config.request_timeout);
+                self.denied
+                    .insert(p.donor, now + self.config.request_timeout);
             }
             if self.wants_space && self.status == Status::Active {
                 let _ = self.request_space(now);
@@ -848,8 +1105,15 @@ impl<S: Store> Ipam<S> {
 
     /// When `handle_timeout` wants to be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let retransmit = if self.outgoing.is_empty() { None } else { self.next_retransmit };
-        [self.pending.map(|p| p.deadline), retransmit].into_iter().flatten().min()
+        let retransmit = if self.outgoing.is_empty() {
+            None
+        } else {
+            self.next_retransmit
+        };
+        [self.pending.map(|p| p.deadline), retransmit]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     #[must_use]
@@ -870,20 +1134,43 @@ impl<S: Store> Ipam<S> {
     }
 
     fn assertions(&self) -> Vec<Assertion> {
-        let mut out: Vec<Assertion> = self.pool.owned().iter().map(|&piece| Assertion { piece, owner: self.me }).collect();
+        let mut out: Vec<Assertion> = self
+            .pool
+            .owned()
+            .iter()
+            .map(|&piece| Assertion {
+                piece,
+                owner: self.me,
+            })
+            .collect();
         let mut transfers: Vec<&Transfer> = self.outgoing.iter().collect();
         for (id, peer) in &self.peers {
             let Some(r) = &peer.record else { continue };
-            out.extend(r.claims.iter().map(|c| Assertion { piece: c.piece, owner: *id }));
+            out.extend(r.claims.iter().map(|c| Assertion {
+                piece: c.piece,
+                owner: *id,
+            }));
             transfers.extend(r.outgoing.iter());
         }
         for t in transfers {
-            if t.to == self.me && !self.accepted.get(&t.from).is_some_and(|a| a.contains(t.seq)) {
+            if t.to == self.me
+                && !self
+                    .accepted
+                    .get(&t.from)
+                    .is_some_and(|a| a.contains(t.seq))
+            {
                 continue; // not ours until we applied it
             }
-            out.extend(t.pieces.iter().map(|&piece| Assertion { piece, owner: t.to }));
+            out.extend(
+                t.pieces
+                    .iter()
+                    .map(|&piece| Assertion { piece, owner: t.to }),
+            );
         }
-        out.retain(|a| !self.tombstones.contains_key(&a.owner) && (a.owner != self.me || self.status == Status::Active));
+        out.retain(|a| {
+            !self.tombstones.contains_key(&a.owner)
+                && (a.owner != self.me || self.status == Status::Active)
+        });
         out
     }
 
@@ -891,15 +1178,22 @@ impl<S: Store> Ipam<S> {
     pub fn report(&self) -> IpamReport {
         let range = self.range();
         let (ring, clashes) = view::compute_ring(&self.assertions());
-        let reachable = |n: &NodeId| *n == self.me || self.peers.get(n).is_some_and(|p| p.reachable);
+        let reachable =
+            |n: &NodeId| *n == self.me || self.peers.get(n).is_some_and(|p| p.reachable);
         let used_of = |e: &RingEntry| -> Option<u32> {
             if e.owner == self.me {
                 return Some(self.pool.used_in(e.start, e.end));
             }
             let r = self.peers.get(&e.owner)?.record.as_ref()?;
-            r.claims.iter().find(|c| c.piece.start == e.start && c.piece.end == e.end).map(|c| c.used)
+            r.claims
+                .iter()
+                .find(|c| c.piece.start == e.start && c.piece.end == e.end)
+                .map(|c| c.used)
         };
-        let pieces = ring.iter().map(|e| view::piece_report(range, e, used_of(e), reachable(&e.owner))).collect();
+        let pieces = ring
+            .iter()
+            .map(|e| view::piece_report(range, e, used_of(e), reachable(&e.owner)))
+            .collect();
         let claimed: u64 = ring.iter().map(|e| u64::from(e.end - e.start)).sum();
         let mut nodes = vec![NodeReport {
             node: self.me.to_string(),
@@ -926,13 +1220,23 @@ impl<S: Store> Ipam<S> {
             node: self.me.to_string(),
             status: self.status,
             range: self.genesis.as_ref().map(|g| g.range),
-            genesis: self.genesis.as_ref().map(|g| view::GenesisReport { id: g.id, creator: g.creator.to_string() }),
+            genesis: self.genesis.as_ref().map(|g| view::GenesisReport {
+                id: g.id,
+                creator: g.creator.to_string(),
+            }),
             pieces,
             nodes,
             unreachable_free,
-            unclaimed: self.genesis.as_ref().map_or(0, |g| u64::from(g.size()) - claimed),
+            unclaimed: self
+                .genesis
+                .as_ref()
+                .map_or(0, |g| u64::from(g.size()) - claimed),
             forgotten: self.tombstones.keys().map(|n| n.to_string()).collect(),
-            conflicts: self.conflicts.keys().map(|id| self.conflict_report(*id)).collect(),
+            conflicts: self
+                .conflicts
+                .keys()
+                .map(|id| self.conflict_report(*id))
+                .collect(),
             clashes: clashes
                 .into_iter()
                 .map(|(s, e, owners)| view::ClashReport {

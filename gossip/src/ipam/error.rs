@@ -54,13 +54,19 @@ pub enum Error {
     #[error("{0}")]
     GenesisConflict(Box<GenesisConflict>),
     #[error("cluster range {range} is not usable: {reason}")]
-    BadRange { range: Ipv4Net, reason: &'static str },
+    BadRange {
+        range: Ipv4Net,
+        reason: &'static str,
+    },
     #[error("this node has no address space yet: it has not learned the cluster's genesis (start the first node as the seed, or run `weft ipam init` on it)")]
     NoGenesis,
     #[error("this node already has a genesis ({0}); a node starts at most one address space")]
     AlreadyInitialised(GenesisId),
     #[error("the configured range {configured} differs from the cluster's range {cluster}")]
-    RangeMismatch { configured: Ipv4Net, cluster: Ipv4Net },
+    RangeMismatch {
+        configured: Ipv4Net,
+        cluster: Ipv4Net,
+    },
     #[error("no address space reachable: this node has no free address and no reachable node has any{}; try again later",
         if unreachable.is_empty() { String::new() } else { format!(" (free space is held by unreachable nodes: {})", short_list(unreachable)) })]
     NoAddressSpaceReachable { unreachable: Vec<NodeId> },
@@ -93,7 +99,11 @@ pub enum Error {
 }
 
 fn short_list(nodes: &[NodeId]) -> String {
-    nodes.iter().map(NodeId::short).collect::<Vec<_>>().join(", ")
+    nodes
+        .iter()
+        .map(NodeId::short)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

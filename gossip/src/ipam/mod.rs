@@ -16,5 +16,7 @@ pub use self::core::{Event, Ipam, IpamConfig, Transmit};
 pub use error::{Error, GenesisConflict, GenesisSide, Result};
 pub use record::{Claim, Message, Record, Status, MAX_RECORD_BYTES};
 pub use statement::{Genesis, GenesisId, Piece, Reclaim, Transfer};
-pub use store::{Accepted, FileStore, JournalOp, MemoryStore, PersistedState, PersistedStatus, Store};
+pub use store::{
+    Accepted, FileStore, JournalOp, MemoryStore, PersistedState, PersistedStatus, Store,
+};
 pub use view::{ClashReport, GenesisReport, IpamReport, NodeReport, PieceReport, RingEntry};

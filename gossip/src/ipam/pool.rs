@@ -20,7 +20,13 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn new(size: u32) -> Self {
-        Self { size, owned: Vec::new(), used: BTreeSet::new(), by_container: HashMap::new(), cursor: 0 }
+        Self {
+            size,
+            owned: Vec::new(),
+            used: BTreeSet::new(),
+            by_container: HashMap::new(),
+            cursor: 0,
+        }
     }
 
     pub(crate) fn owned(&self) -> &[Piece] {
@@ -125,7 +131,13 @@ impl Pool {
         let n = self.owned.len();
         for k in 0..=n {
             let p = self.owned[(first + k) % n];
-            let from = if k == 0 { p.start.max(self.cursor) } else { p.start };
+            // Only the piece the cursor points into starts at the cursor; the others (and
+            // the wrap-around) start at their beginning.
+            let from = if k == 0 && first < n {
+                p.start.max(self.cursor)
+            } else {
+                p.start
+            };
             if let Some(offset) = self.first_free_in(from, p.end) {
                 return Some(offset);
             }
@@ -134,6 +146,9 @@ impl Pool {
     }
 
     fn first_free_in(&self, from: u32, end: u32) -> Option<u32> {
+        if from >= end {
+            return None;
+        }
         let mut candidate = from;
         if candidate < end && self.reserved(candidate) {
             candidate += 1;
@@ -161,7 +176,11 @@ impl Pool {
         };
         for p in &self.owned {
             let mut s = p.start;
-            let blockers = self.used.range(p.start..p.end).copied().chain([0, self.size - 1].into_iter().filter(|r| (p.start..p.end).contains(r)));
+            let blockers = self.used.range(p.start..p.end).copied().chain(
+                [0, self.size - 1]
+                    .into_iter()
+                    .filter(|r| (p.start..p.end).contains(r)),
+            );
             let mut blockers: Vec<u32> = blockers.collect();
             blockers.sort_unstable();
             for b in blockers {
@@ -184,12 +203,24 @@ impl Pool {
                 kept.push(p);
                 continue;
             }
-            given.push(Piece { start: s, end: e, version: p.version + 1 });
+            given.push(Piece {
+                start: s,
+                end: e,
+                version: p.version + 1,
+            });
             if p.start < s {
-                kept.push(Piece { start: p.start, end: s, version: p.version });
+                kept.push(Piece {
+                    start: p.start,
+                    end: s,
+                    version: p.version,
+                });
             }
             if e < p.end {
-                kept.push(Piece { start: e, end: p.end, version: p.version });
+                kept.push(Piece {
+                    start: e,
+                    end: p.end,
+                    version: p.version,
+                });
             }
         }
         self.owned = kept;
@@ -203,20 +234,45 @@ mod tests {
 
     fn pool_with(size: u32, pieces: &[(u32, u32)]) -> Pool {
         let mut pool = Pool::new(size);
-        pool.add(&pieces.iter().map(|&(start, end)| Piece { start, end, version: 1 }).collect::<Vec<_>>());
+        pool.add(
+            &pieces
+                .iter()
+                .map(|&(start, end)| Piece {
+                    start,
+                    end,
+                    version: 1,
+                })
+                .collect::<Vec<_>>(),
+        );
         pool
     }
 
     #[test]
     fn allocates_every_address_once_skipping_network_and_broadcast() {
         let mut pool = pool_with(16, &[(0, 16)]);
-        let mut got: Vec<u32> = (0..14).map(|i| pool.allocate(&format!("c{i}")).expect("space left")).collect();
+        let mut got: Vec<u32> = (0..14)
+            .map(|i| pool.allocate(&format!("c{i}")).expect("space left"))
+            .collect();
         assert!(pool.allocate("one-too-many").is_none());
         got.sort_unstable();
         assert_eq!(got, (1..15).collect::<Vec<_>>());
         assert_eq!(pool.allocate("c3"), Some(4), "same container, same address");
         assert_eq!(pool.release("c3"), Some(4));
-        assert_eq!(pool.allocate("again"), Some(4), "a freed address is usable again");
+        assert_eq!(
+            pool.allocate("again"),
+            Some(4),
+            "a freed address is usable again"
+        );
+    }
+
+    #[test]
+    fn cursor_past_the_last_piece_wraps_around() {
+        let mut pool = pool_with(256, &[(16, 32), (64, 80)]);
+        pool.cursor = 200;
+        assert_eq!(pool.allocate("a"), Some(16));
+        pool.cursor = 79;
+        assert_eq!(pool.allocate("b"), Some(79));
+        assert_eq!(pool.allocate("c"), Some(17));
     }
 
     #[test]
@@ -225,11 +281,36 @@ mod tests {
         assert_eq!(pool.allocate("a"), Some(16));
         assert_eq!(pool.allocate("b"), Some(17));
         pool.release("a");
-        assert_eq!(pool.allocate("c"), Some(18), "freed 16 is not reused at once");
+        assert_eq!(
+            pool.allocate("c"),
+            Some(18),
+            "freed 16 is not reused at once"
+        );
         assert_eq!(pool.largest_free_run(), Some((64, 80)));
         let given = pool.take(72, 80);
-        assert_eq!(given, vec![Piece { start: 72, end: 80, version: 2 }]);
-        assert_eq!(pool.owned(), &[Piece { start: 16, end: 32, version: 1 }, Piece { start: 64, end: 72, version: 1 }]);
+        assert_eq!(
+            given,
+            vec![Piece {
+                start: 72,
+                end: 80,
+                version: 2
+            }]
+        );
+        assert_eq!(
+            pool.owned(),
+            &[
+                Piece {
+                    start: 16,
+                    end: 32,
+                    version: 1
+                },
+                Piece {
+                    start: 64,
+                    end: 72,
+                    version: 1
+                }
+            ]
+        );
         assert!(!pool.owns(75));
     }
 }

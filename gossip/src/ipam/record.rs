@@ -5,7 +5,9 @@
 use weft_crypto::NodeId;
 
 use super::error::{Error, Result};
-use super::statement::{decode_pieces, encode_pieces, Genesis, GenesisId, Piece, Reclaim, Transfer};
+use super::statement::{
+    decode_pieces, encode_pieces, Genesis, GenesisId, Piece, Reclaim, Transfer,
+};
 use super::wire::{Reader, Writer};
 
 /// The bound the gossip core gives the record field.
@@ -142,12 +144,21 @@ impl Record {
         for _ in 0..n {
             let rc = Reclaim::decode(&mut r, size)?;
             if rc.by != from {
-                return Err(Error::Decode("a record carries only its own node's reclaims"));
+                return Err(Error::Decode(
+                    "a record carries only its own node's reclaims",
+                ));
             }
             reclaims.push(rc);
         }
         r.finish()?;
-        Ok(Self { genesis, seq, status, claims, outgoing, reclaims })
+        Ok(Self {
+            genesis,
+            seq,
+            status,
+            claims,
+            outgoing,
+            reclaims,
+        })
     }
 }
 
@@ -157,14 +168,25 @@ pub enum Message {
     /// "Please give me some of your free space."
     Request { genesis: GenesisId, id: u64 },
     /// The answer with space: a signed transfer to the requester.
-    Grant { genesis: GenesisId, id: u64, transfer: Transfer },
+    Grant {
+        genesis: GenesisId,
+        id: u64,
+        transfer: Transfer,
+    },
     /// The answer without: the donor has no free space to give.
     Deny { genesis: GenesisId, id: u64 },
     /// "I applied your transfer `seq`; my record from `record_seq` on shows it": the giver
     /// stops sending it, and stops relaying it once it has that record.
-    Ack { genesis: GenesisId, seq: u64, record_seq: u64 },
+    Ack {
+        genesis: GenesisId,
+        seq: u64,
+        record_seq: u64,
+    },
     /// Sent to a forgotten node that shows up again, with the proof.
-    Forgotten { genesis: GenesisId, reclaim: Reclaim },
+    Forgotten {
+        genesis: GenesisId,
+        reclaim: Reclaim,
+    },
 }
 
 impl Message {
@@ -196,7 +218,9 @@ impl Message {
                 w.varint(*id);
                 transfer.encode(&mut w);
             }
-            Message::Ack { seq, record_seq, .. } => {
+            Message::Ack {
+                seq, record_seq, ..
+            } => {
                 w.varint(*seq);
                 w.varint(*record_seq);
             }
@@ -214,14 +238,31 @@ impl Message {
         let kind = r.u8()?;
         let genesis = GenesisId(r.array()?);
         let msg = match kind {
-            0 => Message::Request { genesis, id: r.varint()? },
+            0 => Message::Request {
+                genesis,
+                id: r.varint()?,
+            },
             1 => {
                 let id = r.varint()?;
-                Message::Grant { genesis, id, transfer: Transfer::decode(&mut r, from, size)? }
+                Message::Grant {
+                    genesis,
+                    id,
+                    transfer: Transfer::decode(&mut r, from, size)?,
+                }
             }
-            2 => Message::Deny { genesis, id: r.varint()? },
-            3 => Message::Ack { genesis, seq: r.varint()?, record_seq: r.varint()? },
-            4 => Message::Forgotten { genesis, reclaim: Reclaim::decode(&mut r, size)? },
+            2 => Message::Deny {
+                genesis,
+                id: r.varint()?,
+            },
+            3 => Message::Ack {
+                genesis,
+                seq: r.varint()?,
+                record_seq: r.varint()?,
+            },
+            4 => Message::Forgotten {
+                genesis,
+                reclaim: Reclaim::decode(&mut r, size)?,
+            },
             _ => return Err(Error::Decode("unknown IPAM message kind")),
         };
         r.finish()?;

@@ -19,6 +19,9 @@ use weft_crypto::{IdentityKey, NodeId};
 
 use super::{Error, Ipam, IpamConfig, MemoryStore, Piece, RingEntry};
 
+/// What a crashed node restarts with: its pieces and its allocations.
+type Frozen = (Vec<Piece>, Vec<(String, Ipv4Addr)>);
+
 /// One simulated node.
 #[derive(Debug)]
 pub struct SimNode {
@@ -34,7 +37,9 @@ pub struct SimNode {
     /// Reachability as last told to its core.
     told: BTreeSet<NodeId>,
     /// Owned pieces and allocations when it crashed (what it restarts with).
-    frozen: Option<(Vec<Piece>, Vec<(String, Ipv4Addr)>)>,
+    frozen: Option<Frozen>,
+    /// Sequence of the last record it put out for gossip.
+    last_published: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -102,8 +107,19 @@ impl Sim {
         let id = identity.node_id();
         let store = MemoryStore::new();
         let s = self.next_seed();
-        let ipam = Ipam::open(identity.clone(), self.config.clone(), store.clone(), s).expect("a fresh in-memory store opens");
-        self.nodes.push(SimNode { id, identity, store, ipam: Some(ipam), gone: false, known: BTreeMap::new(), told: BTreeSet::new(), frozen: None });
+        let ipam = Ipam::open(identity.clone(), self.config.clone(), store.clone(), s)
+            .expect("a fresh in-memory store opens");
+        self.nodes.push(SimNode {
+            id,
+            identity,
+            store,
+            ipam: Some(ipam),
+            gone: false,
+            known: BTreeMap::new(),
+            told: BTreeSet::new(),
+            frozen: None,
+            last_published: None,
+        });
         self.index.insert(id, i);
         self.group.push(0);
         i
@@ -141,7 +157,12 @@ impl Sim {
         if node.ipam.is_some() {
             return Ok(());
         }
-        let ipam = Ipam::open(node.identity.clone(), self.config.clone(), node.store.clone(), s)?;
+        let ipam = Ipam::open(
+            node.identity.clone(),
+            self.config.clone(),
+            node.store.clone(),
+            s,
+        )?;
         node.ipam = Some(ipam);
         node.frozen = None;
         Ok(())
@@ -151,7 +172,9 @@ impl Sim {
     /// nodes it can reach, and is gone.
     pub fn leave(&mut self, i: usize) -> Result<Option<NodeId>, Error> {
         let now = self.now;
-        let Some(ipam) = self.nodes[i].ipam.as_mut() else { return Ok(None) };
+        let Some(ipam) = self.nodes[i].ipam.as_mut() else {
+            return Ok(None);
+        };
         let to = ipam.leave(now)?;
         self.flush(i);
         self.publish(i);
@@ -178,6 +201,30 @@ impl Sim {
         self.nodes[target].gone = true;
         self.nodes[target].ipam = None;
         Ok(())
+    }
+
+    /// The precondition an operator must meet before `weft forget` (see the module doc):
+    /// `by` has the last record `target` put out and the current record of every live node,
+    /// and nothing `target` sent is still on its way.
+    pub fn forget_is_safe(&self, by: usize, target: usize) -> bool {
+        let t = &self.nodes[target];
+        if !self.is_up(by)
+            || t.ipam.is_some()
+            || t.gone
+            || by == target
+            || t.last_published.is_none()
+        {
+            return false;
+        }
+        let known = &self.nodes[by].known;
+        let has = |id: &NodeId, seq: Option<u64>| {
+            seq.map_or(true, |s| known.get(id).is_some_and(|(k, _)| *k == s))
+        };
+        has(&t.id, t.last_published)
+            && (0..self.nodes.len())
+                .filter(|&j| self.is_up(j))
+                .all(|j| has(&self.nodes[j].id, self.nodes[j].last_published))
+            && !self.in_flight.iter().any(|m| m.from == target)
     }
 
     /// Brings a forgotten node back with its old identity and state (an operator mistake
@@ -220,7 +267,12 @@ impl Sim {
         for t in out {
             if let Some(&to) = self.index.get(&t.to) {
                 if !self.lost() {
-                    self.in_flight.push(InFlight { from: i, to, bytes: t.bytes, due });
+                    self.in_flight.push(InFlight {
+                        from: i,
+                        to,
+                        bytes: t.bytes,
+                        due,
+                    });
                 }
             }
         }
@@ -229,13 +281,16 @@ impl Sim {
     /// Puts node i's current record into its own gossip cache.
     fn publish(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let Some(ipam) = node.ipam.as_ref() else { return };
+        let Some(ipam) = node.ipam.as_ref() else {
+            return;
+        };
         let seq = ipam.record_seq();
         if node.known.get(&node.id).is_some_and(|(s, _)| *s == seq) {
             return;
         }
         if let Some(bytes) = ipam.record() {
             node.known.insert(node.id, (seq, bytes));
+            node.last_published = Some(seq);
         }
     }
 
@@ -250,7 +305,8 @@ impl Sim {
         if let Some(ipam) = node.ipam.as_mut() {
             if let Err(e) = ipam.handle_record(now, from, bytes) {
                 if !matches!(e, Error::GenesisConflict(_)) {
-                    self.unexpected.push(format!("node {j} on record of {}: {e}", from.short()));
+                    self.unexpected
+                        .push(format!("node {j} on record of {}: {e}", from.short()));
                 }
             }
         }
@@ -266,7 +322,10 @@ impl Sim {
             if !self.is_up(i) {
                 continue;
             }
-            let reach: BTreeSet<NodeId> = (0..n).filter(|&j| self.can_talk(i, j)).map(|j| self.nodes[j].id).collect();
+            let reach: BTreeSet<NodeId> = (0..n)
+                .filter(|&j| self.can_talk(i, j))
+                .map(|j| self.nodes[j].id)
+                .collect();
             let told = std::mem::take(&mut self.nodes[i].told);
             let all: BTreeSet<NodeId> = reach.union(&told).copied().collect();
             if let Some(ipam) = self.nodes[i].ipam.as_mut() {
@@ -281,7 +340,9 @@ impl Sim {
             self.nodes[i].told = reach;
             self.flush(i);
         }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight).into_iter().partition(|m| m.due <= now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|m| m.due <= now);
         self.in_flight = later;
         for m in due {
             if !self.can_talk(m.from, m.to) {
@@ -290,7 +351,8 @@ impl Sim {
             let from = self.nodes[m.from].id;
             if let Some(ipam) = self.nodes[m.to].ipam.as_mut() {
                 if let Err(e) = ipam.handle_message(now, from, &m.bytes) {
-                    self.unexpected.push(format!("node {} on message from {}: {e}", m.to, m.from));
+                    self.unexpected
+                        .push(format!("node {} on message from {}: {e}", m.to, m.from));
                 }
             }
             self.flush(m.to);
@@ -362,17 +424,27 @@ impl Sim {
             for (container, addr) in allocs {
                 let off = u32::from(addr) - base;
                 if !owned.iter().any(|p| p.start <= off && off < p.end) {
-                    return Err(format!("node {i} allocated {addr} ({container}) outside its own pieces"));
+                    return Err(format!(
+                        "node {i} allocated {addr} ({container}) outside its own pieces"
+                    ));
                 }
                 if let Some((j, c)) = addresses.insert(addr, (i, container.clone())) {
-                    return Err(format!("address {addr} allocated twice: node {j} ({c}) and node {i} ({container})"));
+                    return Err(format!(
+                        "address {addr} allocated twice: node {j} ({c}) and node {i} ({container})"
+                    ));
                 }
             }
         }
         pieces.sort_unstable();
         for w in pieces.windows(2) {
             if w[1].0 < w[0].1 {
-                return Err(format!("nodes {} and {} both own offsets {}..{}", w[0].2, w[1].2, w[1].0, w[0].1.min(w[1].1)));
+                return Err(format!(
+                    "nodes {} and {} both own offsets {}..{}",
+                    w[0].2,
+                    w[1].2,
+                    w[1].0,
+                    w[0].1.min(w[1].1)
+                ));
             }
         }
         Ok(())
@@ -382,7 +454,9 @@ impl Sim {
     /// node really owns.
     pub fn check_agreement(&self) -> Result<(), String> {
         let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_up(i)).collect();
-        let Some(&first) = live.first() else { return Ok(()) };
+        let Some(&first) = live.first() else {
+            return Ok(());
+        };
         let norm = |ring: Vec<RingEntry>| -> Vec<(u32, u32, NodeId)> {
             let mut out: Vec<(u32, u32, NodeId)> = Vec::new();
             for e in ring {
@@ -393,21 +467,37 @@ impl Sim {
             }
             out
         };
-        let view = |i: usize| self.nodes[i].ipam.as_ref().map(|x| norm(x.ownership())).unwrap_or_default();
+        let view = |i: usize| {
+            self.nodes[i]
+                .ipam
+                .as_ref()
+                .map(|x| norm(x.ownership()))
+                .unwrap_or_default()
+        };
         let reference = view(first);
         for &i in &live[1..] {
             let v = view(i);
             if v != reference {
-                return Err(format!("node {i} and node {first} disagree on ownership:\n  {v:?}\n  {reference:?}"));
+                return Err(format!(
+                    "node {i} and node {first} disagree on ownership:\n  {v:?}\n  {reference:?}"
+                ));
             }
         }
         for &i in &live {
-            let Some(ipam) = self.nodes[i].ipam.as_ref() else { continue };
+            let Some(ipam) = self.nodes[i].ipam.as_ref() else {
+                continue;
+            };
             let id = self.nodes[i].id;
-            let mine: Vec<(u32, u32)> = reference.iter().filter(|e| e.2 == id).map(|e| (e.0, e.1)).collect();
+            let mine: Vec<(u32, u32)> = reference
+                .iter()
+                .filter(|e| e.2 == id)
+                .map(|e| (e.0, e.1))
+                .collect();
             let owned: Vec<(u32, u32)> = ipam.owned().iter().map(|p| (p.start, p.end)).collect();
             if mine != owned {
-                return Err(format!("view says node {i} owns {mine:?} but it owns {owned:?}"));
+                return Err(format!(
+                    "view says node {i} owns {mine:?} but it owns {owned:?}"
+                ));
             }
         }
         Ok(())
@@ -415,6 +505,11 @@ impl Sim {
 
     /// Largest record any live node publishes now.
     pub fn max_record_len(&self) -> usize {
-        self.nodes.iter().filter_map(|n| n.ipam.as_ref()?.record()).map(|r| r.len()).max().unwrap_or(0)
+        self.nodes
+            .iter()
+            .filter_map(|n| n.ipam.as_ref()?.record())
+            .map(|r| r.len())
+            .max()
+            .unwrap_or(0)
     }
 }

@@ -16,7 +16,9 @@ use super::wire::{Reader, Writer};
 /// A piece of the range: offsets `[start, end)` from the range's base address, and the
 /// version of its ownership. Versions only grow; only the owner of a piece moves it to a new
 /// version (by giving it away, or by merging it with its own neighbours).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Piece {
     pub start: u32,
     pub end: u32,
@@ -76,10 +78,16 @@ pub const MAX_PREFIX: u8 = 30;
 
 pub(crate) fn check_range(range: Ipv4Net) -> Result<()> {
     if !(MIN_PREFIX..=MAX_PREFIX).contains(&range.prefix_len()) {
-        return Err(Error::BadRange { range, reason: "prefix length must be between /8 and /30" });
+        return Err(Error::BadRange {
+            range,
+            reason: "prefix length must be between /8 and /30",
+        });
     }
     if range.network() != range.addr() {
-        return Err(Error::BadRange { range, reason: "host bits are set (use the network address)" });
+        return Err(Error::BadRange {
+            range,
+            reason: "host bits are set (use the network address)",
+        });
     }
     Ok(())
 }
@@ -101,7 +109,12 @@ impl Genesis {
         let id = GenesisId(id);
         let creator = identity.node_id();
         let signature = identity.sign(&Self::signed_bytes(id, &creator, range));
-        Ok(Self { id, creator, range, signature })
+        Ok(Self {
+            id,
+            creator,
+            range,
+            signature,
+        })
     }
 
     fn signed_bytes(id: GenesisId, creator: &NodeId, range: Ipv4Net) -> Vec<u8> {
@@ -117,8 +130,14 @@ impl Genesis {
     pub fn verify(&self) -> Result<()> {
         check_range(self.range)?;
         self.creator
-            .verify(&Self::signed_bytes(self.id, &self.creator, self.range), &self.signature)
-            .map_err(|_| Error::BadSignature { what: "genesis", node: self.creator })
+            .verify(
+                &Self::signed_bytes(self.id, &self.creator, self.range),
+                &self.signature,
+            )
+            .map_err(|_| Error::BadSignature {
+                what: "genesis",
+                node: self.creator,
+            })
     }
 
     pub fn size(&self) -> u32 {
@@ -142,7 +161,12 @@ impl Genesis {
         let range = Ipv4Net::new(addr, prefix).map_err(|_| Error::Decode("bad prefix length"))?;
         check_range(range).map_err(|_| Error::Decode("bad cluster range"))?;
         let signature = Signature(r.array::<SIGNATURE_LEN>()?);
-        Ok(Self { id, creator, range, signature })
+        Ok(Self {
+            id,
+            creator,
+            range,
+            signature,
+        })
     }
 }
 
@@ -167,12 +191,20 @@ pub(crate) fn decode_pieces(r: &mut Reader<'_>, size: u32) -> Result<Vec<Piece>>
         let gap = r.varint_u32()?;
         let len = r.varint_u32()?;
         let version = r.varint_u32()?;
-        let start = prev_end.checked_add(gap).ok_or(Error::Decode("piece out of range"))?;
-        let end = start.checked_add(len).ok_or(Error::Decode("piece out of range"))?;
+        let start = prev_end
+            .checked_add(gap)
+            .ok_or(Error::Decode("piece out of range"))?;
+        let end = start
+            .checked_add(len)
+            .ok_or(Error::Decode("piece out of range"))?;
         if len == 0 || end > size {
             return Err(Error::Decode("piece empty or outside the range"));
         }
-        out.push(Piece { start, end, version });
+        out.push(Piece {
+            start,
+            end,
+            version,
+        });
         prev_end = end;
     }
     Ok(out)
@@ -190,13 +222,31 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    pub(crate) fn sign(identity: &IdentityKey, genesis: GenesisId, to: NodeId, seq: u64, pieces: Vec<Piece>) -> Self {
+    pub(crate) fn sign(
+        identity: &IdentityKey,
+        genesis: GenesisId,
+        to: NodeId,
+        seq: u64,
+        pieces: Vec<Piece>,
+    ) -> Self {
         let from = identity.node_id();
         let signature = identity.sign(&Self::signed_bytes(genesis, &from, &to, seq, &pieces));
-        Self { from, to, seq, pieces, signature }
+        Self {
+            from,
+            to,
+            seq,
+            pieces,
+            signature,
+        }
     }
 
-    fn signed_bytes(genesis: GenesisId, from: &NodeId, to: &NodeId, seq: u64, pieces: &[Piece]) -> Vec<u8> {
+    fn signed_bytes(
+        genesis: GenesisId,
+        from: &NodeId,
+        to: &NodeId,
+        seq: u64,
+        pieces: &[Piece],
+    ) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(TRANSFER_TAG);
         w.bytes(&genesis.0);
@@ -209,8 +259,14 @@ impl Transfer {
 
     pub fn verify(&self, genesis: GenesisId) -> Result<()> {
         self.from
-            .verify(&Self::signed_bytes(genesis, &self.from, &self.to, self.seq, &self.pieces), &self.signature)
-            .map_err(|_| Error::BadSignature { what: "transfer", node: self.from })
+            .verify(
+                &Self::signed_bytes(genesis, &self.from, &self.to, self.seq, &self.pieces),
+                &self.signature,
+            )
+            .map_err(|_| Error::BadSignature {
+                what: "transfer",
+                node: self.from,
+            })
     }
 
     pub fn addresses(&self) -> u64 {
@@ -230,7 +286,13 @@ impl Transfer {
         let seq = r.varint()?;
         let pieces = decode_pieces(r, size)?;
         let signature = Signature(r.array::<SIGNATURE_LEN>()?);
-        Ok(Self { from, to, seq, pieces, signature })
+        Ok(Self {
+            from,
+            to,
+            seq,
+            pieces,
+            signature,
+        })
     }
 }
 
@@ -246,13 +308,33 @@ pub struct Reclaim {
 }
 
 impl Reclaim {
-    pub(crate) fn sign(identity: &IdentityKey, genesis: GenesisId, forgotten: NodeId, base_seq: u64, pieces: Vec<Piece>) -> Self {
+    pub(crate) fn sign(
+        identity: &IdentityKey,
+        genesis: GenesisId,
+        forgotten: NodeId,
+        base_seq: u64,
+        pieces: Vec<Piece>,
+    ) -> Self {
         let by = identity.node_id();
-        let signature = identity.sign(&Self::signed_bytes(genesis, &by, &forgotten, base_seq, &pieces));
-        Self { by, forgotten, base_seq, pieces, signature }
+        let signature = identity.sign(&Self::signed_bytes(
+            genesis, &by, &forgotten, base_seq, &pieces,
+        ));
+        Self {
+            by,
+            forgotten,
+            base_seq,
+            pieces,
+            signature,
+        }
     }
 
-    fn signed_bytes(genesis: GenesisId, by: &NodeId, forgotten: &NodeId, base_seq: u64, pieces: &[Piece]) -> Vec<u8> {
+    fn signed_bytes(
+        genesis: GenesisId,
+        by: &NodeId,
+        forgotten: &NodeId,
+        base_seq: u64,
+        pieces: &[Piece],
+    ) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(RECLAIM_TAG);
         w.bytes(&genesis.0);
@@ -265,8 +347,20 @@ impl Reclaim {
 
     pub fn verify(&self, genesis: GenesisId) -> Result<()> {
         self.by
-            .verify(&Self::signed_bytes(genesis, &self.by, &self.forgotten, self.base_seq, &self.pieces), &self.signature)
-            .map_err(|_| Error::BadSignature { what: "reclaim", node: self.by })
+            .verify(
+                &Self::signed_bytes(
+                    genesis,
+                    &self.by,
+                    &self.forgotten,
+                    self.base_seq,
+                    &self.pieces,
+                ),
+                &self.signature,
+            )
+            .map_err(|_| Error::BadSignature {
+                what: "reclaim",
+                node: self.by,
+            })
     }
 
     pub(crate) fn encode(&self, w: &mut Writer) {
@@ -283,6 +377,12 @@ impl Reclaim {
         let base_seq = r.varint()?;
         let pieces = decode_pieces(r, size)?;
         let signature = Signature(r.array::<SIGNATURE_LEN>()?);
-        Ok(Self { by, forgotten, base_seq, pieces, signature })
+        Ok(Self {
+            by,
+            forgotten,
+            base_seq,
+            pieces,
+            signature,
+        })
     }
 }

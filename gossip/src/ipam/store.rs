@@ -48,7 +48,9 @@ pub enum PersistedStatus {
     #[default]
     Active,
     Left,
-    Forgotten { by: String },
+    Forgotten {
+        by: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -119,14 +121,20 @@ impl Store for MemoryStore {
         match &inner.snapshot {
             None => Ok(None),
             Some(json) => {
-                let state = serde_json::from_str(json).map_err(|e| Error::State { path: "<memory>".into(), reason: e.to_string() })?;
+                let state = serde_json::from_str(json).map_err(|e| Error::State {
+                    path: "<memory>".into(),
+                    reason: e.to_string(),
+                })?;
                 Ok(Some((state, inner.journal.clone())))
             }
         }
     }
 
     fn save(&mut self, state: &PersistedState) -> Result<()> {
-        let json = serde_json::to_string(state).map_err(|e| Error::State { path: "<memory>".into(), reason: e.to_string() })?;
+        let json = serde_json::to_string(state).map_err(|e| Error::State {
+            path: "<memory>".into(),
+            reason: e.to_string(),
+        })?;
         let mut inner = self.inner();
         inner.snapshot = Some(json);
         inner.journal.clear();
@@ -151,7 +159,10 @@ impl FileStore {
     pub const JOURNAL: &'static str = "ipam.journal";
 
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), journal: None }
+        Self {
+            dir: dir.into(),
+            journal: None,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -159,16 +170,26 @@ impl FileStore {
     }
 
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-        move |source| Error::Io { path: path.to_path_buf(), source }
+        move |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     fn journal(&mut self) -> Result<&mut File> {
         if self.journal.is_none() {
             let path = self.path(Self::JOURNAL);
-            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(Self::io(&path))?;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(Self::io(&path))?;
             self.journal = Some(file);
         }
-        self.journal.as_mut().ok_or_else(|| Error::State { path: "journal".into(), reason: "not open".into() })
+        self.journal.as_mut().ok_or_else(|| Error::State {
+            path: "journal".into(),
+            reason: "not open".into(),
+        })
     }
 }
 
@@ -178,17 +199,31 @@ impl Store for FileStore {
         let text = match fs::read_to_string(&snap) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::Io { path: snap, source: e }),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: snap,
+                    source: e,
+                })
+            }
         };
-        let state: PersistedState = serde_json::from_str(&text).map_err(|e| Error::State { path: snap.clone(), reason: e.to_string() })?;
+        let state: PersistedState = serde_json::from_str(&text).map_err(|e| Error::State {
+            path: snap.clone(),
+            reason: e.to_string(),
+        })?;
         if state.format != STATE_FORMAT {
-            return Err(Error::State { path: snap, reason: format!("unknown format {}", state.format) });
+            return Err(Error::State {
+                path: snap,
+                reason: format!("unknown format {}", state.format),
+            });
         }
         let jpath = self.path(Self::JOURNAL);
         let mut ops = Vec::new();
         match File::open(&jpath) {
             Ok(file) => {
-                let lines: Vec<String> = BufReader::new(file).lines().collect::<std::io::Result<_>>().map_err(Self::io(&jpath))?;
+                let lines: Vec<String> = BufReader::new(file)
+                    .lines()
+                    .collect::<std::io::Result<_>>()
+                    .map_err(Self::io(&jpath))?;
                 let last = lines.len().saturating_sub(1);
                 for (i, line) in lines.iter().enumerate() {
                     match serde_json::from_str::<JournalOp>(line) {
@@ -197,13 +232,21 @@ impl Store for FileStore {
                         // returned that address, so dropping it is safe.
                         Err(_) if i == last => {}
                         Err(e) => {
-                            return Err(Error::State { path: jpath, reason: format!("line {}: {e}", i + 1) });
+                            return Err(Error::State {
+                                path: jpath,
+                                reason: format!("line {}: {e}", i + 1),
+                            });
                         }
                     }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::Io { path: jpath, source: e }),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: jpath,
+                    source: e,
+                })
+            }
         }
         Ok(Some((state, ops)))
     }
@@ -212,7 +255,10 @@ impl Store for FileStore {
         fs::create_dir_all(&self.dir).map_err(Self::io(&self.dir))?;
         let snap = self.path(Self::SNAPSHOT);
         let tmp = self.path("ipam.json.tmp");
-        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::State { path: snap.clone(), reason: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::State {
+            path: snap.clone(),
+            reason: e.to_string(),
+        })?;
         {
             let mut f = File::create(&tmp).map_err(Self::io(&tmp))?;
             f.write_all(&json).map_err(Self::io(&tmp))?;
@@ -231,7 +277,10 @@ impl Store for FileStore {
     }
 
     fn append(&mut self, op: &JournalOp) -> Result<()> {
-        let mut line = serde_json::to_vec(op).map_err(|e| Error::State { path: Self::JOURNAL.into(), reason: e.to_string() })?;
+        let mut line = serde_json::to_vec(op).map_err(|e| Error::State {
+            path: Self::JOURNAL.into(),
+            reason: e.to_string(),
+        })?;
         line.push(b'\n');
         let jpath = self.path(Self::JOURNAL);
         self.journal()?.write_all(&line).map_err(Self::io(&jpath))

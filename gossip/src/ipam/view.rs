@@ -34,9 +34,14 @@ pub(crate) struct Assertion {
     pub owner: NodeId,
 }
 
+/// A stretch `[start, end)` that several owners assert at the same version.
+pub(crate) type Clash = (u32, u32, Vec<NodeId>);
+
 /// Computes the ring: highest version wins per address; ties go to the higher node id and
 /// are returned as clashes `(start, end, [owners])`.
-pub(crate) fn compute_ring(assertions: &[Assertion]) -> (Vec<RingEntry>, Vec<(u32, u32, Vec<NodeId>)>) {
+pub(crate) fn compute_ring(
+    assertions: &[Assertion],
+) -> (Vec<RingEntry>, Vec<Clash>) {
     let mut events: Vec<(u32, bool, u32, NodeId)> = Vec::with_capacity(assertions.len() * 2);
     for a in assertions {
         if a.piece.is_empty() {
@@ -65,15 +70,31 @@ pub(crate) fn compute_ring(assertions: &[Assertion]) -> (Vec<RingEntry>, Vec<(u3
             }
             i += 1;
         }
-        let Some(next) = events.get(i).map(|e| e.0) else { break };
-        let Some((&(version, owner), _)) = active.iter().next_back() else { continue };
-        let tied: Vec<NodeId> = active.keys().rev().take_while(|k| k.0 == version).map(|k| k.1).collect();
+        let Some(next) = events.get(i).map(|e| e.0) else {
+            break;
+        };
+        let Some((&(version, owner), _)) = active.iter().next_back() else {
+            continue;
+        };
+        let tied: Vec<NodeId> = active
+            .keys()
+            .rev()
+            .take_while(|k| k.0 == version)
+            .map(|k| k.1)
+            .collect();
         if tied.len() > 1 {
             clashes.push((pos, next, tied));
         }
         match ring.last_mut() {
-            Some(last) if last.end == pos && last.owner == owner && last.version == version => last.end = next,
-            _ => ring.push(RingEntry { start: pos, end: next, owner, version }),
+            Some(last) if last.end == pos && last.owner == owner && last.version == version => {
+                last.end = next
+            }
+            _ => ring.push(RingEntry {
+                start: pos,
+                end: next,
+                owner,
+                version,
+            }),
         }
     }
     (ring, clashes)
@@ -141,7 +162,12 @@ pub struct ClashReport {
     pub owners: Vec<String>,
 }
 
-pub(crate) fn piece_report(range: Ipv4Net, e: &RingEntry, used: Option<u32>, reachable: bool) -> PieceReport {
+pub(crate) fn piece_report(
+    range: Ipv4Net,
+    e: &RingEntry,
+    used: Option<u32>,
+    reachable: bool,
+) -> PieceReport {
     let first = address_at(range, e.start);
     let last = address_at(range, e.end - 1);
     PieceReport {
@@ -166,15 +192,47 @@ mod tests {
 
     #[test]
     fn highest_version_wins_and_ties_are_reported() {
-        let a = |start, end, version, owner| Assertion { piece: Piece { start, end, version }, owner: node(owner) };
-        let (ring, clashes) = compute_ring(&[a(0, 100, 1, 1), a(50, 60, 2, 2), a(55, 70, 2, 3), a(60, 70, 1, 4)]);
+        let a = |start, end, version, owner| Assertion {
+            piece: Piece {
+                start,
+                end,
+                version,
+            },
+            owner: node(owner),
+        };
+        let (ring, clashes) = compute_ring(&[
+            a(0, 100, 1, 1),
+            a(50, 60, 2, 2),
+            a(55, 70, 2, 3),
+            a(60, 70, 1, 4),
+        ]);
         assert_eq!(
             ring,
             vec![
-                RingEntry { start: 0, end: 50, owner: node(1), version: 1 },
-                RingEntry { start: 50, end: 55, owner: node(2), version: 2 },
-                RingEntry { start: 55, end: 70, owner: node(3), version: 2 },
-                RingEntry { start: 70, end: 100, owner: node(1), version: 1 },
+                RingEntry {
+                    start: 0,
+                    end: 50,
+                    owner: node(1),
+                    version: 1
+                },
+                RingEntry {
+                    start: 50,
+                    end: 55,
+                    owner: node(2),
+                    version: 2
+                },
+                RingEntry {
+                    start: 55,
+                    end: 70,
+                    owner: node(3),
+                    version: 2
+                },
+                RingEntry {
+                    start: 70,
+                    end: 100,
+                    owner: node(1),
+                    version: 1
+                },
             ]
         );
         assert_eq!(clashes, vec![(55, 60, vec![node(3), node(2)])]);

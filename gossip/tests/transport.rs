@@ -463,3 +463,72 @@ async fn restarted_peer_resets_its_stale_connections() {
         (a_addr, a.node_id(), &b"hello again"[..])
     );
 }
+
+#[tokio::test]
+async fn one_ip_cannot_hold_every_slot_with_silent_connections() {
+    let secret = ClusterSecret::generate();
+    let mut cfg = config(&secret);
+    cfg.max_pending_per_ip = 2;
+    let (a, a_addr) = bind([127, 0, 0, 1], cfg);
+
+    // Connections that finish the handshake but never prove anything.
+    let mut endpoint =
+        quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 5], 0))).expect("client endpoint");
+    endpoint.set_default_client_config(unadmitted_client_config().expect("client config"));
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let conn = endpoint.connect(a_addr, "weft").expect("connect");
+        silent.push(
+            timeout(WAIT, conn)
+                .await
+                .expect("in time")
+                .expect("handshake"),
+        );
+    }
+    let third = endpoint.connect(a_addr, "weft").expect("connect");
+    match timeout(WAIT, third).await.expect("answer in time") {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::TransportErrorCode::CONNECTION_REFUSED
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // Members from other addresses are still served meanwhile.
+    let (b, _) = bind([127, 0, 0, 1], config(&secret));
+    b.send_datagram(a_addr, Bytes::from_static(b"member"))
+        .await
+        .expect("member admitted");
+    assert_eq!(next(&a).await.node, b.node_id());
+    assert_eq!(silent.len(), 2);
+}
+
+#[tokio::test]
+async fn silent_peer_is_cut_off_at_the_admission_timeout_and_backs_off() {
+    let mut cfg = config(&ClusterSecret::generate());
+    cfg.admission_timeout = Duration::from_millis(300);
+    let (_a, a_addr) = bind([127, 0, 0, 1], cfg);
+
+    let mut endpoint =
+        quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 6], 0))).expect("client endpoint");
+    endpoint.set_default_client_config(unadmitted_client_config().expect("client config"));
+    let conn = timeout(WAIT, endpoint.connect(a_addr, "weft").expect("connect"))
+        .await
+        .expect("in time")
+        .expect("handshake");
+    match timeout(WAIT, conn.closed()).await.expect("closed in time") {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, CLOSE_ADMISSION_FAILED)
+        }
+        other => panic!("expected the admission close, got {other:?}"),
+    }
+    assert_eq!(conn.stats().frame_rx.stream, 0);
+    // The timeout counts as a failed admission.
+    let again = endpoint.connect(a_addr, "weft").expect("connect");
+    assert!(matches!(
+        timeout(WAIT, again).await.expect("answer in time"),
+        Err(quinn::ConnectionError::ConnectionClosed(_))
+    ));
+}

@@ -39,7 +39,7 @@ mod peers;
 mod tls;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -134,6 +134,9 @@ pub struct TransportConfig {
     pub max_connections: usize,
     /// The largest stream message sent or accepted.
     pub max_stream_len: usize,
+    /// Incoming connections from one IP that may be in handshake or admission at once; more
+    /// are refused, so that one source cannot hold every connection slot.
+    pub max_pending_per_ip: usize,
     /// Backoff after a source IP's first failed admission; doubles with each further one.
     pub backoff_base: Duration,
     /// The longest backoff.
@@ -154,6 +157,7 @@ impl TransportConfig {
             keep_alive: Some(Duration::from_secs(10)),
             stream_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_pending_per_ip: 8,
             max_stream_len: DEFAULT_MAX_STREAM_LEN,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
@@ -192,6 +196,8 @@ struct Shared {
     peers: Mutex<Peers>,
     dialing: Mutex<HashMap<SocketAddr, watch::Receiver<Option<Result<Peer>>>>>,
     backoff: Mutex<Backoff>,
+    /// Incoming connections per source IP not yet admitted.
+    pending: Mutex<HashMap<IpAddr, usize>>,
     slots: Arc<Semaphore>,
     /// Taken by `close`, so that `recv` ends once the tasks are gone.
     inbox: Mutex<Option<mpsc::Sender<Incoming>>>,
@@ -203,6 +209,7 @@ struct Limits {
     admission_timeout: Duration,
     stream_timeout: Duration,
     max_connections: usize,
+    max_pending_per_ip: usize,
     max_stream_len: usize,
 }
 
@@ -253,6 +260,7 @@ impl Transport {
                 admission_timeout: config.admission_timeout,
                 stream_timeout: config.stream_timeout,
                 max_connections,
+                max_pending_per_ip: config.max_pending_per_ip.max(1),
                 max_stream_len: config.max_stream_len.min(u32::MAX as usize),
             },
             peers: Mutex::new(Peers::default()),
@@ -262,6 +270,7 @@ impl Transport {
                 config.backoff_max,
                 BACKOFF_CAPACITY,
             )),
+            pending: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(max_connections)),
             inbox: Mutex::new(Some(tx)),
         });
@@ -398,13 +407,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
-        let addr = incoming.remote_address();
+        let addr = canonical(incoming.remote_address());
         let blocked = lock(&shared.backoff).blocked(addr.ip(), Instant::now());
         if let Some(left) = blocked {
             debug!(peer = %addr, wait_ms = left.as_millis() as u64, "refused: backing off after failed admission");
             incoming.refuse();
             continue;
         }
+        let Some(pending) = Pending::start(&shared, addr.ip()) else {
+            debug!(peer = %addr, "refused: too many connections from this IP in admission");
+            incoming.refuse();
+            continue;
+        };
         let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
             warn!(peer = %addr, limit = shared.limits.max_connections, "refused: connection limit reached");
             incoming.refuse();
@@ -412,7 +426,7 @@ async fn accept_loop(shared: Arc<Shared>) {
         };
         let task = shared.clone();
         tokio::spawn(
-            async move { task.accept_one(incoming, slot).await }
+            async move { task.accept_one(incoming, slot, pending).await }
                 .instrument(info_span!("gossip_accept", peer = %addr)),
         );
     }
@@ -420,8 +434,13 @@ async fn accept_loop(shared: Arc<Shared>) {
 }
 
 impl Shared {
-    async fn accept_one(self: Arc<Self>, incoming: quinn::Incoming, slot: OwnedSemaphorePermit) {
-        let addr = incoming.remote_address();
+    async fn accept_one(
+        self: Arc<Self>,
+        incoming: quinn::Incoming,
+        slot: OwnedSemaphorePermit,
+        pending: Pending,
+    ) {
+        let addr = canonical(incoming.remote_address());
         let limits = self.limits;
         let admitted = async {
             let connecting = incoming
@@ -455,6 +474,7 @@ impl Shared {
             }
         }
         .await;
+        drop(pending);
         match admitted {
             Ok((conn, admitted)) => {
                 lock(&self.backoff).success(addr.ip());
@@ -472,6 +492,7 @@ impl Shared {
     /// The live connection to `addr`, opening one if there is none. Concurrent callers for
     /// the same address share one dial.
     async fn connection_to(self: &Arc<Self>, addr: SocketAddr) -> Result<Peer> {
+        let addr = canonical(addr);
         enum Turn {
             Lead(watch::Sender<Option<Result<Peer>>>),
             Wait(watch::Receiver<Option<Result<Peer>>>),
@@ -571,7 +592,7 @@ impl Shared {
         admitted: admit::Admitted,
         slot: OwnedSemaphorePermit,
     ) -> Result<Peer> {
-        let addr = conn.remote_address();
+        let addr = canonical(conn.remote_address());
         if admitted.node == self.node {
             conn.close(CLOSE_SELF, b"connection to self");
             return Err(Error::SelfConnection { addr });
@@ -692,6 +713,46 @@ impl quinn::ConnectionIdGenerator for RandomCids {
     fn cid_lifetime(&self) -> Option<Duration> {
         None
     }
+}
+
+/// Counts an incoming connection against its source IP until admission ends.
+struct Pending {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Pending {
+    fn start(shared: &Arc<Shared>, ip: IpAddr) -> Option<Pending> {
+        let mut pending = lock(&shared.pending);
+        let count = pending.entry(ip).or_insert(0);
+        if *count >= shared.limits.max_pending_per_ip {
+            return None;
+        }
+        *count += 1;
+        Some(Pending {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.shared.pending);
+        if let Some(count) = pending.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                pending.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// IPv4 peers seen through a dual-stack socket show up as IPv4-mapped IPv6 addresses; use
+/// the plain IPv4 form everywhere, so that the table, the backoff and [`Incoming::from`] agree
+/// with the addresses the application dials.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Removes the dialing entry when a dial ends, also when the sender gave up waiting.

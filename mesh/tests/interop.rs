@@ -128,9 +128,12 @@ struct Pair<'a> {
 }
 
 fn pair(bed: &TestBed, impls: [Impl; 2]) -> Pair<'_> {
+    pair_at(bed, impls, format!("{}:{PORT}", bed.host(1).underlay_ip()))
+}
+
+fn pair_at(bed: &TestBed, impls: [Impl; 2], endpoint: String) -> Pair<'_> {
     let dir = tempfile::tempdir().expect("tempdir");
     let nodes = [start(bed.host(0), impls[0]), start(bed.host(1), impls[1])];
-    let endpoint = format!("{}:{PORT}", bed.host(1).underlay_ip());
     nodes[0].setconf(
         dir.path(),
         &conf(&nodes[0], &nodes[1], TUNNEL_IP[1], Some(endpoint)),
@@ -539,6 +542,93 @@ fn daemon_exits_when_its_interface_is_deleted() {
         wait_until(Duration::from_secs(5), || !socket(&ifname).exists()),
         "socket removed"
     );
+    assert!(
+        wait_until(Duration::from_secs(5), || host
+            .run_ok(&["pgrep", "-f", &pattern])
+            .is_err()),
+        "daemon exited"
+    );
+}
+
+/// The same over an IPv6 underlay: the IPv6 socket, and roaming to an IPv6 source.
+#[test]
+fn weft_wg_over_ipv6_underlay() {
+    if !require_root("weft_wg_over_ipv6_underlay") {
+        return;
+    }
+    let bed = TestBed::builder()
+        .hosts(2)
+        .ipv6(true)
+        .build()
+        .expect("test bed");
+    let ip6 = bed.host(1).underlay_ip6().expect("IPv6 underlay");
+    let pair = pair_at(&bed, [Impl::Weft, Impl::Weft], format!("[{ip6}]:{PORT}"));
+    assert!(
+        wait_until(Duration::from_secs(10), || bed
+            .host(0)
+            .ping(ip(TUNNEL_IP[1]), 1)),
+        "ping over IPv6 (after DAD)"
+    );
+    assert!(bed.host(1).ping(ip(TUNNEL_IP[0]), 2), "ping back");
+    let endpoints = pair.nodes[1].wg(&["show", &pair.nodes[1].ifname, "endpoints"]);
+    let from = bed
+        .host(0)
+        .underlay_ip6()
+        .expect("IPv6 underlay")
+        .to_string();
+    assert!(
+        endpoints.contains(&format!("[{from}]:{PORT}")),
+        "responder learned {endpoints:?}"
+    );
+}
+
+/// `WG_QUICK_USERSPACE_IMPLEMENTATION=weft-wg wg-quick up CONF` brings a tunnel up (wg-quick
+/// starts `weft-wg IFNAME`, then `wg setconf`), and `wg-quick down` ends the daemon.
+#[test]
+fn wg_quick_uses_weft_wg() {
+    if !require_root("wg_quick_uses_weft_wg") {
+        return;
+    }
+    let bed = TestBed::new(2).expect("test bed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let responder = start(bed.host(1), Impl::Go);
+    let key = WgPrivateKey::generate();
+    let ifname = unique_ifname();
+    let conf = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = {}/24\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {}/32\nEndpoint = {}:{PORT}\n",
+        *key.to_base64_secret(),
+        TUNNEL_IP[0],
+        responder.public(),
+        TUNNEL_IP[1],
+        bed.host(1).underlay_ip()
+    );
+    let path = dir.path().join(format!("{ifname}.conf"));
+    std::fs::write(&path, conf).expect("write conf");
+    let path = path.to_str().expect("utf-8 path");
+    let responder_conf = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = {PORT}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {}/32\n",
+        *responder.key.to_base64_secret(),
+        key.public_key(),
+        TUNNEL_IP[0]
+    );
+    responder.setconf(dir.path(), &responder_conf);
+    responder.up(TUNNEL_IP[1]);
+
+    let implementation = format!("WG_QUICK_USERSPACE_IMPLEMENTATION={WEFT_WG}");
+    let host = bed.host(0);
+    host.run_ok(&["env", &implementation, "wg-quick", "up", path])
+        .expect("wg-quick up");
+    assert!(socket(&ifname).exists());
+    assert!(host.ping(ip(TUNNEL_IP[1]), 3), "tunnel up");
+    let shown = host.run_ok(&["wg", "show", &ifname]).expect("wg show");
+    assert!(shown.contains("latest handshake"), "{shown}");
+    host.run_ok(&["wg-quick", "down", path])
+        .expect("wg-quick down");
+    assert!(
+        wait_until(Duration::from_secs(5), || !socket(&ifname).exists()),
+        "socket removed"
+    );
+    let pattern = format!("weft-wg --foreground {ifname}$");
     assert!(
         wait_until(Duration::from_secs(5), || host
             .run_ok(&["pgrep", "-f", &pattern])

@@ -578,3 +578,163 @@ fn deliver(
         Err(_) => counters.tun_write_errors += 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ipnet::IpNet;
+    use weft_crypto::WgPrivateKey;
+
+    use super::*;
+    use crate::config::PresharedKey;
+
+    fn state() -> State {
+        State {
+            key: None,
+            peers: BTreeMap::new(),
+            by_key: HashMap::new(),
+            table: AllowedIps::new(),
+            next_index: INDEX_MASK - 1,
+            counters: Counters::default(),
+            span: tracing::Span::none(),
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test prefix")
+    }
+
+    fn peer(key: WgPublicKey, nets: &[&str]) -> PeerConfig {
+        let mut change = PeerConfig::new(key);
+        change.allowed_ips = nets.iter().map(|n| net(n)).collect();
+        change
+    }
+
+    fn owner(state: &State, addr: &str) -> Option<WgPublicKey> {
+        let index = state.table.lookup(addr.parse().expect("addr"))?;
+        Some(state.peers[&index].public_key)
+    }
+
+    #[tokio::test]
+    async fn peers_are_created_updated_and_removed_as_wireguard_does() {
+        let mut sockets = Sockets::bind(0, None).expect("bind");
+        let mut state = state();
+        let own = WgPrivateKey::generate();
+        let (a, b) = (
+            WgPrivateKey::generate().public_key(),
+            WgPrivateKey::generate().public_key(),
+        );
+        let mut config = DeviceConfig {
+            private_key: Some(own.clone()),
+            peers: vec![
+                peer(a, &["10.0.0.0/24"]),
+                peer(b, &["10.0.1.0/24"]),
+                PeerConfig::new(own.public_key()),
+            ],
+            ..DeviceConfig::default()
+        };
+        state.apply(config.clone(), &mut sockets).expect("apply");
+        assert_eq!(state.peers.len(), 2, "a peer with our own key is ignored");
+        assert!(
+            state.peers.values().all(|p| p.tunn.is_some()),
+            "tunnels once there is a key"
+        );
+        assert_eq!(owner(&state, "10.0.0.5"), Some(a));
+        let indices: Vec<u32> = state.peers.keys().copied().collect();
+        assert!(
+            indices.iter().all(|i| i & !INDEX_MASK == 0),
+            "24-bit indices: {indices:?}"
+        );
+
+        // Taking a prefix moves it; update_only never creates; remove removes.
+        let stranger = WgPrivateKey::generate().public_key();
+        let mut only = PeerConfig::new(stranger);
+        only.update_only = true;
+        let mut removed = PeerConfig::new(a);
+        removed.remove = true;
+        config = DeviceConfig {
+            peers: vec![peer(b, &["10.0.0.7/24"]), only, removed],
+            ..DeviceConfig::default()
+        };
+        state.apply(config, &mut sockets).expect("apply");
+        assert_eq!(owner(&state, "10.0.0.5"), Some(b));
+        assert!(!state.by_key.contains_key(&stranger));
+        assert!(!state.by_key.contains_key(&a));
+        let b_peer = &state.peers[&state.by_key[&b]];
+        assert_eq!(
+            b_peer.allowed_ips,
+            vec![net("10.0.1.0/24"), net("10.0.0.0/24")]
+        );
+
+        // replace_allowed_ips, preshared key set then cleared with zeros, keepalive.
+        let mut change = peer(b, &["192.0.2.0/25"]);
+        change.replace_allowed_ips = true;
+        change.preshared_key = Some(PresharedKey([7; 32]));
+        change.persistent_keepalive = Some(25);
+        state
+            .apply(
+                DeviceConfig {
+                    peers: vec![change],
+                    ..DeviceConfig::default()
+                },
+                &mut sockets,
+            )
+            .expect("apply");
+        let status = state.status(&sockets);
+        assert_eq!(status.peers.len(), 1);
+        assert_eq!(status.peers[0].allowed_ips, vec![net("192.0.2.0/25")]);
+        assert_eq!(status.peers[0].persistent_keepalive, Some(25));
+        assert!(status.peers[0].preshared_key.is_some());
+        assert_eq!(owner(&state, "10.0.1.1"), None);
+        let mut clear = PeerConfig::new(b);
+        clear.preshared_key = Some(PresharedKey([0; 32]));
+        clear.persistent_keepalive = Some(0);
+        state
+            .apply(
+                DeviceConfig {
+                    peers: vec![clear],
+                    ..DeviceConfig::default()
+                },
+                &mut sockets,
+            )
+            .expect("apply");
+        let status = state.status(&sockets);
+        assert!(status.peers[0].preshared_key.is_none());
+        assert_eq!(status.peers[0].persistent_keepalive, None);
+
+        // replace_peers starts over; a zero private key removes the key and the tunnels.
+        let zero = WgPrivateKey::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+            .expect("zero key");
+        let config = DeviceConfig {
+            private_key: Some(zero),
+            replace_peers: true,
+            peers: vec![peer(a, &["10.0.0.0/24"])],
+            ..DeviceConfig::default()
+        };
+        state.apply(config, &mut sockets).expect("apply");
+        assert_eq!(state.peers.len(), 1);
+        assert!(state.key.is_none());
+        assert!(state.peers.values().all(|p| p.tunn.is_none()));
+        assert_eq!(
+            state.status(&sockets).private_key.map(|k| *k.as_bytes()),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_fails_the_whole_change() {
+        let mut sockets = Sockets::bind(0, None).expect("bind");
+        let taken = Sockets::bind(0, None).expect("bind");
+        let mut state = state();
+        let config = DeviceConfig {
+            listen_port: Some(taken.port),
+            peers: vec![peer(
+                WgPrivateKey::generate().public_key(),
+                &["10.0.0.0/24"],
+            )],
+            ..DeviceConfig::default()
+        };
+        assert!(state.apply(config, &mut sockets).is_err());
+        assert!(state.peers.is_empty(), "nothing applied");
+        assert_ne!(sockets.port, taken.port);
+    }
+}

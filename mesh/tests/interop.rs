@@ -636,3 +636,41 @@ fn wg_quick_uses_weft_wg() {
         "daemon exited"
     );
 }
+
+/// A peer's endpoint follows its latest authenticated packet: when host 0's underlay
+/// address changes, weft-wg on host 1 answers at the new one.
+#[test]
+fn endpoint_roams_to_the_latest_authenticated_source() {
+    if !require_root("endpoint_roams_to_the_latest_authenticated_source") {
+        return;
+    }
+    let bed = TestBed::new(2).expect("test bed");
+    let pair = pair(&bed, [Impl::Weft, Impl::Weft]);
+    assert!(bed.host(0).ping(ip(TUNNEL_IP[1]), 2));
+    let host = bed.host(0);
+    let old = host.underlay_ip().to_string();
+    let new = "198.18.3.10";
+    let eth = host.underlay_if();
+    host.run_ok(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv4.conf.{eth}.promote_secondaries=1"),
+    ])
+    .expect("sysctl");
+    host.run_ok(&["ip", "addr", "add", &format!("{new}/16"), "dev", eth])
+        .expect("add address");
+    host.run_ok(&["ip", "addr", "del", &format!("{old}/16"), "dev", eth])
+        .expect("delete address");
+    assert!(
+        host.ping(ip(TUNNEL_IP[1]), 3),
+        "tunnel works from the new address"
+    );
+    let node = &pair.nodes[1];
+    let endpoints = node.wg(&["show", &node.ifname, "endpoints"]);
+    assert!(
+        endpoints.contains(&format!("{new}:{PORT}")),
+        "roamed: {endpoints:?}"
+    );
+    // And host 1 can reach host 0 at its new address on its own.
+    assert!(bed.host(1).ping(ip(TUNNEL_IP[0]), 2));
+}

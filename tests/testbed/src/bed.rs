@@ -3,7 +3,8 @@
 //! Layout for a bed named `wt<pid>x<n>`:
 //! - `wt<pid>x<n>u`: the underlay namespace holding bridge `br0`. Nothing else lives there.
 //! - `wt<pid>x<n>h<i>`: host i, underlay interface `eth0`. A public host's `eth0` is a veth
-//!   whose peer `h<i>` is a port of `br0`; it has 198.18.0.(10+i)/16.
+//!   whose peer `h<i>` is a port of `br0`; it has 198.18.0.(10+i)/16 and an on-link
+//!   default route out of `eth0`.
 //! - `wt<pid>x<n>r<i>`: the NAT router of host i (only if host i is behind NAT). Its `eth0`
 //!   (peer `r<i>` on `br0`) has 198.18.1.(10+i)/16; its `lan0` faces the host, which has
 //!   198.19.i.2/24 with a default route via 198.19.i.1. The router masquerades outgoing
@@ -327,6 +328,12 @@ impl TestBed {
                 )?;
             }
             ip(&name, &["link", "set", "eth0", "up"])?;
+            // Like a real host, route everything somewhere, so a route lookup for any address
+            // (e.g. to pick a source address) succeeds; unknown destinations just never answer.
+            ip(&name, &["route", "add", "default", "dev", "eth0"])?;
+            if public6.is_some() {
+                ip(&name, &["-6", "route", "add", "default", "dev", "eth0"])?;
+            }
             return Ok(host);
         }
 

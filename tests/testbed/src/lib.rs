@@ -116,3 +116,18 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Tests share a bed between threads (`std::thread::scope`, tokio): keep it `Send + Sync`.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<crate::TestBed>();
+        send_sync::<crate::Host>();
+        send_sync::<crate::Proc>();
+        send_sync::<crate::Capture>();
+        send_sync::<crate::Packet>();
+        send_sync::<crate::Error>();
+    }
+}

@@ -170,11 +170,7 @@ impl Unavailable {
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.source.errno() == libc::EOPNOTSUPP {
-            write!(
-                f,
-                "the kernel has no WireGuard support ({}: {})",
-                self.step, self.source
-            )
+            write!(f, "the kernel has no WireGuard support ({})", self.source)
         } else {
             write!(f, "{}: {}", self.step, self.source)
         }

@@ -78,7 +78,7 @@ async fn members_exchange_datagrams_and_streams_both_ways() {
     a.send_stream(b_addr, big.clone())
         .await
         .expect("a→b stream");
-    b.send_stream(a_addr, Bytes::new())
+    b.send(a_addr, Kind::Stream, Bytes::new())
         .await
         .expect("b→a stream");
     let got = next(&b).await;
@@ -174,7 +174,10 @@ async fn intruder_without_the_secret_is_cut_off_and_receives_nothing() {
 
 #[tokio::test]
 async fn wrong_secret_fails_then_is_refused_during_backoff() {
-    let (a, a_addr) = bind([127, 0, 0, 1], config(&ClusterSecret::generate()));
+    let mut cfg = config(&ClusterSecret::generate());
+    // Long enough that a slow machine still makes the second attempt within it.
+    cfg.backoff_base = Duration::from_secs(10);
+    let (a, a_addr) = bind([127, 0, 0, 1], cfg);
     let (intruder, _) = bind([127, 0, 0, 3], config(&ClusterSecret::generate()));
 
     let first = intruder
@@ -206,7 +209,7 @@ async fn wrong_secret_fails_then_is_refused_during_backoff() {
 async fn backoff_covers_the_whole_ip_and_then_expires() {
     let secret = ClusterSecret::generate();
     let mut cfg = config(&secret);
-    cfg.backoff_base = Duration::from_millis(500);
+    cfg.backoff_base = Duration::from_secs(2);
     let (a, a_addr) = bind([127, 0, 0, 1], cfg);
     let (intruder, _) = bind([127, 0, 0, 4], config(&ClusterSecret::generate()));
     let (member, member_addr) = bind([127, 0, 0, 4], config(&secret));
@@ -224,7 +227,7 @@ async fn backoff_covers_the_whole_ip_and_then_expires() {
         .await;
     assert!(matches!(refused, Err(Error::Refused { .. })), "{refused:?}");
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     member
         .send_datagram(a_addr, Bytes::from_static(b"hi"))
         .await

@@ -313,6 +313,15 @@ impl Transport {
         self.handle.shared.endpoint.open_connections()
     }
 
+    /// Send `bytes` to the peer at `to` as a datagram or on a stream: what a driver calls for
+    /// each transmit of the gossip core.
+    pub async fn send(&self, to: SocketAddr, kind: Kind, bytes: Bytes) -> Result<()> {
+        match kind {
+            Kind::Datagram => self.send_datagram(to, bytes).await,
+            Kind::Stream => self.send_stream(to, bytes).await,
+        }
+    }
+
     /// Send one datagram to the peer at `to`, connecting (and admitting) first if needed.
     /// Delivery is not guaranteed. At most [`MAX_DATAGRAM_LEN`] bytes.
     pub async fn send_datagram(&self, to: SocketAddr, bytes: Bytes) -> Result<()> {

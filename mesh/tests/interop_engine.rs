@@ -1,0 +1,292 @@
+//! The userspace engine in this process, inside a test host's network namespace (the test
+//! thread enters it with setns), against a peer emulated with boringtun's `Tunn`: checks
+//! that need the engine's own counters or exact packets (needs root).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use boringtun::noise::{Tunn, TunnResult};
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+use weft_crypto::WgPrivateKey;
+use weft_mesh::userspace::{DeviceOptions, UserspaceDevice};
+use weft_mesh::{DeviceConfig, PeerConfig};
+use weft_testbed::{require_root, Host, TestBed};
+
+const DEVICE_PORT: u16 = 51820;
+const PEER_PORT: u16 = 41000;
+
+static NEXT_IF: AtomicU32 = AtomicU32::new(0);
+
+fn unique_ifname() -> String {
+    format!(
+        "we{}n{}",
+        std::process::id() % 1_000_000,
+        NEXT_IF.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Run `body` on a thread inside `host`'s network namespace, with a current-thread runtime
+/// (so every socket and the TUN device are created in that namespace).
+fn in_netns<F, Fut>(host: &Host, body: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let path = format!("/run/netns/{}", host.name());
+    let thread = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(body());
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The message type of a WireGuard datagram (1 init, 2 response, 3 cookie, 4 data).
+fn kind(datagram: &[u8]) -> u8 {
+    datagram.first().copied().unwrap_or(0)
+}
+
+struct Setup {
+    device: UserspaceDevice,
+    device_key: WgPrivateKey,
+    peer_key: WgPrivateKey,
+    device_addr: SocketAddr,
+    socket: UdpSocket,
+}
+
+async fn setup(host_ip: Ipv4Addr, ifname: String, peer_endpoint: bool) -> Setup {
+    let device = UserspaceDevice::create(&ifname, DeviceOptions::default())
+        .await
+        .expect("create device");
+    let device_key = WgPrivateKey::generate();
+    let peer_key = WgPrivateKey::generate();
+    let mut peer = PeerConfig::new(peer_key.public_key());
+    peer.allowed_ips = vec!["203.0.113.2/32".parse().expect("net")];
+    if peer_endpoint {
+        peer.endpoint = Some(SocketAddr::new(host_ip.into(), PEER_PORT));
+    }
+    device
+        .apply(DeviceConfig {
+            private_key: Some(device_key.clone()),
+            listen_port: Some(DEVICE_PORT),
+            peers: vec![peer],
+            ..DeviceConfig::default()
+        })
+        .await
+        .expect("apply");
+    let socket = UdpSocket::bind((host_ip, PEER_PORT))
+        .await
+        .expect("bind peer socket");
+    Setup {
+        device,
+        device_key,
+        peer_key,
+        device_addr: SocketAddr::new(host_ip.into(), DEVICE_PORT),
+        socket,
+    }
+}
+
+impl Setup {
+    fn peer_tunn(&self) -> Tunn {
+        Tunn::new(
+            self.peer_key.to_x25519(),
+            self.device_key.public_key().to_x25519(),
+            None,
+            None,
+            7,
+            None,
+        )
+    }
+
+    async fn send_init(&self, tunn: &mut Tunn) {
+        let mut buf = [0u8; 256];
+        match tunn.format_handshake_initiation(&mut buf, true) {
+            TunnResult::WriteToNetwork(init) => {
+                self.socket
+                    .send_to(init, self.device_addr)
+                    .await
+                    .expect("send init");
+            }
+            other => panic!("no initiation: {other:?}"),
+        }
+    }
+
+    /// The next datagram, or `None` after `wait`.
+    async fn recv(&self, wait: Duration) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        let (n, _) = timeout(wait, self.socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+}
+
+/// Above 100 handshakes a second the device answers with cookie replies instead of doing
+/// the Diffie-Hellman work; an initiation carrying the cookie (mac2) is answered; the count
+/// resets every second.
+#[test]
+fn cookie_replies_under_load() {
+    if !require_root("cookie_replies_under_load") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let host_ip = bed.host(0).underlay_ip();
+    let ifname = unique_ifname();
+    in_netns(bed.host(0), move || async move {
+        let s = setup(host_ip, ifname, false).await;
+        let mut tunn = s.peer_tunn();
+        for _ in 0..300 {
+            s.send_init(&mut tunn).await;
+        }
+        let (mut responses, mut cookies) = (0, 0);
+        while let Some(reply) = s.recv(Duration::from_millis(300)).await {
+            match kind(&reply) {
+                2 => responses += 1,
+                3 => cookies += 1,
+                other => panic!("unexpected message type {other}"),
+            }
+        }
+        assert!(
+            cookies > 0,
+            "cookie replies under load ({responses} responses)"
+        );
+        assert!(
+            responses < 300,
+            "some initiations were not worked on: {responses}"
+        );
+
+        // Still under load: a new initiation gets a cookie; with the cookie it is answered.
+        for _ in 0..150 {
+            s.send_init(&mut tunn).await;
+        }
+        let mut cookie = None;
+        while let Some(reply) = s.recv(Duration::from_millis(200)).await {
+            if kind(&reply) == 3 {
+                cookie = Some(reply);
+            }
+        }
+        let cookie = cookie.expect("a cookie for the last initiation");
+        let mut out = [0u8; 256];
+        let consumed = tunn.decapsulate(Some(s.device_addr.ip()), &cookie, &mut out);
+        assert!(
+            matches!(consumed, TunnResult::Done),
+            "cookie accepted: {consumed:?}"
+        );
+        // The cookie must be for the initiation in progress: send one more and take its
+        // cookie if the one above was for an earlier initiation.
+        s.send_init(&mut tunn).await;
+        let reply = s.recv(Duration::from_secs(1)).await.expect("a reply");
+        let reply = if kind(&reply) == 3 {
+            let _ = tunn.decapsulate(Some(s.device_addr.ip()), &reply, &mut out);
+            s.send_init(&mut tunn).await;
+            s.recv(Duration::from_secs(1)).await.expect("a reply")
+        } else {
+            reply
+        };
+        assert_eq!(
+            kind(&reply),
+            2,
+            "an initiation with mac2 is answered under load"
+        );
+
+        let counters = s.device.counters().await.expect("counters");
+        assert!(counters.cookies_sent >= cookies, "{counters:?}");
+
+        // After a quiet second and a half, a fresh initiator (no cookie) is answered again.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        while s.recv(Duration::from_millis(10)).await.is_some() {}
+        let mut fresh = s.peer_tunn();
+        s.send_init(&mut fresh).await;
+        let reply = s.recv(Duration::from_secs(1)).await.expect("a reply");
+        assert_eq!(kind(&reply), 2, "load count reset");
+        s.device.shutdown().await;
+    });
+}
+
+/// A packet sent before any session exists is queued, a handshake starts, and once the
+/// response arrives the packet goes out (the drain rule).
+#[test]
+fn first_packet_waits_for_the_handshake_and_arrives() {
+    if !require_root("first_packet_waits_for_the_handshake_and_arrives") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let host = bed.host(0);
+    let host_ip = host.underlay_ip();
+    let ifname = unique_ifname();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
+    let name = ifname.clone();
+    let thread_host_name = host.name().to_owned();
+    let worker = std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/run/netns/{thread_host_name}")).expect("netns");
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let s = setup(host_ip, name, true).await;
+            ready_tx.send(()).expect("ready");
+            up_rx.recv().expect("interface up");
+            let app = UdpSocket::bind("0.0.0.0:0").await.expect("app socket");
+            let message = b"first packet through the tunnel";
+            app.send_to(message, "203.0.113.2:9999")
+                .await
+                .expect("send through TUN");
+
+            let mut tunn = s.peer_tunn();
+            let init = s
+                .recv(Duration::from_secs(5))
+                .await
+                .expect("handshake initiation");
+            assert_eq!(kind(&init), 1);
+            let mut out = vec![0u8; 2048];
+            match tunn.decapsulate(Some(s.device_addr.ip()), &init, &mut out) {
+                TunnResult::WriteToNetwork(response) => {
+                    s.socket
+                        .send_to(response, s.device_addr)
+                        .await
+                        .expect("send response");
+                }
+                other => panic!("no response: {other:?}"),
+            }
+            // Keepalive first, then the queued packet.
+            let mut delivered = None;
+            while let Some(datagram) = s.recv(Duration::from_secs(3)).await {
+                if let TunnResult::WriteToTunnelV4(packet, src) =
+                    tunn.decapsulate(Some(s.device_addr.ip()), &datagram, &mut out)
+                {
+                    delivered = Some((packet.to_vec(), src));
+                    break;
+                }
+            }
+            let (packet, src) = delivered.expect("the queued packet arrived");
+            assert_eq!(
+                IpAddr::V4(src),
+                "203.0.113.1".parse::<IpAddr>().expect("ip")
+            );
+            assert!(packet.ends_with(message), "payload intact");
+            s.device.shutdown().await;
+        });
+    });
+    ready_rx.recv().expect("device ready");
+    host.run_ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", &ifname])
+        .expect("addr");
+    host.run_ok(&["ip", "link", "set", &ifname, "up"])
+        .expect("up");
+    up_tx.send(()).expect("signal up");
+    if let Err(panic) = worker.join() {
+        std::panic::resume_unwind(panic);
+    }
+}

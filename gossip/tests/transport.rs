@@ -535,3 +535,29 @@ async fn silent_peer_is_cut_off_at_the_admission_timeout_and_backs_off() {
         Err(quinn::ConnectionError::ConnectionClosed(_))
     ));
 }
+
+#[tokio::test]
+async fn a_sender_giving_up_does_not_abort_the_admission() {
+    let secret = ClusterSecret::generate();
+    let (a, a_addr) = bind([127, 0, 0, 1], config(&secret));
+    let (b, b_addr) = bind([127, 0, 0, 1], config(&secret));
+
+    // The caller stops waiting long before the handshake can finish...
+    let gave_up = timeout(
+        Duration::from_micros(1),
+        a.send_datagram(b_addr, Bytes::from_static(b"impatient")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the send was still connecting");
+    // ...but the connection is still made and admitted on both sides, with no backoff.
+    let deadline = Instant::now() + WAIT;
+    while a.connected_peers() != vec![(b_addr, b.node_id())] {
+        assert!(Instant::now() < deadline, "the dial did not complete");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.send_datagram(a_addr, Bytes::from_static(b"welcome"))
+        .await
+        .expect("b→a");
+    assert_eq!(&next(&a).await.bytes[..], b"welcome");
+    assert_eq!((a.open_connections(), b.open_connections()), (1, 1));
+}

@@ -19,6 +19,8 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
+    #[error("invalid transport configuration: {0}")]
+    Config(&'static str),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("datagram of {len} bytes is over the limit of {max}")]

@@ -499,13 +499,11 @@ impl Shared {
     }
 
     /// The live connection to `addr`, opening one if there is none. Concurrent callers for
-    /// the same address share one dial.
+    /// the same address share one dial. The dial runs in its own task, so a caller that gives
+    /// up waiting does not abort the admission half-way (which the peer would count as a
+    /// failed admission and back off from).
     async fn connection_to(self: &Arc<Self>, addr: SocketAddr) -> Result<Peer> {
         let addr = canonical(addr);
-        enum Turn {
-            Lead(watch::Sender<Option<Result<Peer>>>),
-            Wait(watch::Receiver<Option<Result<Peer>>>),
-        }
         loop {
             if let Some(peer) = lock(&self.peers).live(addr) {
                 return Ok(peer);
@@ -513,37 +511,39 @@ impl Shared {
             if lock(&self.inbox).is_none() {
                 return Err(Error::Closed);
             }
-            let turn = {
+            let mut rx = {
                 let mut dialing = lock(&self.dialing);
                 match dialing.get(&addr) {
-                    Some(rx) => Turn::Wait(rx.clone()),
+                    Some(rx) => rx.clone(),
                     None => {
                         let (tx, rx) = watch::channel(None);
-                        dialing.insert(addr, rx);
-                        Turn::Lead(tx)
+                        dialing.insert(addr, rx.clone());
+                        let shared = self.clone();
+                        tokio::spawn(async move {
+                            let guard = DialGuard {
+                                shared: &shared,
+                                addr,
+                            };
+                            let result = shared
+                                .dial(addr)
+                                .instrument(info_span!("gossip_dial", peer = %addr))
+                                .await;
+                            drop(guard);
+                            let _ = tx.send(Some(result));
+                        });
+                        rx
                     }
                 }
             };
-            match turn {
-                Turn::Lead(tx) => {
-                    let guard = DialGuard { shared: self, addr };
-                    let result = self
-                        .dial(addr)
-                        .instrument(info_span!("gossip_dial", peer = %addr))
-                        .await;
-                    drop(guard);
-                    let _ = tx.send(Some(result.clone()));
-                    return result;
-                }
-                Turn::Wait(mut rx) => {
-                    if let Ok(done) = rx.wait_for(Option::is_some).await {
-                        if let Some(result) = done.clone() {
-                            return result;
-                        }
-                    }
-                    // The leading dial was cancelled: try again.
-                }
+            let done = rx
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|r| r.clone());
+            if let Some(result) = done {
+                return result;
             }
+            // The dial task ended without a result (runtime shutting down): look again.
         }
     }
 

@@ -12,7 +12,8 @@
 //!
 //! A send to a peer without a connection first opens one (handshake and admission), so it can
 //! take up to `handshake_timeout + admission_timeout`; a driver should not await sends in its
-//! main loop (spawn them, or hand them to a sender task).
+//! main loop (spawn them, or hand them to a sender task). A caller may give up on a send at
+//! any time: the dial goes on in its own task, and later sends use its connection.
 //!
 //! # Admission
 //!

@@ -29,8 +29,43 @@ impl Peer {
         self.conn.close_reason().is_none()
     }
 
-    fn same_instance(&self, other: &Peer) -> bool {
-        self.node == other.node && self.certificate == other.certificate
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            node: &self.node,
+            certificate: &self.certificate,
+            export: &self.export,
+        }
+    }
+}
+
+/// What tells two connections apart, as both of their ends see it.
+#[derive(Debug, Clone, Copy)]
+struct Identity<'a> {
+    node: &'a NodeId,
+    certificate: &'a [u8],
+    export: &'a Export,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    /// The new connection goes to another instance of the peer (it restarted).
+    ReplaceStale,
+    /// Both go to the same instance; the new one wins the tie-break.
+    ReplaceDuplicate,
+    /// Both go to the same instance; the old one wins the tie-break.
+    KeepOld,
+}
+
+/// Choose between a live connection and a newly admitted one to the same address. Both ends of
+/// two duplicate connections must choose the same one, so the tie-break uses only values the
+/// two ends share: the smaller keying-material export wins.
+fn choose(old: Identity<'_>, new: Identity<'_>) -> Choice {
+    if old.node != new.node || old.certificate != new.certificate {
+        Choice::ReplaceStale
+    } else if new.export < old.export {
+        Choice::ReplaceDuplicate
+    } else {
+        Choice::KeepOld
     }
 }
 
@@ -67,15 +102,16 @@ impl Peers {
                 return Placement::New;
             }
         };
-        if !old.same_instance(&new) {
-            self.by_addr.insert(new.addr, new);
-            return Placement::ReplacedStale(old);
-        }
-        if new.export < old.export {
-            self.by_addr.insert(new.addr, new);
-            Placement::ReplacedDuplicate(old)
-        } else {
-            Placement::Duplicate(old)
+        match choose(old.identity(), new.identity()) {
+            Choice::ReplaceStale => {
+                self.by_addr.insert(new.addr, new);
+                Placement::ReplacedStale(old)
+            }
+            Choice::ReplaceDuplicate => {
+                self.by_addr.insert(new.addr, new);
+                Placement::ReplacedDuplicate(old)
+            }
+            Choice::KeepOld => Placement::Duplicate(old),
         }
     }
 
@@ -97,5 +133,50 @@ impl Peers {
             .filter(|p| p.is_live())
             .map(|p| (p.addr, p.node))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id<'a>(node: &'a NodeId, cert: &'a [u8], export: &'a Export) -> Identity<'a> {
+        Identity {
+            node,
+            certificate: cert,
+            export,
+        }
+    }
+
+    #[test]
+    fn both_ends_keep_the_same_duplicate() {
+        let node = NodeId([1; 32]);
+        let (x, y) = ([3u8; 32], [9u8; 32]);
+        // One end admitted x first, the other y first: both keep x.
+        assert_eq!(
+            choose(id(&node, b"c", &x), id(&node, b"c", &y)),
+            Choice::KeepOld
+        );
+        assert_eq!(
+            choose(id(&node, b"c", &y), id(&node, b"c", &x)),
+            Choice::ReplaceDuplicate
+        );
+    }
+
+    #[test]
+    fn a_new_instance_replaces_the_old() {
+        let node = NodeId([1; 32]);
+        let (x, y) = ([3u8; 32], [9u8; 32]);
+        // Restart with the same identity key: new certificate.
+        assert_eq!(
+            choose(id(&node, b"old", &x), id(&node, b"new", &y)),
+            Choice::ReplaceStale
+        );
+        // Another node now at that address.
+        let other = NodeId([2; 32]);
+        assert_eq!(
+            choose(id(&node, b"c", &x), id(&other, b"c", &y)),
+            Choice::ReplaceStale
+        );
     }
 }

@@ -290,3 +290,90 @@ fn first_packet_waits_for_the_handshake_and_arrives() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// The configuration socket: get, set, a bad set that changes nothing, an unknown request,
+/// and a line too long, spoken byte for byte.
+#[test]
+fn uapi_socket_answers_and_refuses() {
+    if !require_root("uapi_socket_answers_and_refuses") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let host_ip = bed.host(0).underlay_ip();
+    let ifname = unique_ifname();
+    in_netns(bed.host(0), move || async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let s = setup(host_ip, ifname, false).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("test.sock");
+        let server = weft_mesh::uapi::UapiServer::listen_at(path.clone(), s.device.handle())
+            .await
+            .expect("listen");
+        let mode = std::fs::metadata(&path).expect("socket").permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
+
+        async fn ask(path: &std::path::Path, request: &[u8]) -> String {
+            let mut stream = tokio::net::UnixStream::connect(path)
+                .await
+                .expect("connect");
+            stream.write_all(request).await.expect("write");
+            stream.shutdown().await.expect("shutdown");
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.expect("read");
+            answer
+        }
+
+        let before = ask(&path, b"get=1\n\n").await;
+        assert!(before.ends_with("errno=0\n\n"), "{before}");
+        assert!(
+            before.contains(&format!("listen_port={DEVICE_PORT}\n")),
+            "{before}"
+        );
+        let peer_hex: String = s
+            .peer_key
+            .public_key()
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(
+            before.contains(&format!("public_key={peer_hex}\n")),
+            "{before}"
+        );
+        assert!(before.contains("allowed_ip=203.0.113.2/32\n"), "{before}");
+
+        // Valid lines, then one bad one: nothing of it applies.
+        let bad = format!("set=1\nlisten_port=1234\npublic_key={peer_hex}\nallowed_ip=198.51.100.0/24\nendpoint=nonsense\n\n");
+        assert_eq!(ask(&path, bad.as_bytes()).await, "errno=-22\n\n");
+        assert_eq!(
+            ask(&path, b"get=1\n\n").await,
+            before,
+            "a refused set changes nothing"
+        );
+
+        let good = format!("set=1\npublic_key={peer_hex}\nallowed_ip=198.51.100.0/24\n\n");
+        assert_eq!(ask(&path, good.as_bytes()).await, "errno=0\n\n");
+        assert!(ask(&path, b"get=1\n\n")
+            .await
+            .contains("allowed_ip=198.51.100.0/24\n"));
+
+        // Two requests on one connection, as the protocol allows.
+        let both = ask(&path, b"get=1\n\nget=1\n\n").await;
+        assert_eq!(both.matches("errno=0\n\n").count(), 2, "{both}");
+
+        assert_eq!(ask(&path, b"hello=1\n\n").await, "errno=-22\n\n");
+        let long = format!("set=1\nlisten_port={}\n\n", "1".repeat(5000));
+        assert_eq!(
+            ask(&path, long.as_bytes()).await,
+            "",
+            "connection dropped on a long line"
+        );
+
+        drop(server);
+        assert!(!path.exists(), "socket removed when the server stops");
+        s.device.shutdown().await;
+    });
+}

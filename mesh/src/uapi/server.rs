@@ -18,8 +18,8 @@ pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
 /// Longest request line accepted (the longest valid one is an IPv6 endpoint with a zone).
 const MAX_LINE: u64 = 1024;
-/// Most lines in one `set` request (a `wg setconf` with many peers and allowed IPs fits).
-const MAX_LINES: usize = 1 << 20;
+/// Most bytes in one `set` request (a `wg setconf` with many thousands of peers fits).
+const MAX_REQUEST: usize = 64 << 20;
 
 /// The socket path of interface `name`.
 pub fn socket_path(name: &str) -> PathBuf {
@@ -156,12 +156,16 @@ async fn read_body<R: tokio::io::AsyncBufRead + Unpin>(
     line: &mut String,
 ) -> io::Result<Body> {
     let mut lines = Vec::new();
+    let mut total = 0;
     loop {
         match read_line(reader, line).await? {
             None => return Ok(Body::Lines(lines)),
             Some(l) if l.is_empty() => return Ok(Body::Lines(lines)),
-            Some(_) if lines.len() >= MAX_LINES => return Ok(Body::TooLong),
-            Some(l) => lines.push(l),
+            Some(_) if total > MAX_REQUEST => return Ok(Body::TooLong),
+            Some(l) => {
+                total += l.len() + 1;
+                lines.push(l);
+            }
         }
     }
 }

@@ -4,6 +4,8 @@
 //! A [`DeviceConfig`] is a *change*, as a `set=1` request is: `None` leaves a setting as it is.
 //! A [`DeviceStatus`] is the full state, as a `get=1` answer is.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::SystemTime;

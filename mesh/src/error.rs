@@ -1,5 +1,7 @@
 //! The error type of weft-mesh.
 
+#![forbid(unsafe_code)]
+
 /// Errors of weft-mesh. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

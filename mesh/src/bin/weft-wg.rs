@@ -5,6 +5,8 @@
 //! `-f` it starts itself again in the background and returns once the socket is ready.
 //! It exits, removing the socket, when the interface is deleted or on SIGTERM/SIGINT.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::process::{Command, ExitCode, Stdio};
 

@@ -4,6 +4,8 @@
 //! [`parse`] turns request text into a [`crate::DeviceConfig`] and a status into answer text,
 //! with no IO; [`server`] serves the socket.
 
+#![forbid(unsafe_code)]
+
 pub mod parse;
 pub mod server;
 

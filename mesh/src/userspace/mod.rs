@@ -11,6 +11,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod allowed_ips;
 mod engine;
 mod peer;

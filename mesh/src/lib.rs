@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod host;
 pub mod kernel;
 pub mod tun;
 pub mod uapi;

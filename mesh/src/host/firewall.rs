@@ -1,0 +1,384 @@
+//! The fail-closed nftables table `inet weft`.
+//!
+//! One base chain at the `postrouting` hook: it sees both locally generated and forwarded
+//! packets after routing, when the output interface is known, just before they leave. A packet
+//! to the cluster range that is not for this node's own space and would leave by any interface
+//! other than WireGuard, the bridge or loopback is counted and dropped. The table is not tied
+//! to the daemon's life: it stays when the daemon exits or crashes, so traffic keeps failing
+//! closed while no one manages the tunnels; only [`remove`] (on `weft reset`) deletes it.
+//!
+//! We talk JSON to `nft -j` ourselves (as the `nftables` crate does) rather than through that
+//! crate, whose counter values are `u32` and would wrap on a busy host.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+
+use ipnet::IpNet;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use super::model::FirewallSpec;
+use crate::{Error, Result};
+
+/// The nftables table (family `inet`) holding weft's fail-closed rules.
+pub const NFT_TABLE: &str = "weft";
+
+/// The base chain, hooked at postrouting.
+pub const NFT_CHAIN: &str = "postrouting";
+
+/// The named counter of packets dropped because they would have left unencrypted.
+pub const DROP_COUNTER: &str = "fail_closed_drops";
+
+/// Packets and bytes a counter has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One rule of the chain. Its text form is stored as the rule's comment, which is how the
+/// current state is read back (see [`read`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rule {
+    /// Traffic through these interfaces never leaves the host in the clear.
+    AllowOif(Vec<String>),
+    /// Traffic for this node's own space.
+    AllowLocal(IpNet),
+    /// Anything else to the cluster range: count and drop.
+    Drop(IpNet),
+}
+
+impl Rule {
+    fn comment(&self) -> String {
+        match self {
+            Rule::AllowOif(names) => format!("weft allow-oif {}", names.join(",")),
+            Rule::AllowLocal(net) => format!("weft allow-local {net}"),
+            Rule::Drop(net) => format!("weft drop {net}"),
+        }
+    }
+
+    fn parse_comment(comment: &str) -> Option<Rule> {
+        let rest = comment.strip_prefix("weft ")?;
+        let (kind, arg) = rest.split_once(' ')?;
+        match kind {
+            "allow-oif" => Some(Rule::AllowOif(
+                arg.split(',').map(str::to_owned).collect(),
+            )),
+            "allow-local" => arg.parse().ok().map(Rule::AllowLocal),
+            "drop" => arg.parse().ok().map(Rule::Drop),
+            _ => None,
+        }
+    }
+
+    fn expr(&self) -> Value {
+        match self {
+            Rule::AllowOif(names) => json!([
+                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
+                           "right": {"set": names}}},
+                {"accept": null}
+            ]),
+            Rule::AllowLocal(net) => json!([daddr_match(net), {"accept": null}]),
+            Rule::Drop(net) => json!([
+                daddr_match(net),
+                {"counter": DROP_COUNTER},
+                {"drop": null}
+            ]),
+        }
+    }
+}
+
+fn daddr_match(net: &IpNet) -> Value {
+    let protocol = match net {
+        IpNet::V4(_) => "ip",
+        IpNet::V6(_) => "ip6",
+    };
+    json!({"match": {
+        "op": "==",
+        "left": {"payload": {"protocol": protocol, "field": "daddr"}},
+        "right": {"prefix": {"addr": net.network().to_string(), "len": net.prefix_len()}}
+    }})
+}
+
+fn rules(spec: &FirewallSpec) -> Vec<Rule> {
+    let mut rules = vec![Rule::AllowOif(vec![
+        spec.wg_ifname.clone(),
+        spec.bridge.clone(),
+        "lo".to_owned(),
+    ])];
+    rules.extend(spec.local_space.iter().copied().map(Rule::AllowLocal));
+    rules.extend(spec.cluster_ranges.iter().copied().map(Rule::Drop));
+    rules
+}
+
+fn table() -> Value {
+    json!({"table": {"family": "inet", "name": NFT_TABLE}})
+}
+
+/// The nft JSON batch that atomically replaces the table with `spec`: `add table` (so the
+/// delete cannot fail), `delete table`, then the new table, counter, chain and rules. nft
+/// commits a whole input as one transaction: there is never a moment without the rules.
+pub fn replace_batch(spec: &FirewallSpec) -> Value {
+    let mut cmds = vec![
+        json!({"metainfo": {"json_schema_version": 1}}),
+        json!({"add": table()}),
+        json!({"delete": table()}),
+        json!({"add": table()}),
+        json!({"add": {"counter": {"family": "inet", "table": NFT_TABLE, "name": DROP_COUNTER}}}),
+        json!({"add": {"chain": {
+            "family": "inet", "table": NFT_TABLE, "name": NFT_CHAIN,
+            "type": "filter", "hook": "postrouting", "prio": 0, "policy": "accept"
+        }}}),
+    ];
+    for rule in rules(spec) {
+        cmds.push(json!({"add": {"rule": {
+            "family": "inet", "table": NFT_TABLE, "chain": NFT_CHAIN,
+            "expr": rule.expr(), "comment": rule.comment()
+        }}}));
+    }
+    json!({ "nftables": cmds })
+}
+
+/// The batch that deletes the table if it exists.
+pub fn remove_batch() -> Value {
+    json!({"nftables": [{"add": table()}, {"delete": table()}]})
+}
+
+/// Reads weft's table out of `nft -j list table inet weft` output. `None` unless the chain is
+/// a filter chain at postrouting and every rule is one weft writes.
+pub fn parse_table(listing: &Value) -> Option<FirewallSpec> {
+    let objects = listing.get("nftables")?.as_array()?;
+    let mut hooked = false;
+    let mut has_counter = false;
+    let mut parsed = Vec::new();
+    for object in objects {
+        if let Some(chain) = object.get("chain") {
+            if chain.get("name")?.as_str()? != NFT_CHAIN {
+                return None;
+            }
+            hooked = chain.get("hook").and_then(Value::as_str) == Some("postrouting")
+                && chain.get("type").and_then(Value::as_str) == Some("filter");
+        } else if let Some(counter) = object.get("counter") {
+            has_counter |= counter.get("name").and_then(Value::as_str) == Some(DROP_COUNTER);
+        } else if let Some(rule) = object.get("rule") {
+            let comment = rule.get("comment").and_then(Value::as_str)?;
+            parsed.push(Rule::parse_comment(comment)?);
+        }
+    }
+    if !hooked || !has_counter {
+        return None;
+    }
+    let mut rules = parsed.iter();
+    let Some(Rule::AllowOif(names)) = rules.next() else {
+        return None;
+    };
+    let [wg_ifname, bridge, lo] = names.as_slice() else {
+        return None;
+    };
+    if lo != "lo" {
+        return None;
+    }
+    let mut spec = FirewallSpec {
+        cluster_ranges: BTreeSet::new(),
+        local_space: BTreeSet::new(),
+        wg_ifname: wg_ifname.clone(),
+        bridge: bridge.clone(),
+    };
+    for rule in rules {
+        match rule {
+            Rule::AllowLocal(net) => spec.local_space.insert(*net),
+            Rule::Drop(net) => spec.cluster_ranges.insert(*net),
+            Rule::AllowOif(_) => return None,
+        };
+    }
+    // Order matters in a chain: only accept exactly the order weft writes.
+    (self::rules(&spec) == parsed).then_some(spec)
+}
+
+/// Runs `nft` with `args`, feeding `input` on stdin; returns stdout.
+async fn nft(args: &[&str], input: Option<String>) -> Result<String> {
+    let context = format!("nft {}", args.join(" "));
+    let mut child = tokio::process::Command::new("nft")
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::io(context.clone(), e))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .map_err(|e| Error::io(context.clone(), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| Error::io(context.clone(), e))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::io(
+            context,
+            std::io::Error::other(format!("{}: {}", out.status, stderr.trim())),
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|e| Error::io(context, std::io::Error::other(e)))
+}
+
+async fn run_batch(batch: Value) -> Result<()> {
+    nft(&["-j", "-f", "-"], Some(batch.to_string())).await?;
+    Ok(())
+}
+
+async fn table_exists() -> Result<bool> {
+    let out = nft(&["-j", "list", "tables", "inet"], None).await?;
+    let listing: Value = serde_json::from_str(&out)
+        .map_err(|e| Error::io("parsing nft -j list tables", std::io::Error::other(e)))?;
+    Ok(listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .is_some_and(|objects| {
+            objects.iter().any(|o| {
+                o.get("table").and_then(|t| t.get("name")).and_then(Value::as_str)
+                    == Some(NFT_TABLE)
+            })
+        }))
+}
+
+/// Replaces the table with `spec` in one transaction.
+pub async fn apply(spec: &FirewallSpec) -> Result<()> {
+    run_batch(replace_batch(spec)).await
+}
+
+/// Reads the table back; `None` if it is missing or not exactly what weft writes.
+pub async fn read() -> Result<Option<FirewallSpec>> {
+    if !table_exists().await? {
+        return Ok(None);
+    }
+    let out = nft(&["-j", "list", "table", "inet", NFT_TABLE], None).await?;
+    let listing: Value = serde_json::from_str(&out)
+        .map_err(|e| Error::io("parsing nft -j list table", std::io::Error::other(e)))?;
+    Ok(parse_table(&listing))
+}
+
+/// Deletes the table (on `weft reset`); not an error if it is missing.
+pub async fn remove() -> Result<()> {
+    run_batch(remove_batch()).await
+}
+
+/// The drop counter, `None` if the table is missing.
+pub async fn drops() -> Result<Option<CounterValue>> {
+    if !table_exists().await? {
+        return Ok(None);
+    }
+    let out = nft(
+        &["-j", "list", "counter", "inet", NFT_TABLE, DROP_COUNTER],
+        None,
+    )
+    .await?;
+    let listing: Value = serde_json::from_str(&out)
+        .map_err(|e| Error::io("parsing nft -j list counter", std::io::Error::other(e)))?;
+    Ok(parse_counter(&listing))
+}
+
+/// Finds weft's drop counter in an nft JSON listing.
+pub fn parse_counter(listing: &Value) -> Option<CounterValue> {
+    listing
+        .get("nftables")?
+        .as_array()?
+        .iter()
+        .filter_map(|o| o.get("counter"))
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(DROP_COUNTER))
+        .map(|c| CounterValue {
+            packets: c.get("packets").and_then(Value::as_u64).unwrap_or(0),
+            bytes: c.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> FirewallSpec {
+        FirewallSpec {
+            cluster_ranges: ["10.32.0.0/12", "fd32::/48"]
+                .iter()
+                .map(|s| s.parse().expect("prefix"))
+                .collect(),
+            local_space: BTreeSet::from(["10.32.1.0/24".parse().expect("prefix")]),
+            wg_ifname: "weft-wg".into(),
+            bridge: "weft".into(),
+        }
+    }
+
+    /// What `nft -j list table` gives back for a batch: the add commands' objects.
+    fn as_listing(batch: &Value) -> Value {
+        let cmds = batch["nftables"].as_array().expect("array");
+        let objects: Vec<Value> = cmds[3..]
+            .iter()
+            .map(|c| c["add"].clone())
+            .collect();
+        json!({ "nftables": objects })
+    }
+
+    #[test]
+    fn replace_batch_deletes_then_recreates_in_one_input() {
+        let batch = replace_batch(&spec());
+        let cmds = batch["nftables"].as_array().expect("array");
+        assert_eq!(cmds[1], json!({"add": table()}));
+        assert_eq!(cmds[2], json!({"delete": table()}));
+        assert_eq!(cmds[3], json!({"add": table()}));
+        let text = batch.to_string();
+        assert!(text.contains(r#""hook":"postrouting""#), "{text}");
+        // One drop rule per cluster range, each counted.
+        assert_eq!(text.matches(r#"{"drop":null}"#).count(), 2);
+        assert_eq!(text.matches(r#"{"counter":"fail_closed_drops"}"#).count(), 2);
+        assert!(text.contains(r#""protocol":"ip6""#));
+    }
+
+    #[test]
+    fn listing_parses_back_to_the_spec() {
+        let listing = as_listing(&replace_batch(&spec()));
+        assert_eq!(parse_table(&listing), Some(spec()));
+    }
+
+    #[test]
+    fn tampered_or_foreign_tables_do_not_parse() {
+        let mut listing = as_listing(&replace_batch(&spec()));
+        // A rule someone added by hand, without weft's comment.
+        let objects = listing["nftables"].as_array_mut().expect("array");
+        objects.push(json!({"rule": {"family": "inet", "table": "weft", "chain": NFT_CHAIN,
+                                      "expr": [{"accept": null}]}}));
+        assert_eq!(parse_table(&listing), None);
+
+        let mut listing = as_listing(&replace_batch(&spec()));
+        let objects = listing["nftables"].as_array_mut().expect("array");
+        objects.retain(|o| o.get("counter").is_none());
+        assert_eq!(parse_table(&listing), None, "counter missing");
+
+        let mut listing = as_listing(&replace_batch(&spec()));
+        let objects = listing["nftables"].as_array_mut().expect("array");
+        let rule = objects.remove(3); // the allow-oif rule, moved behind the drops
+        objects.push(rule);
+        assert_eq!(parse_table(&listing), None, "wrong order");
+    }
+
+    #[test]
+    fn counter_parses_large_values() {
+        let listing = json!({"nftables": [{"metainfo": {}}, {"counter": {
+            "family": "inet", "table": "weft", "name": DROP_COUNTER,
+            "packets": 5_000_000_000u64, "bytes": 1u64 << 40
+        }}]});
+        assert_eq!(
+            parse_counter(&listing),
+            Some(CounterValue {
+                packets: 5_000_000_000,
+                bytes: 1 << 40
+            })
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! Host-side plumbing the daemon reconciles from the gossip view: the bridge `weft` holding
+//! this node's gateway address, routes to the other nodes' address spaces through the
+//! WireGuard interface (in weft's own table, tagged with weft's route protocol), the `ip rule`
+//! for that table, and the fail-closed nftables table.
+//!
+//! [`model`] is the pure desired state and diff; [`netlink`] and [`firewall`] are the drivers.
+//! [`reconcile`] reads, plans and applies; it is idempotent and, after a restart, removes what
+//! is stale and keeps what is right. [`reset`] removes everything weft put on the host.
+//!
+//! Everything acts on the network namespace of the calling thread.
+
+pub mod firewall;
+pub mod model;
+pub mod netlink;
+
+pub use firewall::{CounterValue, DROP_COUNTER, NFT_CHAIN, NFT_TABLE};
+pub use model::{
+    plan, BridgeSpec, BridgeState, Change, CurrentState, Family, FirewallSpec, HostState,
+    RouteSpec, RuleSpec, BRIDGE_NAME, DEFAULT_MTU, ROUTE_PROTOCOL, ROUTE_TABLE, RULE_PRIORITY,
+};
+pub use netlink::Netlink;
+
+use crate::Result;
+
+/// Reads what weft has on the host now: the link named `bridge`, weft's routes and rules,
+/// and the nftables table.
+pub async fn current(nl: &Netlink, bridge: &str) -> Result<CurrentState> {
+    Ok(CurrentState {
+        bridge: nl.bridge(bridge).await?,
+        routes: nl.weft_routes().await?,
+        rules: nl.weft_rules().await?,
+        firewall: firewall::read().await?,
+    })
+}
+
+/// Brings the host to `desired` and returns the changes it made (empty when the host already
+/// matched). On error the remaining changes were still attempted; calling again retries.
+pub async fn reconcile(nl: &Netlink, desired: &HostState) -> Result<Vec<Change>> {
+    let now = current(nl, &desired.bridge.name).await?;
+    let changes = plan(&now, desired);
+    nl.apply(&changes).await?;
+    Ok(changes)
+}
+
+/// Removes everything weft put on the host: its routes and rules, the bridge `bridge`, the
+/// WireGuard interface `wg_ifname` and, last (so traffic fails closed to the end), the
+/// nftables table. Foreign routes, rules and links are left alone. Idempotent.
+pub async fn reset(nl: &Netlink, bridge: &str, wg_ifname: &str) -> Result<()> {
+    let mut changes: Vec<Change> = nl
+        .weft_routes()
+        .await?
+        .into_iter()
+        .map(Change::DelRoute)
+        .collect();
+    changes.extend(nl.weft_rules().await?.into_iter().map(Change::DelRule));
+    nl.apply(&changes).await?;
+    nl.delete_link(bridge).await?;
+    nl.delete_link(wg_ifname).await?;
+    firewall::remove().await
+}

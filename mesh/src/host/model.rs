@@ -1,0 +1,522 @@
+//! The host's desired network state and the diff that turns the current state into it.
+//!
+//! Pure and sans-IO: drivers read a [`CurrentState`] from the kernel, [`plan`] compares it with
+//! the [`HostState`] the reconciler wants, and the drivers apply the [`Change`]s. Only things
+//! that carry weft's marks are ever removed: routes in [`ROUTE_TABLE`] with protocol
+//! [`ROUTE_PROTOCOL`], rules pointing at [`ROUTE_TABLE`], addresses on weft's own bridge and
+//! the nftables table [`super::NFT_TABLE`]. Anything else on the host is invisible to `plan`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use ipnet::IpNet;
+
+/// weft's own routing table: "ft", the low half of "weft" in ASCII (0x77656674 & 0xffff).
+pub const ROUTE_TABLE: u32 = 0x6674;
+
+/// The route protocol (`proto` in `ip route`) that tags weft's routes. 0x77 is "w"; iproute2
+/// and the kernel assign no meaning to it.
+pub const ROUTE_PROTOCOL: u8 = 0x77;
+
+/// Priority of the `ip rule` that sends lookups to [`ROUTE_TABLE`]; before `main` (32766).
+pub const RULE_PRIORITY: u32 = 0x6674;
+
+/// Name of the bridge holding this node's gateway address.
+pub const BRIDGE_NAME: &str = "weft";
+
+/// Default MTU for the bridge: 1500 minus WireGuard's worst-case overhead over IPv6 (80).
+pub const DEFAULT_MTU: u32 = 1420;
+
+/// IPv4 or IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(net: &IpNet) -> Self {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        })
+    }
+}
+
+/// The bridge pods attach to, holding the node's gateway address (e.g. `10.32.1.1/24`, the
+/// first address of the node's space with the space's prefix length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: String,
+    pub gateway: IpNet,
+    pub mtu: u32,
+}
+
+/// A route to another node's address space, through the WireGuard interface.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteSpec {
+    pub dst: IpNet,
+    pub dev: String,
+    pub table: u32,
+    pub protocol: u8,
+}
+
+impl RouteSpec {
+    /// A route in weft's table, tagged with weft's protocol number.
+    pub fn weft(dst: IpNet, dev: impl Into<String>) -> Self {
+        RouteSpec {
+            dst: dst.trunc(),
+            dev: dev.into(),
+            table: ROUTE_TABLE,
+            protocol: ROUTE_PROTOCOL,
+        }
+    }
+
+    /// True if the route carries both of weft's marks; only those may ever be deleted.
+    pub fn is_weft(&self) -> bool {
+        self.table == ROUTE_TABLE && self.protocol == ROUTE_PROTOCOL
+    }
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} dev {} table {} proto {}",
+            self.dst, self.dev, self.table, self.protocol
+        )
+    }
+}
+
+/// `ip rule add pref PRIORITY lookup TABLE` for one address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleSpec {
+    pub family: Family,
+    pub table: u32,
+    pub priority: u32,
+}
+
+impl RuleSpec {
+    pub fn weft(family: Family) -> Self {
+        RuleSpec {
+            family,
+            table: ROUTE_TABLE,
+            priority: RULE_PRIORITY,
+        }
+    }
+}
+
+/// The fail-closed rules: a packet to the cluster range, outside this node's own space, that
+/// would leave by any interface other than WireGuard (or the bridge, or loopback) is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallSpec {
+    pub cluster_ranges: BTreeSet<IpNet>,
+    pub local_space: BTreeSet<IpNet>,
+    pub wg_ifname: String,
+    pub bridge: String,
+}
+
+/// Everything weft keeps on a host, as the reconciler wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostState {
+    pub bridge: BridgeSpec,
+    pub wg_ifname: String,
+    pub routes: BTreeSet<RouteSpec>,
+    pub fail_closed: FirewallSpec,
+}
+
+impl HostState {
+    /// The state of a node alone in its cluster: bridge and firewall, no routes yet. Add one
+    /// route per other node's address space with [`HostState::add_peer_space`].
+    pub fn new(
+        bridge: BridgeSpec,
+        wg_ifname: impl Into<String>,
+        cluster_ranges: impl IntoIterator<Item = IpNet>,
+        local_space: impl IntoIterator<Item = IpNet>,
+    ) -> Self {
+        let wg_ifname = wg_ifname.into();
+        let fail_closed = FirewallSpec {
+            cluster_ranges: cluster_ranges.into_iter().map(|n| n.trunc()).collect(),
+            local_space: local_space.into_iter().map(|n| n.trunc()).collect(),
+            wg_ifname: wg_ifname.clone(),
+            bridge: bridge.name.clone(),
+        };
+        HostState {
+            bridge,
+            wg_ifname,
+            routes: BTreeSet::new(),
+            fail_closed,
+        }
+    }
+
+    /// Routes another node's address space through the WireGuard interface.
+    pub fn add_peer_space(&mut self, space: IpNet) {
+        self.routes
+            .insert(RouteSpec::weft(space, self.wg_ifname.clone()));
+    }
+
+    /// One lookup rule per address family that weft routes.
+    pub fn rules(&self) -> BTreeSet<RuleSpec> {
+        self.routes
+            .iter()
+            .map(|r| Family::of(&r.dst))
+            .chain(self.fail_closed.cluster_ranges.iter().map(Family::of))
+            .map(RuleSpec::weft)
+            .collect()
+    }
+
+    /// What a host looks like once this state is fully applied (what the drivers would read).
+    pub fn as_applied(&self) -> CurrentState {
+        CurrentState {
+            bridge: Some(BridgeState {
+                is_bridge: true,
+                mtu: self.bridge.mtu,
+                up: true,
+                addresses: BTreeSet::from([self.bridge.gateway]),
+            }),
+            routes: self.routes.clone(),
+            rules: self.rules(),
+            firewall: Some(self.fail_closed.clone()),
+        }
+    }
+}
+
+/// What a link named like weft's bridge looks like right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeState {
+    /// False if some other kind of link has taken the name.
+    pub is_bridge: bool,
+    pub mtu: u32,
+    pub up: bool,
+    pub addresses: BTreeSet<IpNet>,
+}
+
+/// What weft finds of its own on the host. Drivers only report things with weft's marks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CurrentState {
+    pub bridge: Option<BridgeState>,
+    pub routes: BTreeSet<RouteSpec>,
+    pub rules: BTreeSet<RuleSpec>,
+    /// The fail-closed rule set as read back from the kernel, `None` if the table is missing
+    /// or not exactly what weft writes.
+    pub firewall: Option<FirewallSpec>,
+}
+
+/// One step towards the desired state. [`plan`] orders them so that the firewall is in place
+/// before anything else changes, and stale routes go before new ones come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Replace the whole nftables table in one transaction.
+    ReplaceFirewall(FirewallSpec),
+    /// Delete a link that took the bridge's name but is not a bridge.
+    DeleteLink { name: String },
+    CreateBridge { name: String, mtu: u32 },
+    SetMtu { link: String, mtu: u32 },
+    DelAddress { link: String, addr: IpNet },
+    AddAddress { link: String, addr: IpNet },
+    SetUp { link: String },
+    DelRule(RuleSpec),
+    AddRule(RuleSpec),
+    DelRoute(RouteSpec),
+    AddRoute(RouteSpec),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::ReplaceFirewall(_) => write!(f, "replace nftables table"),
+            Change::DeleteLink { name } => write!(f, "delete link {name}"),
+            Change::CreateBridge { name, mtu } => write!(f, "create bridge {name} mtu {mtu}"),
+            Change::SetMtu { link, mtu } => write!(f, "set {link} mtu {mtu}"),
+            Change::DelAddress { link, addr } => write!(f, "del address {addr} dev {link}"),
+            Change::AddAddress { link, addr } => write!(f, "add address {addr} dev {link}"),
+            Change::SetUp { link } => write!(f, "set {link} up"),
+            Change::DelRule(r) => write!(f, "del rule {} pref {} table {}", r.family, r.priority, r.table),
+            Change::AddRule(r) => write!(f, "add rule {} pref {} table {}", r.family, r.priority, r.table),
+            Change::DelRoute(r) => write!(f, "del route {r}"),
+            Change::AddRoute(r) => write!(f, "add route {r}"),
+        }
+    }
+}
+
+/// The changes that turn `current` into `desired`: removes what weft owns but no longer wants,
+/// adds what is missing, leaves the rest alone. `plan(&d.as_applied(), &d)` is empty.
+pub fn plan(current: &CurrentState, desired: &HostState) -> Vec<Change> {
+    let mut changes = Vec::new();
+
+    if current.firewall.as_ref() != Some(&desired.fail_closed) {
+        changes.push(Change::ReplaceFirewall(desired.fail_closed.clone()));
+    }
+
+    let bridge = &desired.bridge;
+    let link = || bridge.name.clone();
+    match &current.bridge {
+        Some(state) if state.is_bridge => {
+            if state.mtu != bridge.mtu {
+                changes.push(Change::SetMtu {
+                    link: link(),
+                    mtu: bridge.mtu,
+                });
+            }
+            for addr in &state.addresses {
+                if *addr != bridge.gateway {
+                    changes.push(Change::DelAddress {
+                        link: link(),
+                        addr: *addr,
+                    });
+                }
+            }
+            if !state.addresses.contains(&bridge.gateway) {
+                changes.push(Change::AddAddress {
+                    link: link(),
+                    addr: bridge.gateway,
+                });
+            }
+            if !state.up {
+                changes.push(Change::SetUp { link: link() });
+            }
+        }
+        other => {
+            if other.is_some() {
+                changes.push(Change::DeleteLink { name: link() });
+            }
+            changes.push(Change::CreateBridge {
+                name: link(),
+                mtu: bridge.mtu,
+            });
+            changes.push(Change::AddAddress {
+                link: link(),
+                addr: bridge.gateway,
+            });
+            changes.push(Change::SetUp { link: link() });
+        }
+    }
+
+    let rules = desired.rules();
+    changes.extend(
+        current
+            .rules
+            .iter()
+            .filter(|r| r.table == ROUTE_TABLE && !rules.contains(r))
+            .map(|r| Change::DelRule(*r)),
+    );
+    changes.extend(
+        rules
+            .iter()
+            .filter(|r| !current.rules.contains(r))
+            .map(|r| Change::AddRule(*r)),
+    );
+
+    changes.extend(
+        current
+            .routes
+            .iter()
+            .filter(|r| r.is_weft() && !desired.routes.contains(r))
+            .map(|r| Change::DelRoute(r.clone())),
+    );
+    changes.extend(
+        desired
+            .routes
+            .iter()
+            .filter(|r| !current.routes.contains(r))
+            .map(|r| Change::AddRoute(r.clone())),
+    );
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test prefix")
+    }
+
+    fn desired(peers: &[&str]) -> HostState {
+        let mut state = HostState::new(
+            BridgeSpec {
+                name: BRIDGE_NAME.into(),
+                gateway: net("10.32.1.1/24"),
+                mtu: DEFAULT_MTU,
+            },
+            "weft-wg",
+            [net("10.32.0.0/12")],
+            [net("10.32.1.0/24")],
+        );
+        for p in peers {
+            state.add_peer_space(net(p));
+        }
+        state
+    }
+
+    #[test]
+    fn applied_state_needs_no_changes() {
+        let d = desired(&["10.32.2.0/24", "10.32.3.0/24"]);
+        assert_eq!(plan(&d.as_applied(), &d), Vec::new());
+    }
+
+    #[test]
+    fn empty_host_gets_everything_firewall_first() {
+        let d = desired(&["10.32.2.0/24"]);
+        let changes = plan(&CurrentState::default(), &d);
+        assert_eq!(
+            changes,
+            vec![
+                Change::ReplaceFirewall(d.fail_closed.clone()),
+                Change::CreateBridge {
+                    name: "weft".into(),
+                    mtu: DEFAULT_MTU
+                },
+                Change::AddAddress {
+                    link: "weft".into(),
+                    addr: net("10.32.1.1/24")
+                },
+                Change::SetUp {
+                    link: "weft".into()
+                },
+                Change::AddRule(RuleSpec::weft(Family::V4)),
+                Change::AddRoute(RouteSpec::weft(net("10.32.2.0/24"), "weft-wg")),
+            ]
+        );
+    }
+
+    #[test]
+    fn stale_route_removed_before_new_one_added() {
+        let before = desired(&["10.32.2.0/24", "10.32.3.0/24"]);
+        let after = desired(&["10.32.3.0/24", "10.32.4.0/24"]);
+        assert_eq!(
+            plan(&before.as_applied(), &after),
+            vec![
+                Change::DelRoute(RouteSpec::weft(net("10.32.2.0/24"), "weft-wg")),
+                Change::AddRoute(RouteSpec::weft(net("10.32.4.0/24"), "weft-wg")),
+            ]
+        );
+    }
+
+    #[test]
+    fn foreign_routes_and_rules_are_never_touched() {
+        let d = desired(&["10.32.2.0/24"]);
+        let mut current = d.as_applied();
+        // Same table, other protocol; other table, weft's protocol; main table.
+        let foreign = [
+            RouteSpec {
+                protocol: 4,
+                ..RouteSpec::weft(net("10.32.9.0/24"), "eth0")
+            },
+            RouteSpec {
+                table: 254,
+                ..RouteSpec::weft(net("10.32.8.0/24"), "eth0")
+            },
+            RouteSpec {
+                table: 254,
+                protocol: 3,
+                ..RouteSpec::weft(net("0.0.0.0/0"), "eth0")
+            },
+        ];
+        current.routes.extend(foreign.iter().cloned());
+        current.rules.insert(RuleSpec {
+            family: Family::V4,
+            table: 254,
+            priority: 100,
+        });
+        assert_eq!(plan(&current, &d), Vec::new());
+    }
+
+    #[test]
+    fn stale_bridge_address_and_mtu_are_fixed() {
+        let d = desired(&[]);
+        let mut current = d.as_applied();
+        let Some(bridge) = current.bridge.as_mut() else {
+            panic!("as_applied has a bridge");
+        };
+        bridge.mtu = 1500;
+        bridge.up = false;
+        bridge.addresses = BTreeSet::from([net("10.32.7.1/24")]);
+        assert_eq!(
+            plan(&current, &d),
+            vec![
+                Change::SetMtu {
+                    link: "weft".into(),
+                    mtu: DEFAULT_MTU
+                },
+                Change::DelAddress {
+                    link: "weft".into(),
+                    addr: net("10.32.7.1/24")
+                },
+                Change::AddAddress {
+                    link: "weft".into(),
+                    addr: net("10.32.1.1/24")
+                },
+                Change::SetUp {
+                    link: "weft".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn impostor_link_is_replaced_by_a_bridge() {
+        let d = desired(&[]);
+        let mut current = d.as_applied();
+        if let Some(b) = current.bridge.as_mut() {
+            b.is_bridge = false;
+        }
+        let changes = plan(&current, &d);
+        assert_eq!(
+            changes[..2],
+            [
+                Change::DeleteLink {
+                    name: "weft".into()
+                },
+                Change::CreateBridge {
+                    name: "weft".into(),
+                    mtu: DEFAULT_MTU
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn changed_firewall_is_replaced_and_ipv6_gets_its_rule() {
+        let mut d = desired(&["10.32.2.0/24"]);
+        let current = d.as_applied();
+        d.fail_closed.cluster_ranges.insert(net("fd32::/48"));
+        assert_eq!(
+            plan(&current, &d),
+            vec![
+                Change::ReplaceFirewall(d.fail_closed.clone()),
+                Change::AddRule(RuleSpec::weft(Family::V6)),
+            ]
+        );
+    }
+
+    #[test]
+    fn applying_a_plan_converges() {
+        // Simulate the drivers: apply each change to a CurrentState, then plan again.
+        let start = desired(&["10.32.2.0/24", "10.32.5.0/24"]).as_applied();
+        let target = desired(&["10.32.5.0/24", "10.32.6.0/24"]);
+        let mut state = start;
+        for change in plan(&state, &target) {
+            match change {
+                Change::DelRoute(r) => {
+                    state.routes.remove(&r);
+                }
+                Change::AddRoute(r) => {
+                    state.routes.insert(r);
+                }
+                other => panic!("unexpected change {other}"),
+            }
+        }
+        assert_eq!(plan(&state, &target), Vec::new());
+        assert_eq!(state, target.as_applied());
+    }
+}

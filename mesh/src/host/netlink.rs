@@ -1,0 +1,475 @@
+//! The rtnetlink driver: reads weft's bridge, routes and rules from the kernel and applies
+//! [`Change`]s. One netlink connection per [`Netlink`], its task aborted on drop.
+//!
+//! Every change is idempotent: `EEXIST` on an add and `ENOENT`/`ESRCH`/`ENODEV` on a delete
+//! mean the kernel already looks the way we want.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use futures_util::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, IpVersion, LinkBridge, LinkUnspec, RouteMessageBuilder};
+use tokio::task::JoinHandle;
+
+use super::model::{BridgeState, Change, Family, RouteSpec, RuleSpec, ROUTE_PROTOCOL, ROUTE_TABLE};
+use crate::{Error, Result};
+
+/// An rtnetlink connection in the current network namespace (the one of the thread that
+/// calls [`Netlink::connect`]).
+#[derive(Debug)]
+pub struct Netlink {
+    handle: Handle,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// The errno of a netlink error answer, if it is one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+fn nl_error(context: impl Into<String>, e: rtnetlink::Error) -> Error {
+    match &e {
+        rtnetlink::Error::NetlinkError(msg) => Error::io(context, msg.to_io()),
+        other => Error::Netlink(format!("{}: {other}", context.into())),
+    }
+}
+
+/// Maps "already there" (for adds) or "already gone" (for deletes) to success.
+fn tolerate(result: std::result::Result<(), rtnetlink::Error>, ok: &[i32], context: String) -> Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e).is_some_and(|n| ok.contains(&n)) => Ok(()),
+        Err(e) => Err(nl_error(context, e)),
+    }
+}
+
+const GONE: &[i32] = &[libc::ENOENT, libc::ESRCH, libc::ENODEV, libc::EADDRNOTAVAIL];
+
+fn table_of_route(msg: &RouteMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table))
+}
+
+fn table_of_rule(msg: &RuleMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table))
+}
+
+fn priority_of_rule(msg: &RuleMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Priority(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn family_of(af: AddressFamily) -> Option<Family> {
+    match af {
+        AddressFamily::Inet => Some(Family::V4),
+        AddressFamily::Inet6 => Some(Family::V6),
+        _ => None,
+    }
+}
+
+/// The destination prefix of a route message.
+fn route_dst(msg: &RouteMessage) -> Option<IpNet> {
+    let len = msg.header.destination_prefix_length;
+    let addr = msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+        RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+        _ => None,
+    });
+    let addr = match (addr, msg.header.address_family) {
+        (Some(a), _) => a,
+        // A default route has no RTA_DST.
+        (None, AddressFamily::Inet) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        (None, AddressFamily::Inet6) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        (None, _) => return None,
+    };
+    IpNet::new(addr, len).ok()
+}
+
+fn route_oif(msg: &RouteMessage) -> Option<u32> {
+    msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn link_name(msg: &LinkMessage) -> Option<&str> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+impl Netlink {
+    /// Opens the connection and spawns its task on the current tokio runtime. The socket
+    /// lives in the network namespace of the calling thread.
+    pub fn connect() -> Result<Netlink> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("opening rtnetlink socket", e))?;
+        let connection = tokio::spawn(connection);
+        Ok(Netlink { handle, connection })
+    }
+
+    /// The link named `name`, if it exists.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
+        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl_error(format!("looking up link {name}"), e)),
+        }
+    }
+
+    async fn link_index(&self, name: &str) -> Result<u32> {
+        match self.link(name).await? {
+            Some(link) => Ok(link.header.index),
+            None => Err(Error::io(
+                format!("link {name}"),
+                std::io::Error::from_raw_os_error(libc::ENODEV),
+            )),
+        }
+    }
+
+    async fn link_names(&self) -> Result<HashMap<u32, String>> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error("listing links", e))?;
+        Ok(links
+            .iter()
+            .filter_map(|l| Some((l.header.index, link_name(l)?.to_owned())))
+            .collect())
+    }
+
+    async fn addresses(&self, index: u32) -> Result<Vec<AddressMessage>> {
+        self.handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error("listing addresses", e))
+    }
+
+    /// The global-scope addresses of an address message (link-local ones the kernel adds by
+    /// itself are not weft's to manage).
+    fn address_net(msg: &AddressMessage) -> Option<IpNet> {
+        if msg.header.scope != AddressScope::Universe {
+            return None;
+        }
+        let local = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let addr = local.or_else(|| {
+            msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        })?;
+        IpNet::new(addr, msg.header.prefix_len).ok()
+    }
+
+    /// The link called `name` as a bridge, `None` if there is no such link.
+    pub async fn bridge(&self, name: &str) -> Result<Option<BridgeState>> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(None);
+        };
+        let is_bridge = link.attributes.iter().any(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos
+                .iter()
+                .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))),
+            _ => false,
+        });
+        let mtu = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let up = link.header.flags.contains(LinkFlags::Up);
+        let addresses = self
+            .addresses(link.header.index)
+            .await?
+            .iter()
+            .filter_map(Self::address_net)
+            .collect();
+        Ok(Some(BridgeState {
+            is_bridge,
+            mtu,
+            up,
+            addresses,
+        }))
+    }
+
+    async fn route_messages(&self) -> Result<Vec<RouteMessage>> {
+        let mut all = Vec::new();
+        for msg in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let routes: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(msg)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| nl_error("listing routes", e))?;
+            all.extend(routes);
+        }
+        Ok(all)
+    }
+
+    /// Every route in weft's table that carries weft's protocol number.
+    pub async fn weft_routes(&self) -> Result<BTreeSet<RouteSpec>> {
+        let names = self.link_names().await?;
+        let mut routes = BTreeSet::new();
+        for msg in self.route_messages().await? {
+            let table = table_of_route(&msg);
+            let protocol = u8::from(msg.header.protocol);
+            if table != ROUTE_TABLE || protocol != ROUTE_PROTOCOL {
+                continue;
+            }
+            let (Some(dst), Some(dev)) = (
+                route_dst(&msg),
+                route_oif(&msg).and_then(|i| names.get(&i)),
+            ) else {
+                continue;
+            };
+            routes.insert(RouteSpec {
+                dst,
+                dev: dev.clone(),
+                table,
+                protocol,
+            });
+        }
+        Ok(routes)
+    }
+
+    async fn rule_messages(&self) -> Result<Vec<RuleMessage>> {
+        let mut all = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> = self
+                .handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| nl_error("listing rules", e))?;
+            all.extend(rules);
+        }
+        Ok(all)
+    }
+
+    /// Every rule that looks up weft's table.
+    pub async fn weft_rules(&self) -> Result<BTreeSet<RuleSpec>> {
+        Ok(self
+            .rule_messages()
+            .await?
+            .iter()
+            .filter(|m| table_of_rule(m) == ROUTE_TABLE)
+            .filter_map(|m| {
+                Some(RuleSpec {
+                    family: family_of(m.header.family)?,
+                    table: ROUTE_TABLE,
+                    priority: priority_of_rule(m),
+                })
+            })
+            .collect())
+    }
+
+    fn route_message(&self, route: &RouteSpec, oif: u32, scope: RouteScope) -> Result<RouteMessage> {
+        let builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+            .map_err(|e| Error::InvalidConfig(format!("route {route}: {e}")))?;
+        Ok(builder
+            .output_interface(oif)
+            .table_id(route.table)
+            .protocol(RouteProtocol::from(route.protocol))
+            .scope(scope)
+            .build())
+    }
+
+    async fn apply_one(&self, change: &Change) -> Result<()> {
+        let context = change.to_string();
+        match change {
+            Change::ReplaceFirewall(spec) => super::firewall::apply(spec).await,
+            Change::DeleteLink { name } => self.delete_link(name).await,
+            Change::CreateBridge { name, mtu } => {
+                let msg = LinkBridge::new(name).mtu(*mtu).build();
+                tolerate(
+                    self.handle.link().add(msg).execute().await,
+                    &[libc::EEXIST],
+                    context,
+                )
+            }
+            Change::SetMtu { link, mtu } => {
+                let index = self.link_index(link).await?;
+                let msg = LinkUnspec::new_with_index(index).mtu(*mtu).build();
+                self.handle
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| nl_error(context, e))
+            }
+            Change::SetUp { link } => {
+                let index = self.link_index(link).await?;
+                let msg = LinkUnspec::new_with_index(index).up().build();
+                self.handle
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| nl_error(context, e))
+            }
+            Change::AddAddress { link, addr } => {
+                let index = self.link_index(link).await?;
+                tolerate(
+                    self.handle
+                        .address()
+                        .add(index, addr.addr(), addr.prefix_len())
+                        .execute()
+                        .await,
+                    &[libc::EEXIST],
+                    context,
+                )
+            }
+            Change::DelAddress { link, addr } => {
+                let Some(found) = self.link(link).await? else {
+                    return Ok(());
+                };
+                for msg in self.addresses(found.header.index).await? {
+                    if Self::address_net(&msg) == Some(*addr) {
+                        tolerate(
+                            self.handle.address().del(msg).execute().await,
+                            GONE,
+                            context.clone(),
+                        )?;
+                    }
+                }
+                Ok(())
+            }
+            Change::AddRule(rule) => {
+                let request = self
+                    .handle
+                    .rule()
+                    .add()
+                    .table_id(rule.table)
+                    .priority(rule.priority)
+                    .action(RuleAction::ToTable);
+                let result = match rule.family {
+                    Family::V4 => request.v4().execute().await,
+                    Family::V6 => request.v6().execute().await,
+                };
+                tolerate(result, &[libc::EEXIST], context)
+            }
+            Change::DelRule(rule) => {
+                for msg in self.rule_messages().await? {
+                    if table_of_rule(&msg) == rule.table
+                        && priority_of_rule(&msg) == rule.priority
+                        && family_of(msg.header.family) == Some(rule.family)
+                    {
+                        tolerate(
+                            self.handle.rule().del(msg).execute().await,
+                            GONE,
+                            context.clone(),
+                        )?;
+                    }
+                }
+                Ok(())
+            }
+            Change::AddRoute(route) => {
+                let oif = self.link_index(&route.dev).await?;
+                let msg = self.route_message(route, oif, RouteScope::Link)?;
+                tolerate(
+                    self.handle.route().add(msg).execute().await,
+                    &[libc::EEXIST],
+                    context,
+                )
+            }
+            Change::DelRoute(route) => {
+                if !route.is_weft() {
+                    return Err(Error::InvalidConfig(format!(
+                        "refusing to delete {route}: not weft's"
+                    )));
+                }
+                let Some(link) = self.link(&route.dev).await? else {
+                    // The route went with its interface.
+                    return Ok(());
+                };
+                // Scope "nowhere" matches a route of any scope on delete.
+                let msg = self.route_message(route, link.header.index, RouteScope::NoWhere)?;
+                tolerate(self.handle.route().del(msg).execute().await, GONE, context)
+            }
+        }
+    }
+
+    /// Applies `changes` in order. Keeps going after a failure, so one bad change does not
+    /// hold up the others, and returns the first error.
+    pub async fn apply(&self, changes: &[Change]) -> Result<()> {
+        let mut first_error = None;
+        for change in changes {
+            if let Err(e) = self.apply_one(change).await {
+                tracing::warn!(%change, error = %e, "host change failed");
+                first_error.get_or_insert(e);
+            } else {
+                tracing::debug!(%change, "host change applied");
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Deletes a link by name; not an error if it does not exist.
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(());
+        };
+        tolerate(
+            self.handle.link().del(link.header.index).execute().await,
+            GONE,
+            format!("delete link {name}"),
+        )
+    }
+}

@@ -347,3 +347,50 @@ fn stale_namespaces_of_dead_processes_are_swept() {
     assert!(stale_gone, "stale namespace {stale} not swept");
     assert!(live_kept, "namespace {live} of a live process was swept");
 }
+
+#[test]
+fn partition_heal_and_loss() {
+    if !require_root("partition_heal_and_loss") {
+        return;
+    }
+    let bed = TestBed::new(4).expect("build test bed");
+    let ip = |i: usize| IpAddr::from(bed.host(i).public_ip());
+    bed.partition(&[&[0, 1], &[2, 3]]).expect("partition");
+    assert!(bed.host(0).ping(ip(1), 1), "0 -> 1 inside a group");
+    assert!(bed.host(3).ping(ip(2), 1), "3 -> 2 inside a group");
+    assert!(!bed.host(0).ping(ip(2), 1), "0 -> 2 across the partition");
+    assert!(!bed.host(3).ping(ip(1), 1), "3 -> 1 across the partition");
+    bed.heal().expect("heal");
+    assert!(bed.host(0).ping(ip(3), 1), "0 -> 3 after heal");
+    assert!(bed.host(2).ping(ip(1), 1), "2 -> 1 after heal");
+
+    bed.set_loss(0, 100).expect("total loss");
+    assert!(!bed.host(0).ping(ip(1), 2), "ping through 100% loss");
+    // 50% on the way out: of 200 echo requests, host 1 sees roughly half.
+    bed.set_loss(0, 50).expect("half loss");
+    let cap = bed
+        .capture(1, "icmp[icmptype] = icmp-echo")
+        .expect("capture");
+    bed.host(0)
+        .run(&[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "200",
+            "-i",
+            "0.005",
+            "-W",
+            "1",
+            &ip(1).to_string(),
+        ])
+        .expect("ping burst");
+    let seen = cap.finish().expect("finish").len();
+    assert!(
+        (40..=160).contains(&seen),
+        "{seen} of 200 arrived at 50% loss"
+    );
+    bed.set_loss(0, 0).expect("no loss");
+    bed.set_loss(0, 0).expect("no loss, twice");
+    assert!(bed.host(0).ping(ip(1), 1), "ping after loss removed");
+}

@@ -36,6 +36,9 @@ pub const NETNS_PREFIX: &str = "wt";
 /// The nftables table used for [`TestBed::cut`] inside hosts.
 pub const CUT_TABLE: &str = "weft_testbed_cut";
 
+/// The nftables table used for [`TestBed::set_loss`] inside hosts.
+pub const LOSS_TABLE: &str = "weft_testbed_loss";
+
 /// The nftables table doing NAT inside routers.
 pub const NAT_TABLE: &str = "weft_testbed_nat";
 
@@ -194,6 +197,63 @@ impl TestBed {
         }
         state.cuts.remove(&(a.min(b), a.max(b)));
         Ok(())
+    }
+
+    /// Splits the hosts into groups that cannot reach each other: every pair of hosts in
+    /// different groups is [`TestBed::cut`]. Hosts in no group keep all their links.
+    pub fn partition(&self, groups: &[&[usize]]) -> Result<()> {
+        for (n, group) in groups.iter().enumerate() {
+            for other in &groups[n + 1..] {
+                for &a in group.iter() {
+                    for &b in other.iter() {
+                        self.cut(a, b)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores every cut (undoes [`TestBed::partition`] and all [`TestBed::cut`]s).
+    pub fn heal(&self) -> Result<()> {
+        let cuts: Vec<_> = {
+            let state = self.cuts.lock().unwrap_or_else(|p| p.into_inner());
+            state.cuts.iter().copied().collect()
+        };
+        for (a, b) in cuts {
+            self.restore(a, b)?;
+        }
+        Ok(())
+    }
+
+    /// Randomly drops `percent`% of host `i`'s underlay packets in each direction (nftables
+    /// `numgen random`; the kernel here has no netem). 0 removes the loss again.
+    pub fn set_loss(&self, i: usize, percent: u8) -> Result<()> {
+        let host = self.checked_host(i)?;
+        if percent > 100 {
+            return Err(Error::Invalid(format!("loss {percent}% is over 100%")));
+        }
+        let ifname = &host.underlay_if;
+        // `add table` + `delete table` first makes this idempotent whether or not it exists.
+        let mut script = format!("add table inet {LOSS_TABLE}\ndelete table inet {LOSS_TABLE}\n");
+        if percent > 0 {
+            // numgen's range is 0..=99, so 100% is a plain drop.
+            let sample = if percent == 100 {
+                String::new()
+            } else {
+                format!("numgen random mod 100 < {percent} ")
+            };
+            script.push_str(&format!(
+                "table inet {LOSS_TABLE} {{
+  chain input {{ type filter hook input priority -300; policy accept;
+    iifname \"{ifname}\" {sample}drop; }}
+  chain output {{ type filter hook output priority -300; policy accept;
+    oifname \"{ifname}\" {sample}drop; }}
+}}
+"
+            ));
+        }
+        nft(&host.name, &script)
     }
 
     /// Starts tcpdump on host `i`'s underlay interface with a BPF filter ("" for all) and

@@ -29,7 +29,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 pub use bed::{
-    sweep_stale, TestBed, TestBedBuilder, CUT_TABLE, MAX_HOSTS, NAT_TABLE, NETNS_PREFIX,
+    sweep_stale, TestBed, TestBedBuilder, CUT_TABLE, LOSS_TABLE, MAX_HOSTS, NAT_TABLE, NETNS_PREFIX,
 };
 pub use capture::Capture;
 pub use error::{Error, Result};

@@ -377,3 +377,53 @@ fn uapi_socket_answers_and_refuses() {
         s.device.shutdown().await;
     });
 }
+
+/// Handshakes with the wrong keys are dropped and counted, never answered: from a key the
+/// device does not know (unknown peer), and to a key that is not the device's (bad MAC).
+#[test]
+fn wrong_key_handshakes_are_dropped_and_counted() {
+    if !require_root("wrong_key_handshakes_are_dropped_and_counted") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let host_ip = bed.host(0).underlay_ip();
+    let ifname = unique_ifname();
+    in_netns(bed.host(0), move || async move {
+        let s = setup(host_ip, ifname, false).await;
+        let stranger = WgPrivateKey::generate();
+        let mut unknown_peer = Tunn::new(
+            stranger.to_x25519(),
+            s.device_key.public_key().to_x25519(),
+            None,
+            None,
+            8,
+            None,
+        );
+        let mut wrong_device = Tunn::new(
+            s.peer_key.to_x25519(),
+            WgPrivateKey::generate().public_key().to_x25519(),
+            None,
+            None,
+            9,
+            None,
+        );
+        for _ in 0..3 {
+            s.send_init(&mut unknown_peer).await;
+            s.send_init(&mut wrong_device).await;
+        }
+        assert!(
+            s.recv(Duration::from_millis(500)).await.is_none(),
+            "no answer"
+        );
+        let counters = s.device.counters().await.expect("counters");
+        assert_eq!(counters.unknown_peer, 3, "{counters:?}");
+        assert_eq!(counters.invalid_packets, 3, "{counters:?}");
+
+        // The configured peer is still answered.
+        let mut peer = s.peer_tunn();
+        s.send_init(&mut peer).await;
+        let reply = s.recv(Duration::from_secs(1)).await.expect("a reply");
+        assert_eq!(kind(&reply), 2);
+        s.device.shutdown().await;
+    });
+}

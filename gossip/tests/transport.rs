@@ -561,3 +561,68 @@ async fn a_sender_giving_up_does_not_abort_the_admission() {
     assert_eq!(&next(&a).await.bytes[..], b"welcome");
     assert_eq!((a.open_connections(), b.open_connections()), (1, 1));
 }
+
+/// Collects everything the fmt subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_name_the_peer_and_never_the_secret() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test runtime has one thread, so every task logs through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let secret = ClusterSecret::generate();
+    let wrong = ClusterSecret::generate();
+    let a_config = config(&secret);
+    let a_identity = a_config.identity.clone();
+    let (a, a_addr) = bind([127, 0, 0, 1], a_config);
+    let (b, b_addr) = bind([127, 0, 0, 1], config(&secret));
+    let (intruder, intruder_addr) = bind([127, 0, 0, 7], config(&wrong));
+    b.send_datagram(a_addr, Bytes::from_static(b"hello"))
+        .await
+        .expect("member");
+    next(&a).await;
+    let refused = intruder
+        .send_datagram(a_addr, Bytes::from_static(b"x"))
+        .await;
+    assert!(matches!(refused, Err(Error::AdmissionRejected { .. })));
+
+    let text = String::from_utf8_lossy(&captured.0.lock().expect("logs")).into_owned();
+    assert!(text.contains("peer admitted"), "{text}");
+    assert!(
+        text.contains(&format!("peer={b_addr}")),
+        "spans name the member"
+    );
+    assert!(text.contains(&format!("node={}", b.node_id().short())));
+    assert!(
+        text.contains(&format!("peer={intruder_addr}")),
+        "and the intruder"
+    );
+    assert!(text.contains("connection failed admission"));
+    for s in [&secret, &wrong] {
+        assert!(!text.contains(s.to_text().as_str()), "secret in the logs");
+        assert!(!text.contains(&format!("{:?}", s.expose())));
+    }
+    assert!(!text.contains(a_identity.to_base64_secret().as_str()));
+}

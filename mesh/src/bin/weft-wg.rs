@@ -94,11 +94,7 @@ fn foreground(args: &Args) -> anyhow::Result<()> {
         nix::unistd::setsid().context("setsid")?;
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -108,6 +104,19 @@ fn foreground(args: &Args) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(run(&args.interface, daemon_child))
+}
+
+/// `LOG_LEVEL` as wireguard-go reads it (`verbose`, `error`, `silent`) or as a tracing
+/// filter (`debug`, `weft_mesh=trace`); else `RUST_LOG`; else info.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    match std::env::var("LOG_LEVEL").ok().as_deref() {
+        Some("verbose") => EnvFilter::new("debug"),
+        Some("error") => EnvFilter::new("error"),
+        Some("silent") => EnvFilter::new("off"),
+        Some(other) => EnvFilter::try_new(other).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    }
 }
 
 async fn run(name: &str, daemon_child: bool) -> anyhow::Result<()> {

@@ -332,6 +332,11 @@ impl State {
                 debug!(parent: &*span, endpoint = %from, "endpoint roamed");
                 *endpoint = Some(from);
             }
+            match kind {
+                Kind::HandshakeInit => debug!(parent: &*span, "handshake initiation answered"),
+                Kind::HandshakeResponse => debug!(parent: &*span, "handshake completed"),
+                Kind::CookieReply | Kind::Data => {}
+            }
         }
         let mut drain = false;
         match result {

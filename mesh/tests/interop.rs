@@ -67,6 +67,23 @@ fn start<'a>(host: &'a Host, which: Impl) -> Node<'a> {
     }
 }
 
+impl Drop for Node<'_> {
+    fn drop(&mut self) {
+        // A killed daemon leaves its socket behind; don't litter the shared directory.
+        let _ = self.proc.kill();
+        let _ = std::fs::remove_file(socket(&self.ifname));
+    }
+}
+
+/// Removes a daemon's socket file when a test ends, whatever happened.
+struct SocketGuard(String);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(socket(&self.0));
+    }
+}
+
 impl Node<'_> {
     fn public(&self) -> String {
         self.key.public_key().to_string()
@@ -525,6 +542,7 @@ fn daemon_exits_when_its_interface_is_deleted() {
     let bed = TestBed::new(1).expect("test bed");
     let host = bed.host(0);
     let ifname = unique_ifname();
+    let _guard = SocketGuard(ifname.clone());
     host.run_ok(&[WEFT_WG, &ifname]).expect("weft-wg starts");
     assert!(
         socket(&ifname).exists(),
@@ -594,6 +612,7 @@ fn wg_quick_uses_weft_wg() {
     let responder = start(bed.host(1), Impl::Go);
     let key = WgPrivateKey::generate();
     let ifname = unique_ifname();
+    let _guard = SocketGuard(ifname.clone());
     let conf = format!(
         "[Interface]\nPrivateKey = {}\nAddress = {}/24\n\n[Peer]\nPublicKey = {}\nAllowedIPs = {}/32\nEndpoint = {}:{PORT}\n",
         *key.to_base64_secret(),

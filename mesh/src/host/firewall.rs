@@ -61,9 +61,7 @@ impl Rule {
         let rest = comment.strip_prefix("weft ")?;
         let (kind, arg) = rest.split_once(' ')?;
         match kind {
-            "allow-oif" => Some(Rule::AllowOif(
-                arg.split(',').map(str::to_owned).collect(),
-            )),
+            "allow-oif" => Some(Rule::AllowOif(arg.split(',').map(str::to_owned).collect())),
             "allow-local" => arg.parse().ok().map(Rule::AllowLocal),
             "drop" => arg.parse().ok().map(Rule::Drop),
             _ => None,
@@ -243,7 +241,9 @@ async fn table_exists() -> Result<bool> {
         .and_then(Value::as_array)
         .is_some_and(|objects| {
             objects.iter().any(|o| {
-                o.get("table").and_then(|t| t.get("name")).and_then(Value::as_str)
+                o.get("table")
+                    .and_then(|t| t.get("name"))
+                    .and_then(Value::as_str)
                     == Some(NFT_TABLE)
             })
         }))
@@ -318,10 +318,7 @@ mod tests {
     /// What `nft -j list table` gives back for a batch: the add commands' objects.
     fn as_listing(batch: &Value) -> Value {
         let cmds = batch["nftables"].as_array().expect("array");
-        let objects: Vec<Value> = cmds[3..]
-            .iter()
-            .map(|c| c["add"].clone())
-            .collect();
+        let objects: Vec<Value> = cmds[3..].iter().map(|c| c["add"].clone()).collect();
         json!({ "nftables": objects })
     }
 
@@ -336,7 +333,10 @@ mod tests {
         assert!(text.contains(r#""hook":"postrouting""#), "{text}");
         // One drop rule per cluster range, each counted.
         assert_eq!(text.matches(r#"{"drop":null}"#).count(), 2);
-        assert_eq!(text.matches(r#"{"counter":"fail_closed_drops"}"#).count(), 2);
+        assert_eq!(
+            text.matches(r#"{"counter":"fail_closed_drops"}"#).count(),
+            2
+        );
         assert!(text.contains(r#""protocol":"ip6""#));
     }
 
@@ -351,8 +351,10 @@ mod tests {
         let mut listing = as_listing(&replace_batch(&spec()));
         // A rule someone added by hand, without weft's comment.
         let objects = listing["nftables"].as_array_mut().expect("array");
-        objects.push(json!({"rule": {"family": "inet", "table": "weft", "chain": NFT_CHAIN,
-                                      "expr": [{"accept": null}]}}));
+        objects.push(
+            json!({"rule": {"family": "inet", "table": "weft", "chain": NFT_CHAIN,
+                                      "expr": [{"accept": null}]}}),
+        );
         assert_eq!(parse_table(&listing), None);
 
         let mut listing = as_listing(&replace_batch(&spec()));

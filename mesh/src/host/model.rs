@@ -218,12 +218,28 @@ pub enum Change {
     /// Replace the whole nftables table in one transaction.
     ReplaceFirewall(FirewallSpec),
     /// Delete a link that took the bridge's name but is not a bridge.
-    DeleteLink { name: String },
-    CreateBridge { name: String, mtu: u32 },
-    SetMtu { link: String, mtu: u32 },
-    DelAddress { link: String, addr: IpNet },
-    AddAddress { link: String, addr: IpNet },
-    SetUp { link: String },
+    DeleteLink {
+        name: String,
+    },
+    CreateBridge {
+        name: String,
+        mtu: u32,
+    },
+    SetMtu {
+        link: String,
+        mtu: u32,
+    },
+    DelAddress {
+        link: String,
+        addr: IpNet,
+    },
+    AddAddress {
+        link: String,
+        addr: IpNet,
+    },
+    SetUp {
+        link: String,
+    },
     DelRule(RuleSpec),
     AddRule(RuleSpec),
     DelRoute(RouteSpec),
@@ -240,8 +256,16 @@ impl fmt::Display for Change {
             Change::DelAddress { link, addr } => write!(f, "del address {addr} dev {link}"),
             Change::AddAddress { link, addr } => write!(f, "add address {addr} dev {link}"),
             Change::SetUp { link } => write!(f, "set {link} up"),
-            Change::DelRule(r) => write!(f, "del rule {} pref {} table {}", r.family, r.priority, r.table),
-            Change::AddRule(r) => write!(f, "add rule {} pref {} table {}", r.family, r.priority, r.table),
+            Change::DelRule(r) => write!(
+                f,
+                "del rule {} pref {} table {}",
+                r.family, r.priority, r.table
+            ),
+            Change::AddRule(r) => write!(
+                f,
+                "add rule {} pref {} table {}",
+                r.family, r.priority, r.table
+            ),
             Change::DelRoute(r) => write!(f, "del route {r}"),
             Change::AddRoute(r) => write!(f, "add route {r}"),
         }

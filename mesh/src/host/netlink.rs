@@ -52,7 +52,11 @@ fn nl_error(context: impl Into<String>, e: rtnetlink::Error) -> Error {
 }
 
 /// Maps "already there" (for adds) or "already gone" (for deletes) to success.
-fn tolerate(result: std::result::Result<(), rtnetlink::Error>, ok: &[i32], context: String) -> Result<()> {
+fn tolerate(
+    result: std::result::Result<(), rtnetlink::Error>,
+    ok: &[i32],
+    context: String,
+) -> Result<()> {
     match result {
         Ok(()) => Ok(()),
         Err(e) if errno(&e).is_some_and(|n| ok.contains(&n)) => Ok(()),
@@ -144,7 +148,12 @@ impl Netlink {
 
     /// The link named `name`, if it exists.
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
-        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match links.try_next().await {
             Ok(link) => Ok(link),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
@@ -270,10 +279,9 @@ impl Netlink {
             if table != ROUTE_TABLE || protocol != ROUTE_PROTOCOL {
                 continue;
             }
-            let (Some(dst), Some(dev)) = (
-                route_dst(&msg),
-                route_oif(&msg).and_then(|i| names.get(&i)),
-            ) else {
+            let (Some(dst), Some(dev)) =
+                (route_dst(&msg), route_oif(&msg).and_then(|i| names.get(&i)))
+            else {
                 continue;
             };
             routes.insert(RouteSpec {
@@ -319,7 +327,12 @@ impl Netlink {
             .collect())
     }
 
-    fn route_message(&self, route: &RouteSpec, oif: u32, scope: RouteScope) -> Result<RouteMessage> {
+    fn route_message(
+        &self,
+        route: &RouteSpec,
+        oif: u32,
+        scope: RouteScope,
+    ) -> Result<RouteMessage> {
         let builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(route.dst.addr(), route.dst.prefix_len())
             .map_err(|e| Error::InvalidConfig(format!("route {route}: {e}")))?;

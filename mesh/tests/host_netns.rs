@@ -1,0 +1,366 @@
+//! The host plumbing (`weft_mesh::host`) against a real kernel, inside test namespaces: the
+//! netlink and nft code runs in-process on a thread that entered the namespace (see
+//! [`netns::run_in`]), and the results are checked with `ip` and `nft`.
+//!
+//! There is no kernel WireGuard module on the test machines, so a TUN link named like the
+//! WireGuard interface (as the userspace backend has) stands in: routes only need a link.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use weft_mesh::host::{self, BridgeSpec, Change, HostState, Netlink, RouteSpec, ROUTE_TABLE};
+use weft_testbed::{Host, TestBed};
+
+mod netns {
+    use std::fs::File;
+    use std::future::Future;
+
+    use nix::sched::{setns, CloneFlags};
+
+    /// Runs `f` on a new thread that has entered network namespace `name`, with a
+    /// current-thread tokio runtime, and returns its result. Anything created on that thread
+    /// (netlink sockets, child processes such as `nft`) lives in the namespace; the thread
+    /// ends afterwards, so the test's own threads never leave the root namespace.
+    pub fn run_in<T, F, Fut>(name: &str, f: F) -> T
+    where
+        T: Send,
+        F: FnOnce() -> Fut + Send,
+        Fut: Future<Output = T>,
+    {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let ns =
+                        File::open(format!("/run/netns/{name}")).expect("open the test namespace");
+                    setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("tokio runtime");
+                    runtime.block_on(f())
+                })
+                .join()
+                .expect("netns thread panicked")
+        })
+    }
+}
+
+const WG: &str = "weft-wg";
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("test prefix")
+}
+
+fn desired(peers: &[&str]) -> HostState {
+    let mut state = HostState::new(
+        BridgeSpec {
+            name: host::BRIDGE_NAME.into(),
+            gateway: net("10.32.1.1/24"),
+            mtu: 1420,
+        },
+        WG,
+        [net("10.32.0.0/12")],
+        [net("10.32.1.0/24")],
+    );
+    for p in peers {
+        state.add_peer_space(net(p));
+    }
+    state
+}
+
+fn reconcile(h: &Host, state: &HostState) -> Vec<Change> {
+    netns::run_in(h.name(), || async {
+        let nl = Netlink::connect().expect("netlink");
+        host::reconcile(&nl, state).await.expect("reconcile")
+    })
+}
+
+fn weft_table(h: &Host) -> String {
+    h.run_ok(&["ip", "route", "show", "table", &ROUTE_TABLE.to_string()])
+        .expect("ip route")
+}
+
+fn add_stand_in_wg(h: &Host) {
+    h.run_ok(&["ip", "tuntap", "add", "dev", WG, "mode", "tun"])
+        .expect("TUN link");
+    h.run_ok(&["ip", "link", "set", WG, "up"]).expect("link up");
+}
+
+#[test]
+fn host_state_is_applied_idempotently_diffed_and_reset() {
+    if !weft_testbed::require_root("host_state_is_applied_idempotently_diffed_and_reset") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let h = bed.host(0);
+    add_stand_in_wg(h);
+    // Foreign routes: one in main, one in weft's table but not tagged as weft's.
+    h.run_ok(&["ip", "route", "add", "10.32.9.0/24", "dev", "eth0"])
+        .expect("foreign route");
+    h.run_ok(&[
+        "ip",
+        "route",
+        "add",
+        "10.32.10.0/24",
+        "dev",
+        "eth0",
+        "table",
+        "26228",
+        "proto",
+        "static",
+    ])
+    .expect("foreign route in weft's table");
+
+    // First apply: everything is created.
+    let first = desired(&["10.32.2.0/24", "10.32.3.0/24"]);
+    let changes = reconcile(h, &first);
+    assert!(
+        matches!(changes.first(), Some(Change::ReplaceFirewall(_))),
+        "firewall first: {changes:?}"
+    );
+    let table = weft_table(h);
+    for dst in ["10.32.2.0/24", "10.32.3.0/24"] {
+        assert!(
+            table.contains(&format!("{dst} dev {WG} proto 119 scope link")),
+            "{table}"
+        );
+    }
+    let rules = h.run_ok(&["ip", "rule", "show"]).expect("ip rule");
+    assert!(rules.contains("26228:\tfrom all lookup 26228"), "{rules}");
+    let link = h
+        .run_ok(&["ip", "-d", "link", "show", "weft"])
+        .expect("bridge exists");
+    assert!(link.contains("mtu 1420"), "{link}");
+    assert!(link.contains("bridge"), "{link}");
+    assert!(link.contains("<BROADCAST,MULTICAST,UP"), "{link}");
+    let addr = h
+        .run_ok(&["ip", "-4", "addr", "show", "dev", "weft"])
+        .expect("ip addr");
+    assert!(addr.contains("inet 10.32.1.1/24"), "{addr}");
+    let ruleset = h.run_ok(&["nft", "-j", "list", "ruleset"]).expect("nft");
+    let ruleset: serde_json::Value = serde_json::from_str(&ruleset).expect("nft JSON");
+    let objects = ruleset["nftables"].as_array().expect("nftables array");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["table"]["family"] == "inet" && o["table"]["name"] == "weft"),
+        "{ruleset}"
+    );
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["counter"]["name"] == host::DROP_COUNTER),
+        "{ruleset}"
+    );
+    let chain = h
+        .run_ok(&["nft", "list", "chain", "inet", "weft", "postrouting"])
+        .expect("nft chain");
+    assert!(chain.contains("hook postrouting"), "{chain}");
+    assert!(
+        chain.contains(r#"ip daddr 10.32.0.0/12 counter name "fail_closed_drops" drop"#),
+        "{chain}"
+    );
+
+    // Second apply: nothing to do.
+    assert_eq!(reconcile(h, &first), Vec::new());
+
+    // One route less, one more: exactly that diff.
+    let second = desired(&["10.32.3.0/24", "10.32.4.0/24"]);
+    assert_eq!(
+        reconcile(h, &second),
+        vec![
+            Change::DelRoute(RouteSpec::weft(net("10.32.2.0/24"), WG)),
+            Change::AddRoute(RouteSpec::weft(net("10.32.4.0/24"), WG)),
+        ]
+    );
+    let table = weft_table(h);
+    assert!(!table.contains("10.32.2.0/24"), "{table}");
+    assert!(
+        table.contains("10.32.4.0/24 dev weft-wg proto 119"),
+        "{table}"
+    );
+
+    // Someone (an older daemon, say) left a weft route and a bridge address behind, and
+    // messed with the rule set: a restart with a fresh connection cleans exactly that up.
+    h.run_ok(&[
+        "ip",
+        "route",
+        "add",
+        "10.32.7.0/24",
+        "dev",
+        WG,
+        "table",
+        "26228",
+        "proto",
+        "119",
+    ])
+    .expect("stale route");
+    h.run_ok(&["ip", "addr", "add", "10.32.7.1/24", "dev", "weft"])
+        .expect("stale address");
+    h.run_ok(&["nft", "flush", "chain", "inet", "weft", "postrouting"])
+        .expect("nft flush");
+    let changes = reconcile(h, &second);
+    assert_eq!(
+        changes,
+        vec![
+            Change::ReplaceFirewall(second.fail_closed.clone()),
+            Change::DelAddress {
+                link: "weft".into(),
+                addr: net("10.32.7.1/24")
+            },
+            Change::DelRoute(RouteSpec::weft(net("10.32.7.0/24"), WG)),
+        ]
+    );
+    assert_eq!(reconcile(h, &second), Vec::new());
+
+    // Foreign routes survived all of it.
+    let main = h.run_ok(&["ip", "route", "show"]).expect("ip route");
+    assert!(main.contains("10.32.9.0/24 dev eth0"), "{main}");
+    assert!(weft_table(h).contains("10.32.10.0/24 dev eth0 proto static"));
+
+    // Reset: nothing of weft's remains, foreign things stay.
+    netns::run_in(h.name(), || async {
+        let nl = Netlink::connect().expect("netlink");
+        host::reset(&nl, host::BRIDGE_NAME, WG)
+            .await
+            .expect("reset");
+        // Twice: reset is idempotent.
+        host::reset(&nl, host::BRIDGE_NAME, WG)
+            .await
+            .expect("reset again");
+    });
+    let table = weft_table(h);
+    assert_eq!(
+        table.trim(),
+        "10.32.10.0/24 dev eth0 proto static scope link"
+    );
+    let rules = h.run_ok(&["ip", "rule", "show"]).expect("ip rule");
+    assert!(!rules.contains("26228"), "{rules}");
+    let links = h.run_ok(&["ip", "-o", "link", "show"]).expect("ip link");
+    assert!(!links.contains(": weft:") && !links.contains(WG), "{links}");
+    let ruleset = h.run_ok(&["nft", "list", "ruleset"]).expect("nft");
+    assert!(!ruleset.contains("table inet weft"), "{ruleset}");
+    let main = h.run_ok(&["ip", "route", "show"]).expect("ip route");
+    assert!(main.contains("10.32.9.0/24 dev eth0"), "{main}");
+}
+
+/// Sends one UDP datagram from inside `ns`; a send refused by the firewall (EPERM) is fine.
+fn send_udp(ns: &str, dst: Ipv4Addr, payload: &[u8]) {
+    netns::run_in(ns, || async {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+        let _ = socket.send_to(payload, (dst, 9999));
+    })
+}
+
+fn drops(h: &Host) -> Option<host::CounterValue> {
+    netns::run_in(h.name(), || async {
+        host::firewall::drops().await.expect("read counter")
+    })
+}
+
+/// A namespace outside the test bed's own list; deleted on drop.
+struct PodNs(String);
+
+impl Drop for PodNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn fail_closed_drops_cleartext_to_other_nodes_until_the_table_is_gone() {
+    if !weft_testbed::require_root(
+        "fail_closed_drops_cleartext_to_other_nodes_until_the_table_is_gone",
+    ) {
+        return;
+    }
+    let bed = TestBed::new(2).expect("test bed");
+    let (a, b) = (bed.host(0), bed.host(1));
+    add_stand_in_wg(a);
+    // Node A owns 10.32.1.0/24 but has no tunnel route to B's space (the tunnel is missing):
+    // the dangerous case, a route to B's space via the underlay.
+    reconcile(a, &desired(&[]));
+    let via = b.underlay_ip().to_string();
+    a.run_ok(&[
+        "ip",
+        "route",
+        "add",
+        "10.32.2.0/24",
+        "via",
+        &via,
+        "dev",
+        "eth0",
+    ])
+    .expect("underlay route to B's space");
+    a.run_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .expect("forwarding");
+
+    // A pod on A's bridge, sending through A.
+    let pod = PodNs(format!("{}pod", bed.prefix()));
+    std::process::Command::new("ip")
+        .args(["netns", "add", &pod.0])
+        .status()
+        .expect("ip netns add");
+    a.run_ok(&[
+        "ip", "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", &pod.0,
+    ])
+    .expect("pod veth");
+    a.run_ok(&["ip", "link", "set", "vpod", "master", "weft", "up"])
+        .expect("pod veth on bridge");
+    let in_pod = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", pod.0.as_str()];
+        full.extend_from_slice(args);
+        let status = std::process::Command::new("ip")
+            .args(&full)
+            .status()
+            .expect("ip netns exec");
+        assert!(status.success(), "{args:?}");
+    };
+    in_pod(&["ip", "addr", "add", "10.32.1.5/24", "dev", "eth0"]);
+    in_pod(&["ip", "link", "set", "eth0", "up"]);
+    in_pod(&["ip", "link", "set", "lo", "up"]);
+    in_pod(&["ip", "route", "add", "default", "via", "10.32.1.1"]);
+
+    let dst: Ipv4Addr = "10.32.2.5".parse().expect("address");
+    let before = drops(a).expect("counter exists").packets;
+
+    let capture = bed.capture(1, "udp port 9999").expect("capture on B");
+    send_udp(a.name(), dst, b"weft-cleartext-from-host");
+    send_udp(&pod.0, dst, b"weft-cleartext-from-pod");
+    std::thread::sleep(Duration::from_millis(300));
+    let packets = capture.finish().expect("capture");
+    assert!(
+        !packets.iter().any(|p| p.contains(b"weft-cleartext")),
+        "cleartext left A: {packets:?}"
+    );
+    let after = drops(a).expect("counter exists").packets;
+    assert!(
+        after >= before + 2,
+        "drop counter moved {before} -> {after}, expected both packets counted"
+    );
+
+    // Control: without the table, the same packets do leave in the clear.
+    netns::run_in(a.name(), || async {
+        host::firewall::remove().await.expect("remove table")
+    });
+    assert_eq!(drops(a), None);
+    let capture = bed.capture(1, "udp port 9999").expect("capture on B");
+    send_udp(a.name(), dst, b"weft-cleartext-from-host");
+    send_udp(&pod.0, dst, b"weft-cleartext-from-pod");
+    let seen = capture
+        .wait_for(Duration::from_secs(3), |p| {
+            p.contains(b"weft-cleartext-from-pod")
+        })
+        .expect("capture");
+    let packets = capture.finish().expect("capture");
+    assert!(seen, "pod packet should leave without the firewall");
+    assert!(
+        packets
+            .iter()
+            .any(|p| p.contains(b"weft-cleartext-from-host")),
+        "host packet should leave without the firewall: {packets:?}"
+    );
+}

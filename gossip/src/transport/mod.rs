@@ -15,6 +15,35 @@
 //! main loop (spawn them, or hand them to a sender task). A caller may give up on a send at
 //! any time: the dial goes on in its own task, and later sends use its connection.
 //!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use weft_crypto::{ClusterSecret, IdentityKey};
+//! use weft_gossip::transport::{Kind, Transport, TransportConfig, DEFAULT_PORT};
+//!
+//! # async fn run(
+//! #     identity: Arc<IdentityKey>,
+//! #     secret: ClusterSecret,
+//! # ) -> weft_gossip::transport::Result<()> {
+//! let config = TransportConfig::new(identity, secret);
+//! let transport = Transport::bind(([0, 0, 0, 0], DEFAULT_PORT).into(), config)?;
+//! // Outbound: one task per transmit, so a slow dial never stalls the loop.
+//! let to = "192.0.2.7:6783".parse().expect("addr");
+//! let (kind, bytes) = (Kind::Datagram, bytes::Bytes::from_static(b"probe"));
+//! let sender = transport.clone();
+//! tokio::spawn(async move {
+//!     if let Err(e) = sender.send(to, kind, bytes).await {
+//!         tracing::debug!(error = %e, "transmit failed");
+//!     }
+//! });
+//! // Inbound: hand every admitted message to the core.
+//! while let Some(msg) = transport.recv().await {
+//!     // core.handle_message(Instant::now(), msg.from, &msg.bytes);
+//!     let _ = (msg.from, msg.node, msg.bytes);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Admission
 //!
 //! TLS certificates are self-signed and made at every start; they are not what admits a peer.

@@ -112,8 +112,13 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     ])
     .expect("foreign route in weft's table");
 
-    // First apply: everything is created.
-    let first = desired(&["10.32.2.0/24", "10.32.3.0/24"]);
+    // First apply: everything is created. Dual stack: an IPv6 cluster range and peer space.
+    let with_v6 = |mut state: HostState| {
+        state.fail_closed.cluster_ranges.insert(net("fd32::/48"));
+        state.add_peer_space(net("fd32:0:2::/64"));
+        state
+    };
+    let first = with_v6(desired(&["10.32.2.0/24", "10.32.3.0/24"]));
     let changes = reconcile(h, &first);
     assert!(
         matches!(changes.first(), Some(Change::ReplaceFirewall(_))),
@@ -128,6 +133,15 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     }
     let rules = h.run_ok(&["ip", "rule", "show"]).expect("ip rule");
     assert!(rules.contains("26228:\tfrom all lookup 26228"), "{rules}");
+    let rules6 = h.run_ok(&["ip", "-6", "rule", "show"]).expect("ip -6 rule");
+    assert!(rules6.contains("26228:\tfrom all lookup 26228"), "{rules6}");
+    let table6 = h
+        .run_ok(&["ip", "-6", "route", "show", "table", "26228"])
+        .expect("ip -6 route");
+    assert!(
+        table6.contains(&format!("fd32:0:2::/64 dev {WG} proto 119")),
+        "{table6}"
+    );
     let link = h
         .run_ok(&["ip", "-d", "link", "show", "weft"])
         .expect("bridge exists");
@@ -166,7 +180,7 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     assert_eq!(reconcile(h, &first), Vec::new());
 
     // One route less, one more: exactly that diff.
-    let second = desired(&["10.32.3.0/24", "10.32.4.0/24"]);
+    let second = with_v6(desired(&["10.32.3.0/24", "10.32.4.0/24"]));
     assert_eq!(
         reconcile(h, &second),
         vec![
@@ -237,6 +251,12 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     );
     let rules = h.run_ok(&["ip", "rule", "show"]).expect("ip rule");
     assert!(!rules.contains("26228"), "{rules}");
+    let rules6 = h.run_ok(&["ip", "-6", "rule", "show"]).expect("ip -6 rule");
+    assert!(!rules6.contains("26228"), "{rules6}");
+    let table6 = h
+        .run_ok(&["ip", "-6", "route", "show", "table", "26228"])
+        .expect("ip -6 route");
+    assert!(table6.trim().is_empty(), "{table6}");
     let links = h.run_ok(&["ip", "-o", "link", "show"]).expect("ip link");
     assert!(!links.contains(": weft:") && !links.contains(WG), "{links}");
     let ruleset = h.run_ok(&["nft", "list", "ruleset"]).expect("nft");

@@ -3,7 +3,7 @@
 //! WireGuard interface (in weft's own table, tagged with weft's route protocol), the `ip rule`
 //! for that table, and the fail-closed nftables table.
 //!
-//! [`model`] is the pure desired state and diff; [`netlink`] and [`firewall`] are the drivers.
+//! [`model`] is the pure desired state and diff, [`peers`] the pure diff of WireGuard peers; [`netlink`] and [`firewall`] are the drivers.
 //! [`reconcile`] reads, plans and applies; it is idempotent and, after a restart, removes what
 //! is stale and keeps what is right. [`reset`] removes everything weft put on the host.
 //!
@@ -12,6 +12,7 @@
 pub mod firewall;
 pub mod model;
 pub mod netlink;
+pub mod peers;
 
 pub use firewall::{CounterValue, DROP_COUNTER, NFT_CHAIN, NFT_TABLE};
 pub use model::{
@@ -19,6 +20,7 @@ pub use model::{
     RouteSpec, RuleSpec, BRIDGE_NAME, DEFAULT_MTU, ROUTE_PROTOCOL, ROUTE_TABLE, RULE_PRIORITY,
 };
 pub use netlink::Netlink;
+pub use peers::{plan_peers, NodePeer};
 
 use crate::Result;
 

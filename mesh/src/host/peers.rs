@@ -1,0 +1,258 @@
+//! One WireGuard peer per other node, from the gossip view: the pure diff between what the
+//! device has ([`DeviceStatus`]) and what the view says, as one [`DeviceConfig`] change that
+//! either backend applies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use weft_crypto::WgPublicKey;
+
+use crate::config::{DeviceConfig, DeviceStatus, PeerConfig, PeerStatus};
+
+/// A handshake younger than this means the tunnel works on its current endpoint (WireGuard's
+/// REJECT_AFTER_TIME: a session older than this is dead anyway).
+pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
+
+/// Another node as the gossip view describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePeer {
+    pub public_key: WgPublicKey,
+    /// The endpoints the node advertises, best first.
+    pub endpoints: Vec<SocketAddr>,
+    /// The node's address space: the peer's allowed IPs and the routes to it.
+    pub spaces: Vec<IpNet>,
+}
+
+fn fresh(peer: &PeerStatus, now: SystemTime) -> bool {
+    peer.last_handshake
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age < HANDSHAKE_FRESH)
+}
+
+/// The endpoint to set, or `None` to leave the current one. A tunnel with a fresh handshake
+/// keeps its endpoint whatever it is: the handshake authenticated it, and WireGuard roams to
+/// where the peer really is (a NAT mapping that is in no advertisement). Otherwise the next
+/// advertised endpoint after the current one is tried, so successive reconciles walk the list
+/// until one answers; a peer without an endpoint starts with the best.
+pub fn choose_endpoint(
+    node: &NodePeer,
+    current: Option<&PeerStatus>,
+    now: SystemTime,
+) -> Option<SocketAddr> {
+    let first = *node.endpoints.first()?;
+    let Some(current) = current else {
+        return Some(first);
+    };
+    if current.endpoint.is_some() && fresh(current, now) {
+        return None;
+    }
+    let next = match current
+        .endpoint
+        .and_then(|e| node.endpoints.iter().position(|c| *c == e))
+    {
+        Some(i) => node.endpoints[(i + 1) % node.endpoints.len()],
+        None => first,
+    };
+    (current.endpoint != Some(next)).then_some(next)
+}
+
+/// The change that makes the device's peers match the view: a peer per other node (the local
+/// key and duplicates are skipped; a key listed twice gets the union of spaces), allowed IPs
+/// exactly the node's spaces, endpoints per [`choose_endpoint`], and peers of nodes no longer
+/// in the view removed. Peers already right are not mentioned, so `peers` is empty when there
+/// is nothing to do.
+pub fn plan_peers(
+    local_key: &WgPublicKey,
+    view: &[NodePeer],
+    device: &DeviceStatus,
+    persistent_keepalive: Option<u16>,
+    now: SystemTime,
+) -> DeviceConfig {
+    let mut wanted: BTreeMap<WgPublicKey, NodePeer> = BTreeMap::new();
+    for node in view.iter().filter(|n| n.public_key != *local_key) {
+        wanted
+            .entry(node.public_key)
+            .and_modify(|w| w.spaces.extend(node.spaces.iter().copied()))
+            .or_insert_with(|| node.clone());
+    }
+    let mut peers = Vec::new();
+    for (key, node) in &wanted {
+        let current = device.peers.iter().find(|p| p.public_key == *key);
+        let want_ips: BTreeSet<IpNet> = node.spaces.iter().map(|n| n.trunc()).collect();
+        let have_ips: BTreeSet<IpNet> = current
+            .map(|p| p.allowed_ips.iter().map(|n| n.trunc()).collect())
+            .unwrap_or_default();
+        let endpoint = choose_endpoint(node, current, now);
+        let keepalive_differs = match (persistent_keepalive, current) {
+            (Some(k), Some(p)) => p.persistent_keepalive.unwrap_or(0) != k,
+            _ => false,
+        };
+        if current.is_some() && want_ips == have_ips && endpoint.is_none() && !keepalive_differs {
+            continue;
+        }
+        let mut change = PeerConfig::new(*key);
+        change.endpoint = endpoint;
+        change.persistent_keepalive = persistent_keepalive;
+        change.allowed_ips = want_ips.into_iter().collect();
+        change.replace_allowed_ips = true;
+        peers.push(change);
+    }
+    for stale in device
+        .peers
+        .iter()
+        .filter(|p| !wanted.contains_key(&p.public_key))
+    {
+        let mut change = PeerConfig::new(stale.public_key);
+        change.remove = true;
+        peers.push(change);
+    }
+    DeviceConfig {
+        peers,
+        ..DeviceConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> WgPublicKey {
+        WgPublicKey([n; 32])
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    fn node(n: u8, endpoints: &[&str], space: &str) -> NodePeer {
+        NodePeer {
+            public_key: key(n),
+            endpoints: endpoints.iter().map(|e| addr(e)).collect(),
+            spaces: vec![space.parse().expect("test prefix")],
+        }
+    }
+
+    fn status(
+        n: u8,
+        endpoint: Option<&str>,
+        space: &str,
+        handshake: Option<SystemTime>,
+    ) -> PeerStatus {
+        PeerStatus {
+            public_key: key(n),
+            preshared_key: None,
+            endpoint: endpoint.map(addr),
+            persistent_keepalive: None,
+            allowed_ips: vec![space.parse().expect("test prefix")],
+            last_handshake: handshake,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            protocol_version: 1,
+        }
+    }
+
+    fn device(peers: Vec<PeerStatus>) -> DeviceStatus {
+        DeviceStatus {
+            private_key: None,
+            public_key: Some(key(0)),
+            listen_port: 51820,
+            fwmark: None,
+            peers,
+        }
+    }
+
+    #[test]
+    fn one_peer_per_other_node_and_none_for_self() {
+        let now = SystemTime::now();
+        let view = [
+            node(0, &["192.0.2.1:51820"], "10.32.0.0/24"),
+            node(1, &["192.0.2.2:51820"], "10.32.1.0/24"),
+            node(2, &["192.0.2.3:51820"], "10.32.2.0/24"),
+        ];
+        let change = plan_peers(&key(0), &view, &device(vec![]), Some(25), now);
+        let keys: Vec<_> = change.peers.iter().map(|p| p.public_key).collect();
+        assert_eq!(keys, vec![key(1), key(2)]);
+        let p = &change.peers[0];
+        assert_eq!(p.endpoint, Some(addr("192.0.2.2:51820")));
+        assert_eq!(
+            p.allowed_ips,
+            vec!["10.32.1.0/24".parse::<IpNet>().expect("prefix")]
+        );
+        assert!(p.replace_allowed_ips && !p.remove);
+        assert_eq!(p.persistent_keepalive, Some(25));
+    }
+
+    #[test]
+    fn matching_device_needs_no_change_and_gone_nodes_are_removed() {
+        let now = SystemTime::now();
+        let view = [node(1, &["192.0.2.2:51820"], "10.32.1.0/24")];
+        let dev = device(vec![
+            status(1, Some("192.0.2.2:51820"), "10.32.1.0/24", Some(now)),
+            status(9, Some("192.0.2.9:51820"), "10.32.9.0/24", Some(now)),
+        ]);
+        let change = plan_peers(&key(0), &view, &dev, None, now);
+        assert_eq!(change.peers.len(), 1);
+        assert_eq!(change.peers[0].public_key, key(9));
+        assert!(change.peers[0].remove);
+
+        let dev = device(vec![status(
+            1,
+            Some("192.0.2.2:51820"),
+            "10.32.1.0/24",
+            Some(now),
+        )]);
+        assert!(plan_peers(&key(0), &view, &dev, None, now).peers.is_empty());
+    }
+
+    #[test]
+    fn new_space_replaces_allowed_ips_and_keeps_the_working_endpoint() {
+        let now = SystemTime::now();
+        let view = [node(1, &["192.0.2.2:51820"], "10.32.4.0/24")];
+        // Roamed to a NAT mapping no one advertised, handshake fresh: keep it.
+        let dev = device(vec![status(
+            1,
+            Some("198.51.100.7:40000"),
+            "10.32.1.0/24",
+            Some(now),
+        )]);
+        let change = plan_peers(&key(0), &view, &dev, None, now);
+        assert_eq!(change.peers.len(), 1);
+        assert_eq!(change.peers[0].endpoint, None);
+        assert_eq!(
+            change.peers[0].allowed_ips,
+            vec!["10.32.4.0/24".parse::<IpNet>().expect("prefix")]
+        );
+    }
+
+    #[test]
+    fn stale_tunnel_walks_the_advertised_endpoints() {
+        let now = SystemTime::now();
+        let old = now - Duration::from_secs(600);
+        let n = node(1, &["192.0.2.2:51820", "203.0.113.2:51820"], "10.32.1.0/24");
+        let on = |e: &str| status(1, Some(e), "10.32.1.0/24", Some(old));
+        assert_eq!(
+            choose_endpoint(&n, Some(&on("192.0.2.2:51820")), now),
+            Some(addr("203.0.113.2:51820"))
+        );
+        assert_eq!(
+            choose_endpoint(&n, Some(&on("203.0.113.2:51820")), now),
+            Some(addr("192.0.2.2:51820"))
+        );
+        // Somewhere unadvertised and stale: back to the best.
+        assert_eq!(
+            choose_endpoint(&n, Some(&on("198.51.100.7:4000")), now),
+            Some(addr("192.0.2.2:51820"))
+        );
+        // A single advertised endpoint that is already set: nothing to change.
+        let single = node(1, &["192.0.2.2:51820"], "10.32.1.0/24");
+        assert_eq!(
+            choose_endpoint(&single, Some(&on("192.0.2.2:51820")), now),
+            None
+        );
+        // No endpoints advertised: leave it.
+        let none = node(1, &[], "10.32.1.0/24");
+        assert_eq!(choose_endpoint(&none, None, now), None);
+    }
+}

@@ -228,6 +228,40 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     );
     assert_eq!(reconcile(h, &second), Vec::new());
 
+    // Someone deletes the bridge and one of weft's routes: the next reconcile puts back
+    // exactly those.
+    h.run_ok(&["ip", "link", "del", "weft"])
+        .expect("ip link del");
+    h.run_ok(&[
+        "ip",
+        "route",
+        "del",
+        "10.32.3.0/24",
+        "dev",
+        WG,
+        "table",
+        "26228",
+    ])
+    .expect("ip route del");
+    assert_eq!(
+        reconcile(h, &second),
+        vec![
+            Change::CreateBridge {
+                name: "weft".into(),
+                mtu: 1420
+            },
+            Change::AddAddress {
+                link: "weft".into(),
+                addr: net("10.32.1.1/24")
+            },
+            Change::SetUp {
+                link: "weft".into()
+            },
+            Change::AddRoute(RouteSpec::weft(net("10.32.3.0/24"), WG)),
+        ]
+    );
+    assert_eq!(reconcile(h, &second), Vec::new());
+
     // Foreign routes survived all of it.
     let main = h.run_ok(&["ip", "route", "show"]).expect("ip route");
     assert!(main.contains("10.32.9.0/24 dev eth0"), "{main}");
@@ -302,6 +336,8 @@ fn fail_closed_drops_cleartext_to_other_nodes_until_the_table_is_gone() {
     add_stand_in_wg(a);
     // Node A owns 10.32.1.0/24 but has no tunnel route to B's space (the tunnel is missing):
     // the dangerous case, a route to B's space via the underlay.
+    // The reconciling thread (our stand-in for the daemon) has ended when the packets are
+    // sent: the rules outlive the process that wrote them.
     reconcile(a, &desired(&[]));
     let via = b.underlay_ip().to_string();
     a.run_ok(&[

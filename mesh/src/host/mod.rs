@@ -8,6 +8,29 @@
 //! is stale and keeps what is right. [`reset`] removes everything weft put on the host.
 //!
 //! Everything acts on the network namespace of the calling thread.
+//!
+//! ```no_run
+//! # async fn run() -> weft_mesh::Result<()> {
+//! use weft_mesh::host::{self, BridgeSpec, HostState, Netlink};
+//! let nl = Netlink::connect()?; // inside a tokio runtime
+//! let mut desired = HostState::new(
+//!     BridgeSpec { name: host::BRIDGE_NAME.into(), gateway: "10.32.1.1/24".parse().unwrap(), mtu: 1420 },
+//!     "weft-wg",
+//!     ["10.32.0.0/12".parse().unwrap()], // cluster range
+//!     ["10.32.1.0/24".parse().unwrap()], // this node's space
+//! );
+//! desired.add_peer_space("10.32.2.0/24".parse().unwrap()); // one per other node
+//! let changes = host::reconcile(&nl, &desired).await?; // again: empty
+//! let drops = host::firewall::drops().await?; // for metrics
+//! host::reset(&nl, host::BRIDGE_NAME, "weft-wg").await?; // `weft reset`
+//! # let _ = (changes, drops);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The host must forward IP (`net.ipv4.ip_forward`) for pod traffic; that sysctl is not set
+//! here. The nftables table is replaced only when its rules change, which resets the drop
+//! counter (a counter reset, as Prometheus understands it).
 
 pub mod firewall;
 pub mod model;

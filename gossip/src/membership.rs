@@ -92,6 +92,8 @@ pub struct Stats {
     pub datagrams_out: u64,
     pub streams_out: u64,
     pub bytes_out: u64,
+    /// Of `bytes_out`, how many went on streams (push-pull, reliable pings).
+    pub stream_bytes_out: u64,
     /// Input refused because it was too long.
     pub oversized: u64,
     /// Input refused because of an unknown protocol version.
@@ -188,6 +190,8 @@ pub struct Membership {
     next_seq: u32,
     relays: HashMap<u32, Relay>,
     relay_deadlines: BTreeSet<(Instant, u32)>,
+    /// A ping to a failed member; an ack means it is back, and a push-pull follows.
+    reconnect_ping: Option<(u32, SocketAddr)>,
 
     next_probe: Instant,
     next_gossip: Instant,
@@ -253,6 +257,7 @@ impl Membership {
             next_seq,
             relays: HashMap::new(),
             relay_deadlines: BTreeSet::new(),
+            reconnect_ping: None,
             next_probe,
             next_gossip,
             next_push_pull,
@@ -698,6 +703,12 @@ impl Membership {
         if let Some(p) = self.probe.as_mut() {
             p.expected_nacks = helpers.len() as u32;
         }
+        self.send_message(
+            addr,
+            Message::PingReliable { seq, target },
+            None,
+            TransmitKind::Stream,
+        );
     }
 
     fn probe_failed(&mut self, now: Instant) {
@@ -742,6 +753,10 @@ impl Membership {
                     self.probe = None;
                     self.awareness.apply(-1);
                     self.observed = Some(observed);
+                } else if self.reconnect_ping.is_some_and(|(s, _)| s == seq) {
+                    if let Some((_, addr)) = self.reconnect_ping.take() {
+                        self.send_push_pull(addr, false);
+                    }
                 } else if let Some(relay) = self.relays.remove(&seq) {
                     self.relay_deadlines.remove(&(relay.deadline, seq));
                     self.send_datagram(
@@ -786,6 +801,21 @@ impl Membership {
                         target,
                     },
                     None,
+                );
+            }
+            Message::PingReliable { seq, target } => {
+                if target != self.local_id() {
+                    self.stats.misdirected += 1;
+                    return;
+                }
+                self.send_message(
+                    from,
+                    Message::Ack {
+                        seq,
+                        observed: from,
+                    },
+                    None,
+                    TransmitKind::Stream,
                 );
             }
             Message::Gossip => {}
@@ -838,6 +868,17 @@ impl Membership {
     }
 
     fn send_datagram(&mut self, dst: SocketAddr, message: Message, first: Option<Update>) {
+        self.send_message(dst, message, first, TransmitKind::Datagram);
+    }
+
+    /// Send a probe message with as many piggybacked updates as fit in one datagram.
+    fn send_message(
+        &mut self,
+        dst: SocketAddr,
+        message: Message,
+        first: Option<Update>,
+        kind: TransmitKind,
+    ) {
         let header = wire::datagram_header(&message);
         let mut body = Vec::new();
         let mut count = 0;
@@ -856,13 +897,15 @@ impl Membership {
         }
         let bytes = wire::finish_datagram(header, count, &body);
         debug_assert!(bytes.len() <= MAX_DATAGRAM);
-        self.stats.datagrams_out += 1;
+        match kind {
+            TransmitKind::Datagram => self.stats.datagrams_out += 1,
+            TransmitKind::Stream => {
+                self.stats.streams_out += 1;
+                self.stats.stream_bytes_out += bytes.len() as u64;
+            }
+        }
         self.stats.bytes_out += bytes.len() as u64;
-        self.transmits.push_back(Transmit {
-            dst,
-            kind: TransmitKind::Datagram,
-            bytes,
-        });
+        self.transmits.push_back(Transmit { dst, kind, bytes });
     }
 
     fn broadcast_local(&mut self) {
@@ -1216,6 +1259,7 @@ impl Membership {
         }
         let bytes = wire::encode_push_pull(reply, &entries);
         self.stats.streams_out += 1;
+        self.stats.stream_bytes_out += bytes.len() as u64;
         self.stats.bytes_out += bytes.len() as u64;
         self.transmits.push_back(Transmit {
             dst,
@@ -1260,8 +1304,8 @@ impl Membership {
         }
     }
 
-    /// Push-pull with one random failed (not departed) member: after a partition heals, this
-    /// is how the two sides learn of each other again.
+    /// Ping one random failed (not departed) member; if it answers, push-pull with it. After
+    /// a partition heals, this is how the two sides learn of each other again.
     fn reconnect(&mut self) {
         if self.leaving.is_some() || self.down_since.is_empty() {
             return;
@@ -1285,7 +1329,9 @@ impl Membership {
             .get(&pick)
             .map(|e| e.record.record().gossip_addr)
         {
-            self.send_push_pull(addr, false);
+            let seq = self.next_seq();
+            self.reconnect_ping = Some((seq, addr));
+            self.send_datagram(addr, Message::Ping { seq, target: pick }, None);
         }
     }
 }

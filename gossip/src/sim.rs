@@ -383,8 +383,18 @@ impl Sim {
                 }
                 self.latency + jitter
             }
-            // A stream: connection setup plus the data, over a reliable transport.
-            TransmitKind::Stream => self.latency * 3 + jitter,
+            // A stream: connection setup plus the data over a reliable transport; each lost
+            // packet (of about three round trips) costs a retransmission timeout.
+            TransmitKind::Stream => {
+                let mut delay = self.latency * 3 + jitter;
+                let pto = (self.latency * 6).max(Duration::from_millis(20));
+                for _ in 0..3 {
+                    while self.loss > 0.0 && self.rng.gen_bool(self.loss.min(0.99)) {
+                        delay += pto;
+                    }
+                }
+                delay
+            }
         };
         let at = self.now + delay;
         self.push(at, What::Deliver { to, from, bytes });

@@ -53,6 +53,10 @@ pub enum Message {
     Nack { seq: u32 },
     /// Nothing but piggybacked updates.
     Gossip,
+    /// A ping sent on a reliable stream alongside the indirect probes (memberlist's TCP
+    /// fallback ping): answered with an `Ack` on a stream, so packet loss alone does not make
+    /// a member suspect.
+    PingReliable { seq: u32, target: NodeId },
 }
 
 /// A membership change, piggybacked on datagrams.
@@ -209,6 +213,11 @@ pub(crate) fn datagram_header(message: &Message) -> Vec<u8> {
             put_varint(&mut out, u64::from(*seq));
         }
         Message::Gossip => out.push(4),
+        Message::PingReliable { seq, target } => {
+            out.push(5);
+            put_varint(&mut out, u64::from(*seq));
+            out.extend_from_slice(target.as_bytes());
+        }
     }
     out
 }
@@ -293,6 +302,10 @@ pub fn decode(bytes: &[u8]) -> Result<Packet> {
                 },
                 3 => Message::Nack { seq: r.u32()? },
                 4 => Message::Gossip,
+                5 => Message::PingReliable {
+                    seq: r.u32()?,
+                    target: NodeId(r.array()?),
+                },
                 _ => return Err(Error::Malformed("unknown message type")),
             };
             let n = r.count(MAX_UPDATES)?;

@@ -344,3 +344,46 @@ fn garbage_records_and_messages_change_nothing() {
     assert_eq!(ipam.record_seq(), seq, "no input changed this node's state");
     assert_eq!(ipam.owned().len(), 1);
 }
+
+#[test]
+fn a_full_cluster_says_so_and_an_address_freed_anywhere_is_usable_again() {
+    let mut sim = cluster(3, "10.40.0.0/27");
+    let mut n = 0;
+    let mut holder = std::collections::BTreeMap::new();
+    // Fill the range from all three nodes.
+    for round in 0..40 {
+        for i in 0..3 {
+            n += 1;
+            if let Ok(a) = allocate(&mut sim, i, &format!("c{n}")) {
+                holder.insert(format!("c{n}"), (i, a));
+            }
+        }
+        sim.run(2);
+        if round > 5 && holder.len() == 30 {
+            break;
+        }
+    }
+    assert_eq!(holder.len(), 30, "a /27 has 30 usable addresses");
+    sim.run(10);
+    for i in 0..3 {
+        let err = allocate(&mut sim, i, "more").expect_err("full");
+        assert!(
+            matches!(err, Error::RangeExhausted { .. }),
+            "node {i}: {err}"
+        );
+    }
+    // Free one address on a node, and ask from another node.
+    let (victim, (owner, addr)) = holder
+        .iter()
+        .find(|(_, (o, _))| *o == 0)
+        .map(|(c, v)| (c.clone(), *v))
+        .expect("node 0 holds some");
+    sim.ipam(owner)
+        .expect("up")
+        .release(&victim)
+        .expect("release");
+    sim.run(10);
+    let got = allocate(&mut sim, 2, "reuse").expect("the freed address moves to node 2");
+    assert_eq!(got, addr);
+    sim.check_safety().expect("no overlap");
+}

@@ -31,7 +31,8 @@ pub struct IpamConfig {
     pub retransmit_interval: Duration,
     /// How long a node that said "no space" is not asked again.
     pub deny_backoff: Duration,
-    /// Rewrite the snapshot after this many journal lines.
+    /// Rewrite the snapshot after this many journal lines (or as many as there are
+    /// allocations, if more).
     pub compact_journal_after: usize,
 }
 
@@ -426,7 +427,8 @@ impl<S: Store> Ipam<S> {
             .iter()
             .map(|&piece| Claim {
                 piece,
-                used: self.pool.used_in(piece.start, piece.end),
+                // The network and broadcast addresses count as used: they are not free.
+                used: self.pool.unavailable_in(piece.start, piece.end),
             })
             .collect();
         let mut outgoing = self.outgoing.clone();
@@ -511,7 +513,14 @@ impl<S: Store> Ipam<S> {
                 return Err(e);
             }
             self.journal_len += 1;
-            if self.journal_len >= self.config.compact_journal_after {
+            // Rewriting the snapshot costs O(allocations): doing it after twice as many
+            // journal lines keeps an allocation O(1) amortised.
+            if self.journal_len
+                >= self
+                    .config
+                    .compact_journal_after
+                    .max(2 * self.pool.allocation_count())
+            {
                 self.save()?;
             }
             self.bump();
@@ -744,6 +753,8 @@ impl<S: Store> Ipam<S> {
         if peer.record.as_ref().is_some_and(|r| r.seq >= record.seq) {
             return Ok(());
         }
+        // A node that said "no space" may have some again: its new record tells.
+        self.denied.remove(&from);
         // Statements this record carries: transfers to us, reclaims of forgotten nodes.
         for t in &record.outgoing {
             if t.to == self.me {
@@ -1182,7 +1193,7 @@ impl<S: Store> Ipam<S> {
             |n: &NodeId| *n == self.me || self.peers.get(n).is_some_and(|p| p.reachable);
         let used_of = |e: &RingEntry| -> Option<u32> {
             if e.owner == self.me {
-                return Some(self.pool.used_in(e.start, e.end));
+                return Some(self.pool.unavailable_in(e.start, e.end));
             }
             let r = self.peers.get(&e.owner)?.record.as_ref()?;
             r.claims

@@ -1,5 +1,120 @@
-//! IP address management without a datastore (sans-IO). Design notes: see below (written
-//! after the code settles).
+//! IP address management without a datastore (sans-IO).
+//!
+//! Every node needs addresses for its containers out of one cluster range (default
+//! `10.32.0.0/12`), agreed by gossip alone. This module is the state machine of one node; the
+//! gossip core carries its record field and messages, the daemon drives it.
+//!
+//! # Model
+//!
+//! The range is divided into *pieces*, `[start, end)` offsets each owned by exactly one node
+//! at a *version*. A node allocates single addresses from its own pieces, locally (no network
+//! round trip), and journals each allocation before returning it. A node without free space
+//! asks the reachable node with the most free space (as its record says); that owner gives
+//! half of its largest free run by a signed [`Transfer`]. Ownership only ever moves by the
+//! current owner's own act; there is no concurrent claim, so there is nothing to resolve.
+//!
+//! Each node publishes in its (signed) gossip record: the genesis, a record sequence number,
+//! its status, its pieces with their versions and how many addresses each has in use, its
+//! unacknowledged outgoing transfers, and its recent reclaims ([`Record`], at most
+//! [`MAX_RECORD_BYTES`]). Every node computes the ring from the latest records it holds: for
+//! each address the assertion with the highest version wins (`view`). Like Weave Net's ring
+//! this is a CRDT (merge = per-address max), so any two nodes holding the same records agree;
+//! one owner of the whole range is one entry, not thousands.
+//!
+//! # Why no address is ever given twice, even across partitions
+//!
+//! What a node allocates from is its *own* state, never its view of others:
+//! 1. It owns a piece only by genesis, by applying a signed transfer addressed to it, or by
+//!    an operator's reclaim. Views (possibly stale) decide nothing.
+//! 2. A giver removes the piece from its own state and persists (fsync) *before* it signs and
+//!    sends the transfer. From then on the piece is in exactly one place: the giver's
+//!    unacknowledged list (in flight; nobody allocates from it) or the receiver's state.
+//! 3. Each transfer carries a per-(giver, receiver) sequence number; the receiver persists
+//!    which ones it applied (`floor` + set), so a replayed or relayed old transfer (from a
+//!    stale record, after a restart) is never applied twice.
+//! 4. A node's record sequence is `epoch << 32 | counter`, the epoch persisted and bumped at
+//!    every start, so a restarted node's record always supersedes its old one.
+//!
+//! A partition therefore only delays transfers; it cannot duplicate a piece. The price:
+//! a node cut off from every owner of free space cannot get more, and says so
+//! ([`Error::NoAddressSpaceReachable`], which the CNI plugin turns into "try again later")
+//! instead of guessing. A lost grant message loses nothing: the giver keeps the transfer in
+//! its record and resends it until the receiver acknowledges with the record sequence that
+//! shows it, and drops it only once it holds that record of the receiver.
+//!
+//! # Genesis: one explicit, signed, detectable start
+//!
+//! Weave Net waits for a quorum of `--init-peer-count` peers and runs Paxos on who gets the
+//! range; an under-estimated count or peers started apart form separate rings that later
+//! fail with "seeded by different peers", and nothing says which peers are on which side.
+//! Here the start is an explicit act: the seed (a node started with no peers) or
+//! `weft ipam init` calls [`Ipam::init_genesis`], which signs *(random genesis id, creator,
+//! range)* and owns the whole range. Every other node adopts the first valid genesis it
+//! learns from a record, and persists it. No count to get right, and no quorum to wait for.
+//! Two geneses that meet are not merged, ever: each side refuses the other's records and
+//! reports a [`GenesisConflict`] naming both genesis ids, both creators and the nodes seen on
+//! each side, so the operator knows which side to reset.
+//!
+//! # Nodes that stop, leave, or vanish
+//!
+//! * Stopping (crash, restart, upgrade) changes nothing: the state directory keeps the pieces
+//!   and allocations ([`FileStore`]: `ipam.json` snapshot written atomically and fsynced on
+//!   every change of ownership, `ipam.journal` appended per allocation), so the same container
+//!   id gets the same address back and no address in use is reused.
+//! * Leaving ([`Ipam::leave`], `weft reset`) hands every piece to one reachable node — the
+//!   owner of the neighbouring piece when it can, so the ring stays compact — by one signed
+//!   transfer, and drops the allocations.
+//! * A node gone for good without leaving is the one an operator *forgets*
+//!   ([`Ipam::forget`], `weft forget NODE`, run on any live node): it signs a [`Reclaim`] of
+//!   every piece the ring gives the dead node (including transfers still in flight to it)
+//!   at version + 1, owns them, and everyone who learns the reclaim keeps a tombstone.
+//!   Weave Net's `rmpeer` left space of dead peers stranded until someone ran it, and a peer
+//!   that came back afterwards with its old state could hand out addresses that were already
+//!   reused. Here a forgotten node that returns with the same identity is told (any node
+//!   holding the tombstone answers its record with the signed reclaim), drops its pieces and
+//!   refuses to allocate ([`Error::Forgotten`]) until its state directory is reset. The
+//!   trade-off: forgetting is an operator's assertion that the node is gone; its containers'
+//!   addresses are lost if it was not, and before it hears of the reclaim it may still
+//!   allocate from its old pieces. The forgetting node also needs an up-to-date view:
+//!   forget after the dead node's last record and the current records of the live nodes have
+//!   reached it (the cluster has healed for a few gossip rounds). If a transfer the forgetter
+//!   could not see raced the reclaim, the view resolves the equal versions deterministically
+//!   and lists the stretch under `clashes` in the report; a giver that learns a reclaim takes
+//!   back its own in-flight transfers to the forgotten node that the reclaim missed, so no
+//!   space is stranded either way. `forget` refuses a node that is reachable.
+//!
+//! # Trust
+//!
+//! Records reach this module already authenticated by the gossip core's record signature,
+//! so no member can put words in another's record. Statements that change ownership are
+//! signed on their own by the node that makes them, over a domain-separated encoding that
+//! includes the genesis id: a transfer is applied only if signed by its giver, a reclaim only
+//! if signed by its maker, the genesis only if signed by its creator. They can therefore be
+//! relayed by anyone (the giver's record, a direct message) and never replayed into another
+//! cluster. Every input is decoded with bounds checks; a bad one returns an error and changes
+//! nothing. What is *not* defended: a member holding the cluster secret may claim pieces it
+//! was never given at a high version; other nodes' views would follow it (the honest owner
+//! keeps allocating from its own state, so this blackholes traffic rather than duplicating
+//! addresses). Checking every claim against a chain of transfers back to the genesis would
+//! need the whole history in the bounded record; see the report's "missing".
+//!
+//! # Compactness
+//!
+//! Pieces are merged with their neighbours (the merged piece takes the highest version: only
+//! the owner moves its own versions), encoded as varint gaps and lengths. Outgoing transfers
+//! leave the record once acknowledged and seen; reclaims stay while they fit, newest first.
+//! The record is assembled claims-first and statements are left out (still sent directly)
+//! rather than exceeding [`MAX_RECORD_BYTES`]; the property test checks the bound.
+//!
+//! # Driving it (sans-IO)
+//!
+//! Inputs take `now: Instant`: [`Ipam::handle_record`] (the `ipam` field of a peer's record,
+//! whenever a newer one arrives, including records of dead nodes relayed by others),
+//! [`Ipam::handle_message`], [`Ipam::set_reachable`] (from membership), and
+//! [`Ipam::handle_timeout`] at [`Ipam::poll_timeout`]. Outputs: [`Ipam::poll_transmit`]
+//! (direct messages), [`Ipam::poll_event`], and [`Ipam::record`] to republish whenever
+//! [`Ipam::record_seq`] changed. Randomness (genesis id, request ids) comes from the seed.
+//! [`sim`] runs many cores over a simulated network for the property tests and benchmark.
 
 mod core;
 mod error;

@@ -54,6 +54,19 @@ impl Pool {
         self.used.range(start..end).count() as u32
     }
 
+    /// Used plus reserved addresses in `[start, end)`.
+    pub(crate) fn unavailable_in(&self, start: u32, end: u32) -> u32 {
+        let reserved = [0, self.size - 1]
+            .iter()
+            .filter(|r| (start..end).contains(r))
+            .count() as u32;
+        self.used_in(start, end) + reserved
+    }
+
+    pub(crate) fn allocation_count(&self) -> usize {
+        self.by_container.len()
+    }
+
     pub(crate) fn used_count(&self) -> u64 {
         self.used.len() as u64
     }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weft_crypto::{IdentityKey, NodeId};
@@ -40,6 +39,10 @@ pub struct SimNode {
     frozen: Option<Frozen>,
     /// Sequence of the last record it put out for gossip.
     last_published: Option<u64>,
+    /// The topology version its reachability was last computed at.
+    told_topology: u64,
+    /// Records it learned recently (tick, node): what it pushes as rumours.
+    recent: Vec<(u64, NodeId)>,
 }
 
 #[derive(Debug)]
@@ -68,6 +71,13 @@ pub struct Sim {
     /// Errors the cores returned on input that a correct peer sent (should stay empty).
     pub unexpected: Vec<String>,
     seed_counter: u64,
+    /// Bumped whenever who-can-reach-whom may have changed.
+    topology: u64,
+    ticks: u64,
+    /// A record is pushed as a rumour for this many ticks after a node learned it.
+    pub rumour_ticks: u64,
+    /// Every this many ticks a node does a full push-pull exchange with one peer.
+    pub anti_entropy_every: u64,
 }
 
 impl Sim {
@@ -86,6 +96,10 @@ impl Sim {
             fanout: 2,
             unexpected: Vec::new(),
             seed_counter: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            topology: 1,
+            ticks: 0,
+            rumour_ticks: 6,
+            anti_entropy_every: 5,
         }
     }
 
@@ -100,6 +114,7 @@ impl Sim {
 
     /// Adds a node (fresh state, no genesis). Returns its index.
     pub fn add_node(&mut self) -> usize {
+        self.topology += 1;
         let i = self.nodes.len();
         let mut seed = [0u8; 32];
         self.rng.fill(&mut seed);
@@ -119,6 +134,8 @@ impl Sim {
             told: BTreeSet::new(),
             frozen: None,
             last_published: None,
+            told_topology: 0,
+            recent: Vec::new(),
         });
         self.index.insert(id, i);
         self.group.push(0);
@@ -142,16 +159,20 @@ impl Sim {
     }
 
     pub fn crash(&mut self, i: usize) {
+        self.topology += 1;
         let node = &mut self.nodes[i];
         if let Some(ipam) = node.ipam.take() {
             node.frozen = Some((ipam.owned().to_vec(), ipam.allocations()));
         }
         node.known.clear();
+        node.recent.clear();
         node.told.clear();
+        node.told_topology = 0;
     }
 
     /// Restarts a crashed node from its persisted state.
     pub fn restart(&mut self, i: usize) -> Result<(), Error> {
+        self.topology += 1;
         let s = self.next_seed();
         let node = &mut self.nodes[i];
         if node.ipam.is_some() {
@@ -171,6 +192,7 @@ impl Sim {
     /// The node leaves for good: hands its space over, announces its last record to the
     /// nodes it can reach, and is gone.
     pub fn leave(&mut self, i: usize) -> Result<Option<NodeId>, Error> {
+        self.topology += 1;
         let now = self.now;
         let Some(ipam) = self.nodes[i].ipam.as_mut() else {
             return Ok(None);
@@ -194,6 +216,7 @@ impl Sim {
 
     /// Operator action on `by`: forget `target`, which must be down. It never returns.
     pub fn forget(&mut self, by: usize, target: usize) -> Result<(), Error> {
+        self.topology += 1;
         let now = self.now;
         let id = self.nodes[target].id;
         let ipam = self.nodes[by].ipam.as_mut().ok_or(Error::UnknownNode(id))?;
@@ -230,11 +253,13 @@ impl Sim {
     /// Brings a forgotten node back with its old identity and state (an operator mistake
     /// the design must refuse).
     pub fn resurrect(&mut self, i: usize) -> Result<(), Error> {
+        self.topology += 1;
         self.nodes[i].gone = false;
         self.restart(i)
     }
 
     pub fn partition(&mut self, groups: Vec<u8>) {
+        self.topology += 1;
         for (i, g) in groups.into_iter().enumerate() {
             if let Some(slot) = self.group.get_mut(i) {
                 *slot = g;
@@ -243,6 +268,7 @@ impl Sim {
     }
 
     pub fn heal(&mut self) {
+        self.topology += 1;
         self.group.iter_mut().for_each(|g| *g = 0);
     }
 
@@ -290,6 +316,7 @@ impl Sim {
         }
         if let Some(bytes) = ipam.record() {
             node.known.insert(node.id, (seq, bytes));
+            node.recent.push((self.ticks, node.id));
             node.last_published = Some(seq);
         }
     }
@@ -302,6 +329,7 @@ impl Sim {
             return;
         }
         node.known.insert(from, (seq, bytes.to_vec()));
+        node.recent.push((self.ticks, from));
         if let Some(ipam) = node.ipam.as_mut() {
             if let Err(e) = ipam.handle_record(now, from, bytes) {
                 if !matches!(e, Error::GenesisConflict(_)) {
@@ -322,6 +350,14 @@ impl Sim {
             if !self.is_up(i) {
                 continue;
             }
+            if self.nodes[i].told_topology == self.topology {
+                if let Some(ipam) = self.nodes[i].ipam.as_mut() {
+                    ipam.handle_timeout(now);
+                }
+                self.flush(i);
+                continue;
+            }
+            self.nodes[i].told_topology = self.topology;
             let reach: BTreeSet<NodeId> = (0..n)
                 .filter(|&j| self.can_talk(i, j))
                 .map(|j| self.nodes[j].id)
@@ -360,41 +396,63 @@ impl Sim {
         for i in 0..n {
             self.publish(i);
         }
+        let horizon = self.ticks.saturating_sub(self.rumour_ticks);
+        for node in &mut self.nodes {
+            node.recent.retain(|(t, _)| *t >= horizon);
+        }
         for i in 0..n {
             if !self.is_up(i) {
                 continue;
             }
-            let mut peers: Vec<usize> = (0..n).filter(|&j| self.can_talk(i, j)).collect();
-            peers.shuffle(&mut self.rng);
-            peers.truncate(self.fanout);
-            for j in peers {
+            let mut peers: Vec<usize> = Vec::with_capacity(self.fanout);
+            for _ in 0..self.fanout * 4 {
+                let j = self.rng.gen_range(0..n);
+                if self.can_talk(i, j) && !peers.contains(&j) {
+                    peers.push(j);
+                    if peers.len() == self.fanout {
+                        break;
+                    }
+                }
+            }
+            let full = (self.ticks + i as u64) % self.anti_entropy_every.max(1) == 0;
+            for (k, j) in peers.into_iter().enumerate() {
                 if self.lost() {
                     continue;
                 }
-                self.exchange(i, j);
+                self.exchange(i, j, full && k == 0);
             }
         }
+        self.ticks += 1;
     }
 
-    /// Push-pull anti-entropy between i and j.
-    fn exchange(&mut self, i: usize, j: usize) {
-        let to_j: Vec<(NodeId, u64, Vec<u8>)> = self.nodes[i]
-            .known
-            .iter()
-            .filter(|(id, (s, _))| self.nodes[j].known.get(*id).map_or(true, |(t, _)| t < s))
-            .map(|(id, (s, b))| (*id, *s, b.clone()))
-            .collect();
-        let to_i: Vec<(NodeId, u64, Vec<u8>)> = self.nodes[j]
-            .known
-            .iter()
-            .filter(|(id, (s, _))| self.nodes[i].known.get(*id).map_or(true, |(t, _)| t < s))
-            .map(|(id, (s, b))| (*id, *s, b.clone()))
-            .collect();
+    /// Push-pull between i and j: the records each learned recently (rumours), or with
+    /// `full` every record (anti-entropy).
+    fn exchange(&mut self, i: usize, j: usize, full: bool) {
+        let to_j = self.newer(i, j, full);
+        let to_i = self.newer(j, i, full);
         for (id, s, b) in to_j {
             self.offer(j, id, s, &b);
         }
         for (id, s, b) in to_i {
             self.offer(i, id, s, &b);
+        }
+    }
+
+    /// Records `a` would send `b`: newer than what `b` has.
+    fn newer(&self, a: usize, b: usize, full: bool) -> Vec<(NodeId, u64, Vec<u8>)> {
+        let (na, nb) = (&self.nodes[a], &self.nodes[b]);
+        let wanted = |id: &NodeId| -> Option<(NodeId, u64, Vec<u8>)> {
+            let (s, bytes) = na.known.get(id)?;
+            nb.known
+                .get(id)
+                .map_or(true, |(t, _)| t < s)
+                .then(|| (*id, *s, bytes.clone()))
+        };
+        if full {
+            na.known.keys().filter_map(wanted).collect()
+        } else {
+            let ids: BTreeSet<NodeId> = na.recent.iter().map(|(_, id)| *id).collect();
+            ids.iter().filter_map(wanted).collect()
         }
     }
 

@@ -255,7 +255,7 @@ impl Store for FileStore {
         fs::create_dir_all(&self.dir).map_err(Self::io(&self.dir))?;
         let snap = self.path(Self::SNAPSHOT);
         let tmp = self.path("ipam.json.tmp");
-        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::State {
+        let json = serde_json::to_vec(state).map_err(|e| Error::State {
             path: snap.clone(),
             reason: e.to_string(),
         })?;

@@ -39,9 +39,7 @@ pub(crate) type Clash = (u32, u32, Vec<NodeId>);
 
 /// Computes the ring: highest version wins per address; ties go to the higher node id and
 /// are returned as clashes `(start, end, [owners])`.
-pub(crate) fn compute_ring(
-    assertions: &[Assertion],
-) -> (Vec<RingEntry>, Vec<Clash>) {
+pub(crate) fn compute_ring(assertions: &[Assertion]) -> (Vec<RingEntry>, Vec<Clash>) {
     let mut events: Vec<(u32, bool, u32, NodeId)> = Vec::with_capacity(assertions.len() * 2);
     for a in assertions {
         if a.piece.is_empty() {

@@ -6,6 +6,7 @@
 //! WireGuard interface (as the userspace backend has) stands in: routes only need a link.
 
 use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -396,6 +397,46 @@ fn fail_closed_drops_cleartext_to_other_nodes_until_the_table_is_gone() {
     assert!(
         after >= before + 2,
         "drop counter moved {before} -> {after}, expected both packets counted"
+    );
+
+    // While the rules are being replaced (a reconfiguration), a steady stream from A still
+    // never leaves in the clear: each replacement is one nft transaction.
+    let capture = bed.capture(1, "udp port 9999").expect("capture on B");
+    let stop = AtomicBool::new(false);
+    let sent = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            netns::run_in(a.name(), || async {
+                let socket = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+                let mut sent = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = socket.send_to(b"weft-cleartext-during-replace", (dst, 9999));
+                    sent += 1;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                sent
+            })
+        });
+        netns::run_in(a.name(), || async {
+            for i in 0..20 {
+                let mut spec = desired(&[]).fail_closed;
+                if i % 2 == 0 {
+                    spec.local_space = [net("10.32.1.0/25")].into();
+                }
+                host::firewall::apply(&spec).await.expect("replace rules");
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        sender.join().expect("sender thread")
+    });
+    let packets = capture.finish().expect("capture");
+    assert!(
+        sent > 100,
+        "only {sent} packets sent during the replacements"
+    );
+    assert!(
+        !packets.iter().any(|p| p.contains(b"weft-cleartext")),
+        "cleartext left A during a rule replacement: {} packets",
+        packets.len()
     );
 
     // Control: without the table, the same packets do leave in the clear.

@@ -30,7 +30,8 @@ pub struct Cli {
 /// Options every command accepts.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Output format of commands that print state (`identity`, `secret check`).
+    /// Output format of commands that print state (`identity`, `secret check`, `status`,
+    /// `peers`).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
@@ -69,6 +70,61 @@ pub enum Command {
     /// Print this node's id and WireGuard public key, creating the node's keys in the state
     /// directory on first use.
     Identity(IdentityArgs),
+
+    /// Run this node in the foreground: join the cluster through PEER_ADDRs (or start a new
+    /// one) and gossip until SIGTERM or SIGINT, which make the node leave.
+    Launch(LaunchArgs),
+
+    /// Show this node's state, from the running daemon.
+    Status(ApiArgs),
+
+    /// List the cluster's members as this node sees them, from the running daemon.
+    Peers(ApiArgs),
+}
+
+/// `weft launch`. Options left out come from --config FILE, then from the defaults.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Gossip addresses of nodes to join through (`ip:port`, `ip` or `host[:port]`; port 6783
+    /// by default). Retried with backoff until one answers. None starts a new cluster.
+    #[arg(value_name = "PEER_ADDR")]
+    pub peers: Vec<String>,
+
+    /// This node's name in the cluster [default: the host name].
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Address and UDP port of the gossip transport [default: 0.0.0.0:6783]. On a wildcard
+    /// address the node advertises the host's addresses.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Directory holding the node's keys and state [default: /var/lib/weft]. Created with
+    /// mode 0700 on first use.
+    #[arg(long, env = "WEFT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Cluster address range for pod addresses [default: 10.32.0.0/12] (not used yet).
+    #[arg(long, value_name = "CIDR")]
+    pub range: Option<ipnet::IpNet>,
+
+    /// Unix socket of the local API used by `weft status` and `weft peers`
+    /// [default: /run/weft/weft.sock]. Mode 0600; its directory is created with mode 0700.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+
+    /// TOML file with any of the keys name, listen, secret_file, state_dir, range,
+    /// api_socket, peers. Options on the command line win; unknown keys are refused.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// How commands reach the running daemon.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Unix socket of the daemon's local API.
+    #[arg(long, env = "WEFT_API_SOCKET", value_name = "PATH", default_value = crate::daemon::api::DEFAULT_API_SOCKET)]
+    pub api_socket: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd;
+mod daemon;
 mod logging;
 mod output;
 

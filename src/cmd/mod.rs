@@ -3,7 +3,10 @@
 
 mod identity;
 mod keys;
+mod launch;
+mod peers;
 mod secret;
+mod status;
 
 use std::io;
 
@@ -19,6 +22,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             secret::check(global.secret_file.as_deref(), global.output)
         }
         Command::Identity(args) => identity::show(&args.state.state_dir, global.output),
+        Command::Launch(args) => launch::run(args, global.secret_file),
+        Command::Status(args) => status::show(&args.api_socket, global.output),
+        Command::Peers(args) => peers::show(&args.api_socket, global.output),
     }
 }
 

@@ -1,0 +1,394 @@
+//! The local API: line-delimited JSON over a unix socket (mode 0600).
+//!
+//! A client writes one request per line, `{"cmd":"status"}` or `{"cmd":"peers"}`, and reads
+//! one response line per request: `{"ok":true,"status":{...}}`, `{"ok":true,"peers":[...]}`,
+//! or `{"ok":false,"error":"..."}`. A request that is too long, not JSON or unknown gets the
+//! error response and the connection is closed; nothing in the daemon changes.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{debug, warn};
+
+/// The default path of the API socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/weft/weft.sock";
+/// Longest request line, newline included. Real requests are a few dozen bytes.
+pub const MAX_REQUEST_LEN: usize = 4096;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CLIENTS: usize = 16;
+/// A client that sends nothing for this long is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a bad request, input still read (and dropped) before closing, at most.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Peers,
+}
+
+/// A response line. `ok` tells success from failure without knowing every field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    Status { ok: bool, status: Status },
+    Peers { ok: bool, peers: Vec<Peer> },
+    Error { ok: bool, error: String },
+}
+
+impl Response {
+    fn error(message: impl Into<String>) -> Self {
+        Response::Error {
+            ok: false,
+            error: message.into(),
+        }
+    }
+}
+
+/// This node, as `weft status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub node_id: String,
+    /// The address the gossip transport is bound to.
+    pub listen: SocketAddr,
+    /// The address other nodes gossip to (in the node's record).
+    pub gossip_addr: SocketAddr,
+    /// The local record's version (also its SWIM incarnation).
+    pub version: u64,
+    /// The cluster address range (not used yet).
+    pub range: String,
+    pub members: MemberCounts,
+    /// Whether the WireGuard datapath follows the view.
+    pub datapath: String,
+    pub uptime_secs: u64,
+}
+
+/// Members by state, this node included (as alive).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCounts {
+    pub alive: usize,
+    pub suspect: usize,
+    pub failed: usize,
+    pub left: usize,
+    pub total: usize,
+}
+
+/// Liveness of a member as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    Alive,
+    Suspect,
+    Failed,
+    Left,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Failed => "failed",
+            PeerState::Left => "left",
+        }
+    }
+}
+
+/// One member, as `weft peers` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    pub node_id: String,
+    pub node_id_short: String,
+    /// True for the node answering the request.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    /// The member's gossip address.
+    pub endpoint: SocketAddr,
+    /// WireGuard endpoints from its record (configured, local, observed).
+    pub wireguard_endpoints: Vec<SocketAddr>,
+    pub wireguard_public_key: String,
+    pub state: PeerState,
+    /// The incarnation the state refers to.
+    pub incarnation: u64,
+    /// The version of the record held.
+    pub version: u64,
+    /// Seconds since a message from this member last arrived; `None` if none has.
+    pub last_seen_secs: Option<f64>,
+}
+
+/// A request handed to the gossip driver, which owns the view.
+#[derive(Debug)]
+pub struct Query {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// The bound API socket; removed when dropped.
+#[derive(Debug)]
+pub struct ApiSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ApiSocket {
+    /// Bind `path` with mode 0600, creating its parent directory (0700) if missing. A stale
+    /// socket (nobody listening) is replaced; a live one or any other file is refused.
+    pub fn bind(path: &Path) -> anyhow::Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    bail!(
+                        "{} is in use: is another weft daemon running?",
+                        path.display()
+                    );
+                }
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing stale socket {}", path.display()))?;
+            }
+            Ok(_) => bail!("{} exists and is not a socket", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        let socket = ApiSocket {
+            listener,
+            path: path.to_path_buf(),
+        };
+        // The parent directory (0700 when we made it) closes the window before this.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        Ok(socket)
+    }
+
+    /// Serve clients until the task is dropped, passing requests to the driver.
+    pub async fn serve(&self, queries: mpsc::Sender<Query>) {
+        let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+        loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    let queries = queries.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_client(stream, queries).await {
+                            debug!(error = %e, "API client");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "API socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve_client(stream: UnixStream, queries: mpsc::Sender<Query>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(128);
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_REQUEST_LEN as u64);
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line)).await
+        {
+            Ok(result) => result?,
+            Err(_) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let response = if line.last() != Some(&b'\n') && n >= MAX_REQUEST_LEN {
+            Err(Response::error(format!(
+                "request longer than {MAX_REQUEST_LEN} bytes"
+            )))
+        } else {
+            match parse_request(&line) {
+                Ok(request) => Ok(ask(&queries, request).await),
+                Err(e) => Err(Response::error(e)),
+            }
+        };
+        let (response, close) = match response {
+            Ok(r) => (r, false),
+            Err(r) => (r, true),
+        };
+        let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+        if close {
+            write.shutdown().await?;
+            // Read what the client sent after the bad request before dropping the socket:
+            // closing with unread input resets the connection, and the client would lose
+            // the error response.
+            let mut rest = (&mut reader).take(DRAIN_LIMIT);
+            let _ = tokio::time::timeout(
+                DRAIN_TIMEOUT,
+                tokio::io::copy(&mut rest, &mut tokio::io::sink()),
+            )
+            .await;
+            return Ok(());
+        }
+    }
+}
+
+/// Parse one request line (the newline is optional at end of input).
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    // serde's internally tagged enums ignore extra keys, so check the shape by hand.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        cmd: String,
+    }
+    const EXPECTED: &str = r#"expected {"cmd":"status"} or {"cmd":"peers"}"#;
+    let text = std::str::from_utf8(line).map_err(|_| "bad request: not UTF-8".to_string())?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("bad request: empty line ({EXPECTED})"));
+    }
+    let raw: Raw =
+        serde_json::from_str(text).map_err(|e| format!("bad request: {e} ({EXPECTED})"))?;
+    match raw.cmd.as_str() {
+        "status" => Ok(Request::Status),
+        "peers" => Ok(Request::Peers),
+        other => Err(format!(
+            "bad request: unknown command {:?} ({EXPECTED})",
+            other.chars().take(64).collect::<String>()
+        )),
+    }
+}
+
+async fn ask(queries: &mpsc::Sender<Query>, request: Request) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if queries.send(Query { request, reply }).await.is_err() {
+        return Response::error("the daemon is shutting down");
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Response::error("the daemon is shutting down"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_request(br#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(b" {\"cmd\": \"peers\"}\n"),
+            Ok(Request::Peers)
+        );
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"status",
+            br#"{"cmd":"reset"}"#,
+            br#"{"cmd":"status","x":1}"#,
+            br#"{"command":"status"}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(parse_request(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn responses_round_trip_and_carry_ok() {
+        let err = serde_json::to_value(Response::error("nope")).expect("serialize");
+        assert_eq!(err, serde_json::json!({"ok": false, "error": "nope"}));
+        let peers = Response::Peers {
+            ok: true,
+            peers: Vec::new(),
+        };
+        let text = serde_json::to_string(&peers).expect("serialize");
+        let back: Response = serde_json::from_str(&text).expect("parse");
+        assert!(matches!(back, Response::Peers { ok: true, peers } if peers.is_empty()));
+    }
+
+    async fn roundtrip(path: &Path, input: &[u8]) -> String {
+        let mut stream = UnixStream::connect(path).await.expect("connect");
+        stream.write_all(input).await.expect("write");
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn socket_is_private_and_bad_requests_close_the_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run/weft.sock");
+        let socket = ApiSocket::bind(&path).expect("bind");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("parent")), 0o700);
+        assert!(ApiSocket::bind(&path).is_err(), "second daemon bound");
+
+        let (tx, mut rx) = mpsc::channel::<Query>(4);
+        let server = tokio::spawn(async move { socket.serve(tx).await });
+        // A stand-in for the driver: answers every query with an empty peer list.
+        let driver = tokio::spawn(async move {
+            let mut served = 0;
+            while let Some(q) = rx.recv().await {
+                served += 1;
+                let _ = q.reply.send(Response::Peers {
+                    ok: true,
+                    peers: Vec::new(),
+                });
+            }
+            served
+        });
+
+        // Two good requests on one connection, then a bad one: two answers, an error, EOF.
+        let out = roundtrip(
+            &path,
+            b"{\"cmd\":\"peers\"}\n{\"cmd\":\"peers\"}\n{\"cmd\":\"drop\"}\n{\"cmd\":\"peers\"}\n",
+        )
+        .await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].contains(r#""ok":true"#), "{out}");
+        assert!(lines[2].contains(r#""ok":false"#), "{out}");
+
+        let long = vec![b'x'; MAX_REQUEST_LEN * 3];
+        let out = roundtrip(&path, &long).await;
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains("longer than"), "{out}");
+
+        server.abort();
+        let _ = server.await;
+        let served = driver.await.expect("driver");
+        assert_eq!(served, 2, "bad requests must not reach the driver");
+        assert!(!path.exists(), "socket not removed on drop");
+    }
+}

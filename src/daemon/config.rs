@@ -1,0 +1,213 @@
+//! What `weft launch` runs with: command-line options over a TOML file over defaults.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use ipnet::IpNet;
+use serde::Deserialize;
+use weft_gossip::transport::DEFAULT_PORT;
+use weft_gossip::MAX_NAME_LEN;
+
+use super::api::DEFAULT_API_SOCKET;
+
+/// The default cluster address range.
+pub const DEFAULT_RANGE: &str = "10.32.0.0/12";
+/// The largest config file read.
+const MAX_CONFIG_LEN: u64 = 64 * 1024;
+
+/// Settings that may come from the command line or the config file (`None`: not given).
+/// In the file, the keys are these field names; any other key is refused.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub name: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub secret_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub range: Option<IpNet>,
+    pub api_socket: Option<PathBuf>,
+    /// Seeds: gossip addresses of nodes to join through (`host:port`, or a host for port 6783).
+    pub peers: Option<Vec<String>>,
+}
+
+impl Settings {
+    /// Read a config file. A file that is too large, not TOML, or has an unknown key or a
+    /// bad value is refused with an error naming it.
+    pub fn from_file(path: &Path) -> anyhow::Result<Settings> {
+        use std::io::Read;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_LEN + 1)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if text.len() as u64 > MAX_CONFIG_LEN {
+            bail!(
+                "{}: larger than {MAX_CONFIG_LEN} bytes; not a weft config file",
+                path.display()
+            );
+        }
+        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Settings> {
+        // toml's message names the key and the line, e.g. "unknown field `lisen`".
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+    }
+
+    /// These settings, with `fallback` filling in what is not given here.
+    pub fn or(self, fallback: Settings) -> Settings {
+        Settings {
+            name: self.name.or(fallback.name),
+            listen: self.listen.or(fallback.listen),
+            secret_file: self.secret_file.or(fallback.secret_file),
+            state_dir: self.state_dir.or(fallback.state_dir),
+            range: self.range.or(fallback.range),
+            api_socket: self.api_socket.or(fallback.api_socket),
+            peers: self.peers.or(fallback.peers),
+        }
+    }
+}
+
+/// The settings the daemon runs with, every default filled in and every value checked.
+#[derive(Debug, Clone)]
+pub struct LaunchConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub secret_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub range: IpNet,
+    pub api_socket: PathBuf,
+    pub seeds: Vec<SocketAddr>,
+}
+
+impl LaunchConfig {
+    pub fn resolve(settings: Settings) -> anyhow::Result<LaunchConfig> {
+        let name = match settings.name {
+            Some(name) => name,
+            None => nix::unistd::gethostname()
+                .context("reading the host name for the default --name")?
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; give --name"))?,
+        };
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            bail!(
+                "node name must be 1 to {MAX_NAME_LEN} bytes, got {}",
+                name.len()
+            );
+        }
+        let Some(secret_file) = settings.secret_file else {
+            bail!("no cluster secret: give --secret-file FILE, WEFT_SECRET_FILE or secret_file in the config file (make one with `weft secret new --out FILE`)");
+        };
+        let listen = settings
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+        let range = match settings.range {
+            Some(range) => range,
+            None => DEFAULT_RANGE.parse().context("default range")?,
+        };
+        let seeds = settings
+            .peers
+            .unwrap_or_default()
+            .iter()
+            .map(|p| resolve_peer(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(LaunchConfig {
+            name,
+            listen,
+            secret_file,
+            state_dir: settings
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(weft_crypto::DEFAULT_STATE_DIR)),
+            range: range.trunc(),
+            api_socket: settings
+                .api_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
+            seeds,
+        })
+    }
+}
+
+/// A seed address: `ip:port`, `ip` (port 6783), `host:port` or `host` (resolved now).
+pub fn resolve_peer(text: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let with_port = if text.contains(':') {
+        text.to_string()
+    } else {
+        format!("{text}:{DEFAULT_PORT}")
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("peer address {text:?}"))?
+        .next()
+        .with_context(|| format!("peer address {text:?} resolves to nothing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_parse_and_unknown_keys_are_refused() {
+        let s = Settings::parse(
+            r#"
+            name = "a"
+            listen = "192.0.2.1:7000"
+            secret_file = "/etc/weft/secret"
+            range = "10.40.0.0/16"
+            peers = ["192.0.2.2", "192.0.2.3:7000"]
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(s.name.as_deref(), Some("a"));
+        assert_eq!(s.listen, Some("192.0.2.1:7000".parse().expect("addr")));
+        let err = Settings::parse("lisen = \"0.0.0.0:1\"").expect_err("unknown key");
+        assert!(err.to_string().contains("lisen"), "{err}");
+        assert!(Settings::parse("listen = \"nowhere\"").is_err());
+        assert!(Settings::parse("range = \"10.0.0.0/99\"").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_the_rest() {
+        let flags = Settings {
+            name: Some("flag".into()),
+            secret_file: Some("/s".into()),
+            ..Settings::default()
+        };
+        let file = Settings {
+            name: Some("file".into()),
+            range: Some("10.40.0.0/16".parse().expect("net")),
+            peers: Some(vec!["192.0.2.9".into()]),
+            ..Settings::default()
+        };
+        let c = LaunchConfig::resolve(flags.or(file)).expect("resolve");
+        assert_eq!(c.name, "flag");
+        assert_eq!(c.range.to_string(), "10.40.0.0/16");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:6783");
+        assert_eq!(c.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
+        assert_eq!(c.seeds, vec!["192.0.2.9:6783".parse().expect("addr")]);
+    }
+
+    #[test]
+    fn a_secret_file_is_required_and_names_are_bounded() {
+        let err = LaunchConfig::resolve(Settings {
+            name: Some("x".into()),
+            ..Settings::default()
+        })
+        .expect_err("no secret");
+        assert!(err.to_string().contains("--secret-file"), "{err}");
+        let err = LaunchConfig::resolve(Settings {
+            name: Some("x".repeat(MAX_NAME_LEN + 1)),
+            secret_file: Some("/s".into()),
+            ..Settings::default()
+        })
+        .expect_err("long name");
+        assert!(err.to_string().contains("name"), "{err}");
+    }
+}

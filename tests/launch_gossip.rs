@@ -1,0 +1,265 @@
+//! `weft launch` between real processes in network namespaces: a chain of seeds forms one
+//! view, a killed node is suspected then declared failed, a restarted node rejoins with the
+//! same id and a higher version, a node with another secret never gets in, and SIGTERM
+//! makes a node leave. Needs root; prints "skipped: ..." otherwise.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use weft_testbed::{require_root, wait_until, Host, Proc, TestBed};
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft");
+
+/// One node's files: state directory and API socket path, in a temporary directory.
+struct NodeFiles {
+    _dir: TempDir,
+    state: PathBuf,
+    socket: PathBuf,
+}
+
+impl NodeFiles {
+    fn new() -> NodeFiles {
+        let dir = tempfile::tempdir().expect("tempdir");
+        NodeFiles {
+            state: dir.path().join("state"),
+            socket: dir.path().join("run/weft.sock"),
+            _dir: dir,
+        }
+    }
+}
+
+fn write_secret(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let out = std::process::Command::new(BIN)
+        .args(["secret", "new", "--out"])
+        .arg(&path)
+        .output()
+        .expect("run weft secret new");
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&path)
+        .expect("secret")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    path
+}
+
+fn launch(host: &Host, name: &str, secret: &Path, files: &NodeFiles, seeds: &[&Host]) -> Proc {
+    let seeds: Vec<String> = seeds
+        .iter()
+        .map(|h| format!("{}:6783", h.public_ip()))
+        .collect();
+    let mut args = vec![
+        BIN,
+        "launch",
+        "--name",
+        name,
+        "--listen",
+        "0.0.0.0:6783",
+        "--secret-file",
+        secret.to_str().expect("utf-8 path"),
+        "--state-dir",
+        files.state.to_str().expect("utf-8 path"),
+        "--api-socket",
+        files.socket.to_str().expect("utf-8 path"),
+    ];
+    args.extend(seeds.iter().map(String::as_str));
+    host.spawn(&args).expect("spawn weft launch")
+}
+
+/// `weft peers -o json` on `host`, or `None` if it fails (daemon not up yet).
+fn peers(host: &Host, files: &NodeFiles) -> Option<Vec<Value>> {
+    let socket = files.socket.to_str().expect("utf-8 path");
+    let out = host
+        .run_ok(&[BIN, "peers", "-o", "json", "--api-socket", socket])
+        .ok()?;
+    match serde_json::from_str::<Value>(&out).expect("peers -o json is JSON") {
+        Value::Array(list) => Some(list),
+        other => panic!("peers -o json is not a list: {other}"),
+    }
+}
+
+fn find<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
+    list.iter().find(|p| p["name"] == name)
+}
+
+fn state_of(list: &[Value], name: &str) -> Option<String> {
+    find(list, name).and_then(|p| p["state"].as_str().map(str::to_owned))
+}
+
+/// True once `host` lists exactly `names`, all alive.
+fn sees_all_alive(host: &Host, files: &NodeFiles, names: &[&str]) -> bool {
+    let Some(list) = peers(host, files) else {
+        return false;
+    };
+    let seen: BTreeSet<&str> = list.iter().filter_map(|p| p["name"].as_str()).collect();
+    seen == names.iter().copied().collect()
+        && names
+            .iter()
+            .all(|n| state_of(&list, n).as_deref() == Some("alive"))
+}
+
+fn dump(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| {
+            let out = p.output().expect("output");
+            format!("--- {}\n{}", p.command(), out.stderr)
+        })
+        .collect()
+}
+
+#[test]
+fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
+    if !require_root("chain_of_seeds_forms_one_view_detects_failure_and_rejoins") {
+        return;
+    }
+    let bed = TestBed::new(5).expect("test bed");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = write_secret(secrets.path(), "cluster.secret");
+    let other_secret = write_secret(secrets.path(), "other.secret");
+    let names = ["n0", "n1", "n2", "n3"];
+    let files: Vec<NodeFiles> = (0..5).map(|_| NodeFiles::new()).collect();
+
+    // Host i seeds only host i-1.
+    let mut procs: Vec<Proc> = (0..4)
+        .map(|i| {
+            let seeds: Vec<&Host> = if i == 0 {
+                vec![]
+            } else {
+                vec![bed.host(i - 1)]
+            };
+            launch(bed.host(i), names[i], &secret, &files[i], &seeds)
+        })
+        .collect();
+    // An intruder with another secret, seeding two members.
+    let intruder = launch(
+        bed.host(4),
+        "intruder",
+        &other_secret,
+        &files[4],
+        &[bed.host(0), bed.host(3)],
+    );
+
+    let start = Instant::now();
+    let converged = wait_until(Duration::from_secs(10), || {
+        (0..4).all(|i| sees_all_alive(bed.host(i), &files[i], &names))
+    });
+    let refs: Vec<&Proc> = procs.iter().chain([&intruder]).collect();
+    assert!(converged, "no full view within 10 s\n{}", dump(&refs));
+    eprintln!("4 nodes converged in {:?}", start.elapsed());
+
+    // The daemon's status agrees, and the socket is private.
+    let socket0 = files[0].socket.to_str().expect("utf-8");
+    let status: Value = serde_json::from_str(
+        &bed.host(0)
+            .run_ok(&[BIN, "status", "-o", "json", "--api-socket", socket0])
+            .expect("status"),
+    )
+    .expect("status json");
+    assert_eq!(status["name"], "n0");
+    assert_eq!(status["members"]["alive"], 4, "{status}");
+    assert_eq!(status["members"]["total"], 4, "{status}");
+    assert_eq!(
+        status["gossip_addr"],
+        format!("{}:6783", bed.host(0).public_ip())
+    );
+    assert_eq!(status["datapath"], "not yet wired");
+    let mode = std::fs::metadata(&files[0].socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The victim's id and version as others see them.
+    let before = peers(bed.host(0), &files[0]).expect("peers");
+    let victim = find(&before, "n3").expect("n3 listed").clone();
+    let victim_id = victim["node_id"].as_str().expect("node_id").to_owned();
+    let victim_version = victim["version"].as_u64().expect("version");
+
+    // kill -9 n3: every other node marks it suspect, then failed.
+    procs[3].kill().expect("kill n3");
+    let mut saw_suspect = false;
+    let killed = Instant::now();
+    let failed = wait_until(Duration::from_secs(20), || {
+        let mut all_failed = true;
+        for i in 0..3 {
+            let state = peers(bed.host(i), &files[i]).and_then(|l| state_of(&l, "n3"));
+            saw_suspect |= state.as_deref() == Some("suspect");
+            all_failed &= state.as_deref() == Some("failed");
+        }
+        all_failed
+    });
+    assert!(
+        failed,
+        "n3 not failed everywhere within 20 s\n{}",
+        dump(&refs[..3])
+    );
+    assert!(
+        saw_suspect,
+        "n3 went to failed without being suspected first"
+    );
+    eprintln!("n3 declared failed {:?} after kill -9", killed.elapsed());
+
+    // Restart n3 with the same state directory: same id, higher version, alive everywhere.
+    procs[3] = launch(bed.host(3), "n3", &secret, &files[3], &[bed.host(2)]);
+    let rejoined = wait_until(Duration::from_secs(15), || {
+        (0..4).all(|i| sees_all_alive(bed.host(i), &files[i], &names))
+    });
+    let refs: Vec<&Proc> = procs.iter().collect();
+    assert!(rejoined, "n3 did not rejoin within 15 s\n{}", dump(&refs));
+    for i in 0..3 {
+        let list = peers(bed.host(i), &files[i]).expect("peers");
+        let back = find(&list, "n3").expect("n3 listed");
+        assert_eq!(back["node_id"], victim_id.as_str(), "n3 changed identity");
+        let version = back["version"].as_u64().expect("version");
+        assert!(
+            version > victim_version,
+            "n3 rejoined with version {version}, not above {victim_version}"
+        );
+    }
+
+    // The intruder tried, was refused, and appears nowhere; it sees only itself.
+    assert!(
+        intruder
+            .wait_for_output("not admitted", Duration::from_secs(10))
+            .expect("output"),
+        "intruder never tried to join\n{}",
+        dump(&[&intruder])
+    );
+    for i in 0..4 {
+        let list = peers(bed.host(i), &files[i]).expect("peers");
+        assert!(
+            find(&list, "intruder").is_none(),
+            "n{i} lists the intruder: {list:?}"
+        );
+    }
+    let own = peers(bed.host(4), &files[4]).expect("intruder peers");
+    assert_eq!(own.len(), 1, "intruder knows others: {own:?}");
+
+    // SIGTERM: n1 leaves, exits cleanly, removes its socket; the others see it as left.
+    procs[1].signal("TERM").expect("SIGTERM n1");
+    let status = procs[1]
+        .wait_timeout(Duration::from_secs(10))
+        .expect("wait")
+        .expect("n1 still running 10 s after SIGTERM");
+    assert!(
+        status.success(),
+        "n1 exited with {status}\n{}",
+        dump(&[&procs[1]])
+    );
+    assert!(!files[1].socket.exists(), "n1 left its API socket behind");
+    let left = wait_until(Duration::from_secs(10), || {
+        [0, 2, 3].iter().all(|&i| {
+            peers(bed.host(i), &files[i])
+                .and_then(|l| state_of(&l, "n1"))
+                .as_deref()
+                == Some("left")
+        })
+    });
+    assert!(left, "n1 not seen as left\n{}", dump(&refs));
+}

@@ -65,7 +65,7 @@ fn desired(peers: &[&str]) -> HostState {
         [net("10.32.1.0/24")],
     );
     for p in peers {
-        state.add_peer_space(net(p));
+        state.add_peer_space(net(p)).expect("valid peer space");
     }
     state
 }
@@ -116,7 +116,9 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     // First apply: everything is created. Dual stack: an IPv6 cluster range and peer space.
     let with_v6 = |mut state: HostState| {
         state.fail_closed.cluster_ranges.insert(net("fd32::/48"));
-        state.add_peer_space(net("fd32:0:2::/64"));
+        state
+            .add_peer_space(net("fd32:0:0:2::/64"))
+            .expect("valid peer space");
         state
     };
     let first = with_v6(desired(&["10.32.2.0/24", "10.32.3.0/24"]));
@@ -140,7 +142,7 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
         .run_ok(&["ip", "-6", "route", "show", "table", "26228"])
         .expect("ip -6 route");
     assert!(
-        table6.contains(&format!("fd32:0:2::/64 dev {WG} proto 119")),
+        table6.contains(&format!("fd32:0:0:2::/64 dev {WG} proto 119")),
         "{table6}"
     );
     let link = h

@@ -19,7 +19,7 @@
 //!     ["10.32.0.0/12".parse().unwrap()], // cluster range
 //!     ["10.32.1.0/24".parse().unwrap()], // this node's space
 //! );
-//! desired.add_peer_space("10.32.2.0/24".parse().unwrap()); // one per other node
+//! desired.add_peer_space("10.32.2.0/24".parse().unwrap())?; // one per other node
 //! let changes = host::reconcile(&nl, &desired).await?; // again: empty
 //! let drops = host::firewall::drops().await?; // for metrics
 //! host::reset(&nl, host::BRIDGE_NAME, "weft-wg").await?; // `weft reset`

@@ -11,6 +11,8 @@ use std::fmt;
 
 use ipnet::IpNet;
 
+use crate::{Error, Result};
+
 /// weft's own routing table: "ft", the low half of "weft" in ASCII (0x77656674 & 0xffff).
 pub const ROUTE_TABLE: u32 = 0x6674;
 
@@ -158,10 +160,38 @@ impl HostState {
         }
     }
 
-    /// Routes another node's address space through the WireGuard interface.
-    pub fn add_peer_space(&mut self, space: IpNet) {
+    /// Routes another node's address space through the WireGuard interface. The space comes
+    /// from another node's gossip record, so it is checked: it must lie inside a cluster range
+    /// and overlap neither this node's space nor a space already added (a record claiming
+    /// `0.0.0.0/0` or our own pods' addresses must not pull that traffic into its tunnel).
+    /// A refused space changes nothing.
+    pub fn add_peer_space(&mut self, space: IpNet) -> Result<()> {
+        let space = space.trunc();
+        let overlaps = |other: &IpNet| other.contains(&space) || space.contains(other);
+        if !self
+            .fail_closed
+            .cluster_ranges
+            .iter()
+            .any(|range| range.contains(&space))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "peer space {space} is outside the cluster range"
+            )));
+        }
+        if let Some(local) = self.fail_closed.local_space.iter().find(|l| overlaps(l)) {
+            return Err(Error::InvalidConfig(format!(
+                "peer space {space} overlaps this node's space {local}"
+            )));
+        }
+        if let Some(route) = self.routes.iter().find(|r| overlaps(&r.dst)) {
+            return Err(Error::InvalidConfig(format!(
+                "peer space {space} overlaps another peer's space {}",
+                route.dst
+            )));
+        }
         self.routes
             .insert(RouteSpec::weft(space, self.wg_ifname.clone()));
+        Ok(())
     }
 
     /// One lookup rule per address family that weft routes.
@@ -377,7 +407,7 @@ mod tests {
             [net("10.32.1.0/24")],
         );
         for p in peers {
-            state.add_peer_space(net(p));
+            state.add_peer_space(net(p)).expect("valid peer space");
         }
         state
     }
@@ -521,6 +551,28 @@ mod tests {
                 Change::AddRule(RuleSpec::weft(Family::V6)),
             ]
         );
+    }
+
+    #[test]
+    fn bad_peer_spaces_are_refused_and_change_nothing() {
+        let mut d = desired(&["10.32.2.0/24"]);
+        let before = d.clone();
+        for bad in [
+            "0.0.0.0/0",      // everything
+            "10.64.0.0/24",   // outside the cluster range
+            "10.32.1.128/25", // inside our own space
+            "10.32.0.0/16",   // covers our space
+            "10.32.2.0/25",   // inside another peer's space
+            "fd32::/64",      // no IPv6 cluster range
+        ] {
+            assert!(d.add_peer_space(net(bad)).is_err(), "{bad} accepted");
+            assert_eq!(d, before, "{bad} changed the state");
+        }
+        // Host bits are cleared, not refused.
+        d.add_peer_space(net("10.32.3.7/24")).expect("valid");
+        assert!(d
+            .routes
+            .contains(&RouteSpec::weft(net("10.32.3.0/24"), "weft-wg")));
     }
 
     #[test]

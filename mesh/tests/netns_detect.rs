@@ -63,11 +63,21 @@ fn detect_and_kernel_backend_in_a_namespace() {
 
     if kernel_has_wireguard {
         assert_eq!(value("DETECTED"), "kernel");
+        assert_eq!(
+            value("ANYBACKEND"),
+            "ok",
+            "kernel device through AnyBackend"
+        );
         assert!(fallback_lines.is_empty(), "{fallback_lines:?}");
         assert_eq!(value("CREATE"), "ok");
         assert_eq!(value("ROUNDTRIP"), "ok");
     } else {
         assert_eq!(value("DETECTED"), "userspace");
+        assert_eq!(
+            value("ANYBACKEND"),
+            "ok",
+            "userspace device through AnyBackend"
+        );
         assert_eq!(
             fallback_lines.len(),
             1,
@@ -87,6 +97,10 @@ fn detect_and_kernel_backend_in_a_namespace() {
         "probe link left behind:\n{links}"
     );
     assert!(!links.contains(DEVICE), "device left behind:\n{links}");
+    assert!(
+        !links.contains("wgdetect1"),
+        "AnyBackend device left behind:\n{links}"
+    );
 }
 
 /// Runs inside the namespace for the test above; does nothing when run on its own.
@@ -100,7 +114,9 @@ fn probe_child() {
         .with_writer(std::io::stdout)
         .with_ansi(false)
         .try_init();
-    println!("DETECTED={}", weft_mesh::backend::detect());
+    let kind = weft_mesh::backend::detect();
+    println!("DETECTED={kind}");
+    println!("ANYBACKEND={}", any_backend_roundtrip(kind));
     match weft_mesh::kernel::KernelDevice::create(DEVICE) {
         Err(e) => println!("CREATE=err errno={}", e.errno()),
         Ok(device) => {
@@ -111,8 +127,34 @@ fn probe_child() {
     }
 }
 
-/// Where the kernel has WireGuard: a configuration with two peers reads back as set.
-fn kernel_roundtrip(device: &weft_mesh::kernel::KernelDevice) -> &'static str {
+/// The detected backend through `AnyBackend`: create, apply two peers, read them back, delete.
+fn any_backend_roundtrip(kind: weft_mesh::backend::BackendKind) -> String {
+    use weft_mesh::backend::{AnyBackend, Backend};
+
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        let device = AnyBackend::create(kind, "wgdetect1", &Default::default())
+            .await
+            .expect("create through AnyBackend");
+        assert_eq!(device.kind(), kind);
+        let (config, key, peers) = two_peers();
+        device.apply(config).await.expect("apply");
+        let status = device.status().await.expect("status");
+        let matches = status_matches(&status, &key, &peers);
+        device.delete().await.expect("delete");
+        if matches {
+            "ok".to_owned()
+        } else {
+            format!("mismatch: {status:?}")
+        }
+    })
+}
+
+fn two_peers() -> (
+    weft_mesh::DeviceConfig,
+    weft_crypto::WgPrivateKey,
+    Vec<weft_mesh::PeerConfig>,
+) {
     use weft_crypto::WgPrivateKey;
     use weft_mesh::{DeviceConfig, PeerConfig};
 
@@ -132,17 +174,30 @@ fn kernel_roundtrip(device: &weft_mesh::kernel::KernelDevice) -> &'static str {
         peers: peers.clone(),
         ..DeviceConfig::default()
     };
-    device.apply(&config).expect("apply");
-    let status = device.status().expect("status");
-    let ok = status.public_key == Some(key.public_key())
+    (config, key, peers)
+}
+
+fn status_matches(
+    status: &weft_mesh::DeviceStatus,
+    key: &weft_crypto::WgPrivateKey,
+    peers: &[weft_mesh::PeerConfig],
+) -> bool {
+    status.public_key == Some(key.public_key())
         && status.listen_port == 51999
         && status.peers.len() == 2
-        && status.peers.iter().zip(&peers).all(|(got, want)| {
+        && status.peers.iter().zip(peers).all(|(got, want)| {
             got.public_key == want.public_key
                 && got.endpoint == want.endpoint
                 && got.allowed_ips == want.allowed_ips
-        });
-    if ok {
+        })
+}
+
+/// Where the kernel has WireGuard: a configuration with two peers reads back as set.
+fn kernel_roundtrip(device: &weft_mesh::kernel::KernelDevice) -> &'static str {
+    let (config, key, peers) = two_peers();
+    device.apply(&config).expect("apply");
+    let status = device.status().expect("status");
+    if status_matches(&status, &key, &peers) {
         "ok"
     } else {
         "mismatch"

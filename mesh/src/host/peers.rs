@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use weft_crypto::WgPublicKey;
 
+use super::model::HostState;
 use crate::config::{DeviceConfig, DeviceStatus, PeerConfig, PeerStatus};
 
 /// A handshake younger than this means the tunnel works on its current endpoint (WireGuard's
@@ -60,16 +61,24 @@ pub fn choose_endpoint(
 
 /// The change that makes the device's peers match the view: a peer per other node (the local
 /// key and duplicates are skipped; a key listed twice gets the union of spaces), allowed IPs
-/// exactly the node's spaces, endpoints per [`choose_endpoint`], and peers of nodes no longer
-/// in the view removed. Peers already right are not mentioned, so `peers` is empty when there
-/// is nothing to do.
+/// exactly the node's spaces that `routed` accepted (see [`HostState::add_peer_space`]; a
+/// refused space gets neither route nor allowed IP), endpoints per [`choose_endpoint`], and
+/// peers of nodes no longer in the view removed. Peers already right are not mentioned, so
+/// `peers` is empty when there is nothing to do.
 pub fn plan_peers(
     local_key: &WgPublicKey,
     view: &[NodePeer],
+    routed: &HostState,
     device: &DeviceStatus,
     persistent_keepalive: Option<u16>,
     now: SystemTime,
 ) -> DeviceConfig {
+    let accepted = |space: &IpNet| {
+        routed
+            .routes
+            .iter()
+            .any(|r| r.dst == space.trunc() && r.dev == routed.wg_ifname)
+    };
     let mut wanted: BTreeMap<WgPublicKey, NodePeer> = BTreeMap::new();
     for node in view.iter().filter(|n| n.public_key != *local_key) {
         wanted
@@ -80,7 +89,12 @@ pub fn plan_peers(
     let mut peers = Vec::new();
     for (key, node) in &wanted {
         let current = device.peers.iter().find(|p| p.public_key == *key);
-        let want_ips: BTreeSet<IpNet> = node.spaces.iter().map(|n| n.trunc()).collect();
+        let want_ips: BTreeSet<IpNet> = node
+            .spaces
+            .iter()
+            .filter(|n| accepted(n))
+            .map(|n| n.trunc())
+            .collect();
         let have_ips: BTreeSet<IpNet> = current
             .map(|p| p.allowed_ips.iter().map(|n| n.trunc()).collect())
             .unwrap_or_default();
@@ -153,6 +167,24 @@ mod tests {
         }
     }
 
+    /// The host state that routes every valid space of `view`.
+    fn routed(view: &[NodePeer]) -> HostState {
+        let mut state = HostState::new(
+            super::super::model::BridgeSpec {
+                name: "weft".into(),
+                gateway: "10.32.0.1/24".parse().expect("prefix"),
+                mtu: 1420,
+            },
+            "weft-wg",
+            ["10.32.0.0/12".parse().expect("prefix")],
+            ["10.32.0.0/24".parse().expect("prefix")],
+        );
+        for space in view.iter().flat_map(|n| n.spaces.iter()) {
+            let _ = state.add_peer_space(*space);
+        }
+        state
+    }
+
     fn device(peers: Vec<PeerStatus>) -> DeviceStatus {
         DeviceStatus {
             private_key: None,
@@ -171,7 +203,14 @@ mod tests {
             node(1, &["192.0.2.2:51820"], "10.32.1.0/24"),
             node(2, &["192.0.2.3:51820"], "10.32.2.0/24"),
         ];
-        let change = plan_peers(&key(0), &view, &device(vec![]), Some(25), now);
+        let change = plan_peers(
+            &key(0),
+            &view,
+            &routed(&view),
+            &device(vec![]),
+            Some(25),
+            now,
+        );
         let keys: Vec<_> = change.peers.iter().map(|p| p.public_key).collect();
         assert_eq!(keys, vec![key(1), key(2)]);
         let p = &change.peers[0];
@@ -192,7 +231,7 @@ mod tests {
             status(1, Some("192.0.2.2:51820"), "10.32.1.0/24", Some(now)),
             status(9, Some("192.0.2.9:51820"), "10.32.9.0/24", Some(now)),
         ]);
-        let change = plan_peers(&key(0), &view, &dev, None, now);
+        let change = plan_peers(&key(0), &view, &routed(&view), &dev, None, now);
         assert_eq!(change.peers.len(), 1);
         assert_eq!(change.peers[0].public_key, key(9));
         assert!(change.peers[0].remove);
@@ -203,7 +242,9 @@ mod tests {
             "10.32.1.0/24",
             Some(now),
         )]);
-        assert!(plan_peers(&key(0), &view, &dev, None, now).peers.is_empty());
+        assert!(plan_peers(&key(0), &view, &routed(&view), &dev, None, now)
+            .peers
+            .is_empty());
     }
 
     #[test]
@@ -217,12 +258,28 @@ mod tests {
             "10.32.1.0/24",
             Some(now),
         )]);
-        let change = plan_peers(&key(0), &view, &dev, None, now);
+        let change = plan_peers(&key(0), &view, &routed(&view), &dev, None, now);
         assert_eq!(change.peers.len(), 1);
         assert_eq!(change.peers[0].endpoint, None);
         assert_eq!(
             change.peers[0].allowed_ips,
             vec!["10.32.4.0/24".parse::<IpNet>().expect("prefix")]
+        );
+    }
+
+    #[test]
+    fn refused_spaces_get_no_allowed_ips() {
+        let now = SystemTime::now();
+        // Node 2 claims our own space and everything: neither reaches its allowed IPs.
+        let mut greedy = node(2, &["192.0.2.3:51820"], "10.32.0.0/24");
+        greedy.spaces.push("0.0.0.0/0".parse().expect("prefix"));
+        greedy.spaces.push("10.32.2.0/24".parse().expect("prefix"));
+        let view = [node(1, &["192.0.2.2:51820"], "10.32.1.0/24"), greedy];
+        let change = plan_peers(&key(0), &view, &routed(&view), &device(vec![]), None, now);
+        assert_eq!(change.peers.len(), 2);
+        assert_eq!(
+            change.peers[1].allowed_ips,
+            vec!["10.32.2.0/24".parse::<IpNet>().expect("prefix")]
         );
     }
 

@@ -175,6 +175,8 @@ fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 
+    let view = |i: usize| peers(bed.host(i), &files[i]);
+
     // The victim's id and version as others see them.
     let before = peers(bed.host(0), &files[0]).expect("peers");
     let victim = find(&before, "n3").expect("n3 listed").clone();
@@ -188,7 +190,7 @@ fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
     let failed = wait_until(Duration::from_secs(20), || {
         let mut all_failed = true;
         for i in 0..3 {
-            let state = peers(bed.host(i), &files[i]).and_then(|l| state_of(&l, "n3"));
+            let state = view(i).and_then(|l| state_of(&l, "n3"));
             saw_suspect |= state.as_deref() == Some("suspect");
             all_failed &= state.as_deref() == Some("failed");
         }
@@ -213,7 +215,7 @@ fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
     let refs: Vec<&Proc> = procs.iter().collect();
     assert!(rejoined, "n3 did not rejoin within 15 s\n{}", dump(&refs));
     for i in 0..3 {
-        let list = peers(bed.host(i), &files[i]).expect("peers");
+        let list = view(i).expect("peers");
         let back = find(&list, "n3").expect("n3 listed");
         assert_eq!(back["node_id"], victim_id.as_str(), "n3 changed identity");
         let version = back["version"].as_u64().expect("version");
@@ -232,7 +234,7 @@ fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
         dump(&[&intruder])
     );
     for i in 0..4 {
-        let list = peers(bed.host(i), &files[i]).expect("peers");
+        let list = view(i).expect("peers");
         assert!(
             find(&list, "intruder").is_none(),
             "n{i} lists the intruder: {list:?}"

@@ -187,9 +187,9 @@ impl Driver {
         let span = info_span!("peer", node = %id.short(), name);
         let _entered = span.enter();
         let version = member.map_or(0, |m| m.record.version);
-        let addr = member.map(|m| m.record.gossip_addr);
+        let addr = member.map_or_else(String::new, |m| m.record.gossip_addr.to_string());
         match event {
-            Event::Joined(_) => info!(?addr, version, "member joined"),
+            Event::Joined(_) => info!(%addr, version, "member joined"),
             Event::Updated(_) => debug!(version, "member updated its record"),
             Event::Suspected(_) => warn!("member suspected of failure"),
             Event::Failed(_) => warn!("member failed"),

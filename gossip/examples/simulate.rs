@@ -8,7 +8,8 @@
 //! Scenario: start a converged cluster, let it settle, publish a record update on one node
 //! (time until every node has it), crash another node (time until each node declares it
 //! failed), then keep running for `--steady` seconds of virtual time. A false positive is any
-//! node other than the crashed one declared failed by anyone.
+//! node other than the crashed one declared failed by anyone. `WEFT_SIM_TRACE=1` prints every
+//! liveness event about other nodes to stderr during the crash phase.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -132,6 +133,12 @@ fn main() {
                 failed_at: &mut BTreeMap<NodeId, Duration>,
                 fp: &mut BTreeSet<(NodeId, NodeId)>| {
         for e in &sim.events()[from..] {
+            if std::env::var_os("WEFT_SIM_TRACE").is_some()
+                && *e.event.node() != victim
+                && !matches!(e.event, Event::Updated(_))
+            {
+                eprintln!("{:?} obs={:?} {:?}", e.at, e.observer, e.event);
+            }
             if let Event::Failed(n) = e.event {
                 if n == victim {
                     failed_at.entry(e.observer).or_insert(e.at - t1);

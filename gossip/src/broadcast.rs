@@ -1,6 +1,8 @@
 //! The queue of updates waiting to be piggybacked, like memberlist's TransmitLimitedQueue:
 //! the least-sent update goes first (newest first among equals), each is sent at most
-//! `limit` times, and a newer update about a node replaces the older one.
+//! `limit` times, and a newer update about a node replaces the older one of the same class:
+//! a node's record and claims about its liveness (suspect, dead, leave) are kept apart, so a
+//! fresh suspicion does not push a refuting record out of the queue.
 #![forbid(unsafe_code)]
 
 use std::cmp::Reverse;
@@ -11,6 +13,7 @@ use weft_crypto::NodeId;
 #[derive(Debug)]
 struct Item {
     node: NodeId,
+    claim: bool,
     bytes: Vec<u8>,
 }
 
@@ -18,19 +21,20 @@ struct Item {
 pub(crate) struct BroadcastQueue {
     /// Keyed by (times sent, newest first).
     items: BTreeMap<(u32, Reverse<u64>), Item>,
-    by_node: HashMap<NodeId, (u32, Reverse<u64>)>,
+    by_node: HashMap<(NodeId, bool), (u32, Reverse<u64>)>,
     next_id: u64,
 }
 
 impl BroadcastQueue {
-    pub(crate) fn push(&mut self, node: NodeId, bytes: Vec<u8>) {
-        if let Some(old) = self.by_node.remove(&node) {
+    /// Queue an update about `node`; `claim` is true for suspect/dead/leave, false for a record.
+    pub(crate) fn push(&mut self, node: NodeId, claim: bool, bytes: Vec<u8>) {
+        if let Some(old) = self.by_node.remove(&(node, claim)) {
             self.items.remove(&old);
         }
         self.next_id += 1;
         let key = (0, Reverse(self.next_id));
-        self.items.insert(key, Item { node, bytes });
-        self.by_node.insert(node, key);
+        self.items.insert(key, Item { node, claim, bytes });
+        self.by_node.insert((node, claim), key);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -67,9 +71,9 @@ impl BroadcastQueue {
             if let Some(item) = self.items.remove(key) {
                 let next = (key.0 + 1, key.1);
                 if next.0 >= limit {
-                    self.by_node.remove(&item.node);
+                    self.by_node.remove(&(item.node, item.claim));
                 } else {
-                    self.by_node.insert(item.node, next);
+                    self.by_node.insert((item.node, item.claim), next);
                     self.items.insert(next, item);
                 }
             }
@@ -85,9 +89,9 @@ mod tests {
     #[test]
     fn least_sent_first_limit_and_replacement() {
         let mut q = BroadcastQueue::default();
-        q.push(NodeId([1; 32]), vec![1; 100]);
-        q.push(NodeId([2; 32]), vec![2; 100]);
-        q.push(NodeId([1; 32]), vec![3; 100]); // replaces node 1's update
+        q.push(NodeId([1; 32]), false, vec![1; 100]);
+        q.push(NodeId([2; 32]), false, vec![2; 100]);
+        q.push(NodeId([1; 32]), false, vec![3; 100]); // replaces node 1's record
         assert_eq!(q.len(), 2);
         let mut out = Vec::new();
         assert_eq!(q.fill(&mut out, 150, 2, None), 1);

@@ -429,7 +429,7 @@ impl Membership {
         }
         let leave = SignedLeave::sign(&self.identity, self.local.version());
         self.queue
-            .push(leave.node_id, Update::Leave(leave.clone()).to_bytes());
+            .push(leave.node_id, true, Update::Leave(leave.clone()).to_bytes());
         self.leaving = Some(leave);
         self.probe = None;
     }
@@ -442,7 +442,7 @@ impl Membership {
         }
         if let Some(e) = self.members.remove(node) {
             if e.state.is_live() {
-                self.live -= 1;
+                self.live = self.live.saturating_sub(1);
             }
         }
         self.cancel_suspicion(node);
@@ -910,7 +910,7 @@ impl Membership {
 
     fn broadcast_local(&mut self) {
         let update = Update::Alive(self.local.signed().clone());
-        self.queue.push(self.local_id(), update.to_bytes());
+        self.queue.push(self.local_id(), false, update.to_bytes());
     }
 
     fn set_local(&mut self, record: NodeRecord) -> Result<()> {
@@ -1025,7 +1025,7 @@ impl Membership {
         }
         if gossip {
             self.queue
-                .push(id, Update::Alive(record.signed().clone()).to_bytes());
+                .push(id, false, Update::Alive(record.signed().clone()).to_bytes());
         }
         self.members.insert(Entry {
             record,
@@ -1066,6 +1066,16 @@ impl Membership {
         }
         match e.state {
             MemberState::Dead | MemberState::Left => {}
+            MemberState::Suspect if incarnation > e.incarnation => {
+                // A suspicion of a newer incarnation than we know: the node refuted once
+                // already (we missed it). Start over at the new incarnation instead of
+                // counting it as a confirmation of the old suspicion.
+                self.cancel_suspicion(&node);
+                if let Some(e) = self.members.get_mut(&node) {
+                    e.state = MemberState::Alive;
+                }
+                self.on_suspect(now, node, incarnation, from);
+            }
             MemberState::Suspect => {
                 let Some(s) = self.suspicions.get_mut(&node) else {
                     return;
@@ -1077,6 +1087,7 @@ impl Membership {
                     self.suspicion_deadlines.insert((after, node));
                     self.queue.push(
                         node,
+                        true,
                         Update::Suspect {
                             node,
                             incarnation,
@@ -1105,6 +1116,7 @@ impl Membership {
                 self.events.push_back(Event::Suspected(node));
                 self.queue.push(
                     node,
+                    true,
                     Update::Suspect {
                         node,
                         incarnation,
@@ -1163,11 +1175,12 @@ impl Membership {
         }
         e.state = MemberState::Dead;
         e.incarnation = incarnation;
-        self.live -= 1;
+        self.live = self.live.saturating_sub(1);
         self.mark_down(now, node);
         self.events.push_back(Event::Failed(node));
         self.queue.push(
             node,
+            true,
             Update::Dead {
                 node,
                 incarnation,
@@ -1209,11 +1222,11 @@ impl Membership {
             e.incarnation = e.incarnation.max(leave.version);
         }
         if was_live {
-            self.live -= 1;
+            self.live = self.live.saturating_sub(1);
         }
         self.mark_down(now, node);
         self.queue
-            .push(node, Update::Leave(leave.clone()).to_bytes());
+            .push(node, true, Update::Leave(leave.clone()).to_bytes());
         self.leaves.insert(node, leave);
         self.events.push_back(Event::Left(node));
     }

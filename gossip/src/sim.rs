@@ -321,12 +321,11 @@ impl Sim {
             events.push(e);
         }
         node.persisted_version = core.local_version();
-        node.record = core.local_record().clone();
         let timeout = core.poll_timeout();
         let from = node.addr;
         let mut wake = None;
         if let Some(t) = timeout {
-            if node.wake.is_none_or(|w| t < w) {
+            if node.wake.map_or(true, |w| t < w) {
                 node.wake = Some(t);
                 wake = Some(t.max(now));
             }
@@ -412,7 +411,7 @@ impl Sim {
                 let Some(node) = self.nodes.get_mut(&id) else {
                     return true;
                 };
-                if node.wake != Some(s.at) && node.wake.is_none_or(|w| w > now) {
+                if node.wake != Some(s.at) && node.wake.map_or(true, |w| w > now) {
                     return true; // superseded by an earlier wake-up
                 }
                 node.wake = None;
@@ -546,7 +545,10 @@ impl Sim {
     /// Stop a node abruptly: its state is gone, packets to it are dropped.
     pub fn crash(&mut self, id: &NodeId) {
         if let Some(n) = self.nodes.get_mut(id) {
-            n.core = None;
+            if let Some(core) = n.core.take() {
+                n.record = core.local_record().clone();
+                n.persisted_version = core.local_version();
+            }
             n.wake = None;
         }
     }

@@ -325,7 +325,7 @@ impl Sim {
         let from = node.addr;
         let mut wake = None;
         if let Some(t) = timeout {
-            if node.wake.map_or(true, |w| t < w) {
+            if !matches!(node.wake, Some(w) if w <= t) {
                 node.wake = Some(t);
                 wake = Some(t.max(now));
             }
@@ -411,7 +411,7 @@ impl Sim {
                 let Some(node) = self.nodes.get_mut(&id) else {
                     return true;
                 };
-                if node.wake != Some(s.at) && node.wake.map_or(true, |w| w > now) {
+                if node.wake != Some(s.at) && !matches!(node.wake, Some(w) if w <= now) {
                     return true; // superseded by an earlier wake-up
                 }
                 node.wake = None;

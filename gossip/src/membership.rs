@@ -1053,8 +1053,14 @@ impl Membership {
             return;
         }
         if node == self.local_id() {
-            if self.leaving.is_none() && incarnation >= self.local.version() {
-                self.refute(incarnation);
+            if self.leaving.is_none() {
+                if incarnation >= self.local.version() {
+                    self.refute(incarnation);
+                } else {
+                    // An accusation at an older incarnation: the accuser (and whoever
+                    // believes it) missed our last refutation. Send the current record again.
+                    self.broadcast_local();
+                }
             }
             return;
         }
@@ -1162,8 +1168,14 @@ impl Membership {
             return;
         }
         if node == self.local_id() {
-            if self.leaving.is_none() && incarnation >= self.local.version() {
-                self.refute(incarnation);
+            if self.leaving.is_none() {
+                if incarnation >= self.local.version() {
+                    self.refute(incarnation);
+                } else {
+                    // An accusation at an older incarnation: the accuser (and whoever
+                    // believes it) missed our last refutation. Send the current record again.
+                    self.broadcast_local();
+                }
             }
             return;
         }

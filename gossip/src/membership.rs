@@ -1068,6 +1068,12 @@ impl Membership {
             return;
         };
         if incarnation < e.incarnation {
+            // A stale suspicion: whoever believes it lacks the node's newer record, so pass
+            // that record on again.
+            if e.state == MemberState::Alive && e.record.version() > incarnation {
+                let bytes = Update::Alive(e.record.signed().clone()).to_bytes();
+                self.queue.push(node, false, bytes);
+            }
             return;
         }
         match e.state {

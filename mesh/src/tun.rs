@@ -3,12 +3,14 @@
 //! This is the only module of weft-mesh that needs `unsafe` (the TUN and interface ioctls);
 //! each block says why it is sound. The rest of the crate sees a safe [`Tun`].
 //!
-//! Offloads: [`TunOptions`] keeps the flags in one place so that `IFF_VNET_HDR` (TSO/GSO
-//! batches with a `virtio_net_hdr` in front of each packet) can be added without touching
-//! the engine's callers.
+//! Offloads: with [`TunOptions::offload`] the device is opened with `IFF_VNET_HDR` and
+//! `TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6)`: reads start with a `virtio_net_hdr`
+//! and may be TCP super-segments of up to 64 KiB (split by `userspace::offload`); writes get
+//! a header saying "plain packet" prepended here. A kernel that refuses the offload gets a
+//! plain device instead ([`Tun::offload`] says which one was opened).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -24,22 +26,31 @@ pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+
+/// `sizeof(struct virtio_net_hdr)`, the TUN default header size.
+pub const VNET_HDR_LEN: usize = 10;
+/// A `virtio_net_hdr` for a plain packet whose checksums are complete (GSO_NONE, no flags).
+const PLAIN_VNET_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// How to open the device.
 #[derive(Debug, Clone)]
 pub struct TunOptions {
     pub mtu: u32,
+    /// Ask for TCP segmentation offload (falls back to a plain device if refused).
+    pub offload: bool,
 }
 
 impl Default for TunOptions {
     fn default() -> Self {
-        Self { mtu: DEFAULT_MTU }
-    }
-}
-
-impl TunOptions {
-    fn flags(&self) -> libc::c_short {
-        IFF_TUN | IFF_NO_PI
+        Self {
+            mtu: DEFAULT_MTU,
+            offload: true,
+        }
     }
 }
 
@@ -49,6 +60,7 @@ impl TunOptions {
 pub struct Tun {
     file: File,
     name: String,
+    vnet_hdr: bool,
 }
 
 /// `struct ifreq` with the union members this module uses.
@@ -101,12 +113,28 @@ pub fn check_name(name: &str) -> Result<()> {
 impl Tun {
     /// Create (or attach to) the TUN interface `name` and set its MTU.
     pub fn open(name: &str, options: &TunOptions) -> Result<Self> {
+        let mut tun = None;
+        if options.offload {
+            match Self::open_with(name, true) {
+                Ok(t) => tun = Some(t),
+                Err(e) => tracing::debug!(iface = name, error = %e, "no TUN offload; plain device"),
+            }
+        }
+        let tun = match tun {
+            Some(t) => t,
+            None => Self::open_with(name, false)?,
+        };
+        tun.set_mtu(options.mtu)?;
+        Ok(tun)
+    }
+
+    fn open_with(name: &str, vnet_hdr: bool) -> Result<Self> {
         let tun_err = |source| Error::Tun {
             name: name.to_owned(),
             source,
         };
         let mut req = IfReq::new(name)?;
-        req.data.flags = options.flags();
+        req.data.flags = IFF_TUN | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -119,16 +147,29 @@ impl Tun {
         if rc < 0 {
             return Err(tun_err(io::Error::last_os_error()));
         }
-        let tun = Tun {
+        if vnet_hdr {
+            let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+            // SAFETY: the descriptor is open; TUNSETOFFLOAD takes its argument by value.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, offloads) };
+            if rc < 0 {
+                // Dropping `file` removes the (non-persistent) interface again.
+                return Err(tun_err(io::Error::last_os_error()));
+            }
+        }
+        Ok(Tun {
             file,
             name: name.to_owned(),
-        };
-        tun.set_mtu(options.mtu)?;
-        Ok(tun)
+            vnet_hdr,
+        })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether reads start with a `virtio_net_hdr` and may be TCP super-segments.
+    pub fn offload(&self) -> bool {
+        self.vnet_hdr
     }
 
     /// Set the interface MTU (SIOCSIFMTU on a throwaway datagram socket).
@@ -179,15 +220,21 @@ impl Tun {
         })
     }
 
-    /// Read one packet. `WouldBlock` when none is waiting; any other error means the
-    /// interface is gone (the kernel answers EBADFD once it is deleted).
+    /// Read one packet (with [`Tun::offload`], a `virtio_net_hdr` and then the packet).
+    /// `WouldBlock` when none is waiting; any other error means the interface is gone (the
+    /// kernel answers EBADFD once it is deleted).
     pub fn read_packet(&self, buf: &mut [u8]) -> io::Result<usize> {
         (&self.file).read(buf)
     }
 
-    /// Write one packet.
+    /// Write one complete IP packet (the offload header, if any, is added here).
     pub fn write_packet(&self, packet: &[u8]) -> io::Result<usize> {
-        (&self.file).write(packet)
+        if self.vnet_hdr {
+            let iov = [IoSlice::new(&PLAIN_VNET_HDR), IoSlice::new(packet)];
+            (&self.file).write_vectored(&iov)
+        } else {
+            (&self.file).write(packet)
+        }
     }
 }
 

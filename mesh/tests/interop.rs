@@ -23,7 +23,10 @@ static NEXT_IF: AtomicU32 = AtomicU32::new(0);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Impl {
+    /// weft-wg as it starts by default: TUN offloads (TSO) on.
     Weft,
+    /// weft-wg with `WEFT_WG_OFFLOAD=0`: a plain TUN device.
+    WeftPlain,
     Go,
 }
 
@@ -51,6 +54,14 @@ fn start<'a>(host: &'a Host, which: Impl) -> Node<'a> {
     let ifname = unique_ifname();
     let proc = match which {
         Impl::Weft => host.spawn(&["env", "LOG_LEVEL=debug", WEFT_WG, "-f", &ifname]),
+        Impl::WeftPlain => host.spawn(&[
+            "env",
+            "LOG_LEVEL=debug",
+            "WEFT_WG_OFFLOAD=0",
+            WEFT_WG,
+            "-f",
+            &ifname,
+        ]),
         Impl::Go => host.spawn(&[WIREGUARD_GO, "-f", &ifname]),
     }
     .expect("start daemon");
@@ -295,6 +306,34 @@ fn exercise(impls: [Impl; 2]) {
             .unwrap_or(0);
         assert!(secs > 0, "latest handshake recorded: {handshake:?}");
     }
+    if impls[0] != Impl::Go {
+        // The sender's TUN device carried the transfer as TCP super-segments exactly when
+        // offloads are on.
+        let log = stop(&pair.nodes[0]);
+        let batches = counter(&log, "tun_gso_batches");
+        match impls[0] {
+            Impl::Weft => assert!(batches > 0, "offload used: {log}"),
+            _ => assert_eq!(batches, 0, "no offload: {log}"),
+        }
+        assert_eq!(counter(&log, "invalid_tun_packets"), 0, "{log}");
+    }
+}
+
+/// SIGTERM a weft-wg node and return its "engine stopped" log line (with the counters).
+fn stop(node: &Node) -> String {
+    node.proc.signal("TERM").expect("SIGTERM");
+    assert!(
+        node.proc
+            .wait_timeout(Duration::from_secs(5))
+            .expect("wait")
+            .is_some(),
+        "exits on SIGTERM"
+    );
+    let full = node.proc.output().expect("output").stderr;
+    full.lines()
+        .find(|l| l.contains("engine stopped"))
+        .unwrap_or(&full)
+        .to_owned()
 }
 
 #[test]
@@ -319,6 +358,38 @@ fn wireguard_go_initiates_to_weft_wg() {
         return;
     }
     exercise([Impl::Go, Impl::Weft]);
+}
+
+#[test]
+fn weft_wg_without_offload_with_weft_wg() {
+    if !require_root("weft_wg_without_offload_with_weft_wg") {
+        return;
+    }
+    exercise([Impl::WeftPlain, Impl::Weft]);
+}
+
+#[test]
+fn weft_wg_with_weft_wg_without_offload() {
+    if !require_root("weft_wg_with_weft_wg_without_offload") {
+        return;
+    }
+    exercise([Impl::Weft, Impl::WeftPlain]);
+}
+
+#[test]
+fn weft_wg_without_offload_initiates_to_wireguard_go() {
+    if !require_root("weft_wg_without_offload_initiates_to_wireguard_go") {
+        return;
+    }
+    exercise([Impl::WeftPlain, Impl::Go]);
+}
+
+#[test]
+fn wireguard_go_initiates_to_weft_wg_without_offload() {
+    if !require_root("wireguard_go_initiates_to_weft_wg_without_offload") {
+        return;
+    }
+    exercise([Impl::Go, Impl::WeftPlain]);
 }
 
 /// `wg setconf` then `wg showconf` gives back exactly the configuration, and the same text

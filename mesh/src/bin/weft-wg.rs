@@ -4,6 +4,7 @@
 //! configuration socket `/var/run/wireguard/IFNAME.sock` for `wg` and `wg-quick`. Without
 //! `-f` it starts itself again in the background and returns once the socket is ready.
 //! It exits, removing the socket, when the interface is deleted or on SIGTERM/SIGINT.
+//! `WEFT_WG_OFFLOAD=0` opens the TUN device without TCP segmentation offload.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,8 @@ use weft_mesh::userspace::{DeviceOptions, UserspaceDevice};
 /// which waits for this line.
 const DAEMON_ENV: &str = "WEFT_WG_DAEMON_CHILD";
 const READY_LINE: &str = "ready";
+/// `0`, `false`, `no` or `off` turn TUN offloads off (they are on by default).
+const OFFLOAD_ENV: &str = "WEFT_WG_OFFLOAD";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -122,7 +125,15 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
 async fn run(name: &str, daemon_child: bool) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let device = UserspaceDevice::create(name, DeviceOptions::default())
+    let offload = !matches!(
+        std::env::var(OFFLOAD_ENV).ok().as_deref(),
+        Some("0" | "false" | "no" | "off")
+    );
+    let options = DeviceOptions {
+        offload,
+        ..DeviceOptions::default()
+    };
+    let device = UserspaceDevice::create(name, options)
         .await
         .with_context(|| format!("creating interface {name}"))?;
     let server = UapiServer::listen(device.handle())

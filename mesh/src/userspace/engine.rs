@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use weft_crypto::WgPublicKey;
 
 use super::allowed_ips::AllowedIps;
+use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::peer::{DeviceKey, Peer};
 use super::sockets::Sockets;
 use super::Counters;
@@ -56,6 +57,8 @@ struct Io {
 struct Buffers {
     src: Vec<u8>,
     dst: Vec<u8>,
+    /// One segment of a TCP super-segment, cut out of `src` before encryption.
+    segment: Vec<u8>,
 }
 
 struct State {
@@ -92,6 +95,7 @@ impl Engine {
             bufs: Buffers {
                 src: vec![0; BUFFER_LEN],
                 dst: vec![0; BUFFER_LEN],
+                segment: vec![0; BUFFER_LEN],
             },
         })
     }
@@ -172,11 +176,14 @@ fn read_tun(
     state: &mut State,
     bufs: &mut Buffers,
 ) -> io::Result<()> {
+    let vnet = guard.get_ref().get_ref().offload();
+    let max = MAX_PACKET + if vnet { VNET_HDR_LEN } else { 0 };
     for _ in 0..BATCH {
-        let read = guard.try_io(|tun| tun.get_ref().read_packet(&mut bufs.src[..MAX_PACKET]));
+        let read = guard.try_io(|tun| tun.get_ref().read_packet(&mut bufs.src[..max]));
         match read {
             Ok(Ok(0)) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            Ok(Ok(len)) => state.outgoing(len, sockets, bufs),
+            Ok(Ok(len)) if vnet => state.outgoing_offloaded(len, sockets, bufs),
+            Ok(Ok(len)) => state.outgoing(&bufs.src[..len], sockets, &mut bufs.dst),
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => return Ok(()),
@@ -218,10 +225,28 @@ fn send(sockets: &Sockets, counters: &mut Counters, buf: &[u8], to: SocketAddr) 
 }
 
 impl State {
+    /// A read from an offloading TUN device: a `virtio_net_hdr`, then a packet or a TCP
+    /// super-segment to cut into packets, each encrypted on its own.
+    fn outgoing_offloaded(&mut self, len: usize, sockets: &Sockets, bufs: &mut Buffers) {
+        let Buffers { src, dst, segment } = bufs;
+        let Some(hdr) = VnetHdr::parse(&src[..len]) else {
+            self.counters.invalid_tun_packets += 1;
+            return;
+        };
+        let packet = &mut src[VNET_HDR_LEN..len];
+        match offload::segment(&hdr, packet, segment, |p| self.outgoing(p, sockets, dst)) {
+            Ok(n) if n > 1 => self.counters.tun_gso_batches += 1,
+            Ok(_) => {}
+            Err(e) => {
+                debug!(parent: &self.span, error = %e, "TUN offload header refused");
+                self.counters.invalid_tun_packets += 1;
+            }
+        }
+    }
+
     /// A packet from the TUN device: find the peer by destination and encrypt to it.
-    fn outgoing(&mut self, len: usize, sockets: &Sockets, bufs: &mut Buffers) {
+    fn outgoing(&mut self, packet: &[u8], sockets: &Sockets, out_buf: &mut [u8]) {
         self.counters.tun_rx_packets += 1;
-        let packet = &bufs.src[..len];
         let Some(dst) = Tunn::dst_address(packet) else {
             self.counters.invalid_tun_packets += 1;
             return;
@@ -238,7 +263,7 @@ impl State {
             self.counters.no_key += 1;
             return;
         };
-        match tunn.encapsulate(packet, &mut bufs.dst) {
+        match tunn.encapsulate(packet, out_buf) {
             TunnResult::WriteToNetwork(out) => match peer.endpoint {
                 Some(endpoint) => {
                     if send(sockets, &mut self.counters, out, endpoint) {

@@ -15,6 +15,7 @@
 
 pub mod allowed_ips;
 mod engine;
+mod offload;
 mod peer;
 mod sockets;
 
@@ -32,11 +33,18 @@ use engine::{Command, Engine};
 #[derive(Debug, Clone)]
 pub struct DeviceOptions {
     pub mtu: u32,
+    /// TCP segmentation offload on the TUN device: the kernel hands over up to 64 KiB of a
+    /// TCP stream per read, which the engine cuts into MTU-sized packets. Falls back to a
+    /// plain device where the kernel refuses it.
+    pub offload: bool,
 }
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        Self { mtu: DEFAULT_MTU }
+        Self {
+            mtu: DEFAULT_MTU,
+            offload: true,
+        }
     }
 }
 
@@ -49,8 +57,11 @@ pub struct Counters {
     pub tun_rx_packets: u64,
     /// Decrypted packets written to the TUN device.
     pub tun_tx_packets: u64,
-    /// TUN packets too short or not IPv4/IPv6.
+    /// TUN packets too short or not IPv4/IPv6, or with an offload header we cannot honour.
     pub invalid_tun_packets: u64,
+    /// TUN reads that were TCP super-segments (offload), each cut into several packets
+    /// (counted in `tun_rx_packets`).
+    pub tun_gso_batches: u64,
     /// TUN packets whose destination is in no peer's allowed IPs.
     pub no_route: u64,
     /// Packets for a peer whose endpoint is not known yet.
@@ -155,7 +166,14 @@ impl UserspaceDevice {
     /// Create the TUN interface `name` (MTU from `options`) and start the engine on the
     /// current tokio runtime. The interface is left down, as wireguard-go leaves it.
     pub async fn create(name: &str, options: DeviceOptions) -> Result<Self> {
-        let tun = Tun::open(name, &TunOptions { mtu: options.mtu })?;
+        let tun = Tun::open(
+            name,
+            &TunOptions {
+                mtu: options.mtu,
+                offload: options.offload,
+            },
+        )?;
+        tracing::debug!(iface = name, offload = tun.offload(), "TUN device open");
         let span = tracing::info_span!("wg", iface = %name);
         let engine = Engine::new(tun, span.clone())?;
         let (commands, receiver) = mpsc::channel(16);

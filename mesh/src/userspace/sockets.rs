@@ -8,8 +8,10 @@ use tokio::net::UdpSocket;
 
 use crate::{Error, Result};
 
-/// Socket buffers big enough to absorb a burst of full-size packets between two wakeups.
-const SOCKET_BUFFER: usize = 4 << 20;
+/// Socket buffers big enough to absorb a burst of full-size packets between two wakeups
+/// (wireguard-go asks for 7 MiB too). The kernel caps the plain request at
+/// net.core.[rw]mem_max, often only 208 KiB; as root the FORCE variant passes that cap.
+const SOCKET_BUFFER: usize = 7 << 20;
 
 /// How often to retry a random port that is free for IPv4 but taken for IPv6.
 const RANDOM_PORT_TRIES: usize = 16;
@@ -106,9 +108,42 @@ fn bind_one(addr: SocketAddr, fwmark: Option<u32>) -> io::Result<UdpSocket> {
     if let Some(mark) = fwmark {
         socket.set_mark(mark)?;
     }
-    // Best effort: the kernel caps these at net.core.[rw]mem_max.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    set_buffers(&socket);
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+/// Best effort: FORCE needs CAP_NET_ADMIN; without it, take what the cap allows.
+fn set_buffers(socket: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn buffers_are_large_as_root_and_never_fail_the_bind() {
+        let sockets = Sockets::bind(0, None).expect("bind");
+        let socket = sockets
+            .v4
+            .as_ref()
+            .or(sockets.v6.as_ref())
+            .expect("a socket");
+        let rcv = socket2::SockRef::from(socket)
+            .recv_buffer_size()
+            .expect("SO_RCVBUF");
+        if nix::unistd::geteuid().is_root() {
+            // The kernel reports twice the request (bookkeeping overhead).
+            assert!(rcv >= SOCKET_BUFFER, "receive buffer {rcv}");
+        } else {
+            assert!(rcv > 0);
+        }
+    }
 }

@@ -1058,7 +1058,7 @@ impl<S: Store> Ipam<S> {
         let acks = &self.acks;
         let before = self.outgoing.len();
         self.outgoing
-            .retain(|t| t.to != node || acks.get(&(node, t.seq)).map_or(true, |&need| have < need));
+            .retain(|t| t.to != node || acks.get(&(node, t.seq)).is_none_or(|&need| have < need));
         self.acks
             .retain(|&(n, _), &mut need| n != node || have < need);
         if before != self.outgoing.len() {
@@ -1300,7 +1300,7 @@ trait BestExt {
 
 impl BestExt for Option<(u64, NodeId)> {
     fn is_none_or_smaller(&self, free: u64) -> bool {
-        self.map_or(true, |(best, _)| free > best)
+        self.is_none_or(|(best, _)| free > best)
     }
 }
 
@@ -1310,6 +1310,6 @@ trait DeadlineExt {
 
 impl DeadlineExt for Option<Instant> {
     fn is_none_or_past(&self, now: Instant) -> bool {
-        self.map_or(true, |t| t <= now)
+        self.is_none_or(|t| t <= now)
     }
 }

@@ -183,7 +183,7 @@ impl Pool {
     pub(crate) fn largest_free_run(&self) -> Option<(u32, u32)> {
         let mut best: Option<(u32, u32)> = None;
         let mut consider = |s: u32, e: u32| {
-            if e > s && best.map_or(true, |(bs, be)| e - s > be - bs) {
+            if e > s && best.is_none_or(|(bs, be)| e - s > be - bs) {
                 best = Some((s, e));
             }
         };

@@ -241,7 +241,7 @@ impl Sim {
         }
         let known = &self.nodes[by].known;
         let has = |id: &NodeId, seq: Option<u64>| {
-            seq.map_or(true, |s| known.get(id).is_some_and(|(k, _)| *k == s))
+            seq.is_none_or(|s| known.get(id).is_some_and(|(k, _)| *k == s))
         };
         has(&t.id, t.last_published)
             && (0..self.nodes.len())
@@ -445,7 +445,7 @@ impl Sim {
             let (s, bytes) = na.known.get(id)?;
             nb.known
                 .get(id)
-                .map_or(true, |(t, _)| t < s)
+                .is_none_or(|(t, _)| t < s)
                 .then(|| (*id, *s, bytes.clone()))
         };
         if full {

@@ -78,7 +78,7 @@ fn missing_privilege() -> Option<String> {
         return Some("needs root (network namespaces)".into());
     }
     let cap_eff = field("CapEff:").and_then(|v| u64::from_str_radix(v, 16).ok());
-    if cap_eff.map_or(true, |caps| caps & (1 << CAP_NET_ADMIN) == 0) {
+    if cap_eff.is_none_or(|caps| caps & (1 << CAP_NET_ADMIN) == 0) {
         return Some("needs CAP_NET_ADMIN".into());
     }
     if cmd::output(&["ip", "-V"]).is_err() {

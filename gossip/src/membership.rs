@@ -1047,21 +1047,30 @@ impl Membership {
         self.ring.swap(j, last);
     }
 
-    fn on_suspect(&mut self, now: Instant, node: NodeId, incarnation: u64, from: NodeId) {
+    /// What suspect and dead messages share: an accusation about a tombstoned node is dropped,
+    /// and one about this node is refuted. Returns true when the message needs nothing more.
+    fn answer_accusation_if_own(&mut self, node: NodeId, incarnation: u64) -> bool {
         if self.is_tombstoned(&node) {
             self.stats.tombstoned += 1;
-            return;
+            return true;
         }
-        if node == self.local_id() {
-            if self.leaving.is_none() {
-                if incarnation >= self.local.version() {
-                    self.refute(incarnation);
-                } else {
-                    // An accusation at an older incarnation: the accuser (and whoever
-                    // believes it) missed our last refutation. Send the current record again.
-                    self.broadcast_local();
-                }
+        if node != self.local_id() {
+            return false;
+        }
+        if self.leaving.is_none() {
+            if incarnation >= self.local.version() {
+                self.refute(incarnation);
+            } else {
+                // An accusation at an older incarnation: the accuser (and whoever
+                // believes it) missed our last refutation. Send the current record again.
+                self.broadcast_local();
             }
+        }
+        true
+    }
+
+    fn on_suspect(&mut self, now: Instant, node: NodeId, incarnation: u64, from: NodeId) {
+        if self.answer_accusation_if_own(node, incarnation) {
             return;
         }
         let Some(e) = self.members.get(&node) else {
@@ -1169,20 +1178,7 @@ impl Membership {
     }
 
     fn on_dead(&mut self, now: Instant, node: NodeId, incarnation: u64, from: NodeId) {
-        if self.is_tombstoned(&node) {
-            self.stats.tombstoned += 1;
-            return;
-        }
-        if node == self.local_id() {
-            if self.leaving.is_none() {
-                if incarnation >= self.local.version() {
-                    self.refute(incarnation);
-                } else {
-                    // An accusation at an older incarnation: the accuser (and whoever
-                    // believes it) missed our last refutation. Send the current record again.
-                    self.broadcast_local();
-                }
-            }
+        if self.answer_accusation_if_own(node, incarnation) {
             return;
         }
         let Some(e) = self.members.get_mut(&node) else {

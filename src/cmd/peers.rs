@@ -92,6 +92,7 @@ mod tests {
             incarnation: 7,
             version: 7,
             last_seen_secs: (!is_self).then_some(1.5),
+            link: None,
         };
         let mut out = Vec::new();
         write_table(

@@ -31,11 +31,27 @@ const DRAIN_LIMIT: u64 = 64 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A request line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
     Status,
     Peers,
+    /// Address space: who owns which pieces, how full, what is unreachable (`weft ipam`).
+    Ipam,
+    /// An address for `container` (a container or pod id) from this node's space; the same
+    /// id gets the same address back. Used by `weft attach`, `weft demo` and the CNI plugin.
+    Allocate { container: String },
+    /// Give back the address of `container`; releasing an unknown id is not an error.
+    Release { container: String },
+    /// Declare a node gone for good (by node id, its short form, or its name) and take
+    /// back its address space (`weft forget NODE`). Refused while the node is reachable.
+    Forget { node: String },
+    /// Gossip with the node at `addr` (`ip:port`), e.g. to merge with a node started apart
+    /// (`weft connect ADDR`).
+    Connect { addr: String },
+    /// Leave the cluster for good: hand the address space back, tell the others, remove
+    /// weft's interfaces, routes and rules from the host, and exit (`weft reset`).
+    Reset,
 }
 
 /// A response line. `ok` tells success from failure without knowing every field.
@@ -44,6 +60,9 @@ pub enum Request {
 pub enum Response {
     Status { ok: bool, status: Status },
     Peers { ok: bool, peers: Vec<Peer> },
+    Ipam { ok: bool, ipam: serde_json::Value },
+    Allocation { ok: bool, allocation: Allocation },
+    Done { ok: bool, message: String },
     Error { ok: bool, error: String },
 }
 
@@ -70,9 +89,37 @@ pub struct Status {
     /// The cluster address range (not used yet).
     pub range: String,
     pub members: MemberCounts,
-    /// Whether the WireGuard datapath follows the view.
+    /// The WireGuard datapath: "kernel", "userspace", or why there is none yet.
     pub datapath: String,
     pub uptime_secs: u64,
+    /// True when the node has joined (or started) a cluster, owns address space and its
+    /// datapath matches the view (`/readyz`).
+    #[serde(default)]
+    pub ready: bool,
+    /// Peers with a completed handshake in the last 3 minutes (direct or relayed) / peers.
+    #[serde(default)]
+    pub peers_up: usize,
+    #[serde(default)]
+    pub peers_total: usize,
+    /// This node's address space (CIDRs) and addresses in use / free in it.
+    #[serde(default)]
+    pub address_space: Vec<String>,
+    #[serde(default)]
+    pub addresses_used: u64,
+    #[serde(default)]
+    pub addresses_free: u64,
+    /// Gossip messages sent and received, and sends that failed, since start.
+    #[serde(default)]
+    pub gossip: GossipCounters,
+}
+
+/// Counters of the gossip transport, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipCounters {
+    pub sent: u64,
+    pub received: u64,
+    pub send_failures: u64,
+    pub refused: u64,
 }
 
 /// Members by state, this node included (as alive).
@@ -127,6 +174,39 @@ pub struct Peer {
     pub version: u64,
     /// Seconds since a message from this member last arrived; `None` if none has.
     pub last_seen_secs: Option<f64>,
+    /// The WireGuard tunnel to it; `None` for this node and before the datapath runs.
+    #[serde(default)]
+    pub link: Option<PeerLinkInfo>,
+}
+
+/// An address handed to a container: what `weft attach` and the CNI plugin configure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub container: String,
+    /// The container's address with the prefix length of the cluster range
+    /// (e.g. `10.32.0.5/12`): every pod address is on-link through the bridge's gateway.
+    pub address: ipnet::Ipv4Net,
+    /// The bridge's address on this node: the container's default gateway.
+    pub gateway: std::net::Ipv4Addr,
+    /// The bridge's name (`weft`).
+    pub bridge: String,
+    /// MTU for the container's interface (the tunnel's MTU).
+    pub mtu: u32,
+}
+
+/// The tunnel to a peer, as `weft peers` shows it (absent until the datapath runs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeerLinkInfo {
+    /// The WireGuard endpoint in use for the direct path.
+    pub endpoint: Option<SocketAddr>,
+    /// The relay's name when traffic goes through another node; `None` when direct.
+    pub via: Option<String>,
+    /// Seconds since the last completed handshake; `None` if never.
+    pub last_handshake_secs: Option<f64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// The peer's address space (CIDRs).
+    pub spaces: Vec<String>,
 }
 
 /// A request handed to the gossip driver, which owns the view.

@@ -208,6 +208,10 @@ impl Driver {
                 ok: true,
                 peers: self.peers(),
             },
+            other => Response::Error {
+                ok: false,
+                error: format!("{other:?}: not wired into the daemon yet"),
+            },
         }
     }
 
@@ -237,6 +241,13 @@ impl Driver {
             members,
             datapath: "not yet wired".into(),
             uptime_secs: self.info.started.elapsed().as_secs(),
+            ready: false,
+            peers_up: 0,
+            peers_total: 0,
+            address_space: Vec::new(),
+            addresses_used: 0,
+            addresses_free: 0,
+            gossip: Default::default(),
         }
     }
 
@@ -285,6 +296,7 @@ impl Driver {
                 .last_seen
                 .get(&r.node_id)
                 .map(|t| now.saturating_duration_since(*t).as_secs_f64()),
+            link: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 mod driver;
 mod state;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -80,6 +80,81 @@ pub enum Command {
 
     /// List the cluster's members as this node sees them, from the running daemon.
     Peers(ApiArgs),
+
+    /// Show the cluster's address space: who owns which pieces, how full each is, and what
+    /// is unreachable, from the running daemon.
+    Ipam(ApiArgs),
+
+    /// Declare a node gone for good (it will not come back) and take back its address space.
+    /// Refused while the node is reachable.
+    Forget(ForgetArgs),
+
+    /// Gossip with another node, e.g. to reach a node started apart.
+    Connect(ConnectArgs),
+
+    /// Leave the cluster for good: hand this node's address space back, tell the others,
+    /// and remove weft's interfaces, routes and firewall rules from this host.
+    Reset(ResetArgs),
+
+    /// Attach a network namespace (a container's) to this node's bridge: a veth pair, an
+    /// address from this node's space, and routes.
+    Attach(AttachArgs),
+
+    /// Build a demo mesh on this machine: N test hosts in network namespaces, a weft node and a
+    /// container in each, ping every pair across the encrypted mesh, print the peers table,
+    /// and clean up (also on Ctrl-C). Needs root.
+    Demo(DemoArgs),
+}
+
+/// `weft forget`.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The node: its name, node id, or short node id (as `weft peers` shows them).
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `weft connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Gossip address of the node (`ip:port`, `ip` or `host[:port]`; port 6783 by default).
+    #[arg(value_name = "PEER_ADDR")]
+    pub addr: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `weft reset`.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `weft attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Container or pod id: the same id gets the same address back.
+    #[arg(value_name = "CONTAINER_ID")]
+    pub container: String,
+    /// The container's network namespace (a path such as /run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long, value_name = "PATH")]
+    pub netns: PathBuf,
+    /// Interface name inside the container.
+    #[arg(long, value_name = "NAME", default_value = "eth0")]
+    pub ifname: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `weft demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of test hosts (2 to 10).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub nodes: usize,
 }
 
 /// `weft launch`. Options left out come from --config FILE, then from the defaults.

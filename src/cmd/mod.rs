@@ -1,10 +1,16 @@
 //! One module per command; `run` dispatches. Commands return `anyhow::Result`: a failure is
 //! printed as `weft: <error chain>` with exit status 1, a `clap::Error` as a usage error (2).
 
+mod attach;
+mod connect;
+mod demo;
+mod forget;
 mod identity;
+mod ipam;
 mod keys;
 mod launch;
 mod peers;
+mod reset;
 mod secret;
 mod status;
 
@@ -25,6 +31,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Launch(args) => launch::run(args, global.secret_file),
         Command::Status(args) => status::show(&args.api_socket, global.output),
         Command::Peers(args) => peers::show(&args.api_socket, global.output),
+        Command::Ipam(args) => ipam::show(&args.api_socket, global.output),
+        Command::Forget(args) => forget::run(&args, global.output),
+        Command::Connect(args) => connect::run(&args, global.output),
+        Command::Reset(args) => reset::run(&args, global.output),
+        Command::Attach(args) => attach::run(&args, global.output),
+        Command::Demo(args) => demo::run(&args),
     }
 }
 

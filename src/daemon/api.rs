@@ -40,15 +40,23 @@ pub enum Request {
     Ipam,
     /// An address for `container` (a container or pod id) from this node's space; the same
     /// id gets the same address back. Used by `weft attach`, `weft demo` and the CNI plugin.
-    Allocate { container: String },
+    Allocate {
+        container: String,
+    },
     /// Give back the address of `container`; releasing an unknown id is not an error.
-    Release { container: String },
+    Release {
+        container: String,
+    },
     /// Declare a node gone for good (by node id, its short form, or its name) and take
     /// back its address space (`weft forget NODE`). Refused while the node is reachable.
-    Forget { node: String },
+    Forget {
+        node: String,
+    },
     /// Gossip with the node at `addr` (`ip:port`), e.g. to merge with a node started apart
     /// (`weft connect ADDR`).
-    Connect { addr: String },
+    Connect {
+        addr: String,
+    },
     /// Leave the cluster for good: hand the address space back, tell the others, remove
     /// weft's interfaces, routes and rules from the host, and exit (`weft reset`).
     Reset,

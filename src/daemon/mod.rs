@@ -5,7 +5,9 @@
 mod addrs;
 pub mod api;
 pub mod config;
+pub mod datapath;
 mod driver;
+pub mod metrics;
 mod state;
 pub mod view;
 

@@ -191,11 +191,14 @@ pub struct Peer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     pub container: String,
-    /// The container's address with the prefix length of the cluster range
-    /// (e.g. `10.32.0.5/12`): every pod address is on-link through the bridge's gateway.
+    /// The container's address, with the prefix length of the block of this node's space
+    /// that holds it (e.g. `10.32.0.5/24`).
     pub address: ipnet::Ipv4Net,
-    /// The bridge's address on this node: the container's default gateway.
+    /// The bridge's address on this node: the container reaches it on-link (a /32 route
+    /// `gateway dev IFNAME scope link`) and routes the cluster range and its default through it.
     pub gateway: std::net::Ipv4Addr,
+    /// The cluster's pod range.
+    pub cluster_range: ipnet::Ipv4Net,
     /// The bridge's name (`weft`).
     pub bridge: String,
     /// MTU for the container's interface (the tunnel's MTU).

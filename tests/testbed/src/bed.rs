@@ -99,6 +99,7 @@ impl TestBedBuilder {
             // and each bed's IPv6 lives only inside its own namespaces.
             v6_prefix: self.ipv6.then_some([0xfd00, pid as u16, n as u16]),
             cuts: Mutex::new(CutState::default()),
+            containers: Mutex::new(Vec::new()),
             shared,
         };
         // If anything below fails, dropping `bed` removes what exists so far.
@@ -129,6 +130,8 @@ pub struct TestBed {
     hosts: Vec<Host>,
     v6_prefix: Option<[u16; 3]>,
     cuts: Mutex<CutState>,
+    /// Namespaces made by [`TestBed::container`], removed before the hosts.
+    containers: Mutex<Vec<String>>,
     shared: Arc<Shared>,
 }
 
@@ -166,6 +169,52 @@ impl TestBed {
     /// The namespace holding the underlay bridge `br0`.
     pub fn underlay_ns(&self) -> &str {
         &self.underlay_ns
+    }
+
+    /// Creates an empty network namespace `wt<pid>x<n>c<k>` (loopback up) to play a container,
+    /// e.g. to attach to a node's bridge. It is removed, with whatever runs in it, when the
+    /// bed drops (before the hosts), or earlier with [`TestBed::remove_container`].
+    pub fn container(&self) -> Result<String> {
+        let mut containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        let name = format!("{}c{}", self.prefix, self.shared.next_id());
+        cmd::ok(&["ip", "netns", "add", &name])?;
+        containers.push(name.clone());
+        cmd::ok(&["ip", "-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    /// Removes a namespace made by [`TestBed::container`] now (killing what runs in it).
+    pub fn remove_container(&self, name: &str) {
+        let mut containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = containers.iter().position(|n| n == name) {
+            containers.remove(at);
+            remove_netns(name);
+        }
+    }
+
+    /// Runs a command inside any namespace of this bed (a host, router or container) and
+    /// returns its output, whatever the exit status.
+    pub fn run_in(&self, netns: &str, args: &[&str]) -> Result<std::process::Output> {
+        if args.is_empty() {
+            return Err(Error::Invalid("empty command".into()));
+        }
+        let mut full = vec!["ip", "netns", "exec", netns];
+        full.extend_from_slice(args);
+        cmd::output(&full)
+    }
+
+    /// Like [`TestBed::run_in`], but an error (with stderr) unless the command exits 0.
+    /// Returns stdout.
+    pub fn run_ok_in(&self, netns: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["ip", "netns", "exec", netns];
+        full.extend_from_slice(args);
+        let out = self.run_in(netns, args)?;
+        cmd::check(&full, out)
+    }
+
+    /// Starts a background process inside any namespace of this bed; like [`Host::spawn`].
+    pub fn spawn_in(&self, netns: &str, args: &[&str]) -> Result<crate::Proc> {
+        crate::Proc::spawn(&self.shared, netns, args)
     }
 
     /// Drops all underlay traffic between hosts `a` and `b`, both ways, with nftables rules
@@ -508,6 +557,11 @@ impl TestBed {
 impl Drop for TestBed {
     fn drop(&mut self) {
         crate::proc::kill_all(self.shared.take_procs());
+        let containers =
+            std::mem::take(&mut *self.containers.lock().unwrap_or_else(|p| p.into_inner()));
+        for ns in containers.iter().rev() {
+            remove_netns(ns);
+        }
         for ns in self.namespaces.iter().rev() {
             remove_netns(ns);
         }
@@ -545,7 +599,7 @@ fn remove_netns(ns: &str) {
     }
 }
 
-/// The pid encoded in a test bed namespace name (`wt<pid>x<n>u|h<i>|r<i>`), if it is one.
+/// The pid encoded in a test bed namespace name (`wt<pid>x<n>u|h<i>|r<i>|c<k>`), if it is one.
 pub(crate) fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(NETNS_PREFIX)?;
     let (pid, rest) = rest.split_once('x')?;
@@ -559,6 +613,7 @@ pub(crate) fn owner_pid(name: &str) -> Option<u32> {
         || role
             .strip_prefix('h')
             .or_else(|| role.strip_prefix('r'))
+            .or_else(|| role.strip_prefix('c'))
             .is_some_and(digits);
     (digits(bed) && role_ok).then(|| pid.parse().ok()).flatten()
 }
@@ -583,9 +638,10 @@ mod tests {
         assert_eq!(owner_pid("wt123x0u"), Some(123));
         assert_eq!(owner_pid("wt123x17h4"), Some(123));
         assert_eq!(owner_pid("wt9x2r11"), Some(9));
+        assert_eq!(owner_pid("wt9x2c3"), Some(9));
         for other in [
             "wt123x0", "wt123x0h", "wtx0u", "wt12ax0u", "wt1x0q1", "cni-1234", "wt1x0uu",
-            "wt1x0h1a",
+            "wt1x0h1a", "wt1x0c",
         ] {
             assert_eq!(owner_pid(other), None, "{other}");
         }

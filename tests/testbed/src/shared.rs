@@ -35,6 +35,11 @@ impl Shared {
         self.dir.path().join(format!("{stem}-{n}.{ext}"))
     }
 
+    /// A number unique within this test bed.
+    pub(crate) fn next_id(&self) -> u32 {
+        self.files.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(crate) fn output_paths(&self, stem: &str) -> (PathBuf, PathBuf) {
         let n = self.files.fetch_add(1, Ordering::Relaxed);
         (

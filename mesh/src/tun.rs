@@ -227,6 +227,18 @@ impl Tun {
         (&self.file).read(buf)
     }
 
+    /// Write a packet after a `virtio_net_hdr` the caller made (a TCP super-segment, say).
+    /// Only for a device opened with offload ([`Tun::offload`]); on a plain device the
+    /// header is left out.
+    pub fn write_with_header(&self, hdr: &[u8], packet: &[u8]) -> io::Result<usize> {
+        if self.vnet_hdr {
+            let iov = [IoSlice::new(hdr), IoSlice::new(packet)];
+            (&self.file).write_vectored(&iov)
+        } else {
+            (&self.file).write(packet)
+        }
+    }
+
     /// Write one complete IP packet (the offload header, if any, is added here).
     pub fn write_packet(&self, packet: &[u8]) -> io::Result<usize> {
         if self.vnet_hdr {

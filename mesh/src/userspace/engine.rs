@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use weft_crypto::WgPublicKey;
 
 use super::allowed_ips::AllowedIps;
+use super::gro::Coalescer;
 use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::peer::{DeviceKey, Peer};
 use super::sockets::Sockets;
@@ -59,6 +60,8 @@ struct Buffers {
     dst: Vec<u8>,
     /// One segment of a TCP super-segment, cut out of `src` before encryption.
     segment: Vec<u8>,
+    /// Decrypted TCP segments waiting to be written to the TUN device as one.
+    gro: Coalescer,
 }
 
 struct State {
@@ -96,6 +99,7 @@ impl Engine {
                 src: vec![0; BUFFER_LEN],
                 dst: vec![0; BUFFER_LEN],
                 segment: vec![0; BUFFER_LEN],
+                gro: Coalescer::new(),
             },
         })
     }
@@ -203,7 +207,7 @@ fn read_udp(
     for _ in 0..BATCH {
         match socket.try_recv_from(&mut bufs.src) {
             Ok((len, from)) => state.incoming(len, from, sockets, tun, bufs),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // ICMP errors surface here (port unreachable...): not fatal for the socket.
@@ -211,6 +215,18 @@ fn read_udp(
                 state.counters.udp_errors += 1;
             }
         }
+    }
+    // Nothing waits across batches: what was coalesced goes out now.
+    bufs.gro
+        .flush(&mut |hdr, packet| write_tun(tun, &mut state.counters, hdr, packet));
+}
+
+/// One write to the TUN device: a `virtio_net_hdr` (offloading device only) and a packet.
+fn write_tun(tun: &Tun, counters: &mut Counters, hdr: &[u8], packet: &[u8]) {
+    match tun.write_with_header(hdr, packet) {
+        Ok(_) if hdr != super::gro::PLAIN_HDR => counters.tun_gro_writes += 1,
+        Ok(_) => {}
+        Err(_) => counters.tun_write_errors += 1,
     }
 }
 
@@ -228,7 +244,9 @@ impl State {
     /// A read from an offloading TUN device: a `virtio_net_hdr`, then a packet or a TCP
     /// super-segment to cut into packets, each encrypted on its own.
     fn outgoing_offloaded(&mut self, len: usize, sockets: &Sockets, bufs: &mut Buffers) {
-        let Buffers { src, dst, segment } = bufs;
+        let Buffers {
+            src, dst, segment, ..
+        } = bufs;
         let Some(hdr) = VnetHdr::parse(&src[..len]) else {
             self.counters.invalid_tun_packets += 1;
             return;
@@ -381,6 +399,7 @@ impl State {
                     tun,
                     &self.table,
                     &mut self.counters,
+                    &mut bufs.gro,
                     *index,
                     packet,
                     IpAddr::V4(src),
@@ -391,6 +410,7 @@ impl State {
                     tun,
                     &self.table,
                     &mut self.counters,
+                    &mut bufs.gro,
                     *index,
                     packet,
                     IpAddr::V6(src),
@@ -590,11 +610,13 @@ enum Kind {
 }
 
 /// Write a decrypted packet to the TUN device if its source belongs to the peer that sent
-/// it (cryptokey routing); otherwise drop and count it.
+/// it (cryptokey routing); otherwise drop and count it. On an offloading device the packet
+/// goes through the coalescer, which the caller flushes at the end of its batch.
 fn deliver(
     tun: &Tun,
     table: &AllowedIps<u32>,
     counters: &mut Counters,
+    gro: &mut Coalescer,
     index: u32,
     packet: &[u8],
     src: IpAddr,
@@ -603,9 +625,11 @@ fn deliver(
         counters.bad_source += 1;
         return;
     }
-    match tun.write_packet(packet) {
-        Ok(_) => counters.tun_tx_packets += 1,
-        Err(_) => counters.tun_write_errors += 1,
+    counters.tun_tx_packets += 1;
+    if tun.offload() {
+        gro.push(packet, &mut |hdr, p| write_tun(tun, counters, hdr, p));
+    } else if tun.write_packet(packet).is_err() {
+        counters.tun_write_errors += 1;
     }
 }
 

@@ -15,6 +15,7 @@
 
 pub mod allowed_ips;
 mod engine;
+mod gro;
 mod offload;
 mod peer;
 mod sockets;
@@ -62,6 +63,8 @@ pub struct Counters {
     /// TUN reads that were TCP super-segments (offload), each cut into several packets
     /// (counted in `tun_rx_packets`).
     pub tun_gso_batches: u64,
+    /// TUN writes that were several decrypted TCP segments coalesced into one (offload).
+    pub tun_gro_writes: u64,
     /// TUN packets whose destination is in no peer's allowed IPs.
     pub no_route: u64,
     /// Packets for a peer whose endpoint is not known yet.

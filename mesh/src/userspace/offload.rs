@@ -222,7 +222,7 @@ fn split_tcp(
 
 /// One's-complement sum of big-endian 16-bit words, accumulated 32 bits at a time (the
 /// fold below makes the word size irrelevant: 2^16 = 1 modulo 0xffff).
-fn sum(data: &[u8], initial: u64) -> u64 {
+pub(crate) fn sum(data: &[u8], initial: u64) -> u64 {
     let mut acc = initial;
     let mut words = data.chunks_exact(4);
     for w in &mut words {
@@ -234,7 +234,7 @@ fn sum(data: &[u8], initial: u64) -> u64 {
     acc + u64::from(u32::from_be_bytes(tail))
 }
 
-fn fold(mut acc: u64) -> u16 {
+pub(crate) fn fold(mut acc: u64) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }

@@ -28,7 +28,7 @@ pub use error::{Error, Result};
 pub use members::MemberState;
 pub use membership::{Event, MemberInfo, Membership, Stats, Transmit, TransmitKind};
 pub use record::{
-    Endpoints, NodeRecord, SignatureCache, SignedLeave, SignedRecord, VerifiedRecord, MAX_BODY_LEN,
-    MAX_ENDPOINTS, MAX_IPAM_LEN, MAX_LABELS, MAX_LABEL_BYTES, MAX_NAME_LEN,
+    Endpoints, LeaveReason, NodeRecord, SignatureCache, SignedLeave, SignedRecord, VerifiedRecord,
+    MAX_BODY_LEN, MAX_ENDPOINTS, MAX_IPAM_LEN, MAX_LABELS, MAX_LABEL_BYTES, MAX_NAME_LEN,
 };
 pub use weft_crypto::NodeId;

@@ -33,7 +33,7 @@ use crate::broadcast::BroadcastQueue;
 use crate::config::{push_pull_scale, retransmit_limit, suspicion_timeout, Config};
 use crate::error::{Error, Result};
 use crate::members::{Entry, MemberState, Table};
-use crate::record::{NodeRecord, SignedLeave, SignedRecord, VerifiedRecord};
+use crate::record::{LeaveReason, NodeRecord, SignedLeave, SignedRecord, VerifiedRecord};
 use crate::suspicion::Suspicion;
 use crate::wire::{self, Message, Packet, StateEntry, Update, MAX_DATAGRAM, MAX_STREAM};
 
@@ -65,7 +65,8 @@ pub enum Event {
     Suspected(NodeId),
     /// A node was declared failed.
     Failed(NodeId),
-    /// A node left on its own.
+    /// A node left on its own: see [`Membership::leave_reason`] (or
+    /// [`MemberInfo::leave_reason`]) for whether it is stopping or gone for good.
     Left(NodeId),
     /// A node was forgotten (tombstoned) by the local operator.
     Forgotten(NodeId),
@@ -132,6 +133,17 @@ pub struct MemberInfo<'a> {
     pub state: MemberState,
     /// The incarnation `state` refers to (≥ `record.version`).
     pub incarnation: u64,
+    /// Why the node left: set exactly when `state` is [`MemberState::Left`]. A node that is
+    /// [`LeaveReason::Stopping`] shows as stopped (not failed) and keeps its address space;
+    /// [`LeaveReason::Leaving`] means gone for good.
+    pub leave_reason: Option<LeaveReason>,
+}
+
+impl MemberInfo<'_> {
+    /// Left with [`LeaveReason::Stopping`]: down for now, expected back.
+    pub fn is_stopped(&self) -> bool {
+        self.leave_reason == Some(LeaveReason::Stopping)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,11 +300,50 @@ impl Membership {
 
     /// Every other known member, live or not, in a deterministic but unspecified order.
     pub fn members(&self) -> impl Iterator<Item = MemberInfo<'_>> {
-        self.members.iter().map(|e| MemberInfo {
+        self.members.iter().map(|e| self.info(e))
+    }
+
+    /// Ids of the alive or suspect members other than this node (the ones [`num_live`]
+    /// counts), in a deterministic but unspecified order.
+    ///
+    /// [`num_live`]: Membership::num_live
+    pub fn live_members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members
+            .iter()
+            .filter(|e| e.state.is_live())
+            .map(|e| *e.id())
+    }
+
+    /// Whether `id` is an alive or suspect member (false for this node and unknown ids).
+    pub fn is_live(&self, id: &NodeId) -> bool {
+        self.members.get(id).is_some_and(|e| e.state.is_live())
+    }
+
+    /// Why a member (or this node) left, if it did.
+    pub fn leave_reason(&self, id: &NodeId) -> Option<LeaveReason> {
+        if *id == self.local_id() {
+            return self.leaving.as_ref().map(|l| l.reason);
+        }
+        self.members
+            .get(id)
+            .and_then(|e| self.entry_leave_reason(e))
+    }
+
+    fn entry_leave_reason(&self, e: &Entry) -> Option<LeaveReason> {
+        if e.state == MemberState::Left {
+            self.leaves.get(e.id()).map(|l| l.reason)
+        } else {
+            None
+        }
+    }
+
+    fn info<'a>(&'a self, e: &'a Entry) -> MemberInfo<'a> {
+        MemberInfo {
             record: e.record.record(),
             state: e.state,
             incarnation: e.incarnation,
-        })
+            leave_reason: self.entry_leave_reason(e),
+        }
     }
 
     /// One member (or the local node).
@@ -307,13 +358,10 @@ impl Membership {
                 record: self.local.record(),
                 state,
                 incarnation: self.local.version(),
+                leave_reason: self.leaving.as_ref().map(|l| l.reason),
             });
         }
-        self.members.get(id).map(|e| MemberInfo {
-            record: e.record.record(),
-            state: e.state,
-            incarnation: e.incarnation,
-        })
+        self.members.get(id).map(|e| self.info(e))
     }
 
     /// A member's record (or the local node's).
@@ -421,13 +469,18 @@ impl Membership {
         self.set_local(record)
     }
 
-    /// Leave the cluster: a signed leave is gossiped. Keep driving the core for a few gossip
-    /// intervals so it spreads, then stop. Probing stops at once.
-    pub fn leave(&mut self, _now: Instant) {
+    /// Leave the cluster: a signed leave carrying `reason` is gossiped. Keep driving the core
+    /// for a few gossip intervals so it spreads, then stop. Probing stops at once. A second
+    /// call changes nothing (the first reason stands).
+    ///
+    /// [`LeaveReason::Stopping`] (SIGTERM, restart): others show this node as stopped and keep
+    /// its address space; it comes back by starting with a higher version.
+    /// [`LeaveReason::Leaving`] (`weft reset`): gone for good.
+    pub fn leave(&mut self, _now: Instant, reason: LeaveReason) {
         if self.leaving.is_some() {
             return;
         }
-        let leave = SignedLeave::sign(&self.identity, self.local.version());
+        let leave = SignedLeave::sign(&self.identity, self.local.version(), reason);
         self.queue
             .push(leave.node_id, true, Update::Leave(leave.clone()).to_bytes());
         self.leaving = Some(leave);
@@ -1258,13 +1311,13 @@ impl Membership {
                 MemberState::Alive
             },
             incarnation: self.local.version(),
-            leave: self.leaving.as_ref().map(|l| l.signature),
+            leave: self.leaving.as_ref().map(|l| (l.reason, l.signature)),
         };
         size += me.record.encoded_len() + 76;
         entries.push(me);
         for e in self.members.iter() {
-            let leave: Option<Signature> = if e.state == MemberState::Left {
-                self.leaves.get(e.id()).map(|l| l.signature)
+            let leave: Option<(LeaveReason, Signature)> = if e.state == MemberState::Left {
+                self.leaves.get(e.id()).map(|l| (l.reason, l.signature))
             } else {
                 None
             };
@@ -1313,7 +1366,7 @@ impl Membership {
                     }
                 }
                 MemberState::Left => {
-                    if let Some(signature) = entry.leave {
+                    if let Some((reason, signature)) = entry.leave {
                         if id == me || self.members.get(&id).is_some() {
                             self.on_alive(now, entry.record);
                             self.on_leave(
@@ -1321,6 +1374,7 @@ impl Membership {
                                 SignedLeave {
                                     node_id: id,
                                     version: entry.incarnation,
+                                    reason,
                                     signature,
                                 },
                             );

@@ -33,7 +33,8 @@ pub const MAX_ENDPOINTS: usize = 6;
 pub const MAX_BODY_LEN: usize = 1024;
 
 const RECORD_CONTEXT: &[u8] = b"weft-gossip-record-v1\0";
-const LEAVE_CONTEXT: &[u8] = b"weft-gossip-leave-v1\0";
+// v2: the signed leave message carries the leave reason.
+const LEAVE_CONTEXT: &[u8] = b"weft-gossip-leave-v2\0";
 
 /// Where a node can be reached for WireGuard traffic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -362,34 +363,69 @@ impl fmt::Debug for SignatureCache {
     }
 }
 
-/// A node's signed statement that it leaves the cluster as of record `version`.
+/// Why a node leaves. Part of the signed leave, so nobody but the node can say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LeaveReason {
+    /// Stopping for now (SIGTERM, restart): it comes back with a higher version. Others show
+    /// it as stopped, not failed, and keep its address space.
+    Stopping,
+    /// Gone for good (`weft reset`): its address space may be taken over.
+    Leaving,
+}
+
+impl LeaveReason {
+    /// The byte that stands for the reason on the wire and in the signed message.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            LeaveReason::Stopping => 0,
+            LeaveReason::Leaving => 1,
+        }
+    }
+
+    /// The reason a byte stands for; unknown values are malformed input.
+    pub fn from_byte(b: u8) -> Result<Self> {
+        match b {
+            0 => Ok(LeaveReason::Stopping),
+            1 => Ok(LeaveReason::Leaving),
+            _ => Err(Error::Malformed("unknown leave reason")),
+        }
+    }
+}
+
+/// A node's signed statement that it leaves the cluster as of record `version`, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedLeave {
     pub node_id: NodeId,
     pub version: u64,
+    pub reason: LeaveReason,
     pub signature: Signature,
 }
 
 impl SignedLeave {
-    pub fn sign(key: &IdentityKey, version: u64) -> Self {
+    pub fn sign(key: &IdentityKey, version: u64, reason: LeaveReason) -> Self {
         let node_id = key.node_id();
-        let signature = key.sign(&Self::message(&node_id, version));
+        let signature = key.sign(&Self::message(&node_id, version, reason));
         Self {
             node_id,
             version,
+            reason,
             signature,
         }
     }
 
-    fn message(node_id: &NodeId, version: u64) -> Vec<u8> {
+    fn message(node_id: &NodeId, version: u64, reason: LeaveReason) -> Vec<u8> {
         let mut body = node_id.as_bytes().to_vec();
         put_varint(&mut body, version);
+        body.push(reason.to_byte());
         signed_message(LEAVE_CONTEXT, &body)
     }
 
     pub fn verify(&self) -> Result<()> {
         self.node_id
-            .verify(&Self::message(&self.node_id, self.version), &self.signature)
+            .verify(
+                &Self::message(&self.node_id, self.version, self.reason),
+                &self.signature,
+            )
             .map_err(|_| Error::BadSignature(self.node_id))
     }
 }
@@ -475,12 +511,31 @@ mod tests {
     }
 
     #[test]
-    fn leave_is_bound_to_node_and_version() {
+    fn leave_is_bound_to_node_version_and_reason() {
         let key = IdentityKey::from_seed(&[1; 32]);
-        let leave = SignedLeave::sign(&key, 5);
+        let leave = SignedLeave::sign(&key, 5, LeaveReason::Stopping);
         leave.verify().expect("valid leave");
         let mut replayed = leave.clone();
         replayed.version = 6;
         assert!(replayed.verify().is_err());
+        // A "stopping" leave cannot be turned into "gone for good", nor the other way.
+        let mut relabelled = leave.clone();
+        relabelled.reason = LeaveReason::Leaving;
+        assert_eq!(relabelled.verify(), Err(Error::BadSignature(key.node_id())));
+        let gone = SignedLeave::sign(&key, 5, LeaveReason::Leaving);
+        gone.verify().expect("valid leave");
+        let mut downgraded = gone;
+        downgraded.reason = LeaveReason::Stopping;
+        assert!(downgraded.verify().is_err());
+    }
+
+    #[test]
+    fn leave_reason_bytes_round_trip_and_unknown_ones_are_refused() {
+        for r in [LeaveReason::Stopping, LeaveReason::Leaving] {
+            assert_eq!(LeaveReason::from_byte(r.to_byte()), Ok(r));
+        }
+        for b in 2..=u8::MAX {
+            assert!(LeaveReason::from_byte(b).is_err(), "byte {b}");
+        }
     }
 }

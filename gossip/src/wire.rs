@@ -17,7 +17,7 @@ use weft_crypto::{NodeId, Signature};
 
 use crate::codec::{put_addr, put_varint, Reader};
 use crate::error::{Error, Result};
-use crate::record::{SignedLeave, SignedRecord};
+use crate::record::{LeaveReason, SignedLeave, SignedRecord};
 use crate::MemberState;
 
 /// The protocol version this code speaks.
@@ -119,6 +119,7 @@ impl Update {
                 out.push(3);
                 out.extend_from_slice(l.node_id.as_bytes());
                 put_varint(out, l.version);
+                out.push(l.reason.to_byte());
                 out.extend_from_slice(&l.signature.0);
             }
         }
@@ -154,6 +155,7 @@ impl Update {
             3 => Update::Leave(SignedLeave {
                 node_id: NodeId(r.array()?),
                 version: r.varint()?,
+                reason: LeaveReason::from_byte(r.u8()?)?,
                 signature: Signature(r.array()?),
             }),
             _ => return Err(Error::Malformed("unknown update type")),
@@ -168,8 +170,8 @@ pub struct StateEntry {
     pub state: MemberState,
     /// The incarnation the state refers to (≥ the record's version).
     pub incarnation: u64,
-    /// The node's own leave signature, present exactly when `state` is `Left`.
-    pub leave: Option<Signature>,
+    /// The node's own leave (reason and signature), present exactly when `state` is `Left`.
+    pub leave: Option<(LeaveReason, Signature)>,
 }
 
 /// A decoded packet.
@@ -249,7 +251,8 @@ pub fn encode_push_pull(reply: bool, entries: &[StateEntry]) -> Vec<u8> {
         e.record.encode(&mut out);
         out.push(state_tag(e.state));
         put_varint(&mut out, e.incarnation);
-        if let Some(sig) = &e.leave {
+        if let Some((reason, sig)) = &e.leave {
+            out.push(reason.to_byte());
             out.extend_from_slice(&sig.0);
         }
     }
@@ -336,7 +339,7 @@ pub fn decode(bytes: &[u8]) -> Result<Packet> {
                 };
                 let incarnation = r.varint()?;
                 let leave = if state == MemberState::Left {
-                    Some(Signature(r.array()?))
+                    Some((LeaveReason::from_byte(r.u8()?)?, Signature(r.array()?)))
                 } else {
                     None
                 };

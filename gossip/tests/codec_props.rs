@@ -7,7 +7,7 @@ use weft_crypto::{IdentityKey, NodeId, Signature, WgPublicKey};
 use weft_gossip::wire::{
     decode, encode_datagram, encode_push_pull, Message, Packet, StateEntry, Update, MAX_DATAGRAM,
 };
-use weft_gossip::{Error, MemberState, NodeRecord, SignedLeave};
+use weft_gossip::{Error, LeaveReason, MemberState, NodeRecord, SignedLeave};
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
@@ -82,15 +82,21 @@ fn update() -> impl Strategy<Value = Update> {
             any::<[u8; 32]>(),
             any::<u64>(),
             any::<[u8; 32]>(),
-            any::<[u8; 32]>()
+            any::<[u8; 32]>(),
+            any::<bool>()
         )
-            .prop_map(|(n, v, s1, s2)| {
+            .prop_map(|(n, v, s1, s2, gone)| {
                 let mut sig = [0u8; 64];
                 sig[..32].copy_from_slice(&s1);
                 sig[32..].copy_from_slice(&s2);
                 Update::Leave(SignedLeave {
                     node_id: NodeId(n),
                     version: v,
+                    reason: if gone {
+                        LeaveReason::Leaving
+                    } else {
+                        LeaveReason::Stopping
+                    },
                     signature: Signature(sig),
                 })
             }),
@@ -127,7 +133,7 @@ proptest! {
                 record: record(i as u8, v, vec![], "n".into(), "192.0.2.1:6783".parse().expect("addr")),
                 state,
                 incarnation: v,
-                leave: (state == MemberState::Left).then_some(Signature([i as u8; 64])),
+                leave: (state == MemberState::Left).then_some((LeaveReason::Stopping, Signature([i as u8; 64]))),
             }
         }).collect();
         let bytes = encode_push_pull(reply, &entries);
@@ -153,4 +159,45 @@ fn typed_errors_for_bad_input() {
     trailing.push(0);
     assert_eq!(decode(&trailing), Err(Error::Malformed("trailing bytes")));
     assert!(matches!(decode(&[1, 0, 77, 0]), Err(Error::Malformed(_))));
+}
+
+#[test]
+fn unknown_leave_reasons_are_refused() {
+    let key = IdentityKey::from_seed(&[4; 32]);
+    for reason in [LeaveReason::Stopping, LeaveReason::Leaving] {
+        let leave = SignedLeave::sign(&key, 5, reason);
+        let bytes = encode_datagram(&Message::Gossip, &[Update::Leave(leave.clone())]);
+        assert_eq!(
+            decode(&bytes),
+            Ok(Packet::Datagram {
+                message: Message::Gossip,
+                updates: vec![Update::Leave(leave)]
+            })
+        );
+        // version, kind, Gossip, count, update tag, node id, version 5: then the reason.
+        let at = 3 + 1 + 1 + 32 + 1;
+        assert_eq!(bytes[at], reason.to_byte());
+        let mut bad = bytes.clone();
+        bad[at] = 2;
+        assert_eq!(decode(&bad), Err(Error::Malformed("unknown leave reason")));
+    }
+    let entry = StateEntry {
+        record: record(
+            4,
+            5,
+            vec![],
+            "n".into(),
+            "192.0.2.1:6783".parse().expect("addr"),
+        ),
+        state: MemberState::Left,
+        incarnation: 5,
+        leave: Some((LeaveReason::Leaving, Signature([7; 64]))),
+    };
+    let bytes = encode_push_pull(false, &[entry]);
+    // The reason byte comes right before the 64-byte signature at the end.
+    let at = bytes.len() - 65;
+    assert_eq!(bytes[at], LeaveReason::Leaving.to_byte());
+    let mut bad = bytes.clone();
+    bad[at] = 0xff;
+    assert_eq!(decode(&bad), Err(Error::Malformed("unknown leave reason")));
 }

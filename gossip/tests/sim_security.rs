@@ -6,7 +6,7 @@ use std::time::Duration;
 use weft_crypto::{IdentityKey, WgPublicKey};
 use weft_gossip::sim::{sim_addr, Sim, SimConfig};
 use weft_gossip::wire::{encode_datagram, encode_push_pull, Message, StateEntry, Update};
-use weft_gossip::{Event, MemberState, NodeRecord, SignedRecord};
+use weft_gossip::{Event, LeaveReason, MemberState, NodeRecord, SignedRecord};
 
 fn gossip(update: Update) -> Vec<u8> {
     encode_datagram(&Message::Gossip, &[update])
@@ -109,16 +109,18 @@ fn leave_is_seen_by_all() {
     });
     sim.run_for(Duration::from_secs(1));
     let leaver = sim.ids()[7];
-    sim.with_node(&leaver, |c, now| c.leave(now));
+    sim.with_node(&leaver, |c, now| c.leave(now, LeaveReason::Leaving));
     sim.run_for(Duration::from_secs(3));
     sim.crash(&leaver);
     sim.run_for(Duration::from_secs(30));
     for (id, c) in sim.running() {
         assert_eq!(
-            c.member(&leaver).map(|m| m.state),
-            Some(MemberState::Left),
+            c.member(&leaver).map(|m| (m.state, m.leave_reason)),
+            Some((MemberState::Left, Some(LeaveReason::Leaving))),
             "node {id:?}"
         );
+        assert!(!c.is_live(&leaver), "node {id:?}");
+        assert!(!c.live_members().any(|n| n == leaver), "node {id:?}");
     }
     assert!(
         !sim.events()
@@ -126,6 +128,54 @@ fn leave_is_seen_by_all() {
             .any(|e| e.event == Event::Failed(leaver)),
         "a leaver is not failed"
     );
+}
+
+#[test]
+fn stopped_node_is_shown_stopped_then_rejoins_alive() {
+    let mut sim = Sim::new(SimConfig {
+        nodes: 20,
+        seed: 23,
+        ..SimConfig::default()
+    });
+    sim.run_for(Duration::from_secs(1));
+    let ids = sim.ids().to_vec();
+    let stopper = ids[5];
+    sim.with_node(&stopper, |c, now| c.leave(now, LeaveReason::Stopping));
+    assert_eq!(
+        sim.node(&stopper).and_then(|c| c.leave_reason(&stopper)),
+        Some(LeaveReason::Stopping)
+    );
+    sim.run_for(Duration::from_secs(3));
+    sim.crash(&stopper);
+    sim.run_for(Duration::from_secs(20));
+    for (id, c) in sim.running() {
+        let m = c.member(&stopper).expect("still in the view");
+        assert_eq!(m.state, MemberState::Left, "node {id:?}");
+        assert!(m.is_stopped(), "node {id:?} sees it stopped");
+        assert_eq!(c.leave_reason(&stopper), Some(LeaveReason::Stopping));
+    }
+    assert!(
+        !sim.events()
+            .iter()
+            .any(|e| e.event == Event::Failed(stopper)),
+        "a stopped node is not failed"
+    );
+    sim.restart(&stopper, &ids[0], |_| {})
+        .expect("stopped node exists")
+        .expect("restarts");
+    sim.run_for(Duration::from_secs(20));
+    for (id, c) in sim.running() {
+        if *id == stopper {
+            continue;
+        }
+        let m = c.member(&stopper).expect("back in the view");
+        assert_eq!(
+            (m.state, m.leave_reason),
+            (MemberState::Alive, None),
+            "node {id:?}"
+        );
+        assert!(c.is_live(&stopper), "node {id:?}");
+    }
 }
 
 #[test]

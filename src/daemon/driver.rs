@@ -307,7 +307,7 @@ impl Driver {
     /// "stopping, keep my address space" apart from `weft reset`'s "gone for good".
     async fn leave(mut self) {
         let start = Instant::now();
-        self.core.leave(start);
+        self.core.leave(start, weft_gossip::LeaveReason::Stopping);
         let end = start + LEAVE_GRACE;
         loop {
             let now = Instant::now();

@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod host;
 pub mod kernel;
+pub mod paths;
 pub mod tun;
 pub mod uapi;
 pub mod userspace;

@@ -61,7 +61,7 @@ pub async fn current(nl: &Netlink, bridge: &str) -> Result<CurrentState> {
 /// Brings the host to `desired` and returns the changes it made (empty when the host already
 /// matched). On error the remaining changes were still attempted; calling again retries.
 pub async fn reconcile(nl: &Netlink, desired: &HostState) -> Result<Vec<Change>> {
-    let now = current(nl, &desired.bridge.name).await?;
+    let now = current(nl, desired.bridge_name()).await?;
     let changes = plan(&now, desired);
     nl.apply(&changes).await?;
     Ok(changes)

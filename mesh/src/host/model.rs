@@ -130,7 +130,9 @@ pub struct FirewallSpec {
 /// Everything weft keeps on a host, as the reconciler wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostState {
-    pub bridge: BridgeSpec,
+    /// `None` until the node owns address space (no gateway address yet): the bridge, if one
+    /// is there, is then left as it is.
+    pub bridge: Option<BridgeSpec>,
     pub wg_ifname: String,
     pub routes: BTreeSet<RouteSpec>,
     pub fail_closed: FirewallSpec,
@@ -153,11 +155,52 @@ impl HostState {
             bridge: bridge.name.clone(),
         };
         HostState {
-            bridge,
+            bridge: Some(bridge),
             wg_ifname,
             routes: BTreeSet::new(),
             fail_closed,
         }
+    }
+
+    /// The state of a node that owns no address space yet: the fail-closed firewall (naming
+    /// the bridge `bridge_name` that will come) and routes to other nodes, but no bridge.
+    pub fn without_bridge(
+        bridge_name: impl Into<String>,
+        wg_ifname: impl Into<String>,
+        cluster_ranges: impl IntoIterator<Item = IpNet>,
+    ) -> Self {
+        let wg_ifname = wg_ifname.into();
+        HostState {
+            bridge: None,
+            wg_ifname: wg_ifname.clone(),
+            routes: BTreeSet::new(),
+            fail_closed: FirewallSpec {
+                cluster_ranges: cluster_ranges.into_iter().map(|n| n.trunc()).collect(),
+                local_space: BTreeSet::new(),
+                wg_ifname,
+                bridge: bridge_name.into(),
+            },
+        }
+    }
+
+    /// The name of weft's bridge (whether or not this state has one).
+    pub fn bridge_name(&self) -> &str {
+        &self.fail_closed.bridge
+    }
+
+    /// Routes one more piece of this node's own space (not the one holding the gateway,
+    /// which the bridge's address already routes) to the bridge, in weft's table. It must
+    /// be part of the local space given to [`HostState::new`].
+    pub fn add_local_space_route(&mut self, space: IpNet) -> Result<()> {
+        let space = space.trunc();
+        if !self.fail_closed.local_space.contains(&space) {
+            return Err(Error::InvalidConfig(format!(
+                "{space} is not this node's space"
+            )));
+        }
+        let bridge = self.fail_closed.bridge.clone();
+        self.routes.insert(RouteSpec::weft(space, bridge));
+        Ok(())
     }
 
     /// Routes another node's address space through the WireGuard interface. The space comes
@@ -207,11 +250,11 @@ impl HostState {
     /// What a host looks like once this state is fully applied (what the drivers would read).
     pub fn as_applied(&self) -> CurrentState {
         CurrentState {
-            bridge: Some(BridgeState {
+            bridge: self.bridge.as_ref().map(|bridge| BridgeState {
                 is_bridge: true,
-                mtu: self.bridge.mtu,
+                mtu: bridge.mtu,
                 up: true,
-                addresses: BTreeSet::from([self.bridge.gateway]),
+                addresses: BTreeSet::from([bridge.gateway]),
             }),
             routes: self.routes.clone(),
             rules: self.rules(),
@@ -311,9 +354,46 @@ pub fn plan(current: &CurrentState, desired: &HostState) -> Vec<Change> {
         changes.push(Change::ReplaceFirewall(desired.fail_closed.clone()));
     }
 
-    let bridge = &desired.bridge;
+    if let Some(bridge) = &desired.bridge {
+        plan_bridge(current.bridge.as_ref(), bridge, &mut changes);
+    }
+
+    let rules = desired.rules();
+    changes.extend(
+        current
+            .rules
+            .iter()
+            .filter(|r| r.table == ROUTE_TABLE && !rules.contains(r))
+            .map(|r| Change::DelRule(*r)),
+    );
+    changes.extend(
+        rules
+            .iter()
+            .filter(|r| !current.rules.contains(r))
+            .map(|r| Change::AddRule(*r)),
+    );
+
+    changes.extend(
+        current
+            .routes
+            .iter()
+            .filter(|r| r.is_weft() && !desired.routes.contains(r))
+            .map(|r| Change::DelRoute(r.clone())),
+    );
+    changes.extend(
+        desired
+            .routes
+            .iter()
+            .filter(|r| !current.routes.contains(r))
+            .map(|r| Change::AddRoute(r.clone())),
+    );
+    changes
+}
+
+/// The changes that give the bridge its MTU, its gateway address (only) and the up state.
+fn plan_bridge(current: Option<&BridgeState>, bridge: &BridgeSpec, changes: &mut Vec<Change>) {
     let link = || bridge.name.clone();
-    match &current.bridge {
+    match current {
         Some(state) if state.is_bridge => {
             if state.mtu != bridge.mtu {
                 changes.push(Change::SetMtu {
@@ -354,37 +434,6 @@ pub fn plan(current: &CurrentState, desired: &HostState) -> Vec<Change> {
             changes.push(Change::SetUp { link: link() });
         }
     }
-
-    let rules = desired.rules();
-    changes.extend(
-        current
-            .rules
-            .iter()
-            .filter(|r| r.table == ROUTE_TABLE && !rules.contains(r))
-            .map(|r| Change::DelRule(*r)),
-    );
-    changes.extend(
-        rules
-            .iter()
-            .filter(|r| !current.rules.contains(r))
-            .map(|r| Change::AddRule(*r)),
-    );
-
-    changes.extend(
-        current
-            .routes
-            .iter()
-            .filter(|r| r.is_weft() && !desired.routes.contains(r))
-            .map(|r| Change::DelRoute(r.clone())),
-    );
-    changes.extend(
-        desired
-            .routes
-            .iter()
-            .filter(|r| !current.routes.contains(r))
-            .map(|r| Change::AddRoute(r.clone())),
-    );
-    changes
 }
 
 #[cfg(test)]
@@ -573,6 +622,43 @@ mod tests {
         assert!(d
             .routes
             .contains(&RouteSpec::weft(net("10.32.3.0/24"), "weft-wg")));
+    }
+
+    #[test]
+    fn without_space_there_is_firewall_and_routes_but_no_bridge() {
+        let mut d = HostState::without_bridge(BRIDGE_NAME, "weft-wg", [net("10.32.0.0/12")]);
+        d.add_peer_space(net("10.32.2.0/24")).expect("valid");
+        assert_eq!(
+            plan(&CurrentState::default(), &d),
+            vec![
+                Change::ReplaceFirewall(d.fail_closed.clone()),
+                Change::AddRule(RuleSpec::weft(Family::V4)),
+                Change::AddRoute(RouteSpec::weft(net("10.32.2.0/24"), "weft-wg")),
+            ]
+        );
+        assert_eq!(d.fail_closed.bridge, BRIDGE_NAME);
+        assert_eq!(plan(&d.as_applied(), &d), Vec::new());
+    }
+
+    #[test]
+    fn further_local_spaces_are_routed_to_the_bridge() {
+        let mut d = HostState::new(
+            BridgeSpec {
+                name: BRIDGE_NAME.into(),
+                gateway: net("10.32.1.1/24"),
+                mtu: DEFAULT_MTU,
+            },
+            "weft-wg",
+            [net("10.32.0.0/12")],
+            [net("10.32.1.0/24"), net("10.32.9.0/24")],
+        );
+        d.add_local_space_route(net("10.32.9.0/24"))
+            .expect("own space");
+        assert!(d.add_local_space_route(net("10.32.5.0/24")).is_err());
+        assert!(d
+            .routes
+            .contains(&RouteSpec::weft(net("10.32.9.0/24"), BRIDGE_NAME)));
+        assert!(d.add_peer_space(net("10.32.9.0/24")).is_err());
     }
 
     #[test]

@@ -4,66 +4,30 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use weft_crypto::WgPublicKey;
 
 use super::model::HostState;
-use crate::config::{DeviceConfig, DeviceStatus, PeerConfig, PeerStatus};
+use crate::config::{DeviceConfig, DeviceStatus, PeerConfig};
 
-/// A handshake younger than this means the tunnel works on its current endpoint (WireGuard's
-/// REJECT_AFTER_TIME: a session older than this is dead anyway).
-pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
-
-/// Another node as the gossip view describes it.
+/// Another node's WireGuard peer as it should be (see [`crate::paths`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePeer {
     pub public_key: WgPublicKey,
-    /// The endpoints the node advertises, best first.
-    pub endpoints: Vec<SocketAddr>,
-    /// The node's address space: the peer's allowed IPs and the routes to it.
+    /// The endpoint to use; `None` leaves the device's as it is (a working tunnel keeps the
+    /// endpoint WireGuard roamed to).
+    pub endpoint: Option<SocketAddr>,
+    /// The address spaces routed to this peer: its own, plus those of the nodes relayed
+    /// through it; empty for a node reached through a relay.
     pub spaces: Vec<IpNet>,
-}
-
-fn fresh(peer: &PeerStatus, now: SystemTime) -> bool {
-    peer.last_handshake
-        .and_then(|t| now.duration_since(t).ok())
-        .is_some_and(|age| age < HANDSHAKE_FRESH)
-}
-
-/// The endpoint to set, or `None` to leave the current one. A tunnel with a fresh handshake
-/// keeps its endpoint whatever it is: the handshake authenticated it, and WireGuard roams to
-/// where the peer really is (a NAT mapping that is in no advertisement). Otherwise the next
-/// advertised endpoint after the current one is tried, so successive reconciles walk the list
-/// until one answers; a peer without an endpoint starts with the best.
-pub fn choose_endpoint(
-    node: &NodePeer,
-    current: Option<&PeerStatus>,
-    now: SystemTime,
-) -> Option<SocketAddr> {
-    let first = *node.endpoints.first()?;
-    let Some(current) = current else {
-        return Some(first);
-    };
-    if current.endpoint.is_some() && fresh(current, now) {
-        return None;
-    }
-    let next = match current
-        .endpoint
-        .and_then(|e| node.endpoints.iter().position(|c| *c == e))
-    {
-        Some(i) => node.endpoints[(i + 1) % node.endpoints.len()],
-        None => first,
-    };
-    (current.endpoint != Some(next)).then_some(next)
 }
 
 /// The change that makes the device's peers match the view: a peer per other node (the local
 /// key and duplicates are skipped; a key listed twice gets the union of spaces), allowed IPs
 /// exactly the node's spaces that `routed` accepted (see [`HostState::add_peer_space`]; a
-/// refused space gets neither route nor allowed IP), endpoints per [`choose_endpoint`], and
-/// peers of nodes no longer in the view removed. Peers already right are not mentioned, so
+/// refused space gets neither route nor allowed IP), the endpoint set where the device's
+/// differs from the wanted one, and peers of nodes no longer in the view removed. Peers already right are not mentioned, so
 /// `peers` is empty when there is nothing to do.
 pub fn plan_peers(
     local_key: &WgPublicKey,
@@ -71,7 +35,6 @@ pub fn plan_peers(
     routed: &HostState,
     device: &DeviceStatus,
     persistent_keepalive: Option<u16>,
-    now: SystemTime,
 ) -> DeviceConfig {
     let accepted = |space: &IpNet| {
         routed
@@ -98,7 +61,9 @@ pub fn plan_peers(
         let have_ips: BTreeSet<IpNet> = current
             .map(|p| p.allowed_ips.iter().map(|n| n.trunc()).collect())
             .unwrap_or_default();
-        let endpoint = choose_endpoint(node, current, now);
+        let endpoint = node
+            .endpoint
+            .filter(|e| current.and_then(|p| p.endpoint) != Some(*e));
         let keepalive_differs = match (persistent_keepalive, current) {
             (Some(k), Some(p)) => p.persistent_keepalive.unwrap_or(0) != k,
             _ => false,
@@ -130,7 +95,10 @@ pub fn plan_peers(
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
+    use crate::config::PeerStatus;
 
     fn key(n: u8) -> WgPublicKey {
         WgPublicKey([n; 32])
@@ -140,27 +108,22 @@ mod tests {
         s.parse().expect("test address")
     }
 
-    fn node(n: u8, endpoints: &[&str], space: &str) -> NodePeer {
+    fn node(n: u8, endpoint: Option<&str>, space: &str) -> NodePeer {
         NodePeer {
             public_key: key(n),
-            endpoints: endpoints.iter().map(|e| addr(e)).collect(),
+            endpoint: endpoint.map(addr),
             spaces: vec![space.parse().expect("test prefix")],
         }
     }
 
-    fn status(
-        n: u8,
-        endpoint: Option<&str>,
-        space: &str,
-        handshake: Option<SystemTime>,
-    ) -> PeerStatus {
+    fn status(n: u8, endpoint: Option<&str>, space: &str) -> PeerStatus {
         PeerStatus {
             public_key: key(n),
             preshared_key: None,
             endpoint: endpoint.map(addr),
             persistent_keepalive: None,
             allowed_ips: vec![space.parse().expect("test prefix")],
-            last_handshake: handshake,
+            last_handshake: Some(SystemTime::now()),
             rx_bytes: 0,
             tx_bytes: 0,
             protocol_version: 1,
@@ -197,20 +160,12 @@ mod tests {
 
     #[test]
     fn one_peer_per_other_node_and_none_for_self() {
-        let now = SystemTime::now();
         let view = [
-            node(0, &["192.0.2.1:51820"], "10.32.0.0/24"),
-            node(1, &["192.0.2.2:51820"], "10.32.1.0/24"),
-            node(2, &["192.0.2.3:51820"], "10.32.2.0/24"),
+            node(0, Some("192.0.2.1:51820"), "10.32.0.0/24"),
+            node(1, Some("192.0.2.2:51820"), "10.32.1.0/24"),
+            node(2, Some("192.0.2.3:51820"), "10.32.2.0/24"),
         ];
-        let change = plan_peers(
-            &key(0),
-            &view,
-            &routed(&view),
-            &device(vec![]),
-            Some(25),
-            now,
-        );
+        let change = plan_peers(&key(0), &view, &routed(&view), &device(vec![]), Some(25));
         let keys: Vec<_> = change.peers.iter().map(|p| p.public_key).collect();
         assert_eq!(keys, vec![key(1), key(2)]);
         let p = &change.peers[0];
@@ -225,40 +180,27 @@ mod tests {
 
     #[test]
     fn matching_device_needs_no_change_and_gone_nodes_are_removed() {
-        let now = SystemTime::now();
-        let view = [node(1, &["192.0.2.2:51820"], "10.32.1.0/24")];
+        let view = [node(1, Some("192.0.2.2:51820"), "10.32.1.0/24")];
         let dev = device(vec![
-            status(1, Some("192.0.2.2:51820"), "10.32.1.0/24", Some(now)),
-            status(9, Some("192.0.2.9:51820"), "10.32.9.0/24", Some(now)),
+            status(1, Some("192.0.2.2:51820"), "10.32.1.0/24"),
+            status(9, Some("192.0.2.9:51820"), "10.32.9.0/24"),
         ]);
-        let change = plan_peers(&key(0), &view, &routed(&view), &dev, None, now);
+        let change = plan_peers(&key(0), &view, &routed(&view), &dev, None);
         assert_eq!(change.peers.len(), 1);
         assert_eq!(change.peers[0].public_key, key(9));
         assert!(change.peers[0].remove);
 
-        let dev = device(vec![status(
-            1,
-            Some("192.0.2.2:51820"),
-            "10.32.1.0/24",
-            Some(now),
-        )]);
-        assert!(plan_peers(&key(0), &view, &routed(&view), &dev, None, now)
+        let dev = device(vec![status(1, Some("192.0.2.2:51820"), "10.32.1.0/24")]);
+        assert!(plan_peers(&key(0), &view, &routed(&view), &dev, None)
             .peers
             .is_empty());
     }
 
     #[test]
-    fn new_space_replaces_allowed_ips_and_keeps_the_working_endpoint() {
-        let now = SystemTime::now();
-        let view = [node(1, &["192.0.2.2:51820"], "10.32.4.0/24")];
-        // Roamed to a NAT mapping no one advertised, handshake fresh: keep it.
-        let dev = device(vec![status(
-            1,
-            Some("198.51.100.7:40000"),
-            "10.32.1.0/24",
-            Some(now),
-        )]);
-        let change = plan_peers(&key(0), &view, &routed(&view), &dev, None, now);
+    fn new_space_replaces_allowed_ips_and_no_endpoint_keeps_the_roamed_one() {
+        let view = [node(1, None, "10.32.4.0/24")];
+        let dev = device(vec![status(1, Some("198.51.100.7:40000"), "10.32.1.0/24")]);
+        let change = plan_peers(&key(0), &view, &routed(&view), &dev, None);
         assert_eq!(change.peers.len(), 1);
         assert_eq!(change.peers[0].endpoint, None);
         assert_eq!(
@@ -268,48 +210,26 @@ mod tests {
     }
 
     #[test]
+    fn a_different_wanted_endpoint_is_set() {
+        let view = [node(1, Some("203.0.113.2:51820"), "10.32.1.0/24")];
+        let dev = device(vec![status(1, Some("192.0.2.2:51820"), "10.32.1.0/24")]);
+        let change = plan_peers(&key(0), &view, &routed(&view), &dev, None);
+        assert_eq!(change.peers.len(), 1);
+        assert_eq!(change.peers[0].endpoint, Some(addr("203.0.113.2:51820")));
+    }
+
+    #[test]
     fn refused_spaces_get_no_allowed_ips() {
-        let now = SystemTime::now();
         // Node 2 claims our own space and everything: neither reaches its allowed IPs.
-        let mut greedy = node(2, &["192.0.2.3:51820"], "10.32.0.0/24");
+        let mut greedy = node(2, Some("192.0.2.3:51820"), "10.32.0.0/24");
         greedy.spaces.push("0.0.0.0/0".parse().expect("prefix"));
         greedy.spaces.push("10.32.2.0/24".parse().expect("prefix"));
-        let view = [node(1, &["192.0.2.2:51820"], "10.32.1.0/24"), greedy];
-        let change = plan_peers(&key(0), &view, &routed(&view), &device(vec![]), None, now);
+        let view = [node(1, Some("192.0.2.2:51820"), "10.32.1.0/24"), greedy];
+        let change = plan_peers(&key(0), &view, &routed(&view), &device(vec![]), None);
         assert_eq!(change.peers.len(), 2);
         assert_eq!(
             change.peers[1].allowed_ips,
             vec!["10.32.2.0/24".parse::<IpNet>().expect("prefix")]
         );
-    }
-
-    #[test]
-    fn stale_tunnel_walks_the_advertised_endpoints() {
-        let now = SystemTime::now();
-        let old = now - Duration::from_secs(600);
-        let n = node(1, &["192.0.2.2:51820", "203.0.113.2:51820"], "10.32.1.0/24");
-        let on = |e: &str| status(1, Some(e), "10.32.1.0/24", Some(old));
-        assert_eq!(
-            choose_endpoint(&n, Some(&on("192.0.2.2:51820")), now),
-            Some(addr("203.0.113.2:51820"))
-        );
-        assert_eq!(
-            choose_endpoint(&n, Some(&on("203.0.113.2:51820")), now),
-            Some(addr("192.0.2.2:51820"))
-        );
-        // Somewhere unadvertised and stale: back to the best.
-        assert_eq!(
-            choose_endpoint(&n, Some(&on("198.51.100.7:4000")), now),
-            Some(addr("192.0.2.2:51820"))
-        );
-        // A single advertised endpoint that is already set: nothing to change.
-        let single = node(1, &["192.0.2.2:51820"], "10.32.1.0/24");
-        assert_eq!(
-            choose_endpoint(&single, Some(&on("192.0.2.2:51820")), now),
-            None
-        );
-        // No endpoints advertised: leave it.
-        let none = node(1, &[], "10.32.1.0/24");
-        assert_eq!(choose_endpoint(&none, None, now), None);
     }
 }

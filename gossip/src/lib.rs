@@ -30,5 +30,6 @@ pub use membership::{Event, MemberInfo, Membership, Stats, Transmit, TransmitKin
 pub use record::{
     Endpoints, LeaveReason, NodeRecord, SignatureCache, SignedLeave, SignedRecord, VerifiedRecord,
     MAX_BODY_LEN, MAX_ENDPOINTS, MAX_IPAM_LEN, MAX_LABELS, MAX_LABEL_BYTES, MAX_NAME_LEN,
+    MAX_UNREACHABLE,
 };
 pub use weft_crypto::NodeId;

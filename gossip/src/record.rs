@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use weft_crypto::{IdentityKey, NodeId, Signature, WgPublicKey, SIGNATURE_LEN};
 
-use crate::codec::{put_addr, put_bytes, put_varint, Reader};
+use crate::codec::{put_addr, put_bytes, put_varint, varint_len, Reader};
 use crate::error::{Error, Result};
 
 /// Longest node name, in bytes.
@@ -28,6 +28,10 @@ pub const MAX_LABELS: usize = 16;
 pub const MAX_LABEL_BYTES: usize = 192;
 /// Most endpoints of all three kinds together.
 pub const MAX_ENDPOINTS: usize = 6;
+/// Most entries in [`NodeRecord::unreachable`]. The whole body must still fit
+/// [`MAX_BODY_LEN`], so a record with a long name, IPAM data and labels holds fewer (see
+/// [`NodeRecord::set_unreachable`]).
+pub const MAX_UNREACHABLE: usize = 64;
 /// Largest encoded record body. With the signature and a datagram header this keeps a single
 /// record below the 1,200-byte datagram bound.
 pub const MAX_BODY_LEN: usize = 1024;
@@ -74,6 +78,10 @@ pub struct NodeRecord {
     pub ipam: Vec<u8>,
     /// Free-form labels (≤ [`MAX_LABELS`] entries, ≤ [`MAX_LABEL_BYTES`] bytes).
     pub labels: BTreeMap<String, String>,
+    /// Members this node is alive with in gossip but cannot complete a WireGuard handshake
+    /// with directly (filled by the datapath; read by others to choose a relay both ends
+    /// agree on). Sorted, no duplicates, ≤ [`MAX_UNREACHABLE`] entries.
+    pub unreachable: Vec<NodeId>,
 }
 
 impl NodeRecord {
@@ -94,7 +102,29 @@ impl NodeRecord {
             endpoints: Endpoints::default(),
             ipam: Vec::new(),
             labels: BTreeMap::new(),
+            unreachable: Vec::new(),
         }
+    }
+
+    /// Set [`NodeRecord::unreachable`] from any list of ids: sorted, duplicates and this
+    /// node's own id dropped, and cut (keeping the lowest ids) to what fits both
+    /// [`MAX_UNREACHABLE`] and the body bound given the rest of the record. Returns how many
+    /// ids did not fit.
+    pub fn set_unreachable(&mut self, ids: impl IntoIterator<Item = NodeId>) -> usize {
+        let mut ids: Vec<NodeId> = ids.into_iter().filter(|id| *id != self.node_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.unreachable.clear();
+        // The list is encoded last: a count (one byte, as it is ≤ 64) and 32 bytes per id.
+        // Leave room for the version varint to grow to its 10-byte maximum, as
+        // `Membership::update_record` raises the version after the change.
+        let base = self.encode_fields().len() + 10 - varint_len(self.version);
+        let room = MAX_BODY_LEN.saturating_sub(base + 1) / 32;
+        let keep = ids.len().min(room).min(MAX_UNREACHABLE);
+        let dropped = ids.len() - keep;
+        ids.truncate(keep);
+        self.unreachable = ids;
+        dropped
     }
 
     /// Check the bounds that keep a record small enough for one datagram.
@@ -120,6 +150,14 @@ impl NodeRecord {
         if self.endpoints.len() > MAX_ENDPOINTS {
             return Err(Error::InvalidRecord("too many endpoints"));
         }
+        if self.unreachable.len() > MAX_UNREACHABLE {
+            return Err(Error::InvalidRecord("too many unreachable members"));
+        }
+        if !self.unreachable.windows(2).all(|w| w[0] < w[1]) {
+            return Err(Error::InvalidRecord(
+                "unreachable members not sorted or duplicated",
+            ));
+        }
         Ok(())
     }
 
@@ -127,6 +165,19 @@ impl NodeRecord {
     /// can tell whether a record is news before decoding or verifying the rest.
     pub(crate) fn encode(&self) -> Result<Vec<u8>> {
         self.validate()?;
+        let mut out = self.encode_fields();
+        put_varint(&mut out, self.unreachable.len() as u64);
+        for id in &self.unreachable {
+            out.extend_from_slice(id.as_bytes());
+        }
+        if out.len() > MAX_BODY_LEN {
+            return Err(Error::InvalidRecord("encoded record too long"));
+        }
+        Ok(out)
+    }
+
+    /// Every field but the unreachable list, which comes last.
+    fn encode_fields(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(160 + self.ipam.len());
         out.extend_from_slice(self.node_id.as_bytes());
         put_varint(&mut out, self.version);
@@ -149,10 +200,7 @@ impl NodeRecord {
             put_bytes(&mut out, k.as_bytes());
             put_bytes(&mut out, v.as_bytes());
         }
-        if out.len() > MAX_BODY_LEN {
-            return Err(Error::InvalidRecord("encoded record too long"));
-        }
-        Ok(out)
+        out
     }
 
     pub(crate) fn decode(body: &[u8]) -> Result<Self> {
@@ -186,6 +234,17 @@ impl NodeRecord {
                 return Err(Error::InvalidRecord("duplicate label"));
             }
         }
+        let n = r.count(MAX_UNREACHABLE)?;
+        let mut unreachable: Vec<NodeId> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = NodeId(r.array()?);
+            if unreachable.last().is_some_and(|last| *last >= id) {
+                return Err(Error::InvalidRecord(
+                    "unreachable members not sorted or duplicated",
+                ));
+            }
+            unreachable.push(id);
+        }
         r.finish()?;
         let record = Self {
             node_id,
@@ -196,6 +255,7 @@ impl NodeRecord {
             endpoints,
             ipam,
             labels,
+            unreachable,
         };
         record.validate()?;
         Ok(record)
@@ -508,6 +568,117 @@ mod tests {
         r.endpoints.observed.clear();
         r.endpoints.local = vec!["[2001:db8::1]:51820".parse().expect("addr"); MAX_ENDPOINTS];
         assert!(r.sign(&key).is_ok(), "a maximal record fits");
+    }
+
+    fn id(b: u8) -> NodeId {
+        NodeId([b; 32])
+    }
+
+    #[test]
+    fn unreachable_list_round_trips_in_the_signed_record() {
+        let key = IdentityKey::from_seed(&[1; 32]);
+        let mut rec = sample(&key);
+        assert!(rec.unreachable.is_empty(), "empty by default");
+        rec.unreachable = vec![id(3), id(5), id(9)];
+        let signed = rec.sign(&key).expect("sign");
+        let v = VerifiedRecord::verify(signed.clone(), None).expect("verifies");
+        assert_eq!(v.record().unreachable, vec![id(3), id(5), id(9)]);
+        // The list is covered by the signature.
+        let mut tampered = signed;
+        let last = tampered.body.len() - 1;
+        tampered.body[last] ^= 1;
+        assert_eq!(
+            VerifiedRecord::verify(tampered, None).err(),
+            Some(Error::BadSignature(key.node_id()))
+        );
+    }
+
+    #[test]
+    fn unsorted_duplicate_or_too_many_unreachable_are_refused() {
+        let key = IdentityKey::from_seed(&[1; 32]);
+        let mut small = NodeRecord::new(
+            key.node_id(),
+            1,
+            "",
+            WgPublicKey([9; 32]),
+            "192.0.2.1:6783".parse().expect("addr"),
+        );
+        for bad in [vec![id(5), id(3)], vec![id(3), id(3)]] {
+            small.unreachable = bad;
+            assert!(matches!(small.sign(&key), Err(Error::InvalidRecord(_))));
+        }
+        small.unreachable = (0..=MAX_UNREACHABLE as u8).map(id).collect();
+        assert_eq!(
+            small.validate(),
+            Err(Error::InvalidRecord("too many unreachable members"))
+        );
+
+        // Decoding checks the same bounds on bytes nobody's encoder made: build a valid
+        // body, then rewrite its tail (count, ids).
+        small.unreachable = vec![id(3)];
+        let good = small.encode().expect("encode");
+        let head = &good[..good.len() - 33];
+        let body = |count: u8, ids: &[u8]| {
+            let mut b = head.to_vec();
+            b.push(count);
+            for &i in ids {
+                b.extend_from_slice(&[i; 32]);
+            }
+            b
+        };
+        assert_eq!(NodeRecord::decode(&body(1, &[3])), Ok(small.clone()));
+        assert!(matches!(
+            NodeRecord::decode(&body(2, &[5, 3])),
+            Err(Error::InvalidRecord(_))
+        ));
+        assert!(matches!(
+            NodeRecord::decode(&body(2, &[3, 3])),
+            Err(Error::InvalidRecord(_))
+        ));
+        assert_eq!(
+            NodeRecord::decode(&body(MAX_UNREACHABLE as u8 + 1, &[])),
+            Err(Error::Malformed("too many items"))
+        );
+        assert_eq!(NodeRecord::decode(&body(2, &[3])), Err(Error::Truncated));
+    }
+
+    #[test]
+    fn set_unreachable_sorts_dedups_and_fits_the_body_bound() {
+        let key = IdentityKey::from_seed(&[1; 32]);
+        let mut small = NodeRecord::new(
+            key.node_id(),
+            1,
+            "",
+            WgPublicKey([9; 32]),
+            "192.0.2.1:6783".parse().expect("addr"),
+        );
+        let dropped = small.set_unreachable([id(9), id(2), id(9), key.node_id(), id(4)]);
+        assert_eq!(dropped, 0);
+        assert_eq!(small.unreachable, vec![id(2), id(4), id(9)]);
+        small.sign(&key).expect("fits");
+
+        // A small record holds as many as the body bound allows, lowest ids first.
+        let many: Vec<NodeId> = (0..=200u8).rev().map(id).collect();
+        let dropped = small.set_unreachable(many.clone());
+        let kept = small.unreachable.len();
+        assert!(kept > 16 && kept <= MAX_UNREACHABLE, "kept {kept}");
+        assert_eq!(dropped, many.len() - kept);
+        assert_eq!(
+            small.unreachable,
+            (0..kept as u8).map(id).collect::<Vec<_>>()
+        );
+        // Still fits after the version grows to its widest encoding.
+        small.version = u64::MAX;
+        small.sign(&key).expect("fits with the widest version");
+
+        // A full record leaves less room, but what is kept always signs.
+        let mut full = sample(&key);
+        full.ipam = vec![0; MAX_IPAM_LEN];
+        full.name = "n".repeat(MAX_NAME_LEN);
+        let dropped = full.set_unreachable(many.clone());
+        assert!(full.unreachable.len() < kept, "less room in a full record");
+        assert_eq!(dropped, many.len() - full.unreachable.len());
+        full.sign(&key).expect("fits");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use weft_crypto::{IdentityKey, NodeId, Signature, WgPublicKey};
 use weft_gossip::wire::{
     decode, encode_datagram, encode_push_pull, Message, Packet, StateEntry, Update, MAX_DATAGRAM,
 };
-use weft_gossip::{Error, LeaveReason, MemberState, NodeRecord, SignedLeave};
+use weft_gossip::{Error, LeaveReason, MemberState, NodeRecord, SignedLeave, VerifiedRecord};
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
@@ -138,6 +138,26 @@ proptest! {
         }).collect();
         let bytes = encode_push_pull(reply, &entries);
         prop_assert_eq!(decode(&bytes), Ok(Packet::PushPull { reply, entries }));
+    }
+
+    #[test]
+    fn unreachable_lists_round_trip_through_the_wire(
+        ids in proptest::collection::btree_set(any::<[u8; 32]>(), 0..20),
+        v in any::<u64>(),
+    ) {
+        let key = IdentityKey::from_seed(&[6; 32]);
+        let mut r = NodeRecord::new(key.node_id(), v, "n", WgPublicKey([6; 32]), "192.0.2.1:6783".parse().expect("addr"));
+        r.unreachable = ids.into_iter().map(NodeId).filter(|id| *id != key.node_id()).collect();
+        let signed = r.sign(&key).expect("bounded record");
+        let bytes = encode_datagram(&Message::Gossip, &[Update::Alive(signed)]);
+        let Ok(Packet::Datagram { updates, .. }) = decode(&bytes) else {
+            return Err(TestCaseError::fail("datagram did not decode"));
+        };
+        let Some(Update::Alive(got)) = updates.into_iter().next() else {
+            return Err(TestCaseError::fail("no record"));
+        };
+        let got = VerifiedRecord::verify(got, None).expect("verifies");
+        prop_assert_eq!(got.record(), &r);
     }
 
     #[test]

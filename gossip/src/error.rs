@@ -28,6 +28,10 @@ pub enum Error {
     /// The identity key given to the core does not match the record's node id.
     #[error("identity key does not match the record's node id")]
     IdentityMismatch,
+    /// A message on the shared transport starts with a channel tag this node does not know
+    /// (see [`crate::frame`]).
+    #[error("unknown channel tag {0:#04x}")]
+    UnknownChannel(u8),
     /// The local node has left; it can no longer change its record.
     #[error("the local node has left the cluster")]
     HasLeft,

@@ -18,6 +18,7 @@ mod membership;
 mod record;
 mod suspicion;
 
+pub mod frame;
 pub mod ipam;
 pub mod sim;
 pub mod transport;
@@ -25,6 +26,7 @@ pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use frame::{frame, unframe, Channel};
 pub use members::MemberState;
 pub use membership::{Event, MemberInfo, Membership, Stats, Transmit, TransmitKind};
 pub use record::{

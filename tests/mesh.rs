@@ -566,3 +566,79 @@ fn fail_closed_when_the_wireguard_peer_is_removed() {
     c.wait_full_mesh(&[0, 1], GENEROUS);
     c.wait_ping(&a, &b, secs(30));
 }
+
+/// The underlay check itself (no root needed): WireGuard and gossip pass; cleartext pod
+/// traffic, the marker, and malformed WireGuard-port datagrams are reported.
+#[test]
+fn underlay_check_tells_wireguard_from_cleartext() {
+    fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], l4: &[u8]) -> weft_testbed::Packet {
+        let total = 20 + l4.len();
+        let mut d = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            proto,
+            0,
+            0,
+        ];
+        d.extend_from_slice(&src);
+        d.extend_from_slice(&dst);
+        d.extend_from_slice(l4);
+        weft_testbed::Packet {
+            data: d,
+            timestamp: Duration::ZERO,
+            orig_len: total as u32,
+        }
+    }
+    fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let len = (8 + payload.len()) as u16;
+        let mut u = Vec::new();
+        for v in [sport, dport, len, 0] {
+            u.extend_from_slice(&v.to_be_bytes());
+        }
+        u.extend_from_slice(payload);
+        u
+    }
+    let hosts = ([198, 18, 0, 10], [198, 18, 0, 11]);
+    let wg = |kind: u8, len: usize| {
+        let mut m = vec![0u8; len];
+        m[0] = kind;
+        m[4..].fill(0xa5);
+        ipv4(17, hosts.0, hosts.1, &udp(6784, 6784, &m))
+    };
+    let good = [
+        wg(1, 148),
+        wg(2, 92),
+        wg(3, 64),
+        wg(4, 32),
+        wg(4, 1456),
+        ipv4(17, hosts.0, hosts.1, &udp(6783, 6783, &[0xc3; 1200])),
+    ];
+    assert!(underlay_problems(&good, MARKER).is_empty());
+    assert!(good[..5].iter().all(is_wireguard));
+
+    let mut with_marker = vec![0u8; 16];
+    with_marker.extend_from_slice(MARKER);
+    let bad = [
+        wg(1, 100),
+        wg(5, 148),
+        wg(4, 33),
+        ipv4(17, hosts.0, hosts.1, &udp(6784, 6784, &with_marker)),
+        ipv4(1, [10, 32, 0, 2], [10, 33, 0, 2], &[8, 0, 0, 0, 0, 1, 0, 1]),
+        ipv4(17, hosts.0, hosts.1, &udp(5002, 5002, b"hello")),
+        ipv4(6, hosts.0, hosts.1, &[0; 20]),
+    ];
+    for p in &bad {
+        assert_eq!(
+            underlay_problems(std::slice::from_ref(p), MARKER).len(),
+            1,
+            "{p:?}"
+        );
+    }
+}

@@ -306,6 +306,87 @@ fn restart_keeps_allocations_in_the_state_directory() {
     assert!(err.to_string().contains("belongs to node"), "{err}");
 }
 
+fn open_in(
+    dir: &std::path::Path,
+    boot: &str,
+    seed: u64,
+) -> weft_gossip::ipam::Result<Ipam<FileStore>> {
+    Ipam::open(
+        Arc::new(IdentityKey::from_seed(&[9; 32])),
+        IpamConfig::new(range("10.32.0.0/24")),
+        FileStore::with_boot_id(dir, boot),
+        seed,
+    )
+}
+
+#[test]
+fn a_journal_damaged_by_a_power_loss_is_cut_only_after_a_reboot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = Instant::now();
+    let mut addresses = Vec::new();
+    {
+        let mut ipam = open_in(dir.path(), "boot-a", 1).expect("open");
+        ipam.init_genesis(now).expect("genesis");
+        for i in 0..10 {
+            addresses.push(ipam.allocate(now, &format!("c{i}")).expect("allocate"));
+        }
+    }
+    // The page cache reached the disk only in part: line 4 (the third allocation) is zeros.
+    let journal = dir.path().join(FileStore::JOURNAL);
+    let text = std::fs::read(&journal).expect("journal");
+    let mut lines: Vec<Vec<u8>> = text.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+    assert!(lines.len() > 5, "header and one line per allocation");
+    lines[3] = vec![0; lines[3].len()];
+    std::fs::write(&journal, lines.join(&b'\n')).expect("write");
+
+    // Same boot: the daemon only crashed, and a crash cannot do this. Refuse to guess.
+    let err = open_in(dir.path(), "boot-a", 2).expect_err("damage within one boot");
+    assert!(err.to_string().contains("line 4"), "{err}");
+
+    // After a reboot the containers of that journal are gone: keep what precedes the damage.
+    let mut ipam = open_in(dir.path(), "boot-b", 3).expect("damage from before the reboot");
+    let kept: Vec<String> = ipam.allocations().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(kept, ["c0", "c1"], "entries before the damage are kept");
+    assert_eq!(ipam.allocate(now, "c1").expect("same"), addresses[1]);
+    let fresh = ipam.allocate(now, "new").expect("fresh");
+    assert!(
+        fresh != addresses[0] && fresh != addresses[1],
+        "kept addresses are not reused"
+    );
+}
+
+#[test]
+fn a_stale_journal_left_behind_by_a_snapshot_is_not_replayed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = Instant::now();
+    let journal = dir.path().join(FileStore::JOURNAL);
+    let old_journal;
+    {
+        let mut ipam = open_in(dir.path(), "boot-a", 1).expect("open");
+        ipam.init_genesis(now).expect("genesis");
+        for i in 0..5 {
+            ipam.allocate(now, &format!("c{i}")).expect("allocate");
+        }
+        old_journal = std::fs::read(&journal).expect("journal");
+    }
+    {
+        // The start writes a snapshot with c0..c4; c0 then goes away.
+        let mut ipam = open_in(dir.path(), "boot-a", 2).expect("reopen");
+        assert_eq!(ipam.allocations().len(), 5);
+        ipam.release("c0").expect("release");
+    }
+    drop(open_in(dir.path(), "boot-a", 3).expect("reopen")); // a snapshot without c0
+                                                             // The old journal is back, as if emptying it after the snapshot's rename was lost.
+    std::fs::write(&journal, &old_journal).expect("write");
+    let ipam = open_in(dir.path(), "boot-a", 4).expect("a stale journal is no error");
+    let kept: Vec<String> = ipam.allocations().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        kept,
+        ["c1", "c2", "c3", "c4"],
+        "c0 does not come back from the stale journal"
+    );
+}
+
 #[test]
 fn garbage_records_and_messages_change_nothing() {
     let identity = Arc::new(IdentityKey::from_seed(&[1; 32]));

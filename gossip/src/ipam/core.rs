@@ -1,5 +1,6 @@
 //! The IPAM state machine of one node. See the module doc of `ipam` for the design.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -202,7 +203,7 @@ impl<S: Store> Ipam<S> {
         Ok(ipam)
     }
 
-    fn restore(&mut self, state: PersistedState, journal: Vec<JournalOp>) -> Result<()> {
+    fn restore(&mut self, state: PersistedState, journal: Vec<JournalOp<'static>>) -> Result<()> {
         let bad = |reason: String| Error::State {
             path: "ipam state".into(),
             reason,
@@ -257,7 +258,7 @@ impl<S: Store> Ipam<S> {
         for op in journal {
             match op {
                 JournalOp::Allocate { container, offset } => {
-                    if !self.pool.restore(container.clone(), offset)
+                    if !self.pool.restore(container.to_string(), offset)
                         && self.pool.allocated(&container) != Some(offset)
                     {
                         return Err(bad(format!("journal: allocation of {container} is outside the owned space or taken")));
@@ -308,11 +309,13 @@ impl<S: Store> Ipam<S> {
                 },
             },
             owned: self.pool.owned().to_vec(),
-            allocations: self
-                .pool
-                .allocations()
-                .map(|(c, &o)| (c.clone(), o))
-                .collect(),
+            allocations: {
+                // Sorted first, so the map is built in one pass instead of by comparisons.
+                let mut sorted: Vec<(&String, u32)> =
+                    self.pool.allocations().map(|(c, &o)| (c, o)).collect();
+                sorted.sort_unstable();
+                sorted.into_iter().map(|(c, o)| (c.clone(), o)).collect()
+            },
             outgoing: self
                 .outgoing
                 .iter()
@@ -503,9 +506,9 @@ impl<S: Store> Ipam<S> {
         if let Some(offset) = self.pool.allocated(container) {
             return Ok(address_at(range, offset));
         }
-        if let Some(offset) = self.pool.allocate(container) {
+        if let Some(offset) = self.pool.allocate_new(container) {
             let op = JournalOp::Allocate {
-                container: container.to_owned(),
+                container: Cow::Borrowed(container),
                 offset,
             };
             if let Err(e) = self.store.append(&op) {
@@ -533,13 +536,16 @@ impl<S: Store> Ipam<S> {
 
     /// Releases the address of `container`, if it has one.
     pub fn release(&mut self, container: &str) -> Result<Option<Ipv4Addr>> {
-        let Some(offset) = self.pool.allocated(container) else {
+        let Some(offset) = self.pool.release(container) else {
             return Ok(None);
         };
-        self.store.append(&JournalOp::Release {
-            container: container.to_owned(),
-        })?;
-        self.pool.release(container);
+        if let Err(e) = self.store.append(&JournalOp::Release {
+            container: Cow::Borrowed(container),
+        }) {
+            // Not journalled, so not released: put it back as it was.
+            self.pool.restore(container.to_owned(), offset);
+            return Err(e);
+        }
         self.journal_len += 1;
         self.bump();
         Ok(Some(address_at(self.range(), offset)))

@@ -57,10 +57,14 @@
 //!
 //! # Nodes that stop, leave, or vanish
 //!
-//! * Stopping (crash, restart, upgrade) changes nothing: the state directory keeps the pieces
-//!   and allocations ([`FileStore`]: `ipam.json` snapshot written atomically and fsynced on
-//!   every change of ownership, `ipam.journal` appended per allocation), so the same container
-//!   id gets the same address back and no address in use is reused.
+//! * Stopping (crash, `kill -9`, restart, upgrade) changes nothing: the state directory keeps
+//!   the pieces and allocations ([`FileStore`]: `ipam.json` snapshot written atomically and
+//!   fsynced on every change of ownership, `ipam.journal` appended by one `write(2)` per
+//!   allocation before it is returned), so the same container id gets the same address back
+//!   and no address in use is reused. Journal lines are not fsynced: a power loss may lose or
+//!   damage the latest ones, which reuses nothing in use, because the containers they
+//!   describe went down with the machine (the store tells a reboot from a daemon crash by
+//!   the boot id; see `store`).
 //! * Leaving ([`Ipam::leave`], `weft reset`) hands every piece to one reachable node — the
 //!   owner of the neighbouring piece when it can, so the ring stays compact — by one signed
 //!   transfer, and drops the allocations.

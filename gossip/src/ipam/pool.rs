@@ -118,10 +118,16 @@ impl Pool {
         true
     }
 
+    #[cfg(test)]
     pub(crate) fn allocate(&mut self, container: &str) -> Option<u32> {
         if let Some(&offset) = self.by_container.get(container) {
             return Some(offset);
         }
+        self.allocate_new(container)
+    }
+
+    /// Allocates for a container the caller knows has no address yet (one hash lookup less).
+    pub(crate) fn allocate_new(&mut self, container: &str) -> Option<u32> {
         let offset = self.find_free()?;
         self.used.insert(offset);
         self.by_container.insert(container.to_owned(), offset);

@@ -21,13 +21,15 @@ use weft_testbed::{require_root, wait_until, Host, Proc, TestBed};
 enum Impl {
     WireguardGo,
     WeftWg,
+    /// weft-wg with `WEFT_WG_OFFLOAD=0`: no TUN or UDP offloads.
+    WeftWgPlain,
 }
 
 impl Impl {
     fn binary(self) -> &'static str {
         match self {
             Impl::WireguardGo => "/usr/bin/wireguard-go",
-            Impl::WeftWg => env!("CARGO_BIN_EXE_weft-wg"),
+            Impl::WeftWg | Impl::WeftWgPlain => env!("CARGO_BIN_EXE_weft-wg"),
         }
     }
 }
@@ -97,7 +99,17 @@ impl<'a> Node<'a> {
     fn start(host: &'a Host, which: Impl) -> Self {
         let ifname = unique_ifname();
         let proc = host
-            .spawn(&[which.binary(), "-f", &ifname])
+            .spawn(&[
+                "env",
+                if which == Impl::WeftWgPlain {
+                    "WEFT_WG_OFFLOAD=0"
+                } else {
+                    "WEFT_WG_OFFLOAD=1"
+                },
+                which.binary(),
+                "-f",
+                &ifname,
+            ])
             .expect("start daemon");
         let up = wait_until(Duration::from_secs(10), || {
             socket_path(&ifname).exists() && host.run_ok(&["wg", "show", &ifname]).is_ok()
@@ -737,6 +749,15 @@ macro_rules! suite {
                 #[test]
                 fn $case() {
                     super::run(super::Impl::WeftWg, concat!("weft_wg::", stringify!($case)), super::$case);
+                }
+            )*
+        }
+        /// weft-wg with its offloads (TUN TSO/GRO, UDP GSO/GRO) turned off.
+        mod weft_wg_without_offload {
+            $(
+                #[test]
+                fn $case() {
+                    super::run(super::Impl::WeftWgPlain, concat!("weft_wg_without_offload::", stringify!($case)), super::$case);
                 }
             )*
         }

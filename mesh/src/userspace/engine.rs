@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::time::Duration;
 
 use boringtun::noise::errors::WireGuardError;
@@ -21,7 +22,7 @@ use super::allowed_ips::AllowedIps;
 use super::gro::Coalescer;
 use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::peer::{DeviceKey, Peer};
-use super::sockets::Sockets;
+use super::sockets::{self, Sockets, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 use super::Counters;
 use crate::config::{DeviceConfig, DeviceStatus, PeerConfig};
 use crate::tun::Tun;
@@ -36,6 +37,9 @@ const BUFFER_LEN: usize = MAX_PACKET + 256;
 
 /// Packets handled per readiness event before the engine looks at its other inputs.
 const BATCH: usize = 64;
+
+/// What WireGuard adds to a packet (header, tag) with room for padding.
+const WG_OVERHEAD: usize = 48;
 
 /// Size of a cookie reply, which is not proof that the sender holds a key.
 const COOKIE_REPLY_LEN: usize = 64;
@@ -62,6 +66,56 @@ struct Buffers {
     segment: Vec<u8>,
     /// Decrypted TCP segments waiting to be written to the TUN device as one.
     gro: Coalescer,
+    /// Encrypted datagrams waiting to go to one peer in one GSO send.
+    batch: SendBatch,
+    /// Control message space for UDP reads (the GRO segment size).
+    control: Vec<u8>,
+}
+
+/// Encrypted datagrams for one peer and endpoint, back to back, all `segment` bytes long
+/// but the last: the shape one UDP GSO send takes. Filled while a batch of TUN reads is
+/// handled and sent when it is full or the batch ends, so it adds no latency.
+struct SendBatch {
+    buf: Vec<u8>,
+    len: usize,
+    count: usize,
+    segment: usize,
+    /// A datagram shorter than `segment` was added: it must be the last.
+    closed: bool,
+    to: Option<(u32, SocketAddr)>,
+}
+
+impl SendBatch {
+    fn new() -> Self {
+        Self {
+            buf: vec![0; BUFFER_LEN],
+            len: 0,
+            count: 0,
+            segment: 0,
+            closed: false,
+            to: None,
+        }
+    }
+
+    /// Whether a packet of `len` bytes to peer `index`, once encrypted, may join.
+    fn has_room(&self, index: u32, len: usize) -> bool {
+        self.count == 0
+            || (!self.closed
+                && self.count < GSO_MAX_SEGMENTS
+                && self.len + len + WG_OVERHEAD <= GSO_MAX_BYTES
+                && self.to.map(|(i, _)| i) == Some(index))
+    }
+
+    /// The datagram of `len` bytes just written at `self.len` joins the batch.
+    fn add(&mut self, len: usize, index: u32, to: SocketAddr) {
+        if self.count == 0 {
+            self.segment = len;
+            self.to = Some((index, to));
+        }
+        self.closed |= len < self.segment;
+        self.len += len;
+        self.count += 1;
+    }
 }
 
 struct State {
@@ -81,9 +135,10 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub fn new(tun: Tun, span: tracing::Span) -> Result<Self> {
+    /// `offload`: UDP GSO/GRO on the sockets where the kernel has them.
+    pub fn new(tun: Tun, span: tracing::Span, offload: bool) -> Result<Self> {
         let tun = tun.into_async()?;
-        let sockets = Sockets::bind(0, None)?;
+        let sockets = Sockets::bind(0, None, offload)?;
         Ok(Self {
             io: Io { tun, sockets },
             state: State {
@@ -100,6 +155,8 @@ impl Engine {
                 dst: vec![0; BUFFER_LEN],
                 segment: vec![0; BUFFER_LEN],
                 gro: Coalescer::new(),
+                batch: SendBatch::new(),
+                control: sockets::control_buffer(),
             },
         })
     }
@@ -172,9 +229,20 @@ async fn readable(socket: Option<&tokio::net::UdpSocket>) -> io::Result<()> {
     }
 }
 
-/// Read a batch of packets from the TUN device. An error other than `WouldBlock` means the
-/// interface is gone.
+/// Read a batch of packets from the TUN device and send what they became. An error other
+/// than `WouldBlock` means the interface is gone.
 fn read_tun(
+    guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, Tun>,
+    sockets: &Sockets,
+    state: &mut State,
+    bufs: &mut Buffers,
+) -> io::Result<()> {
+    let result = read_tun_batch(guard, sockets, state, bufs);
+    state.flush_batch(sockets, &mut bufs.batch);
+    result
+}
+
+fn read_tun_batch(
     guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, Tun>,
     sockets: &Sockets,
     state: &mut State,
@@ -187,7 +255,7 @@ fn read_tun(
         match read {
             Ok(Ok(0)) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
             Ok(Ok(len)) if vnet => state.outgoing_offloaded(len, sockets, bufs),
-            Ok(Ok(len)) => state.outgoing(&bufs.src[..len], sockets, &mut bufs.dst),
+            Ok(Ok(len)) => state.outgoing(&bufs.src[..len], sockets, &mut bufs.batch),
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => return Ok(()),
@@ -196,7 +264,8 @@ fn read_tun(
     Ok(())
 }
 
-/// Read a batch of datagrams from one UDP socket.
+/// Read a batch of datagrams from one UDP socket (with GRO, each read may be several
+/// datagrams of one sender, cut at `segment`).
 fn read_udp(
     socket: &tokio::net::UdpSocket,
     sockets: &Sockets,
@@ -205,8 +274,19 @@ fn read_udp(
     bufs: &mut Buffers,
 ) {
     for _ in 0..BATCH {
-        match socket.try_recv_from(&mut bufs.src) {
-            Ok((len, from)) => state.incoming(len, from, sockets, tun, bufs),
+        match sockets::recv(socket, &mut bufs.src, &mut bufs.control) {
+            Ok(read) => {
+                let segment = read.segment.max(1);
+                if segment < read.len {
+                    state.counters.udp_gro_reads += 1;
+                }
+                let mut start = 0;
+                while start < read.len {
+                    let end = (start + segment).min(read.len);
+                    state.incoming(start..end, read.from, sockets, tun, bufs);
+                    start = end;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -245,14 +325,17 @@ impl State {
     /// super-segment to cut into packets, each encrypted on its own.
     fn outgoing_offloaded(&mut self, len: usize, sockets: &Sockets, bufs: &mut Buffers) {
         let Buffers {
-            src, dst, segment, ..
+            src,
+            segment,
+            batch,
+            ..
         } = bufs;
         let Some(hdr) = VnetHdr::parse(&src[..len]) else {
             self.counters.invalid_tun_packets += 1;
             return;
         };
         let packet = &mut src[VNET_HDR_LEN..len];
-        match offload::segment(&hdr, packet, segment, |p| self.outgoing(p, sockets, dst)) {
+        match offload::segment(&hdr, packet, segment, |p| self.outgoing(p, sockets, batch)) {
             Ok(n) if n > 1 => self.counters.tun_gso_batches += 1,
             Ok(_) => {}
             Err(e) => {
@@ -262,8 +345,9 @@ impl State {
         }
     }
 
-    /// A packet from the TUN device: find the peer by destination and encrypt to it.
-    fn outgoing(&mut self, packet: &[u8], sockets: &Sockets, out_buf: &mut [u8]) {
+    /// A packet from the TUN device: find the peer by destination and encrypt it into the
+    /// send batch (which the caller flushes at the end of its batch of reads).
+    fn outgoing(&mut self, packet: &[u8], sockets: &Sockets, batch: &mut SendBatch) {
         self.counters.tun_rx_packets += 1;
         let Some(dst) = Tunn::dst_address(packet) else {
             self.counters.invalid_tun_packets += 1;
@@ -273,6 +357,9 @@ impl State {
             self.counters.no_route += 1;
             return;
         };
+        if !batch.has_room(index, packet.len()) {
+            self.flush_batch(sockets, batch);
+        }
         let Some(peer) = self.peers.get_mut(&index) else {
             self.counters.no_route += 1;
             return;
@@ -281,33 +368,66 @@ impl State {
             self.counters.no_key += 1;
             return;
         };
-        match tunn.encapsulate(packet, out_buf) {
+        let start = batch.len;
+        let (len, endpoint) = match tunn.encapsulate(packet, &mut batch.buf[start..]) {
             TunnResult::WriteToNetwork(out) => match peer.endpoint {
-                Some(endpoint) => {
-                    if send(sockets, &mut self.counters, out, endpoint) {
-                        peer.tx_bytes += out.len() as u64;
-                    }
+                Some(endpoint) => (out.len(), endpoint),
+                None => {
+                    self.counters.no_endpoint += 1;
+                    return;
                 }
-                None => self.counters.no_endpoint += 1,
             },
             TunnResult::Err(e) => {
                 debug!(parent: &peer.span, error = ?e, "encapsulate failed");
                 self.counters.rejected += 1;
+                return;
             }
-            _ => {}
+            _ => return,
+        };
+        if batch.count > 0 && (batch.to != Some((index, endpoint)) || len > batch.segment) {
+            // It cannot join (a handshake went first, the endpoint roamed): send what is
+            // there and start again with this datagram.
+            self.flush_batch(sockets, batch);
+            batch.buf.copy_within(start..start + len, 0);
+        }
+        batch.add(len, index, endpoint);
+    }
+
+    /// Send the batch: one GSO send where the kernel can, else datagram by datagram.
+    fn flush_batch(&mut self, sockets: &Sockets, batch: &mut SendBatch) {
+        let count = std::mem::take(&mut batch.count);
+        let len = std::mem::take(&mut batch.len);
+        batch.closed = false;
+        let Some((index, to)) = batch.to.take() else {
+            return;
+        };
+        if count == 0 {
+            return;
+        }
+        match sockets.send_segments(&batch.buf[..len], batch.segment, to) {
+            Ok(carried) => {
+                if carried > 1 {
+                    self.counters.udp_gso_sends += 1;
+                }
+                if let Some(peer) = self.peers.get_mut(&index) {
+                    peer.tx_bytes += len as u64;
+                }
+            }
+            Err(_) => self.counters.send_errors += 1,
         }
     }
 
     /// A datagram from the network: find the peer, decrypt, check the inner source.
     fn incoming(
         &mut self,
-        len: usize,
+        range: Range<usize>,
         from: SocketAddr,
         sockets: &Sockets,
         tun: &Tun,
         bufs: &mut Buffers,
     ) {
-        let datagram = &bufs.src[..len];
+        let datagram = &bufs.src[range];
+        let len = datagram.len();
         let Some(key) = self.key.as_ref() else {
             self.counters.no_key += 1;
             return;
@@ -468,7 +588,7 @@ impl State {
             .unwrap_or(sockets.fwmark);
         match config.listen_port {
             Some(port) if port != sockets.port || port == 0 => {
-                *sockets = Sockets::bind(port, fwmark)?
+                *sockets = Sockets::bind(port, fwmark, sockets.offload)?
             }
             _ if fwmark != sockets.fwmark => sockets.set_fwmark(fwmark)?,
             _ => {}
@@ -670,7 +790,7 @@ mod tests {
 
     #[tokio::test]
     async fn peers_are_created_updated_and_removed_as_wireguard_does() {
-        let mut sockets = Sockets::bind(0, None).expect("bind");
+        let mut sockets = Sockets::bind(0, None, true).expect("bind");
         let mut state = state();
         let own = WgPrivateKey::generate();
         let (a, b) = (
@@ -776,8 +896,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_port_in_use_fails_the_whole_change() {
-        let mut sockets = Sockets::bind(0, None).expect("bind");
-        let taken = Sockets::bind(0, None).expect("bind");
+        let mut sockets = Sockets::bind(0, None, true).expect("bind");
+        let taken = Sockets::bind(0, None, true).expect("bind");
         let mut state = state();
         let config = DeviceConfig {
             listen_port: Some(taken.port),

@@ -34,9 +34,10 @@ use engine::{Command, Engine};
 #[derive(Debug, Clone)]
 pub struct DeviceOptions {
     pub mtu: u32,
-    /// TCP segmentation offload on the TUN device: the kernel hands over up to 64 KiB of a
-    /// TCP stream per read, which the engine cuts into MTU-sized packets. Falls back to a
-    /// plain device where the kernel refuses it.
+    /// Offloads: TCP segmentation offload on the TUN device (the kernel hands over up to
+    /// 64 KiB of a TCP stream per read, which the engine cuts into MTU-sized packets, and
+    /// takes coalesced TCP segments back in one write), and UDP GSO/GRO on the sockets.
+    /// Each falls back to the plain way where the kernel refuses it.
     pub offload: bool,
 }
 
@@ -65,6 +66,10 @@ pub struct Counters {
     pub tun_gso_batches: u64,
     /// TUN writes that were several decrypted TCP segments coalesced into one (offload).
     pub tun_gro_writes: u64,
+    /// UDP sends that carried several datagrams (GSO).
+    pub udp_gso_sends: u64,
+    /// UDP reads that returned several datagrams (GRO).
+    pub udp_gro_reads: u64,
     /// TUN packets whose destination is in no peer's allowed IPs.
     pub no_route: u64,
     /// Packets for a peer whose endpoint is not known yet.
@@ -178,7 +183,7 @@ impl UserspaceDevice {
         )?;
         tracing::debug!(iface = name, offload = tun.offload(), "TUN device open");
         let span = tracing::info_span!("wg", iface = %name);
-        let engine = Engine::new(tun, span.clone())?;
+        let engine = Engine::new(tun, span.clone(), options.offload)?;
         let (commands, receiver) = mpsc::channel(16);
         let (closed_tx, closed) = watch::channel(false);
         let task = tokio::spawn(tracing::Instrument::instrument(

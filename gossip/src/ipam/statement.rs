@@ -152,6 +152,21 @@ impl Genesis {
         w.bytes(&self.signature.0);
     }
 
+    /// The wire encoding (as carried in records and persisted).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        self.encode(&mut w);
+        w.buf
+    }
+
+    /// Decodes exactly one genesis from `bytes`, without verifying its signature.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        let genesis = Self::decode(&mut r)?;
+        r.finish()?;
+        Ok(genesis)
+    }
+
     /// Decodes without verifying the signature (callers verify once, when they adopt it).
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self> {
         let id = GenesisId(r.array()?);
@@ -281,6 +296,22 @@ impl Transfer {
         w.bytes(&self.signature.0);
     }
 
+    /// The wire encoding, without `from`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        self.encode(&mut w);
+        w.buf
+    }
+
+    /// Decodes exactly one transfer made by `from` in a range of `size` addresses, without
+    /// verifying its signature.
+    pub fn from_bytes(bytes: &[u8], from: NodeId, size: u32) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        let transfer = Self::decode(&mut r, from, size)?;
+        r.finish()?;
+        Ok(transfer)
+    }
+
     pub(crate) fn decode(r: &mut Reader<'_>, from: NodeId, size: u32) -> Result<Self> {
         let to = NodeId(r.array()?);
         let seq = r.varint()?;
@@ -369,6 +400,22 @@ impl Reclaim {
         w.varint(self.base_seq);
         encode_pieces(w, &self.pieces);
         w.bytes(&self.signature.0);
+    }
+
+    /// The wire encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        self.encode(&mut w);
+        w.buf
+    }
+
+    /// Decodes exactly one reclaim in a range of `size` addresses, without verifying its
+    /// signature.
+    pub fn from_bytes(bytes: &[u8], size: u32) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        let reclaim = Self::decode(&mut r, size)?;
+        r.finish()?;
+        Ok(reclaim)
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>, size: u32) -> Result<Self> {

@@ -388,6 +388,102 @@ fn a_stale_journal_left_behind_by_a_snapshot_is_not_replayed() {
 }
 
 #[test]
+fn an_over_claim_is_reported_by_the_owner_it_robs() {
+    use weft_gossip::ipam::{Claim, Piece, Record, Transfer};
+    let now = Instant::now();
+    let config = IpamConfig::new(range("10.32.0.0/24"));
+    let open = |seed: u8| {
+        Ipam::open(
+            Arc::new(IdentityKey::from_seed(&[seed; 32])),
+            config.clone(),
+            MemoryStore::new(),
+            u64::from(seed),
+        )
+        .expect("open")
+    };
+    let mut owner = open(1);
+    let mut member = open(5);
+    let (ido, idm) = (owner.node_id(), member.node_id());
+    let stranger = IdentityKey::from_seed(&[6; 32]).node_id();
+    owner.init_genesis(now).expect("genesis");
+    member
+        .handle_record(now, ido, &owner.record().expect("record"))
+        .expect("adopt");
+    let honest = member.record().expect("record");
+    owner
+        .handle_record(now, idm, &honest)
+        .expect("honest record");
+    assert!(
+        owner.disputed().is_empty(),
+        "an honest record disputes nothing"
+    );
+
+    // The member (it holds the cluster secret, so its record is authentic) asserts the first
+    // half of the range at version 7 and, by a "transfer" to a stranger, two more addresses.
+    let mut forged = Record::decode(idm, &honest).expect("decode");
+    forged.seq += 1;
+    forged.claims = vec![Claim {
+        piece: Piece {
+            start: 0,
+            end: 128,
+            version: 7,
+        },
+        used: 0,
+    }];
+    forged.outgoing = vec![Transfer {
+        from: idm,
+        to: stranger,
+        seq: 1,
+        pieces: vec![Piece {
+            start: 200,
+            end: 202,
+            version: 3,
+        }],
+        signature: weft_crypto::Signature([0; 64]),
+    }];
+    let (bytes, truncated) = forged.encode();
+    assert!(!truncated);
+    owner
+        .handle_record(now, idm, &bytes)
+        .expect("authentic, well formed");
+
+    // Views follow the higher version (this is what the over-claim buys)...
+    let ring = owner.ownership();
+    assert!(ring
+        .iter()
+        .any(|e| e.owner == idm && e.start == 0 && e.end == 128));
+    // ...but the owner knows it never gave that space away, and says who claims it.
+    let disputed = owner.report().disputed;
+    let first = |s: &str| s.parse::<std::net::Ipv4Addr>().expect("address");
+    assert_eq!(disputed.len(), 2, "{disputed:?}");
+    assert_eq!(
+        (
+            disputed[0].first,
+            disputed[0].last,
+            disputed[0].ours,
+            disputed[0].theirs
+        ),
+        (first("10.32.0.0"), first("10.32.0.127"), 1, 7)
+    );
+    assert_eq!(
+        (disputed[1].first, disputed[1].last, disputed[1].theirs),
+        (first("10.32.0.200"), first("10.32.0.201"), 3)
+    );
+    assert!(disputed.iter().all(|d| d.claimant == idm.to_string()));
+    // It keeps allocating from its own state: nothing is handed out twice.
+    let addr = owner.allocate(now, "c").expect("own space");
+    assert_eq!(addr, first("10.32.0.1"));
+
+    // The member gives up the lie: the dispute goes away with its next record.
+    let mut honest_again = Record::decode(idm, &honest).expect("decode");
+    honest_again.seq = forged.seq + 1;
+    owner
+        .handle_record(now, idm, &honest_again.encode().0)
+        .expect("record");
+    assert!(owner.disputed().is_empty());
+}
+
+#[test]
 fn garbage_records_and_messages_change_nothing() {
     let identity = Arc::new(IdentityKey::from_seed(&[1; 32]));
     let peer = IdentityKey::from_seed(&[2; 32]).node_id();

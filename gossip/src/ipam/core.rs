@@ -774,6 +774,16 @@ impl<S: Store> Ipam<S> {
                 warn!(peer = %from.short(), error = %e, "ignored a reclaim");
             }
         }
+        for d in self.disputes_in(from, &record) {
+            warn!(
+                peer = %from.short(),
+                first = %address_at(self.range(), d.start),
+                last = %address_at(self.range(), d.end - 1),
+                ours = d.ours,
+                theirs = d.theirs,
+                "a node asserts address space this node owns and never gave away"
+            );
+        }
         if let Some(peer) = self.peers.get_mut(&from) {
             peer.record = Some(record);
         }
@@ -1263,8 +1273,70 @@ impl<S: Store> Ipam<S> {
                 })
                 .collect(),
             waiting_for: self.pending.map(|p| p.donor.to_string()),
+            disputed: self.disputed(),
         }
     }
+
+    /// Space this node owns that a peer's record asserts at a higher version (the report's
+    /// `disputed`): evidence of a member over-claiming.
+    pub fn disputed(&self) -> Vec<view::DisputeReport> {
+        let range = self.range();
+        self.peers
+            .iter()
+            .filter_map(|(id, p)| Some((*id, p.record.as_ref()?)))
+            .flat_map(|(id, r)| self.disputes_in(id, r))
+            .map(|d| view::DisputeReport {
+                first: address_at(range, d.start),
+                last: address_at(range, d.end - 1),
+                claimant: d.claimant.to_string(),
+                ours: d.ours,
+                theirs: d.theirs,
+            })
+            .collect()
+    }
+
+    /// Stretches of our own space that `record` (of `from`) asserts at a higher version than
+    /// ours, as a claim of its own or by a transfer it made. Our own state is the truth about
+    /// what we gave away: every honest way for space to leave us (a transfer we sign, a
+    /// reclaim of us, which we obey as soon as we learn it) takes it out of our pool, and a
+    /// stale record asserts lower versions, never higher (see "Trust" in the module doc).
+    fn disputes_in(&self, from: NodeId, record: &Record) -> Vec<Dispute> {
+        if self.status != Status::Active || self.tombstones.contains_key(&from) {
+            return Vec::new();
+        }
+        let asserted = record.claims.iter().map(|c| c.piece).chain(
+            record
+                .outgoing
+                .iter()
+                .flat_map(|t| t.pieces.iter().copied()),
+        );
+        let mut out = Vec::new();
+        for theirs in asserted {
+            for ours in self.pool.owned() {
+                let (start, end) = (ours.start.max(theirs.start), ours.end.min(theirs.end));
+                if start < end && theirs.version > ours.version {
+                    out.push(Dispute {
+                        start,
+                        end,
+                        claimant: from,
+                        ours: ours.version,
+                        theirs: theirs.version,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// See [`Ipam::disputes_in`].
+#[derive(Debug, Clone, Copy)]
+struct Dispute {
+    start: u32,
+    end: u32,
+    claimant: NodeId,
+    ours: u32,
+    theirs: u32,
 }
 
 fn rc_genesis(genesis: &Option<Genesis>) -> GenesisId {

@@ -96,12 +96,50 @@
 //! if signed by its maker, the genesis only if signed by its creator. They can therefore be
 //! relayed by anyone (the giver's record, a direct message) and never replayed into another
 //! cluster. Every input is decoded with bounds checks; a bad one returns an error and changes
-//! nothing. What is *not* defended: a member holding the cluster secret may claim pieces it
-//! was never given at a high version; other nodes' views would follow it (the honest owner
-//! keeps allocating from its own state, so this blackholes traffic rather than duplicating
-//! addresses). Checking every claim against a chain of transfers back to the genesis would
-//! need the whole history in the bounded record; see the report's "missing".
+//! nothing.
 //!
+//! ## Over-claims by a member: detected by the owner, not prevented
+//!
+//! A member holding the cluster secret can assert, in its own (authentic) record, pieces it
+//! was never given, at a higher version, as a claim or as a "transfer" to another node.
+//! Views follow the highest version, so other nodes would route that space to it. No
+//! address is handed out twice — the honest owner keeps allocating from its own state — but
+//! the traffic for it is blackholed.
+//!
+//! The owner detects it, soundly: its own state is the truth about what it gave away. Every
+//! honest way for space to leave a node takes it out of its pool first (a transfer it signs,
+//! leaving, a reclaim of it, obeyed as soon as it is learned), and versions rise only at the
+//! owner, so a stale record asserts a lower version, never a higher one (two honest
+//! forgetters racing a transfer can tie, which the view reports as `clashes`). Space a node
+//! owns that a peer's record asserts at a *higher* version is therefore an over-claim (or a
+//! reclaim of this node left out of a full record, which it learns directly soon after):
+//! [`Ipam::disputed`] and the report's `disputed` name the claimant and both versions, and
+//! a warning is logged when such a record arrives. The simulator checks that honest
+//! schedules never produce one (`Sim::check_safety`, run after every step of the property
+//! test).
+//!
+//! What a *viewer* cannot do is refuse an unbacked claim, i.e. accept a claim at version
+//! `v` only if a signed statement it has seen backs it (the genesis, a transfer to the
+//! claimant, a reclaim by it). That check would not be sound, for three reasons:
+//! 1. The evidence is forgeable by the very member it is meant to stop. A reclaim may take
+//!    any node's space (it is the operator's `forget`, and a receiver cannot check the
+//!    operator's judgement that the node is gone: it may be cut off from it just as the
+//!    forgetter is), and the cluster secret admits any key, so the member can run a second
+//!    identity and sign transfers to it. Every over-claim can be dressed in a valid
+//!    statement; only claims with none would be caught, and an attacker never needs those.
+//! 2. Checking that the signer of a statement owned what it signed away is the recursive
+//!    form of the same check: it needs every statement since the genesis for each piece.
+//!    Records are bounded ([`MAX_RECORD_BYTES`]) and transfers leave them once acknowledged
+//!    and seen, so a node that joins later has none of them; carrying a proof chain per
+//!    piece grows with the history of splits and merges, and still bottoms out at (1).
+//! 3. A partial rule harms honest nodes: a newcomer, or any node whose view missed a
+//!    transfer before it was pruned, would mark honest pieces unbacked and stop routing to
+//!    them — the blackholing it was meant to prevent.
+//!
+//! Closing this needs a trust root other than membership: reclaims signed by an operator
+//! key (not a member key), and ownership certificates whose history is cut by periodic
+//! checkpoints of the ring signed by that key.
+
 //! # Compactness
 //!
 //! Pieces are merged with their neighbours (the merged piece takes the highest version: only
@@ -138,4 +176,6 @@ pub use statement::{Genesis, GenesisId, Piece, Reclaim, Transfer};
 pub use store::{
     Accepted, FileStore, JournalOp, MemoryStore, PersistedState, PersistedStatus, Store,
 };
-pub use view::{ClashReport, GenesisReport, IpamReport, NodeReport, PieceReport, RingEntry};
+pub use view::{
+    ClashReport, DisputeReport, GenesisReport, IpamReport, NodeReport, PieceReport, RingEntry,
+};

@@ -463,8 +463,8 @@ impl Sim {
     }
 
     /// Safety: the pieces that nodes own (live ones, and crashed ones that will restart with
-    /// them) never overlap, every allocation lies in its node's own pieces, and no address
-    /// is allocated twice.
+    /// them) never overlap, every allocation lies in its node's own pieces, no address
+    /// is allocated twice, and no node sees its own space asserted at a higher version.
     pub fn check_safety(&self) -> Result<(), String> {
         let mut pieces: Vec<(u32, u32, usize)> = Vec::new();
         let mut addresses: BTreeMap<Ipv4Addr, (usize, String)> = BTreeMap::new();
@@ -491,6 +491,15 @@ impl Sim {
                         "address {addr} allocated twice: node {j} ({c}) and node {i} ({container})"
                     ));
                 }
+            }
+        }
+        // Honest nodes never assert space another node owns at a higher version than its
+        // owner (what `IpamReport::disputed` reports).
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(d) = node.ipam.as_ref().and_then(|n| n.disputed().pop()) {
+                return Err(format!(
+                    "node {i} reports a dispute among honest nodes: {d:?}"
+                ));
             }
         }
         pieces.sort_unstable();

@@ -120,6 +120,10 @@ pub struct IpamReport {
     pub conflicts: Vec<GenesisConflict>,
     /// Stretches that two nodes assert at the same version (see the module doc of `view`).
     pub clashes: Vec<ClashReport>,
+    /// Space this node owns that another node's record asserts at a higher version. No
+    /// honest action does that (see "Trust" in the `ipam` module doc): the claimant is a
+    /// member over-claiming, and other nodes may route this space to it.
+    pub disputed: Vec<DisputeReport>,
     /// A request for space this node is waiting on.
     pub waiting_for: Option<String>,
 }
@@ -151,6 +155,17 @@ pub struct NodeReport {
     pub owned: u64,
     pub used: u64,
     pub reachable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DisputeReport {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    /// The node whose record asserts the stretch (as its own, or by a transfer it made).
+    pub claimant: String,
+    /// The version this node owns it at, and the higher one the claimant asserts.
+    pub ours: u32,
+    pub theirs: u32,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

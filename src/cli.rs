@@ -179,9 +179,28 @@ pub struct LaunchArgs {
     #[arg(long, env = "WEFT_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Cluster address range for pod addresses [default: 10.32.0.0/12] (not used yet).
+    /// Cluster address range for pod addresses, IPv4 [default: 10.32.0.0/12]. Every node of
+    /// a cluster must use the same range.
     #[arg(long, value_name = "CIDR")]
     pub range: Option<ipnet::IpNet>,
+
+    /// UDP port of the WireGuard tunnels [default: 6784].
+    #[arg(long, value_name = "PORT")]
+    pub wg_port: Option<u16>,
+
+    /// Address of the HTTP endpoint with /healthz, /readyz and Prometheus /metrics
+    /// [default: 127.0.0.1:6782]; "off" turns it off.
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub metrics_addr: Option<String>,
+
+    /// WireGuard datapath: "kernel" (netlink), "userspace" (TUN), or "auto" (kernel when
+    /// the host has it) [default: auto].
+    #[arg(long, value_name = "auto|kernel|userspace")]
+    pub datapath: Option<String>,
+
+    /// MTU of the WireGuard interface, the bridge and containers' interfaces [default: 1420].
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<u32>,
 
     /// Unix socket of the local API used by `weft status` and `weft peers`
     /// [default: /run/weft/weft.sock]. Mode 0600; its directory is created with mode 0700.
@@ -189,7 +208,8 @@ pub struct LaunchArgs {
     pub api_socket: Option<PathBuf>,
 
     /// TOML file with any of the keys name, listen, secret_file, state_dir, range,
-    /// api_socket, peers. Options on the command line win; unknown keys are refused.
+    /// api_socket, peers, wg_port, metrics_addr, datapath, mtu. Options on the command line
+    /// win; unknown keys are refused.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }

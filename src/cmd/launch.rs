@@ -14,6 +14,10 @@ pub fn run(args: LaunchArgs, secret_file: Option<PathBuf>) -> anyhow::Result<()>
         range: args.range,
         api_socket: args.api_socket,
         peers: (!args.peers.is_empty()).then_some(args.peers),
+        wg_port: args.wg_port,
+        metrics_addr: args.metrics_addr,
+        datapath: args.datapath,
+        mtu: args.mtu,
     };
     let file = match &args.config {
         Some(path) => Settings::from_file(path)?,

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
+use ipnet::Ipv4Net;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 use weft_gossip::MAX_ENDPOINTS;
@@ -63,6 +64,36 @@ pub fn advertised(
     Ok((gossip, endpoints))
 }
 
+/// This node's own WireGuard endpoints for a gossip transport bound to `bound`: the bound
+/// address (or, on a wildcard, the host's addresses of a usable family) with `wg_port`.
+/// Addresses inside the cluster range (the bridge's, after a restart) are left out, and one
+/// slot of the record's endpoints is left for the address others observe (NAT).
+pub fn wireguard_local(
+    bound: SocketAddr,
+    host: &[IpAddr],
+    wg_port: u16,
+    cluster: Ipv4Net,
+) -> Vec<SocketAddr> {
+    let candidates: Vec<IpAddr> = if bound.ip().is_unspecified() {
+        host.iter()
+            .filter(|ip| ip.is_ipv4() == bound.is_ipv4() || bound.is_ipv6())
+            .copied()
+            .collect()
+    } else {
+        vec![bound.ip()]
+    };
+    let mut out: Vec<SocketAddr> = candidates
+        .into_iter()
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !cluster.contains(v4),
+            IpAddr::V6(_) => true,
+        })
+        .map(|ip| SocketAddr::new(ip, wg_port))
+        .collect();
+    out.truncate(MAX_ENDPOINTS - 1);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +114,36 @@ mod tests {
         let fixed: SocketAddr = "203.0.113.5:7000".parse().expect("addr");
         assert_eq!(advertised(fixed, &host).expect("ok"), (fixed, vec![fixed]));
         assert!(advertised("0.0.0.0:1".parse().expect("addr"), &[]).is_err());
+    }
+
+    #[test]
+    fn wireguard_endpoints_use_the_wireguard_port_and_skip_the_cluster_range() {
+        let host: Vec<IpAddr> = vec![
+            "192.0.2.7".parse().expect("ip"),
+            "10.32.0.1".parse().expect("ip"),
+            "2001:db8::7".parse().expect("ip"),
+        ];
+        let cluster: Ipv4Net = "10.32.0.0/12".parse().expect("net");
+        let eps = wireguard_local("0.0.0.0:6783".parse().expect("addr"), &host, 6784, cluster);
+        assert_eq!(
+            eps,
+            vec!["192.0.2.7:6784".parse::<SocketAddr>().expect("addr")]
+        );
+        let eps = wireguard_local("[::]:6783".parse().expect("addr"), &host, 6784, cluster);
+        assert_eq!(eps.len(), 2, "{eps:?}");
+        let eps = wireguard_local(
+            "203.0.113.5:7000".parse().expect("addr"),
+            &host,
+            7001,
+            cluster,
+        );
+        assert_eq!(
+            eps,
+            vec!["203.0.113.5:7001".parse::<SocketAddr>().expect("addr")]
+        );
+        let many: Vec<IpAddr> = (1..=9).map(|i| IpAddr::from([192, 0, 2, i])).collect();
+        let eps = wireguard_local("0.0.0.0:1".parse().expect("addr"), &many, 2, cluster);
+        assert_eq!(eps.len(), MAX_ENDPOINTS - 1);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The local API: line-delimited JSON over a unix socket (mode 0600).
 //!
-//! A client writes one request per line, `{"cmd":"status"}` or `{"cmd":"peers"}`, and reads
-//! one response line per request: `{"ok":true,"status":{...}}`, `{"ok":true,"peers":[...]}`,
-//! or `{"ok":false,"error":"..."}`. A request that is too long, not JSON or unknown gets the
+//! A client writes one request per line (`{"cmd":"status"}`, `{"cmd":"peers"}`,
+//! `{"cmd":"ipam"}`, `{"cmd":"allocate","container":"ID"}`, `{"cmd":"release","container":"ID"}`,
+//! `{"cmd":"forget","node":"NODE"}`, `{"cmd":"connect","addr":"ADDR"}`, `{"cmd":"reset"}`)
+//! and reads one response line per request: `{"ok":true,"status":{...}}`,
+//! `{"ok":true,"peers":[...]}`, `{"ok":true,"ipam":{...}}`, `{"ok":true,"allocation":{...}}`,
+//! `{"ok":true,"message":"..."}`, or `{"ok":false,"error":"..."}`. A request that is too long, not JSON or unknown gets the
 //! error response and the connection is closed; nothing in the daemon changes.
 
 use std::net::SocketAddr;
@@ -148,6 +151,9 @@ pub enum PeerState {
     Suspect,
     Failed,
     Left,
+    /// Left for now (SIGTERM, restart) and expected back: keeps its address space, and its
+    /// tunnel and routes stay (traffic to it fails closed).
+    Stopped,
 }
 
 impl PeerState {
@@ -157,6 +163,7 @@ impl PeerState {
             PeerState::Suspect => "suspect",
             PeerState::Failed => "failed",
             PeerState::Left => "left",
+            PeerState::Stopped => "stopped",
         }
     }
 }
@@ -327,7 +334,12 @@ async fn serve_client(stream: UnixStream, queries: mpsc::Sender<Query>) -> std::
             )))
         } else {
             match parse_request(&line) {
-                Ok(request) => Ok(ask(&queries, request).await),
+                // A connect address that does not resolve is a failed request, not a bad
+                // one: the connection stays open.
+                Ok(request) => match resolve_connect(request).await {
+                    Ok(request) => Ok(ask(&queries, request).await),
+                    Err(response) => Ok(response),
+                },
                 Err(e) => Err(Response::error(e)),
             }
         };
@@ -354,29 +366,83 @@ async fn serve_client(stream: UnixStream, queries: mpsc::Sender<Query>) -> std::
     }
 }
 
+/// Longest string field of a request (container id, node, address).
+pub const MAX_FIELD_LEN: usize = 256;
+
 /// Parse one request line (the newline is optional at end of input).
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    // serde's internally tagged enums ignore extra keys, so check the shape by hand.
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Raw {
-        cmd: String,
-    }
-    const EXPECTED: &str = r#"expected {"cmd":"status"} or {"cmd":"peers"}"#;
+    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"allocate","container":"ID"}, ... (commands: status, peers, ipam, allocate, release, forget, connect, reset)"#;
     let text = std::str::from_utf8(line).map_err(|_| "bad request: not UTF-8".to_string())?;
     let text = text.trim();
     if text.is_empty() {
         return Err(format!("bad request: empty line ({EXPECTED})"));
     }
-    let raw: Raw =
+    // serde's internally tagged enums ignore extra keys, so check the shape by hand.
+    let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("bad request: {e} ({EXPECTED})"))?;
-    match raw.cmd.as_str() {
-        "status" => Ok(Request::Status),
-        "peers" => Ok(Request::Peers),
-        other => Err(format!(
-            "bad request: unknown command {:?} ({EXPECTED})",
-            other.chars().take(64).collect::<String>()
-        )),
+    let serde_json::Value::Object(map) = &value else {
+        return Err(format!("bad request: not a JSON object ({EXPECTED})"));
+    };
+    let Some(serde_json::Value::String(cmd)) = map.get("cmd") else {
+        return Err(format!("bad request: no \"cmd\" string ({EXPECTED})"));
+    };
+    let field = match cmd.as_str() {
+        "status" | "peers" | "ipam" | "reset" => None,
+        "allocate" | "release" => Some("container"),
+        "forget" => Some("node"),
+        "connect" => Some("addr"),
+        other => {
+            return Err(format!(
+                "bad request: unknown command {:?} ({EXPECTED})",
+                other.chars().take(64).collect::<String>()
+            ))
+        }
+    };
+    for key in map.keys() {
+        if key != "cmd" && Some(key.as_str()) != field {
+            return Err(format!(
+                "bad request: unknown field {:?} for {cmd:?}",
+                key.chars().take(64).collect::<String>()
+            ));
+        }
+    }
+    if let Some(field) = field {
+        match map.get(field) {
+            Some(serde_json::Value::String(v)) => {
+                if v.is_empty() || v.len() > MAX_FIELD_LEN {
+                    return Err(format!(
+                        "bad request: {field:?} must be 1 to {MAX_FIELD_LEN} bytes"
+                    ));
+                }
+                if v.chars().any(char::is_control) {
+                    return Err(format!(
+                        "bad request: {field:?} contains control characters"
+                    ));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "bad request: {cmd:?} needs a string field {field:?}"
+                ))
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))
+}
+
+/// Resolve a `connect` address before it reaches the driver, which must not wait on DNS.
+async fn resolve_connect(request: Request) -> Result<Request, Response> {
+    let Request::Connect { addr } = request else {
+        return Ok(request);
+    };
+    let text = addr.clone();
+    let resolved = tokio::task::spawn_blocking(move || super::config::resolve_peer(&text)).await;
+    match resolved {
+        Ok(Ok(sock)) => Ok(Request::Connect {
+            addr: sock.to_string(),
+        }),
+        Ok(Err(e)) => Err(Response::error(format!("{e:#}"))),
+        Err(_) => Err(Response::error("resolving the address failed")),
     }
 }
 
@@ -401,13 +467,50 @@ mod tests {
             parse_request(b" {\"cmd\": \"peers\"}\n"),
             Ok(Request::Peers)
         );
+        assert_eq!(parse_request(br#"{"cmd":"ipam"}"#), Ok(Request::Ipam));
+        assert_eq!(parse_request(br#"{"cmd":"reset"}"#), Ok(Request::Reset));
+        assert_eq!(
+            parse_request(br#"{"cmd":"allocate","container":"c1"}"#),
+            Ok(Request::Allocate {
+                container: "c1".into()
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"container":"c1","cmd":"release"}"#),
+            Ok(Request::Release {
+                container: "c1".into()
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"forget","node":"n3"}"#),
+            Ok(Request::Forget { node: "n3".into() })
+        );
+        assert_eq!(
+            parse_request(br#"{"cmd":"connect","addr":"192.0.2.1:6783"}"#),
+            Ok(Request::Connect {
+                addr: "192.0.2.1:6783".into()
+            })
+        );
+        let long = format!(
+            r#"{{"cmd":"allocate","container":"{}"}}"#,
+            "x".repeat(MAX_FIELD_LEN + 1)
+        );
         for bad in [
             &b""[..],
             b"\n",
             b"status",
-            br#"{"cmd":"reset"}"#,
+            b"[1]",
             br#"{"cmd":"status","x":1}"#,
+            br#"{"cmd":"reset","node":"a"}"#,
+            br#"{"cmd":"allocate"}"#,
+            br#"{"cmd":"allocate","container":""}"#,
+            br#"{"cmd":"allocate","container":7}"#,
+            br#"{"cmd":"allocate","container":"a\nb"}"#,
+            br#"{"cmd":"allocate","node":"a"}"#,
+            br#"{"cmd":"forget","node":"a","container":"b"}"#,
+            br#"{"cmd":1}"#,
             br#"{"command":"status"}"#,
+            long.as_bytes(),
             b"\xff\xfe",
         ] {
             assert!(parse_request(bad).is_err(), "{bad:?} accepted");

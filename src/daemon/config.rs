@@ -1,18 +1,27 @@
 //! What `weft launch` runs with: command-line options over a TOML file over defaults.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 use weft_gossip::transport::DEFAULT_PORT;
 use weft_gossip::MAX_NAME_LEN;
 
 use super::api::DEFAULT_API_SOCKET;
+use super::metrics::DEFAULT_METRICS_ADDR;
 
 /// The default cluster address range.
 pub const DEFAULT_RANGE: &str = "10.32.0.0/12";
+/// The default WireGuard UDP port.
+pub const DEFAULT_WG_PORT: u16 = 6784;
+/// The default MTU of the WireGuard interface, the bridge and containers' interfaces.
+pub const DEFAULT_MTU: u32 = 1420;
+/// MTUs accepted: IPv6's minimum (so the tunnel can carry it) up to jumbo frames.
+const MTU_RANGE: std::ops::RangeInclusive<u32> = 1280..=9000;
+/// The datapath backends `--datapath` accepts.
+pub const DATAPATH_BACKENDS: [&str; 3] = ["auto", "kernel", "userspace"];
 /// The largest config file read.
 const MAX_CONFIG_LEN: u64 = 64 * 1024;
 
@@ -29,6 +38,13 @@ pub struct Settings {
     pub api_socket: Option<PathBuf>,
     /// Seeds: gossip addresses of nodes to join through (`host:port`, or a host for port 6783).
     pub peers: Option<Vec<String>>,
+    /// The WireGuard UDP port.
+    pub wg_port: Option<u16>,
+    /// `ip:port` of the metrics HTTP endpoint, or "off".
+    pub metrics_addr: Option<String>,
+    /// "auto", "kernel" or "userspace".
+    pub datapath: Option<String>,
+    pub mtu: Option<u32>,
 }
 
 impl Settings {
@@ -66,6 +82,10 @@ impl Settings {
             range: self.range.or(fallback.range),
             api_socket: self.api_socket.or(fallback.api_socket),
             peers: self.peers.or(fallback.peers),
+            wg_port: self.wg_port.or(fallback.wg_port),
+            metrics_addr: self.metrics_addr.or(fallback.metrics_addr),
+            datapath: self.datapath.or(fallback.datapath),
+            mtu: self.mtu.or(fallback.mtu),
         }
     }
 }
@@ -77,9 +97,16 @@ pub struct LaunchConfig {
     pub listen: SocketAddr,
     pub secret_file: PathBuf,
     pub state_dir: PathBuf,
-    pub range: IpNet,
+    /// The cluster's pod range (IPv4 only).
+    pub range: Ipv4Net,
     pub api_socket: PathBuf,
     pub seeds: Vec<SocketAddr>,
+    pub wg_port: u16,
+    /// Where the metrics endpoint listens; `None` when turned off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// "auto", "kernel" or "userspace".
+    pub datapath: String,
+    pub mtu: u32,
 }
 
 impl LaunchConfig {
@@ -104,9 +131,38 @@ impl LaunchConfig {
             .listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
         let range = match settings.range {
-            Some(range) => range,
+            Some(IpNet::V4(range)) => range,
+            Some(IpNet::V6(range)) => bail!(
+                "cluster range {range} is IPv6; weft's address management needs an IPv4 range (--range, e.g. {DEFAULT_RANGE})"
+            ),
             None => DEFAULT_RANGE.parse().context("default range")?,
         };
+        let wg_port = settings.wg_port.unwrap_or(DEFAULT_WG_PORT);
+        if wg_port == 0 {
+            bail!("--wg-port must not be 0: other nodes need a fixed port to reach");
+        }
+        let metrics_addr = match settings.metrics_addr.as_deref() {
+            None => Some(DEFAULT_METRICS_ADDR.parse().context("default metrics address")?),
+            Some("off") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                anyhow::anyhow!("--metrics-addr {text:?}: expected ip:port (e.g. {DEFAULT_METRICS_ADDR}) or \"off\"")
+            })?),
+        };
+        let datapath = settings.datapath.unwrap_or_else(|| "auto".into());
+        if !DATAPATH_BACKENDS.contains(&datapath.as_str()) {
+            bail!(
+                "--datapath {datapath:?}: expected one of {}",
+                DATAPATH_BACKENDS.join(", ")
+            );
+        }
+        let mtu = settings.mtu.unwrap_or(DEFAULT_MTU);
+        if !MTU_RANGE.contains(&mtu) {
+            bail!(
+                "--mtu {mtu}: must be {} to {}",
+                MTU_RANGE.start(),
+                MTU_RANGE.end()
+            );
+        }
         let seeds = settings
             .peers
             .unwrap_or_default()
@@ -125,6 +181,10 @@ impl LaunchConfig {
                 .api_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
             seeds,
+            wg_port,
+            metrics_addr,
+            datapath,
+            mtu,
         })
     }
 }
@@ -134,7 +194,7 @@ pub fn resolve_peer(text: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+    if let Ok(ip) = text.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
     let with_port = if text.contains(':') {
@@ -192,6 +252,75 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:6783");
         assert_eq!(c.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
         assert_eq!(c.seeds, vec!["192.0.2.9:6783".parse().expect("addr")]);
+        assert_eq!(c.wg_port, DEFAULT_WG_PORT);
+        assert_eq!(c.mtu, DEFAULT_MTU);
+        assert_eq!(c.datapath, "auto");
+        assert_eq!(
+            c.metrics_addr,
+            Some("127.0.0.1:6782".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn datapath_options_parse_and_bad_ones_are_refused() {
+        let s = Settings::parse(
+            r#"
+            wg_port = 7784
+            metrics_addr = "off"
+            datapath = "userspace"
+            mtu = 1380
+            "#,
+        )
+        .expect("parse");
+        let flags = Settings {
+            secret_file: Some("/s".into()),
+            name: Some("n".into()),
+            mtu: Some(1400),
+            ..Settings::default()
+        };
+        let c = LaunchConfig::resolve(flags.or(s)).expect("resolve");
+        assert_eq!(c.wg_port, 7784);
+        assert_eq!(c.metrics_addr, None);
+        assert_eq!(c.datapath, "userspace");
+        assert_eq!(c.mtu, 1400, "the flag wins over the file");
+
+        let base = || Settings {
+            secret_file: Some("/s".into()),
+            name: Some("n".into()),
+            ..Settings::default()
+        };
+        let bad = [
+            Settings {
+                datapath: Some("ebpf".into()),
+                ..base()
+            },
+            Settings {
+                mtu: Some(100),
+                ..base()
+            },
+            Settings {
+                wg_port: Some(0),
+                ..base()
+            },
+            Settings {
+                metrics_addr: Some("localhost".into()),
+                ..base()
+            },
+            Settings {
+                range: Some("fd00::/64".parse().expect("net")),
+                ..base()
+            },
+        ];
+        for s in bad {
+            let shown = format!("{s:?}");
+            assert!(LaunchConfig::resolve(s).is_err(), "accepted {shown}");
+        }
+        let err = LaunchConfig::resolve(Settings {
+            range: Some("fd00::/64".parse().expect("net")),
+            ..base()
+        })
+        .expect_err("v6");
+        assert!(err.to_string().contains("IPv4"), "{err}");
     }
 
     #[test]

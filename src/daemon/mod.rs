@@ -1,6 +1,6 @@
 //! The weft daemon (`weft launch`): keys and secret from disk, the gossip transport, the
-//! membership driver, and the local API socket. Not wired yet: the WireGuard datapath from
-//! the view, IPAM, metrics.
+//! membership and IPAM driver, the WireGuard datapath task that follows the driver's view,
+//! the local API socket and the metrics endpoint.
 
 mod addrs;
 pub mod api;
@@ -12,22 +12,30 @@ mod state;
 pub mod view;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
-use tracing::info;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
 use weft_crypto::{ClusterSecret, IdentityKey, KeyStore};
+use weft_gossip::ipam::{FileStore, Ipam, IpamConfig};
 use weft_gossip::transport::{Transport, TransportConfig};
 use weft_gossip::{Membership, NodeRecord};
 
-use api::ApiSocket;
+use api::{ApiSocket, Response};
 use config::LaunchConfig;
-use driver::{Driver, NodeInfo};
+use datapath::DatapathConfig;
+use driver::{DatapathLink, Driver, Exit, NodeInfo};
 use state::VersionFile;
+use view::DatapathReport;
 
-/// Run the daemon in the foreground until SIGTERM or SIGINT.
+/// The WireGuard interface's name.
+pub const WG_IFNAME: &str = "weft-wg";
+/// How long the API gets to write the answer to `weft reset` before the daemon exits.
+const REPLY_GRACE: Duration = Duration::from_millis(300);
+
+/// Run the daemon in the foreground until SIGTERM or SIGINT (or `weft reset`).
 pub fn launch(config: LaunchConfig) -> anyhow::Result<()> {
     let keys = KeyStore::open_or_create(&config.state_dir).context("loading the node's keys")?;
     if keys.created() {
@@ -54,19 +62,37 @@ async fn run(
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
 
     let api = ApiSocket::bind(&config.api_socket).context("opening the API socket")?;
+    // Bound here so that a port in use fails the launch with a clear message.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding the metrics endpoint {addr} (--metrics-addr ADDR:PORT, or off)")
+        })?),
+        None => None,
+    };
     let wg_key = keys.wireguard_public_key();
-    let (identity, _wireguard) = keys.into_keys();
-    // The transport and the core each want the identity key, which is not Clone.
+    let (identity, wg_private) = keys.into_keys();
+    let identity = Arc::new(identity);
+    // The membership core wants the identity key by value, and it is not Clone.
     let core_identity = IdentityKey::from_base64(&identity.to_base64_secret())
         .context("copying the identity key")?;
-    let transport = Transport::bind(
-        config.listen,
-        TransportConfig::new(Arc::new(identity), secret),
+    let ipam = Ipam::open(
+        identity.clone(),
+        IpamConfig::new(config.range),
+        FileStore::new(&config.state_dir),
+        rand::random(),
     )
-    .context("starting the gossip transport")?;
+    .with_context(|| {
+        format!(
+            "opening the address space state in {}",
+            config.state_dir.display()
+        )
+    })?;
+    let transport = Transport::bind(config.listen, TransportConfig::new(identity, secret))
+        .context("starting the gossip transport")?;
     let bound = transport.local_addr()?;
     let host = addrs::host_addresses()?;
-    let (gossip_addr, endpoints) = addrs::advertised(bound, &host)?;
+    let (gossip_addr, _) = addrs::advertised(bound, &host)?;
+    let wg_local = addrs::wireguard_local(bound, &host, config.wg_port, config.range);
 
     let now = Instant::now();
     let mut record = NodeRecord::new(
@@ -76,7 +102,7 @@ async fn run(
         wg_key,
         gossip_addr,
     );
-    record.endpoints.local = endpoints;
+    record.endpoints.local = wg_local.clone();
     let gossip_config = weft_gossip::Config {
         rng_seed: rand::random(),
         ..weft_gossip::Config::default()
@@ -86,28 +112,98 @@ async fn run(
     let node = core.local_id();
     info!(node = %node, name = %config.name, %gossip_addr, version = core.local_version(), "node started");
     eprintln!(
-        "weft: node {} ({}) gossiping on {gossip_addr} (bound {bound}), API at {}",
+        "weft: node {} ({}) gossiping on {gossip_addr} (bound {bound}), WireGuard port {}, API at {}",
         config.name,
         node.short(),
+        config.wg_port,
         config.api_socket.display()
     );
 
     let (queries_tx, queries) = mpsc::channel(16);
+    let metrics_task = metrics_listener.map(|listener| {
+        let queries = queries_tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, queries).await {
+                error!(error = %format!("{e:#}"), "metrics endpoint stopped");
+            }
+        })
+    });
     let api_task = tokio::spawn(async move { api.serve(queries_tx).await });
+
+    let (view_tx, view_rx) = watch::channel(None);
+    let (report_tx, report_rx) = watch::channel(DatapathReport::default());
+    let (failed_tx, failed_rx) = watch::channel(None);
+    let datapath_config = DatapathConfig {
+        ifname: WG_IFNAME.to_string(),
+        private_key: wg_private,
+        listen_port: config.wg_port,
+        mtu: config.mtu,
+        backend: config.datapath.clone(),
+    };
+    let datapath_task = tokio::spawn(async move {
+        // An error is shown by `weft status`; gossip and IPAM go on without a datapath.
+        if let Err(e) = datapath::run(datapath_config, view_rx, report_tx).await {
+            let e = format!("{e:#}");
+            error!(error = %e, "the WireGuard datapath stopped");
+            let _ = failed_tx.send(Some(e));
+        }
+    });
+
     let info = NodeInfo {
         listen: bound,
         range: config.range,
         started: now,
+        wg_port: config.wg_port,
+        mtu: config.mtu,
+        wg_local,
     };
-    let driver = Driver::new(core, transport, config.seeds.clone(), version, info, now);
+    let link = DatapathLink {
+        view: view_tx,
+        report: report_rx,
+        failed: failed_rx,
+    };
+    let driver = Driver::new(
+        core,
+        ipam,
+        transport,
+        config.seeds.clone(),
+        version,
+        info,
+        link,
+        now,
+    );
     let shutdown = async move {
         let name = tokio::select! {
             _ = sigterm.recv() => "SIGTERM",
             _ = sigint.recv() => "SIGINT",
         };
-        info!(signal = name, "stopping: leaving the cluster");
+        info!(signal = name, "stopping: telling the others, keeping state");
     };
     let result = driver.run(queries, shutdown).await;
+    // Stopping leaves the datapath's host state (routes, fail-closed firewall) in place.
+    datapath_task.abort();
+    let _ = datapath_task.await;
+    if let Some(task) = metrics_task {
+        task.abort();
+        let _ = task.await;
+    }
+    let result = match result {
+        Ok(Exit::Reset { reply, summary }) => {
+            let message = match datapath::reset(WG_IFNAME).await {
+                Ok(()) => format!("reset: this node {summary}, left the cluster, and removed weft's interfaces, routes and firewall rules"),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "reset: could not clean up the host");
+                    format!("reset: this node {summary} and left the cluster, but cleaning up the host failed: {e:#}")
+                }
+            };
+            info!("{message}");
+            let _ = reply.send(Response::Done { ok: true, message });
+            tokio::time::sleep(REPLY_GRACE).await;
+            Ok(())
+        }
+        Ok(Exit::Stopped) => Ok(()),
+        Err(e) => Err(e),
+    };
     // Dropping the server drops the socket, which removes its file.
     api_task.abort();
     let _ = api_task.await;

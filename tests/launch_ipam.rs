@@ -1,0 +1,248 @@
+//! Address management between real `weft launch` processes in network namespaces: the seed
+//! starts the address space, the others get space from it by gossip, allocations on
+//! different nodes never collide, and a node stopped by SIGTERM and started again gives a
+//! container the address it had. Talks to the API socket directly (JSON lines). Needs root;
+//! prints "skipped: ..." otherwise.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use weft_testbed::{require_root, wait_until, Host, Proc, TestBed};
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft");
+
+struct NodeFiles {
+    _dir: TempDir,
+    state: PathBuf,
+    socket: PathBuf,
+}
+
+impl NodeFiles {
+    fn new() -> NodeFiles {
+        let dir = tempfile::tempdir().expect("tempdir");
+        NodeFiles {
+            state: dir.path().join("state"),
+            socket: dir.path().join("run/weft.sock"),
+            _dir: dir,
+        }
+    }
+}
+
+fn write_secret(dir: &Path) -> PathBuf {
+    let path = dir.join("cluster.secret");
+    let out = std::process::Command::new(BIN)
+        .args(["secret", "new", "--out"])
+        .arg(&path)
+        .output()
+        .expect("run weft secret new");
+    assert!(out.status.success(), "{out:?}");
+    path
+}
+
+fn launch(host: &Host, name: &str, secret: &Path, files: &NodeFiles, seed: Option<&Host>) -> Proc {
+    let seed = seed.map(|h| format!("{}:6783", h.public_ip()));
+    let mut args = vec![
+        BIN,
+        "-v",
+        "launch",
+        "--name",
+        name,
+        "--listen",
+        "0.0.0.0:6783",
+        "--datapath",
+        "userspace",
+        "--metrics-addr",
+        "off",
+        "--range",
+        "10.40.0.0/16",
+        "--secret-file",
+        secret.to_str().expect("utf-8 path"),
+        "--state-dir",
+        files.state.to_str().expect("utf-8 path"),
+        "--api-socket",
+        files.socket.to_str().expect("utf-8 path"),
+    ];
+    args.extend(seed.as_deref());
+    host.spawn(&args).expect("spawn weft launch")
+}
+
+/// One request on the API socket; `None` if the daemon is not answering (yet).
+fn api(files: &NodeFiles, request: &Value) -> Option<Value> {
+    let mut stream = UnixStream::connect(&files.socket).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut line = serde_json::to_vec(request).expect("request");
+    line.push(b'\n');
+    stream.write_all(&line).ok()?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).ok()?;
+    serde_json::from_str(&answer).ok()
+}
+
+/// The node's own address space, once it has some.
+fn space(files: &NodeFiles) -> Option<Vec<Ipv4Net>> {
+    let answer = api(files, &json!({"cmd": "status"}))?;
+    let list: Vec<Ipv4Net> = answer["status"]["address_space"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str()?.parse().ok())
+        .collect();
+    (!list.is_empty()).then_some(list)
+}
+
+fn allocate(files: &NodeFiles, container: &str) -> Value {
+    let answer =
+        api(files, &json!({"cmd": "allocate", "container": container})).expect("allocate answered");
+    assert_eq!(answer["ok"], true, "allocate {container}: {answer}");
+    answer["allocation"].clone()
+}
+
+fn address_of(allocation: &Value) -> Ipv4Net {
+    allocation["address"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {allocation}"))
+}
+
+fn dump(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| {
+            let out = p.output().expect("output");
+            format!("--- {}\n{}", p.command(), out.stderr)
+        })
+        .collect()
+}
+
+#[test]
+fn nodes_get_space_allocate_distinct_addresses_and_keep_them_across_a_restart() {
+    if !require_root("nodes_get_space_allocate_distinct_addresses_and_keep_them_across_a_restart") {
+        return;
+    }
+    let bed = TestBed::new(3).expect("test bed");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = write_secret(secrets.path());
+    let files: Vec<NodeFiles> = (0..3).map(|_| NodeFiles::new()).collect();
+    let names = ["n0", "n1", "n2"];
+    // A chain: n0 starts the cluster (and the address space), n1 joins through n0, n2
+    // through n1.
+    let mut procs: Vec<Proc> = (0..3usize)
+        .map(|i| {
+            let seed = i.checked_sub(1).map(|s| bed.host(s));
+            launch(bed.host(i), names[i], &secret, &files[i], seed)
+        })
+        .collect();
+
+    let all_have_space = wait_until(Duration::from_secs(60), || {
+        files.iter().all(|f| space(f).is_some())
+    });
+    let refs: Vec<&Proc> = procs.iter().collect();
+    assert!(all_have_space, "not every node got space\n{}", dump(&refs));
+    let spaces: Vec<Vec<Ipv4Net>> = files.iter().map(|f| space(f).expect("space")).collect();
+    let range: Ipv4Net = "10.40.0.0/16".parse().expect("net");
+    for (i, a) in spaces.iter().enumerate() {
+        assert!(a.iter().all(|n| range.contains(n)), "n{i}: {a:?}");
+        for b in &spaces[i + 1..] {
+            for x in a {
+                assert!(
+                    b.iter().all(|y| !x.contains(y) && !y.contains(x)),
+                    "overlapping spaces {spaces:?}"
+                );
+            }
+        }
+    }
+
+    // One container per node: distinct addresses, each in its own node's space, with the
+    // node's gateway (first address of its first block), on-link, never a container's.
+    let mut addresses: Vec<Ipv4Net> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let container = format!("c-{}", names[i]);
+        let a = allocate(f, &container);
+        let address = address_of(&a);
+        assert!(
+            spaces[i].iter().any(|n| n.contains(&address.addr())),
+            "n{i} gave {address}, outside its space {:?}",
+            spaces[i]
+        );
+        let gateway: Ipv4Addr = a["gateway"].as_str().expect("gateway").parse().expect("ip");
+        assert_eq!(gateway, spaces[i][0].network(), "{a}");
+        assert_ne!(gateway, address.addr(), "{a}");
+        assert_eq!(a["bridge"], "weft");
+        assert_eq!(a["cluster_range"], "10.40.0.0/16");
+        assert_eq!(a["mtu"], 1420);
+        // The same id gets the same address again.
+        assert_eq!(address_of(&allocate(f, &container)), address);
+        addresses.push(address);
+    }
+    let mut unique = addresses.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "addresses given twice: {addresses:?}");
+
+    // The IPAM report names the genesis and lists n1's pieces as n1's.
+    let report = api(&files[0], &json!({"cmd": "ipam"})).expect("ipam");
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(report["ipam"]["genesis"].is_object(), "{report}");
+
+    // A released address is not an error to release twice; bad requests change nothing.
+    let released =
+        api(&files[2], &json!({"cmd": "release", "container": "c-n2"})).expect("release");
+    assert_eq!(released["ok"], true, "{released}");
+    let again = api(&files[2], &json!({"cmd": "release", "container": "c-n2"})).expect("release");
+    assert_eq!(again["ok"], true, "{again}");
+    let refused = api(&files[0], &json!({"cmd": "forget", "node": "n1"})).expect("forget");
+    assert_eq!(refused["ok"], false, "a live node was forgotten: {refused}");
+
+    // SIGTERM n1: it stops (others see "stopped"), keeps its state, and on restart gives the
+    // same container the same address.
+    procs[1].signal("TERM").expect("SIGTERM n1");
+    let status = procs[1]
+        .wait_timeout(Duration::from_secs(15))
+        .expect("wait")
+        .expect("n1 still running 15 s after SIGTERM");
+    assert!(
+        status.success(),
+        "n1 exited with {status}\n{}",
+        dump(&[&procs[1]])
+    );
+    let stopped = wait_until(Duration::from_secs(10), || {
+        api(&files[0], &json!({"cmd": "peers"})).is_some_and(|p| {
+            p["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["name"] == "n1" && m["state"] == "stopped")
+        })
+    });
+    assert!(
+        stopped,
+        "n0 does not show n1 as stopped\n{}",
+        dump(&[&procs[0]])
+    );
+    procs[1] = launch(bed.host(1), "n1", &secret, &files[1], Some(bed.host(0)));
+    let back = wait_until(Duration::from_secs(30), || space(&files[1]).is_some());
+    assert!(
+        back,
+        "n1 has no space after restart\n{}",
+        dump(&[&procs[1]])
+    );
+    assert_eq!(
+        space(&files[1]).expect("space"),
+        spaces[1],
+        "n1's space changed across a restart"
+    );
+    assert_eq!(
+        address_of(&allocate(&files[1], "c-n1")),
+        addresses[1],
+        "the same container got another address after a restart"
+    );
+    let refs: Vec<&Proc> = procs.iter().collect();
+    let _ = dump(&refs);
+}

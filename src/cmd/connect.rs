@@ -1,7 +1,19 @@
-//! `weft connect ADDR`.
+//! `weft connect ADDR`: make the running daemon gossip with the node at ADDR, e.g. to merge
+//! with a node started apart. The daemon resolves the address.
 
-use crate::output::OutputFormat;
+use anyhow::bail;
 
-pub fn run(_args: &crate::cli::ConnectArgs, _format: OutputFormat) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use super::status::ask;
+use crate::cli::ConnectArgs;
+use crate::daemon::api::{Request, Response};
+use crate::output::{self, OutputFormat};
+
+pub fn run(args: &ConnectArgs, format: OutputFormat) -> anyhow::Result<()> {
+    let request = Request::Connect {
+        addr: args.addr.clone(),
+    };
+    match ask(&args.api.api_socket, request)? {
+        Response::Done { ok, message } => output::print_outcome(format, ok, &message),
+        _ => bail!("the daemon answered a connect request with something else"),
+    }
 }

@@ -1,7 +1,19 @@
-//! `weft forget NODE`.
+//! `weft forget NODE`: declare a node gone for good and take back its address space. The
+//! daemon refuses while the node is reachable.
 
-use crate::output::OutputFormat;
+use anyhow::bail;
 
-pub fn run(_args: &crate::cli::ForgetArgs, _format: OutputFormat) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use super::status::ask;
+use crate::cli::ForgetArgs;
+use crate::daemon::api::{Request, Response};
+use crate::output::{self, OutputFormat};
+
+pub fn run(args: &ForgetArgs, format: OutputFormat) -> anyhow::Result<()> {
+    let request = Request::Forget {
+        node: args.node.clone(),
+    };
+    match ask(&args.api.api_socket, request)? {
+        Response::Done { ok, message } => output::print_outcome(format, ok, &message),
+        _ => bail!("the daemon answered a forget request with something else"),
+    }
 }

@@ -52,13 +52,18 @@ pub(super) fn ask(socket: &Path, request: Request) -> anyhow::Result<Response> {
 impl Report for Status {
     fn fields(&self) -> Vec<(&'static str, String)> {
         let m = &self.members;
+        let space = if self.address_space.is_empty() {
+            "none yet".to_string()
+        } else {
+            self.address_space.join(", ")
+        };
         vec![
             ("name", self.name.clone()),
             ("node id", self.node_id.clone()),
+            ("ready", if self.ready { "yes" } else { "no" }.to_string()),
             ("listen", self.listen.to_string()),
             ("gossip address", self.gossip_addr.to_string()),
             ("record version", self.version.to_string()),
-            ("range", self.range.clone()),
             (
                 "members",
                 format!(
@@ -66,7 +71,27 @@ impl Report for Status {
                     m.total, m.alive, m.suspect, m.failed, m.left
                 ),
             ),
+            (
+                "peers",
+                format!("{} up of {}", self.peers_up, self.peers_total),
+            ),
             ("datapath", self.datapath.clone()),
+            ("cluster range", self.range.clone()),
+            ("address space", space),
+            (
+                "addresses",
+                format!("{} used, {} free", self.addresses_used, self.addresses_free),
+            ),
+            (
+                "gossip",
+                format!(
+                    "{} sent, {} received, {} send failures, {} refused",
+                    self.gossip.sent,
+                    self.gossip.received,
+                    self.gossip.send_failures,
+                    self.gossip.refused
+                ),
+            ),
             ("uptime", format!("{}s", self.uptime_secs)),
         ]
     }
@@ -76,5 +101,64 @@ pub fn show(socket: &Path, format: OutputFormat) -> anyhow::Result<()> {
     match ask(socket, Request::Status)? {
         Response::Status { status, .. } => output::print(format, &status),
         _ => bail!("the daemon answered a status request with something else"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::api::{GossipCounters, MemberCounts};
+
+    fn sample() -> Status {
+        Status {
+            name: "n0".into(),
+            node_id: "AAAA".into(),
+            listen: "0.0.0.0:6783".parse().expect("addr"),
+            gossip_addr: "192.0.2.1:6783".parse().expect("addr"),
+            version: 3,
+            range: "10.32.0.0/12".into(),
+            members: MemberCounts {
+                alive: 3,
+                suspect: 1,
+                failed: 0,
+                left: 0,
+                total: 4,
+            },
+            datapath: "userspace".into(),
+            uptime_secs: 42,
+            ready: true,
+            peers_up: 2,
+            peers_total: 3,
+            address_space: vec!["10.32.0.0/14".into(), "10.40.0.0/13".into()],
+            addresses_used: 5,
+            addresses_free: 1019,
+            gossip: GossipCounters {
+                sent: 10,
+                received: 9,
+                send_failures: 1,
+                refused: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn status_text_names_peers_datapath_and_space() {
+        let mut out = Vec::new();
+        crate::output::write(&mut out, OutputFormat::Text, &sample()).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        for line in [
+            "ready:          yes",
+            "peers:          2 up of 3",
+            "datapath:       userspace",
+            "address space:  10.32.0.0/14, 10.40.0.0/13",
+            "addresses:      5 used, 1019 free",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let mut empty = sample();
+        empty.address_space.clear();
+        assert!(empty
+            .fields()
+            .contains(&("address space", "none yet".to_string())));
     }
 }

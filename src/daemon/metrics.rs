@@ -1,18 +1,526 @@
 //! The HTTP endpoint (default 127.0.0.1:6782): `/healthz`, `/readyz`, and Prometheus
 //! `/metrics`, answered from the driver through the same queries as the API socket.
+//!
+//! - `/healthz`: 200 `ok` while the driver answers a status query, else 503.
+//! - `/readyz`: 200 when the node is ready (`Status.ready`), else 503 with the reason.
+//! - `/metrics`: one status and one peers query per scrape, in the OpenMetrics text format
+//!   (which Prometheus reads).
+//!
+//! Bounded like the API socket: only `GET` (and `HEAD`), unknown paths 404, request heads of
+//! at most [`MAX_HEAD_LEN`] bytes, one request per connection, [`MAX_CLIENTS`] connections at
+//! once, and a time limit on reading the request and on the whole exchange.
 
-// Until the daemon wires it in.
-#![allow(dead_code)]
+use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::{debug, warn};
 
-use super::api::Query;
+use super::api::{Peer, Query, Request, Response, Status};
 
 /// The default listen address of the metrics endpoint.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:6782";
+/// hyper's smallest read buffer; a request head that does not fit is refused (431).
+pub const MAX_HEAD_LEN: usize = 8192;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CLIENTS: usize = 16;
+/// Time to send the request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for a whole exchange, answer included.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a query may wait for the driver.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type HttpResponse = hyper::Response<Full<Bytes>>;
 
 /// Serve HTTP on `listener` until the task is dropped.
-pub async fn serve(_listener: TcpListener, _queries: mpsc::Sender<Query>) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub async fn serve(listener: TcpListener, queries: mpsc::Sender<Query>) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let permit = slots.clone().acquire_owned().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let queries = queries.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let queries = queries.clone();
+                async move { Ok::<_, Infallible>(route(&req, &queries).await) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD_LEN)
+                .keep_alive(false);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "metrics client"),
+                Err(_) => debug!(%peer, "metrics client timed out"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn route(req: &hyper::Request<Incoming>, queries: &mpsc::Sender<Query>) -> HttpResponse {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/healthz" => match status(queries).await {
+            Ok(_) => reply(StatusCode::OK, TEXT, "ok\n"),
+            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
+        },
+        "/readyz" => match status(queries).await {
+            Ok(s) if s.ready => reply(StatusCode::OK, TEXT, "ready\n"),
+            Ok(s) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("not ready: {}\n", not_ready_reason(&s)),
+            ),
+            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
+        },
+        "/metrics" => {
+            let answer = async {
+                let status = status(queries).await?;
+                let peers = match query(queries, Request::Peers).await? {
+                    Response::Peers { peers, .. } => peers,
+                    _ => return Err("the daemon answered a peers query with something else".into()),
+                };
+                render(&status, &peers).map_err(|e| format!("encoding metrics: {e}"))
+            };
+            match answer.await {
+                Ok(text) => reply(StatusCode::OK, OPENMETRICS, text),
+                Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: try /healthz, /readyz or /metrics\n",
+        ),
+    }
+}
+
+fn reply(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
+    let mut r = hyper::Response::new(Full::new(body.into()));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Why `status` is not ready, from what it shows.
+fn not_ready_reason(s: &Status) -> String {
+    let mut why = Vec::new();
+    if s.members.total <= 1 && s.peers_total == 0 {
+        why.push("no other member known yet".to_string());
+    }
+    if s.address_space.is_empty() {
+        why.push("no address space yet".to_string());
+    }
+    if !matches!(s.datapath.as_str(), "kernel" | "userspace") {
+        why.push(format!("datapath: {}", s.datapath));
+    }
+    if why.is_empty() {
+        why.push("datapath not yet in line with the view".to_string());
+    }
+    why.join("; ")
+}
+
+async fn query(queries: &mpsc::Sender<Query>, request: Request) -> Result<Response, String> {
+    const GONE: &str = "the daemon is shutting down";
+    let (reply, answer) = oneshot::channel();
+    let asked = async {
+        queries
+            .send(Query { request, reply })
+            .await
+            .map_err(|_| GONE.to_string())?;
+        answer.await.map_err(|_| GONE.to_string())
+    };
+    match tokio::time::timeout(QUERY_TIMEOUT, asked).await {
+        Ok(Ok(Response::Error { error, .. })) => Err(error),
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "the daemon did not answer within {}s",
+            QUERY_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+async fn status(queries: &mpsc::Sender<Query>) -> Result<Status, String> {
+    match query(queries, Request::Status).await? {
+        Response::Status { status, .. } => Ok(status),
+        _ => Err("the daemon answered a status query with something else".into()),
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_string(), value.to_string())]
+}
+
+/// The metrics of one scrape, from one status and one peers answer.
+pub fn render(status: &Status, peers: &[Peer]) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("weft");
+
+    let up = Gauge::<i64>::default();
+    up.set(1);
+    registry.register("up", "1 while the daemon answers", up);
+    let ready = Gauge::<i64>::default();
+    ready.set(i64::from(status.ready));
+    registry.register(
+        "ready",
+        "1 when the node has joined, owns address space and its datapath follows the view",
+        ready,
+    );
+
+    let by_state = Family::<Labels, Gauge>::default();
+    for state in ["alive", "suspect", "failed", "left"] {
+        // Every state has a sample, zero included, so series do not come and go.
+        drop(by_state.get_or_create(&label("state", state)));
+    }
+    let age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let rx = Family::<Labels, Counter>::default();
+    let tx = Family::<Labels, Counter>::default();
+    let relayed = Gauge::<i64>::default();
+    for p in peers.iter().filter(|p| !p.is_self) {
+        by_state
+            .get_or_create(&label("state", p.state.as_str()))
+            .inc();
+        let Some(link) = &p.link else { continue };
+        let peer = label("peer", &p.name);
+        if let Some(secs) = link.last_handshake_secs {
+            age.get_or_create(&peer).set(secs);
+        }
+        rx.get_or_create(&peer).inc_by(link.rx_bytes);
+        tx.get_or_create(&peer).inc_by(link.tx_bytes);
+        if link.via.is_some() {
+            relayed.inc();
+        }
+    }
+    registry.register("peers", "Other members by state", by_state);
+    registry.register(
+        "peer_handshake_age_seconds",
+        "Seconds since the last completed WireGuard handshake with the peer",
+        age,
+    );
+    registry.register(
+        "peer_rx_bytes",
+        "Bytes received through the tunnel to the peer",
+        rx,
+    );
+    registry.register(
+        "peer_tx_bytes",
+        "Bytes sent through the tunnel to the peer",
+        tx,
+    );
+    registry.register(
+        "peers_relayed",
+        "Peers reached through a relay instead of directly",
+        relayed,
+    );
+
+    let counter = |n: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(n);
+        c
+    };
+    let g = &status.gossip;
+    registry.register(
+        "gossip_messages_sent",
+        "Gossip messages sent since start",
+        counter(g.sent),
+    );
+    registry.register(
+        "gossip_messages_received",
+        "Gossip messages received since start",
+        counter(g.received),
+    );
+    registry.register(
+        "gossip_send_failures",
+        "Gossip sends that failed since start",
+        counter(g.send_failures),
+    );
+
+    let gauge = |n: u64| {
+        let v = Gauge::<i64>::default();
+        v.set(i64::try_from(n).unwrap_or(i64::MAX));
+        v
+    };
+    registry.register(
+        "ipam_addresses_used",
+        "Addresses in use in this node's address space",
+        gauge(status.addresses_used),
+    );
+    registry.register(
+        "ipam_addresses_free",
+        "Free addresses in this node's address space",
+        gauge(status.addresses_free),
+    );
+
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::daemon::api::{GossipCounters, MemberCounts, PeerLinkInfo, PeerState};
+
+    fn status(ready: bool) -> Status {
+        Status {
+            name: "n0".into(),
+            node_id: "AAAA".into(),
+            listen: "0.0.0.0:6783".parse().expect("addr"),
+            gossip_addr: "192.0.2.1:6783".parse().expect("addr"),
+            version: 3,
+            range: "10.32.0.0/12".into(),
+            members: MemberCounts {
+                alive: 3,
+                suspect: 1,
+                failed: 0,
+                left: 0,
+                total: 4,
+            },
+            datapath: "userspace".into(),
+            uptime_secs: 42,
+            ready,
+            peers_up: 2,
+            peers_total: 3,
+            address_space: if ready {
+                vec!["10.32.0.0/14".into()]
+            } else {
+                Vec::new()
+            },
+            addresses_used: 5,
+            addresses_free: 1019,
+            gossip: GossipCounters {
+                sent: 10,
+                received: 9,
+                send_failures: 1,
+                refused: 0,
+            },
+        }
+    }
+
+    fn peer(name: &str, state: PeerState, is_self: bool, link: Option<PeerLinkInfo>) -> Peer {
+        Peer {
+            name: name.into(),
+            node_id: format!("{name}-id"),
+            node_id_short: name.into(),
+            is_self,
+            endpoint: "192.0.2.1:6783".parse().expect("addr"),
+            wireguard_endpoints: Vec::new(),
+            wireguard_public_key: "k".into(),
+            state,
+            incarnation: 1,
+            version: 1,
+            last_seen_secs: None,
+            link,
+        }
+    }
+
+    fn peers() -> Vec<Peer> {
+        let direct = PeerLinkInfo {
+            endpoint: Some("198.51.100.7:6784".parse().expect("addr")),
+            via: None,
+            last_handshake_secs: Some(12.5),
+            rx_bytes: 2048,
+            tx_bytes: 100,
+            spaces: Vec::new(),
+        };
+        let relayed = PeerLinkInfo {
+            via: Some("n1".into()),
+            last_handshake_secs: Some(3.0),
+            rx_bytes: 7,
+            tx_bytes: 8,
+            ..PeerLinkInfo::default()
+        };
+        vec![
+            peer("n0", PeerState::Alive, true, None),
+            peer("n1", PeerState::Alive, false, Some(direct)),
+            peer("n2", PeerState::Alive, false, Some(relayed)),
+            peer("n3", PeerState::Suspect, false, None),
+        ]
+    }
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn metrics_render_from_status_and_peers() {
+        let text = render(&status(true), &peers()).expect("render");
+        let l = lines(&text);
+        for sample in [
+            "weft_up 1",
+            "weft_ready 1",
+            "weft_peers{state=\"alive\"} 2",
+            "weft_peers{state=\"suspect\"} 1",
+            "weft_peers{state=\"failed\"} 0",
+            "weft_peers{state=\"left\"} 0",
+            "weft_peer_handshake_age_seconds{peer=\"n1\"} 12.5",
+            "weft_peer_handshake_age_seconds{peer=\"n2\"} 3.0",
+            "weft_peer_rx_bytes_total{peer=\"n1\"} 2048",
+            "weft_peer_tx_bytes_total{peer=\"n1\"} 100",
+            "weft_peer_rx_bytes_total{peer=\"n2\"} 7",
+            "weft_peers_relayed 1",
+            "weft_gossip_messages_sent_total 10",
+            "weft_gossip_messages_received_total 9",
+            "weft_gossip_send_failures_total 1",
+            "weft_ipam_addresses_used 5",
+            "weft_ipam_addresses_free 1019",
+            "# TYPE weft_peer_rx_bytes counter",
+            "# TYPE weft_peers gauge",
+            "# EOF",
+        ] {
+            assert!(l.contains(&sample), "no {sample:?} in\n{text}");
+        }
+        // This node is not its own peer; a peer without a tunnel has no per-peer samples.
+        assert!(!text.contains("peer=\"n0\""), "{text}");
+        assert!(!text.contains("peer=\"n3\""), "{text}");
+    }
+
+    #[test]
+    fn not_ready_says_why() {
+        let mut s = status(false);
+        s.datapath = "starting".into();
+        let why = not_ready_reason(&s);
+        assert!(
+            why.contains("no address space") && why.contains("datapath: starting"),
+            "{why}"
+        );
+    }
+
+    /// A stand-in for the driver: answers status and peers, `ready` as given, until dropped.
+    fn fake_driver(ready: bool) -> mpsc::Sender<Query> {
+        let (tx, mut rx) = mpsc::channel::<Query>(4);
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                let answer = match q.request {
+                    Request::Status => Response::Status {
+                        ok: true,
+                        status: status(ready),
+                    },
+                    Request::Peers => Response::Peers {
+                        ok: true,
+                        peers: peers(),
+                    },
+                    _ => Response::Error {
+                        ok: false,
+                        error: "unexpected".into(),
+                    },
+                };
+                let _ = q.reply.send(answer);
+            }
+        });
+        tx
+    }
+
+    /// One plain HTTP/1.1 exchange; returns the status code and the body.
+    async fn fetch(addr: std::net::SocketAddr, request: String) -> (u16, String) {
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(request.as_bytes()).expect("write");
+            let mut text = String::new();
+            s.read_to_string(&mut text).expect("read");
+            let code = text
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("no status line in {text:?}"));
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
+            (code, body)
+        })
+        .await
+        .expect("fetch task")
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    }
+
+    async fn start(queries: mpsc::Sender<Query>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(listener, queries));
+        addr
+    }
+
+    #[tokio::test]
+    async fn endpoint_serves_health_readiness_and_metrics_and_refuses_the_rest() {
+        let addr = start(fake_driver(true)).await;
+        assert_eq!(fetch(addr, get("/healthz")).await, (200, "ok\n".into()));
+        assert_eq!(fetch(addr, get("/readyz")).await, (200, "ready\n".into()));
+        let (code, body) = fetch(addr, get("/metrics")).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("weft_peers_relayed 1"), "{body}");
+        assert!(body.contains("weft_ipam_addresses_free 1019"), "{body}");
+
+        assert_eq!(fetch(addr, get("/nope")).await.0, 404);
+        let post = "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi".to_string();
+        assert_eq!(fetch(addr, post).await.0, 405);
+        let huge = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_LEN * 2)
+        );
+        assert_eq!(fetch(addr, huge).await.0, 431);
+        assert_eq!(fetch(addr, "garbage\r\n\r\n".into()).await.0, 400);
+
+        // Not ready: 503 with the reason.
+        let addr = start(fake_driver(false)).await;
+        let (code, body) = fetch(addr, get("/readyz")).await;
+        assert_eq!(code, 503);
+        assert!(
+            body.starts_with("not ready:") && body.contains("address space"),
+            "{body}"
+        );
+        assert_eq!(fetch(addr, get("/healthz")).await.0, 200);
+
+        // The driver is gone: not healthy.
+        let (tx, rx) = mpsc::channel::<Query>(1);
+        drop(rx);
+        let addr = start(tx).await;
+        assert_eq!(fetch(addr, get("/healthz")).await.0, 503);
+        assert_eq!(fetch(addr, get("/metrics")).await.0, 503);
+    }
 }

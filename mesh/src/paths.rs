@@ -43,6 +43,9 @@ pub const ROTATE_EVERY: Duration = Duration::from_secs(5);
 /// unreachable directly.
 pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(10);
 
+/// Differences in a peer's last handshake time below this are read jitter, not a handshake.
+const HANDSHAKE_JITTER: Duration = Duration::from_secs(1);
+
 /// Another node as the gossip view has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathPeer {
@@ -151,8 +154,15 @@ impl Paths {
             }
             let device_endpoint = status.and_then(|s| s.endpoint);
             if let Some(status) = status {
-                let new_handshake = status.last_handshake.is_some()
-                    && status.last_handshake != track.last_handshake;
+                // Backends derive the time from an age, so it wobbles between reads: only a
+                // clearly later one is a new handshake (they are seconds apart at least).
+                let new_handshake = match (status.last_handshake, track.last_handshake) {
+                    (Some(new), Some(old)) => {
+                        new.duration_since(old).is_ok_and(|d| d >= HANDSHAKE_JITTER)
+                    }
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
                 if status.rx_bytes > track.rx_bytes || new_handshake {
                     track.heard = Some(now);
                 }
@@ -591,6 +601,34 @@ mod tests {
         assert_eq!(a.last.paths[&id(3)].via, None);
         assert_eq!(a.spaces_of(3), vec![space(3)]);
         assert_eq!(a.spaces_of(2), vec![space(2)]);
+    }
+
+    #[test]
+    fn a_wobbling_handshake_time_is_not_a_handshake_but_a_later_one_is() {
+        let t0 = Instant::now();
+        let mut paths = Paths::new(id(1));
+        let view = [simple(2)];
+        let wall = SystemTime::now();
+        let device = |handshake: SystemTime| {
+            let mut fake = FakeDevice::default();
+            fake.0.insert(2, (Some(addr("192.0.2.2:6784")), 64));
+            let mut status = fake.status();
+            status.peers[0].last_handshake = Some(handshake);
+            status
+        };
+        paths.update(t0, &view, &device(wall));
+        for s in 1..=10 {
+            let wobble = wall + Duration::from_millis(if s % 2 == 0 { 3 } else { 0 });
+            paths.update(t0 + Duration::from_secs(s), &view, &device(wobble));
+        }
+        let plan = paths.update(t0 + Duration::from_secs(11), &view, &device(wall));
+        assert_eq!(plan.unreachable, vec![id(2)]);
+        let plan = paths.update(
+            t0 + Duration::from_secs(12),
+            &view,
+            &device(wall + Duration::from_secs(12)),
+        );
+        assert!(plan.unreachable.is_empty());
     }
 
     #[test]

@@ -1,13 +1,41 @@
 //! The datapath task: keeps the WireGuard device and the host's bridge, routes and firewall
 //! in line with the latest [`MeshView`].
+//!
+//! On start it creates the device (kernel WireGuard if the host has it, else the userspace
+//! one), sets it up and turns on IP forwarding (pods and relayed traffic are forwarded). Then,
+//! on every view change and every [`TICK`]: it reads the device (handshakes, counters), lets
+//! [`Paths`] pick endpoints and relays, applies the peer changes, reconciles the host when the
+//! state it wants changed (or the last attempt failed), and publishes a [`DatapathReport`].
+//! Errors are reported and retried on the next round; nothing here panics on bad input.
 
 // Until the daemon wires it in.
 #![allow(dead_code)]
 
-use tokio::sync::watch;
-use weft_crypto::WgPrivateKey;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
-use super::view::{DatapathReport, MeshView};
+use anyhow::Context;
+use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use weft_crypto::{WgPrivateKey, WgPublicKey};
+use weft_mesh::backend::{self, AnyBackend, Backend, BackendKind, CreateOptions};
+use weft_mesh::host::{self, BridgeSpec, Change, HostState, Netlink, BRIDGE_NAME};
+use weft_mesh::paths::{PathPeer, Paths, PERSISTENT_KEEPALIVE};
+use weft_mesh::DeviceConfig;
+
+use super::api::PeerState;
+use super::view::{DatapathReport, MeshView, PeerLink};
+
+/// How often the device is read and paths are reconsidered without a view change.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// How often the fail-closed drop counter is read (it runs `nft`).
+const DROPS_EVERY: Duration = Duration::from_secs(5);
+
+/// Where IPv4 forwarding is switched on, in the daemon's network namespace.
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// What the datapath needs from the launch configuration.
 #[derive(Debug)]
@@ -25,17 +53,630 @@ pub struct DatapathConfig {
 
 /// Run until dropped (aborted): follow `view`, publish on `report`. On SIGTERM the daemon
 /// just drops this task: routes and the fail-closed firewall stay, so traffic to other
-/// nodes fails closed until the next start reconciles.
+/// nodes fails closed until the next start reconciles. Returns when the view's sender is gone.
 pub async fn run(
-    _config: DatapathConfig,
-    _view: watch::Receiver<Option<MeshView>>,
-    _report: watch::Sender<DatapathReport>,
+    config: DatapathConfig,
+    mut view: watch::Receiver<Option<MeshView>>,
+    report: watch::Sender<DatapathReport>,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+    let (device, nl) = loop {
+        match start(&config).await {
+            Ok(started) => break started,
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "datapath start failed, retrying");
+                report.send_modify(|r| {
+                    r.ifname = config.ifname.clone();
+                    r.ready = false;
+                    r.error = Some(format!("{e:#}"));
+                });
+                tokio::select! {
+                    changed = view.changed() => if changed.is_err() { return Ok(()) },
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+            }
+        }
+    };
+    let mut datapath = Datapath::new(config, device, nl);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() {
+                debug!("view sender gone, datapath task ends");
+                return Ok(());
+            },
+            _ = tick.tick() => {}
+        }
+        let latest = view.borrow_and_update().clone();
+        let next = datapath.round(latest.as_ref(), Instant::now()).await;
+        report.send_if_modified(|r| {
+            let changed = *r != next;
+            *r = next;
+            changed
+        });
+    }
 }
 
 /// `weft reset`: remove weft's WireGuard interface `ifname`, bridge, routes, rules and
 /// firewall table from the host.
-pub async fn reset(_ifname: &str) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub async fn reset(ifname: &str) -> anyhow::Result<()> {
+    let nl = Netlink::connect().context("opening rtnetlink")?;
+    host::reset(&nl, BRIDGE_NAME, ifname)
+        .await
+        .context("removing weft's interfaces, routes and firewall")
+}
+
+/// Creates the device with its key and port, sets it up and turns on forwarding.
+async fn start(config: &DatapathConfig) -> anyhow::Result<(AnyBackend, Netlink)> {
+    let nl = Netlink::connect().context("opening rtnetlink")?;
+    let wanted = match config.backend.as_str() {
+        "kernel" => BackendKind::Kernel,
+        "userspace" => BackendKind::Userspace,
+        _ => tokio::task::spawn_blocking(backend::detect)
+            .await
+            .context("probing for kernel WireGuard")?,
+    };
+    let options = CreateOptions {
+        mtu: config.mtu,
+        ..CreateOptions::default()
+    };
+    // A kernel interface left by an earlier run (or anything else by that name) goes first:
+    // the device starts from a clean state, the peers come back within a round.
+    nl.delete_link(&config.ifname)
+        .await
+        .with_context(|| format!("removing a stale {}", config.ifname))?;
+    let device = match AnyBackend::create(wanted, &config.ifname, &options).await {
+        Ok(device) => device,
+        Err(e) if wanted == BackendKind::Kernel => {
+            info!(error = %e, "kernel WireGuard unavailable, using the userspace datapath");
+            AnyBackend::create(BackendKind::Userspace, &config.ifname, &options)
+                .await
+                .with_context(|| format!("creating {}", config.ifname))?
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("creating {}", config.ifname));
+        }
+    };
+    device
+        .apply(DeviceConfig {
+            private_key: Some(config.private_key.clone()),
+            listen_port: Some(config.listen_port),
+            ..DeviceConfig::default()
+        })
+        .await
+        .with_context(|| format!("configuring {}", config.ifname))?;
+    nl.apply(&[Change::SetUp {
+        link: config.ifname.clone(),
+    }])
+    .await
+    .with_context(|| format!("setting {} up", config.ifname))?;
+    // On this thread, not the blocking pool: /proc/sys/net is the calling thread's namespace.
+    std::fs::write(IP_FORWARD, "1\n").with_context(|| format!("writing {IP_FORWARD}"))?;
+    info!(kind = %device.kind(), iface = %config.ifname, port = config.listen_port, "WireGuard device up");
+    Ok((device, nl))
+}
+
+/// The running datapath: the device, rtnetlink, and what it has applied so far.
+struct Datapath {
+    config: DatapathConfig,
+    local_key: WgPublicKey,
+    device: AnyBackend,
+    nl: Netlink,
+    paths: Option<Paths>,
+    /// The host state last reconciled without error.
+    applied: Option<HostState>,
+    drops: u64,
+    drops_read: Option<Instant>,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("ifname", &self.config.ifname)
+            .field("kind", &self.device.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    fn new(config: DatapathConfig, device: AnyBackend, nl: Netlink) -> Self {
+        Self {
+            local_key: config.private_key.public_key(),
+            config,
+            device,
+            nl,
+            paths: None,
+            applied: None,
+            drops: 0,
+            drops_read: None,
+        }
+    }
+
+    /// One reconcile round; the report says how it went.
+    async fn round(&mut self, view: Option<&MeshView>, now: Instant) -> DatapathReport {
+        let mut report = DatapathReport {
+            kind: self.device.kind().to_string(),
+            ifname: self.config.ifname.clone(),
+            ..DatapathReport::default()
+        };
+        let Some(view) = view else {
+            // No view yet: the device is up, nothing else is known.
+            return report;
+        };
+        if let Err(e) = self.reconcile(view, now, &mut report).await {
+            warn!(
+                error = format!("{e:#}"),
+                "datapath reconcile failed, retrying"
+            );
+            report.error = Some(format!("{e:#}"));
+            self.applied = None;
+        } else {
+            report.ready = true;
+        }
+        if self
+            .drops_read
+            .is_none_or(|at| now.saturating_duration_since(at) >= DROPS_EVERY)
+        {
+            self.drops_read = Some(now);
+            match host::firewall::drops().await {
+                Ok(value) => self.drops = value.map_or(0, |v| v.packets),
+                Err(e) => debug!(error = %e, "reading the fail-closed counter"),
+            }
+        }
+        report.fail_closed_drops = self.drops;
+        report
+    }
+
+    async fn reconcile(
+        &mut self,
+        view: &MeshView,
+        now: Instant,
+        report: &mut DatapathReport,
+    ) -> anyhow::Result<()> {
+        let paths = self
+            .paths
+            .get_or_insert_with(|| Paths::new(view.local.node_id));
+        let status = self
+            .device
+            .status()
+            .await
+            .context("reading the WireGuard device")?;
+        let plan = paths.update(now, &path_peers(view), &status);
+
+        let desired = desired_host(view, &self.config);
+        let change = host::plan_peers(
+            &self.local_key,
+            &plan.peers,
+            &desired,
+            &status,
+            Some(PERSISTENT_KEEPALIVE),
+        );
+        if !change.peers.is_empty() {
+            debug!(
+                changes = change.peers.len(),
+                "applying WireGuard peer changes"
+            );
+            self.device
+                .apply(change)
+                .await
+                .context("configuring WireGuard peers")?;
+        }
+        if self.applied.as_ref() != Some(&desired) {
+            let changes = host::reconcile(&self.nl, &desired)
+                .await
+                .context("reconciling bridge, routes and firewall")?;
+            if !changes.is_empty() {
+                info!(
+                    changes = changes.len(),
+                    "host bridge, routes and firewall updated"
+                );
+            }
+            self.applied = Some(desired);
+        }
+
+        report.unreachable = plan.unreachable.clone();
+        report.peers = view
+            .peers
+            .iter()
+            .map(|peer| {
+                let path = plan.paths.get(&peer.node_id);
+                let device_peer = status.peers.iter().find(|p| p.public_key == peer.wg_key);
+                let link = PeerLink {
+                    endpoint: path.and_then(|p| p.endpoint),
+                    via: path.and_then(|p| p.via),
+                    last_handshake: device_peer.and_then(|p| p.last_handshake),
+                    rx_bytes: device_peer.map_or(0, |p| p.rx_bytes),
+                    tx_bytes: device_peer.map_or(0, |p| p.tx_bytes),
+                };
+                (peer.node_id, link)
+            })
+            .collect::<BTreeMap<_, _>>();
+        Ok(())
+    }
+}
+
+/// The view's peers as [`Paths`] takes them.
+fn path_peers(view: &MeshView) -> Vec<PathPeer> {
+    view.peers
+        .iter()
+        .map(|p| PathPeer {
+            node_id: p.node_id,
+            public_key: p.wg_key,
+            endpoints: p.endpoints.clone(),
+            spaces: p.spaces.iter().copied().map(IpNet::V4).collect(),
+            alive: p.state == PeerState::Alive,
+            unreachable: p.unreachable.clone(),
+        })
+        .collect()
+}
+
+/// The bridge's gateway: the first address of `space`, with its prefix length (`None` for a
+/// space too small to hold a gateway and pods).
+fn gateway(space: &Ipv4Net) -> Option<IpNet> {
+    if space.prefix_len() >= 31 {
+        return None;
+    }
+    let first = Ipv4Addr::from(u32::from(space.network()) + 1);
+    Ipv4Net::new(first, space.prefix_len()).ok().map(IpNet::V4)
+}
+
+/// The host state the view asks for: the fail-closed firewall for the cluster range; once
+/// the node owns space, the bridge with its gateway and routes for its further pieces; a
+/// route to every other node's space through WireGuard (spaces a record should not claim,
+/// such as one overlapping ours, are left out).
+fn desired_host(view: &MeshView, config: &DatapathConfig) -> HostState {
+    let cluster = [IpNet::V4(view.cluster_range)];
+    let local: Vec<IpNet> = view.local.spaces.iter().copied().map(IpNet::V4).collect();
+    let mut state = match view.local.spaces.first().and_then(gateway) {
+        Some(gateway) => {
+            let mut state = HostState::new(
+                BridgeSpec {
+                    name: BRIDGE_NAME.into(),
+                    gateway,
+                    mtu: config.mtu,
+                },
+                config.ifname.clone(),
+                cluster,
+                local.iter().copied(),
+            );
+            for space in local.iter().skip(1) {
+                if let Err(e) = state.add_local_space_route(*space) {
+                    debug!(%space, error = %e, "local space not routed");
+                }
+            }
+            state
+        }
+        None => HostState::without_bridge(BRIDGE_NAME, config.ifname.clone(), cluster),
+    };
+    for peer in &view.peers {
+        for space in &peer.spaces {
+            if let Err(e) = state.add_peer_space(IpNet::V4(*space)) {
+                debug!(peer = %peer.name, %space, error = %e, "peer space not routed");
+            }
+        }
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_is_the_first_address_with_the_space_prefix() {
+        let space: Ipv4Net = "10.32.4.0/22".parse().expect("prefix");
+        assert_eq!(
+            gateway(&space),
+            Some("10.32.4.1/22".parse().expect("prefix"))
+        );
+        let tiny: Ipv4Net = "10.32.4.8/32".parse().expect("prefix");
+        assert_eq!(gateway(&tiny), None);
+    }
+}
+
+/// The datapath task against real kernels: three test-bed hosts, each running [`run`] on a
+/// thread inside its namespace with the userspace backend; the test plays the driver (views
+/// in, each node's `unreachable` passed on to the others' views, as records would be) and
+/// attaches containers to the bridges with `ip`.
+#[cfg(test)]
+mod netns_tests {
+    use std::net::SocketAddr;
+    use std::thread::JoinHandle;
+    use std::time::Duration;
+
+    use weft_crypto::NodeId;
+    use weft_testbed::TestBed;
+
+    use super::*;
+    use crate::daemon::view::{LocalNode, MeshPeer};
+
+    const RANGE: &str = "10.32.0.0/12";
+    const PORT: u16 = 6784;
+
+    /// One node: its identity and the datapath thread. Dropping it closes the view channel,
+    /// which ends [`run`], and waits for the thread (device and TUN go with it).
+    struct Node {
+        id: NodeId,
+        key: WgPublicKey,
+        addr: Ipv4Addr,
+        space: Ipv4Net,
+        view: Option<watch::Sender<Option<MeshView>>>,
+        report: watch::Receiver<DatapathReport>,
+        thread: Option<JoinHandle<anyhow::Result<()>>>,
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            self.view.take();
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    fn start(ns: &str, n: u8, addr: Ipv4Addr) -> Node {
+        let private_key = WgPrivateKey::generate();
+        let key = private_key.public_key();
+        let config = DatapathConfig {
+            ifname: "weft-wg".into(),
+            private_key,
+            listen_port: PORT,
+            mtu: 1420,
+            backend: "userspace".into(),
+        };
+        let (view_tx, view_rx) = watch::channel(None);
+        let (report_tx, report_rx) = watch::channel(DatapathReport::default());
+        let path = format!("/run/netns/{ns}");
+        let thread = std::thread::spawn(move || {
+            let netns = std::fs::File::open(&path).context("opening the test namespace")?;
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("entering the test namespace")?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            runtime.block_on(run(config, view_rx, report_tx))
+        });
+        Node {
+            id: NodeId([n; 32]),
+            key,
+            addr,
+            space: format!("10.32.{n}.0/24").parse().expect("test space"),
+            view: Some(view_tx),
+            report: report_rx,
+            thread: Some(thread),
+        }
+    }
+
+    /// Node `i`'s view: the others alive, with the unreachable lists they last reported.
+    fn view_of(i: usize, nodes: &[Node], records: &[Vec<NodeId>]) -> MeshView {
+        let me = &nodes[i];
+        MeshView {
+            local: LocalNode {
+                node_id: me.id,
+                name: format!("n{i}"),
+                wg_port: PORT,
+                spaces: vec![me.space],
+            },
+            cluster_range: RANGE.parse().expect("range"),
+            peers: nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, n)| MeshPeer {
+                    node_id: n.id,
+                    name: format!("n{j}"),
+                    wg_key: n.key,
+                    endpoints: vec![SocketAddr::new(n.addr.into(), PORT)],
+                    spaces: vec![n.space],
+                    state: PeerState::Alive,
+                    unreachable: records[j].clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Plays the driver until `done` holds for the nodes' reports, or panics after `timeout`.
+    fn drive(
+        nodes: &[Node],
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[DatapathReport]) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let reports: Vec<DatapathReport> =
+                nodes.iter().map(|n| n.report.borrow().clone()).collect();
+            let records: Vec<Vec<NodeId>> = reports.iter().map(|r| r.unreachable.clone()).collect();
+            for (i, node) in nodes.iter().enumerate() {
+                let view = view_of(i, nodes, &records);
+                if let Some(tx) = &node.view {
+                    tx.send_if_modified(|v| {
+                        let changed = v.as_ref() != Some(&view);
+                        *v = Some(view);
+                        changed
+                    });
+                }
+            }
+            if done(&reports) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {reports:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A container namespace on host `ns`'s bridge with address `.2` of `space`.
+    fn attach(bed: &TestBed, ns: &str, space: Ipv4Net) -> (String, Ipv4Addr) {
+        let c = bed.container().expect("container namespace");
+        let addr = Ipv4Addr::from(u32::from(space.network()) + 2);
+        let gw = Ipv4Addr::from(u32::from(space.network()) + 1);
+        let host_if = "vc0";
+        bed.run_ok_in(
+            ns,
+            &[
+                "ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &c,
+            ],
+        )
+        .expect("veth");
+        bed.run_ok_in(
+            ns,
+            &["ip", "link", "set", host_if, "master", BRIDGE_NAME, "up"],
+        )
+        .expect("veth on the bridge");
+        let cidr = format!("{addr}/{}", space.prefix_len());
+        bed.run_ok_in(&c, &["ip", "addr", "add", &cidr, "dev", "eth0"])
+            .expect("container address");
+        bed.run_ok_in(&c, &["ip", "link", "set", "eth0", "up"])
+            .expect("eth0 up");
+        bed.run_ok_in(
+            &c,
+            &["ip", "route", "add", "default", "via", &gw.to_string()],
+        )
+        .expect("default route");
+        (c, addr)
+    }
+
+    fn wait_ping(bed: &TestBed, from: &str, to: Ipv4Addr, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let out = bed
+                .run_in(from, &["ping", "-c", "1", "-W", "1", &to.to_string()])
+                .expect("ping runs");
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{from} cannot ping {to}"
+            );
+        }
+    }
+
+    fn via(reports: &[DatapathReport], from: usize, to: &Node) -> Option<NodeId> {
+        reports[from].peers.get(&to.id).and_then(|l| l.via)
+    }
+
+    /// Effective uid 0, from /proc/self/status ("Uid: real effective saved fs").
+    fn is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn three_nodes_ping_across_then_relay_around_a_cut_and_back() {
+        if !is_root() {
+            eprintln!("skipped: needs root (network namespaces)");
+            return;
+        }
+        let bed = TestBed::new(3).expect("test bed");
+        let nodes: Vec<Node> = (0..3)
+            .map(|i| {
+                let h = bed.host(i);
+                start(h.name(), i as u8 + 1, h.underlay_ip())
+            })
+            .collect();
+        drive(
+            &nodes,
+            "bridges, routes and firewall",
+            Duration::from_secs(20),
+            |r| r.iter().all(|r| r.ready),
+        );
+        for r in nodes.iter().map(|n| n.report.borrow().clone()) {
+            assert_eq!(r.kind, "userspace");
+            assert_eq!(r.error, None);
+        }
+        let containers: Vec<(String, Ipv4Addr)> = (0..3)
+            .map(|i| attach(&bed, bed.host(i).name(), nodes[i].space))
+            .collect();
+        for (i, (from, _)) in containers.iter().enumerate() {
+            for (j, (_, to)) in containers.iter().enumerate() {
+                if i != j {
+                    drive(&nodes, "handshakes", Duration::from_secs(1), |_| true);
+                    wait_ping(&bed, from, *to, Duration::from_secs(15));
+                }
+            }
+        }
+        drive(
+            &nodes,
+            "handshakes reported",
+            Duration::from_secs(10),
+            |r| {
+                r.iter()
+                    .all(|r| r.peers.values().all(|l| l.last_handshake.is_some()))
+            },
+        );
+
+        // Cut 0<->2 on the underlay: both ends find the other unreachable and go through 1.
+        bed.cut(0, 2).expect("cut");
+        let relay = nodes[1].id;
+        drive(
+            &nodes,
+            "relay through node 1",
+            Duration::from_secs(40),
+            |r| via(r, 0, &nodes[2]) == Some(relay) && via(r, 2, &nodes[0]) == Some(relay),
+        );
+        {
+            let reports: Vec<_> = nodes.iter().map(|n| n.report.borrow().clone()).collect();
+            assert_eq!(reports[0].unreachable, vec![nodes[2].id]);
+            assert_eq!(via(&reports, 1, &nodes[0]), None, "the relay goes direct");
+        }
+        wait_ping(
+            &bed,
+            &containers[0].0,
+            containers[2].1,
+            Duration::from_secs(15),
+        );
+        wait_ping(
+            &bed,
+            &containers[2].0,
+            containers[0].1,
+            Duration::from_secs(15),
+        );
+        // The path really is the relay: the direct underlay is cut.
+        let direct = bed
+            .run_in(
+                bed.host(0).name(),
+                &[
+                    "ping",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    &bed.host(2).underlay_ip().to_string(),
+                ],
+            )
+            .expect("ping runs");
+        assert!(!direct.status.success(), "underlay 0<->2 still open");
+
+        // Restore: back to direct.
+        bed.restore(0, 2).expect("restore");
+        drive(&nodes, "direct path again", Duration::from_secs(40), |r| {
+            via(r, 0, &nodes[2]).is_none()
+                && via(r, 2, &nodes[0]).is_none()
+                && r.iter().all(|r| r.unreachable.is_empty())
+        });
+        wait_ping(
+            &bed,
+            &containers[0].0,
+            containers[2].1,
+            Duration::from_secs(15),
+        );
+        wait_ping(
+            &bed,
+            &containers[2].0,
+            containers[0].1,
+            Duration::from_secs(15),
+        );
+        drop(nodes);
+    }
 }

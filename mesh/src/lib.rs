@@ -1,5 +1,6 @@
 //! The WireGuard datapath, routes, bridge and firewall of a weft node. See docs/ARCHITECTURE.md.
 
+pub mod attach;
 pub mod backend;
 pub mod config;
 pub mod error;

@@ -1,0 +1,244 @@
+//! `weft_mesh::attach` against a real kernel: a test-bed host with a bridge `weft`, container
+//! namespaces plugged into it; they ping each other and the gateway, re-attaching changes
+//! nothing, a failed attach leaves nothing behind, and detach removes the veth.
+//! The attach code runs in-process on a thread that entered the host's namespace.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::Ipv4Addr;
+
+use weft_mesh::attach::{self, Attachment};
+use weft_testbed::TestBed;
+
+/// Runs `f` on a new thread inside network namespace `name` (with its own tokio runtime).
+fn run_in<T: Send, Fut: Future<Output = T>>(name: &str, f: impl FnOnce() -> Fut + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = File::open(format!("/run/netns/{name}")).expect("open namespace");
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime")
+                    .block_on(f())
+            })
+            .join()
+            .expect("namespace thread panicked")
+    })
+}
+
+fn spec(container: &str, netns: &str, address: &str) -> Attachment {
+    Attachment {
+        container: container.into(),
+        netns: format!("/run/netns/{netns}").into(),
+        ifname: "eth0".into(),
+        address: address.parse().expect("address"),
+        gateway: Ipv4Addr::new(10, 32, 1, 1),
+        cluster_range: "10.32.0.0/12".parse().expect("range"),
+        bridge: "weft".into(),
+        mtu: 1420,
+    }
+}
+
+fn ping(bed: &TestBed, from: &str, to: &str) -> bool {
+    bed.run_in(from, &["ping", "-n", "-q", "-c", "1", "-W", "2", to])
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `ip` output inside a namespace (stdout), for before/after comparisons.
+fn ip(bed: &TestBed, ns: &str, args: &[&str]) -> String {
+    let mut full = vec!["ip"];
+    full.extend_from_slice(args);
+    bed.run_ok_in(ns, &full).expect("ip")
+}
+
+fn host_links(bed: &TestBed, host: &str) -> String {
+    ip(bed, host, &["-o", "link", "show"])
+}
+
+#[test]
+fn containers_on_the_bridge_reach_each_other_and_the_gateway() {
+    if !weft_testbed::require_root("containers_on_the_bridge_reach_each_other_and_the_gateway") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let host = bed.host(0).name().to_string();
+    // A fixed MAC, as a bridge that containers use as their gateway needs: otherwise the
+    // bridge takes the lowest port's MAC and changes it when that port leaves.
+    for cmd in [
+        &[
+            "ip",
+            "link",
+            "add",
+            "weft",
+            "address",
+            "02:77:65:66:74:01",
+            "type",
+            "bridge",
+        ][..],
+        &["ip", "addr", "add", "10.32.1.1/24", "dev", "weft"],
+        &["ip", "link", "set", "weft", "mtu", "1420", "up"],
+    ] {
+        bed.run_ok_in(&host, cmd).expect("bridge");
+    }
+    let (a, b) = (
+        bed.container().expect("container a"),
+        bed.container().expect("container b"),
+    );
+    let (spec_a, spec_b) = (
+        spec("ctr-a", &a, "10.32.1.5/24"),
+        spec("ctr-b", &b, "10.32.1.6/24"),
+    );
+    run_in(&host, || async {
+        attach::attach(&spec_a).await.expect("attach a");
+        attach::attach(&spec_b).await.expect("attach b");
+    });
+
+    let veth_a = attach::host_ifname("ctr-a");
+    let links = host_links(&bed, &host);
+    assert!(links.contains(&format!("{veth_a}@")), "{links}");
+    assert!(
+        links.contains("master weft"),
+        "host side not on the bridge: {links}"
+    );
+    let inside = ip(&bed, &a, &["-o", "addr", "show", "dev", "eth0"]);
+    assert!(inside.contains("10.32.1.5/24"), "{inside}");
+    let link = ip(&bed, &a, &["link", "show", "eth0"]);
+    assert!(link.contains("mtu 1420") && link.contains("UP"), "{link}");
+    let routes = ip(&bed, &a, &["route", "show"]);
+    for (want, and) in [
+        ("default via 10.32.1.1 dev eth0 ", ""),
+        ("10.32.0.0/12 via 10.32.1.1 dev eth0 ", ""),
+        ("10.32.1.1 dev eth0 ", "scope link"),
+    ] {
+        assert!(
+            routes
+                .lines()
+                .any(|l| l.starts_with(want) && l.contains(and)),
+            "missing {want:?} in:\n{routes}"
+        );
+    }
+
+    assert!(ping(&bed, &a, "10.32.1.6"), "a cannot ping b");
+    assert!(ping(&bed, &b, "10.32.1.5"), "b cannot ping a");
+    assert!(ping(&bed, &a, "10.32.1.1"), "a cannot ping the gateway");
+    assert!(ping(&bed, &host, "10.32.1.6"), "the host cannot ping b");
+
+    // Again, same id and address: accepted, nothing changes.
+    let before = (
+        ip(&bed, &a, &["-o", "addr", "show"]),
+        ip(&bed, &a, &["route", "show"]),
+        host_links(&bed, &host),
+    );
+    run_in(&host, || async { attach::attach(&spec_a).await }).expect("re-attach a");
+    let after = (
+        ip(&bed, &a, &["-o", "addr", "show"]),
+        ip(&bed, &a, &["route", "show"]),
+        host_links(&bed, &host),
+    );
+    assert_eq!(
+        before, after,
+        "re-attaching changed the namespace or the host"
+    );
+    assert!(
+        ping(&bed, &a, "10.32.1.6"),
+        "a cannot ping b after re-attach"
+    );
+
+    // Same id, another address: refused, and the attachment stays as it was.
+    let moved = spec("ctr-a", &a, "10.32.1.9/24");
+    let err = run_in(&host, || async { attach::attach(&moved).await })
+        .expect_err("a second address for the same container");
+    assert!(err.to_string().contains("10.32.1.5/24"), "{err}");
+    assert_eq!(
+        ip(&bed, &a, &["-o", "addr", "show"]),
+        before.0,
+        "the refused attach changed the container"
+    );
+
+    // Detach: the veth goes on both sides; b is untouched.
+    run_in(&host, || async { attach::detach("ctr-a").await }).expect("detach a");
+    assert!(
+        !host_links(&bed, &host).contains(&veth_a),
+        "host side left behind"
+    );
+    assert!(
+        !bed.run_in(&a, &["ip", "link", "show", "eth0"])
+            .expect("ip")
+            .status
+            .success(),
+        "container side left behind"
+    );
+    assert!(
+        ping(&bed, &b, "10.32.1.1"),
+        "b lost the gateway when a left"
+    );
+    run_in(&host, || async { attach::detach("ctr-a").await }).expect("detach twice is fine");
+}
+
+#[test]
+fn a_failed_attach_leaves_nothing_behind() {
+    if !weft_testbed::require_root("a_failed_attach_leaves_nothing_behind") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let host = bed.host(0).name().to_string();
+    let c = bed.container().expect("container");
+    let before = host_links(&bed, &host);
+
+    // No bridge yet: refused before anything is made.
+    let err = run_in(&host, || async {
+        attach::attach(&spec("ctr-x", &c, "10.32.1.5/24")).await
+    })
+    .expect_err("attach without a bridge");
+    assert!(err.to_string().contains("bridge weft"), "{err}");
+    assert_eq!(host_links(&bed, &host), before);
+
+    // The namespace already has an eth0 that is not ours: refused, no veth left.
+    bed.run_ok_in(&host, &["ip", "link", "add", "weft", "type", "bridge"])
+        .expect("bridge");
+    bed.run_ok_in(
+        &c,
+        &[
+            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ],
+    )
+    .expect("a foreign eth0");
+    let before = host_links(&bed, &host);
+    let err = run_in(&host, || async {
+        attach::attach(&spec("ctr-x", &c, "10.32.1.5/24")).await
+    })
+    .expect_err("attach over a foreign eth0");
+    assert!(err.to_string().contains("eth0"), "{err}");
+    assert_eq!(
+        host_links(&bed, &host),
+        before,
+        "a veth was left on the host"
+    );
+
+    // A namespace that does not exist: refused, nothing left.
+    let err = run_in(&host, || async {
+        attach::attach(&spec("ctr-y", "no-such-namespace-here", "10.32.1.6/24")).await
+    })
+    .expect_err("attach to a missing namespace");
+    assert!(err.to_string().contains("no-such-namespace-here"), "{err}");
+    assert_eq!(
+        host_links(&bed, &host),
+        before,
+        "a veth was left on the host"
+    );
+
+    // A path that is not a network namespace: refused, nothing left.
+    let not_ns = tempfile::NamedTempFile::new().expect("temp file");
+    let mut bogus = spec("ctr-z", "unused", "10.32.1.7/24");
+    bogus.netns = not_ns.path().to_path_buf();
+    let err = run_in(&host, || async { attach::attach(&bogus).await })
+        .expect_err("attach to a file that is not a namespace");
+    assert!(err.to_string().contains("namespace"), "{err}");
+    assert_eq!(
+        host_links(&bed, &host),
+        before,
+        "a veth was left on the host"
+    );
+}

@@ -521,3 +521,165 @@ fn version_and_help() {
     let help = weft(&["identity", "--help"]);
     assert!(help.stdout.contains("--state-dir") && help.stdout.contains("/var/lib/weft"));
 }
+
+/// The `--long` options of `weft launch`, from its help.
+fn launch_options() -> Vec<String> {
+    let help = weft(&["launch", "--help"]);
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    help.stdout
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `--option` in `command` must be one `weft launch` (or the global options) accepts.
+fn assert_known_options(command: &str, known: &[String], origin: &str) {
+    for word in command.split_whitespace() {
+        if word.starts_with("--") {
+            assert!(
+                known.iter().any(|k| k == word),
+                "{origin} uses `{word}`, which `weft launch` does not accept: {command}"
+            );
+        }
+    }
+}
+
+fn deploy_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+#[test]
+fn systemd_unit_runs_launch_with_known_options_and_keeps_state_on_stop() {
+    let unit = deploy_file("deploy/systemd/weft.service");
+    let mut keys: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut section = String::new();
+    for (n, line) in unit.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            assert!(line.ends_with(']'), "line {}: {line}", n + 1);
+            section = line.to_owned();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("line {} is not key=value: {line}", n + 1));
+        keys.entry(format!("{section}{key}"))
+            .or_default()
+            .push(value.to_owned());
+    }
+    let one = |key: &str| -> &str {
+        match keys.get(key).map(Vec::as_slice) {
+            Some([v]) => v,
+            other => panic!("{key}: {other:?}"),
+        }
+    };
+    assert_eq!(one("[Service]Type"), "simple");
+    assert_eq!(one("[Service]Restart"), "on-failure");
+    assert_eq!(one("[Service]EnvironmentFile"), "-/etc/weft/weft.env");
+    let exec = one("[Service]ExecStart");
+    assert!(exec.starts_with("/usr/local/bin/weft launch "), "{exec}");
+    assert!(exec.contains("$WEFT_PEERS"), "{exec}");
+    assert_known_options(exec, &launch_options(), "weft.service");
+    let env = &keys["[Service]Environment"];
+    assert!(
+        env.contains(&"WEFT_SECRET_FILE=/etc/weft/secret".to_owned()),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&"WEFT_STATE_DIR=/var/lib/weft".to_owned()),
+        "{env:?}"
+    );
+    let caps = one("[Service]CapabilityBoundingSet");
+    assert!(
+        caps.contains("CAP_NET_ADMIN") && caps.contains("CAP_NET_RAW"),
+        "{caps}"
+    );
+    // Stopping keeps host state and address space: nothing may run `weft reset` on stop.
+    for key in ["[Service]ExecStop", "[Service]ExecStopPost"] {
+        assert!(!keys.contains_key(key), "{key} set");
+    }
+    let sample = deploy_file("deploy/systemd/weft.env");
+    assert!(
+        sample.lines().any(|l| l.starts_with("WEFT_PEERS=")),
+        "{sample}"
+    );
+    for line in sample.lines().filter(|l| l.starts_with("WEFT_OPTS=")) {
+        assert_known_options(
+            line.trim_start_matches("WEFT_OPTS="),
+            &launch_options(),
+            "weft.env",
+        );
+    }
+}
+
+#[test]
+fn kubernetes_daemonset_parses_and_probes_the_metrics_endpoint() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let docs = YamlLoader::load_from_str(&deploy_file("deploy/kubernetes/weft.yaml"))
+        .expect("weft.yaml is YAML");
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["ConfigMap", "DaemonSet"]);
+    let ds = &docs[1];
+    assert_eq!(ds["apiVersion"].as_str(), Some("apps/v1"));
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(true));
+    let container = &spec["containers"][0];
+    assert_eq!(
+        container["securityContext"]["privileged"].as_bool(),
+        Some(true)
+    );
+    let command: Vec<&str> = container["command"]
+        .as_vec()
+        .expect("command list")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let script = command.last().expect("command");
+    assert!(
+        script.contains("weft launch") && script.contains("$WEFT_PEERS"),
+        "{script}"
+    );
+    assert_known_options(script, &launch_options(), "weft.yaml");
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(get["host"].as_str(), Some("127.0.0.1"), "{probe}");
+        assert_eq!(get["port"].as_i64(), Some(6782), "{probe}");
+    }
+    let env: Vec<&str> = container["env"]
+        .as_vec()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for var in [
+        "WEFT_PEERS",
+        "WEFT_SECRET_FILE",
+        "WEFT_STATE_DIR",
+        "NODE_NAME",
+    ] {
+        assert!(env.contains(&var), "{var} not set: {env:?}");
+    }
+    // Host paths survive pod restarts, so a new pod is the same node.
+    let volumes = spec["volumes"].as_vec().expect("volumes");
+    let host_path = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .and_then(|v| v["hostPath"]["path"].as_str())
+    };
+    assert_eq!(host_path("state"), Some("/var/lib/weft"));
+    assert_eq!(host_path("run"), Some("/run/weft"));
+    let secret = volumes
+        .iter()
+        .find(|v| v["name"].as_str() == Some("secret"))
+        .expect("secret volume");
+    assert_eq!(secret["secret"]["secretName"].as_str(), Some("weft-secret"));
+    // Octal 0400: the secret must not be readable by group or others.
+    assert_eq!(secret["secret"]["defaultMode"].as_i64(), Some(0o400));
+}

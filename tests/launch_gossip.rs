@@ -1,7 +1,7 @@
 //! `weft launch` between real processes in network namespaces: a chain of seeds forms one
 //! view, a killed node is suspected then declared failed, a restarted node rejoins with the
 //! same id and a higher version, a node with another secret never gets in, and SIGTERM
-//! makes a node leave. Needs root; prints "skipped: ..." otherwise.
+//! stops a node (seen as stopped, not failed). Needs root; prints "skipped: ..." otherwise.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -55,6 +55,7 @@ fn launch(host: &Host, name: &str, secret: &Path, files: &NodeFiles, seeds: &[&H
         .collect();
     let mut args = vec![
         BIN,
+        "-vv",
         "launch",
         "--name",
         name,
@@ -113,11 +114,22 @@ fn dump(procs: &[&Proc]) -> String {
         .collect()
 }
 
-#[test]
-#[ignore = "flaky: about half the runs on an idle machine miss the 10 s full view; see the closing note of issue 6 (run with --ignored)"]
-fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
-    if !require_root("chain_of_seeds_forms_one_view_detects_failure_and_rejoins") {
-        return;
+/// Four nodes on hosts 0..4, host i seeded only with host i-1, and an intruder with another
+/// secret on host 4 seeding hosts 0 and 3; returns once every node lists all four alive
+/// (10 s at most), after checking n0's status and socket mode. `None` when not root.
+struct Chain {
+    bed: TestBed,
+    _secrets: TempDir,
+    secret: PathBuf,
+    names: [&'static str; 4],
+    files: Vec<NodeFiles>,
+    procs: Vec<Proc>,
+    intruder: Proc,
+}
+
+fn chain(test: &str) -> Option<Chain> {
+    if !require_root(test) {
+        return None;
     }
     let bed = TestBed::new(5).expect("test bed");
     let secrets = tempfile::tempdir().expect("tempdir");
@@ -127,7 +139,7 @@ fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
     let files: Vec<NodeFiles> = (0..5).map(|_| NodeFiles::new()).collect();
 
     // Host i seeds only host i-1.
-    let mut procs: Vec<Proc> = (0..4)
+    let procs: Vec<Proc> = (0..4)
         .map(|i| {
             let seeds: Vec<&Host> = if i == 0 {
                 vec![]
@@ -169,12 +181,73 @@ fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
         status["gossip_addr"],
         format!("{}:6783", bed.host(0).public_ip())
     );
-    assert_eq!(status["datapath"], "not yet wired");
+    assert!(
+        matches!(status["datapath"].as_str(), Some("kernel" | "userspace")),
+        "{status}"
+    );
     let mode = std::fs::metadata(&files[0].socket)
         .expect("socket")
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+
+    Some(Chain {
+        bed,
+        _secrets: secrets,
+        secret,
+        names,
+        files,
+        procs,
+        intruder,
+    })
+}
+
+/// The intruder tried, was refused, and appears nowhere; it sees only itself.
+fn intruder_refused(c: &Chain) {
+    let (bed, files, intruder) = (&c.bed, &c.files, &c.intruder);
+    let view = |i: usize| peers(bed.host(i), &files[i]);
+    assert!(
+        intruder
+            .wait_for_output("not admitted", Duration::from_secs(10))
+            .expect("output"),
+        "intruder never tried to join\n{}",
+        dump(&[intruder])
+    );
+    for i in 0..4 {
+        let list = view(i).expect("peers");
+        assert!(
+            find(&list, "intruder").is_none(),
+            "n{i} lists the intruder: {list:?}"
+        );
+    }
+    let own = peers(bed.host(4), &files[4]).expect("intruder peers");
+    assert_eq!(own.len(), 1, "intruder knows others: {own:?}");
+}
+
+#[test]
+fn chain_of_seeds_forms_one_view_and_refuses_an_intruder() {
+    if let Some(c) = chain("chain_of_seeds_forms_one_view_and_refuses_an_intruder") {
+        intruder_refused(&c);
+    }
+}
+
+#[test]
+#[ignore = "a node restarted after kill -9 advertises its bridge's cluster-range address as its gossip address (driver fix pending, see issue 6); run with --ignored"]
+fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
+    let Some(c) = chain("chain_of_seeds_forms_one_view_detects_failure_and_rejoins") else {
+        return;
+    };
+    intruder_refused(&c);
+    let Chain {
+        bed,
+        secret,
+        names,
+        files,
+        mut procs,
+        intruder,
+        ..
+    } = c;
+    let refs: Vec<&Proc> = procs.iter().chain([&intruder]).collect();
 
     let view = |i: usize| peers(bed.host(i), &files[i]);
 
@@ -226,25 +299,8 @@ fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
         );
     }
 
-    // The intruder tried, was refused, and appears nowhere; it sees only itself.
-    assert!(
-        intruder
-            .wait_for_output("not admitted", Duration::from_secs(10))
-            .expect("output"),
-        "intruder never tried to join\n{}",
-        dump(&[&intruder])
-    );
-    for i in 0..4 {
-        let list = view(i).expect("peers");
-        assert!(
-            find(&list, "intruder").is_none(),
-            "n{i} lists the intruder: {list:?}"
-        );
-    }
-    let own = peers(bed.host(4), &files[4]).expect("intruder peers");
-    assert_eq!(own.len(), 1, "intruder knows others: {own:?}");
-
-    // SIGTERM: n1 leaves, exits cleanly, removes its socket; the others see it as left.
+    // SIGTERM: n1 stops (keeping its address space for a restart), exits cleanly, removes its
+    // socket; the others see it as stopped, not failed.
     procs[1].signal("TERM").expect("SIGTERM n1");
     let status = procs[1]
         .wait_timeout(Duration::from_secs(10))
@@ -261,8 +317,8 @@ fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
             peers(bed.host(i), &files[i])
                 .and_then(|l| state_of(&l, "n1"))
                 .as_deref()
-                == Some("left")
+                == Some("stopped")
         })
     });
-    assert!(left, "n1 not seen as left\n{}", dump(&refs));
+    assert!(left, "n1 not seen as stopped\n{}", dump(&refs));
 }

@@ -158,6 +158,7 @@ impl Cluster {
             "userspace",
             "--metrics-addr",
             "127.0.0.1:6782",
+            "-v",
         ];
         args.extend(seeds.iter().map(String::as_str));
         let host = self.bed.host(node.host);
@@ -198,6 +199,30 @@ impl Cluster {
                     tail.join("\n")
                 ));
             }
+        }
+        out
+    }
+
+    /// Each host's links, addresses, rules and routes, and each container's, for failures.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let mut show = |ns: &str, what: &str, args: &[&str]| {
+            let text = match self.bed.run_in(ns, args) {
+                Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            out.push_str(&format!("--- {what}: {}\n{text}", args.join(" ")));
+        };
+        for (i, host) in self.bed.hosts().iter().enumerate() {
+            let what = format!("host {i}");
+            show(host.name(), &what, &["ip", "-br", "addr"]);
+            show(host.name(), &what, &["ip", "rule"]);
+            show(host.name(), &what, &["ip", "route", "show", "table", "all"]);
+        }
+        for ctr in &self.containers {
+            let what = format!("container {} on n{}", ctr.id, ctr.node);
+            show(&ctr.netns, &what, &["ip", "-br", "addr"]);
+            show(&ctr.netns, &what, &["ip", "route"]);
         }
         out
     }
@@ -368,6 +393,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("----- node logs -----\n{}", self.logs(80));
+            eprintln!("----- hosts -----\n{}", self.diagnostics());
         }
         // Nodes first (their procs), then the bed removes containers and hosts.
         for node in &mut self.nodes {

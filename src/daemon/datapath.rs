@@ -12,7 +12,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -310,14 +309,10 @@ fn path_peers(view: &MeshView) -> Vec<PathPeer> {
         .collect()
 }
 
-/// The bridge's gateway: the first address of `space`, with its prefix length (`None` for a
-/// space too small to hold a gateway and pods).
-fn gateway(space: &Ipv4Net) -> Option<IpNet> {
-    if space.prefix_len() >= 31 {
-        return None;
-    }
-    let first = Ipv4Addr::from(u32::from(space.network()) + 1);
-    Ipv4Net::new(first, space.prefix_len()).ok().map(IpNet::V4)
+/// The bridge's gateway: the first address of `space` (its network address: IPAM hands out
+/// every address of a piece, and the driver reserves this one), with its prefix length.
+fn gateway(space: &Ipv4Net) -> IpNet {
+    IpNet::V4(Ipv4Net::new(space.network(), space.prefix_len()).unwrap_or(*space))
 }
 
 /// The host state the view asks for: the fail-closed firewall for the cluster range; once
@@ -327,7 +322,7 @@ fn gateway(space: &Ipv4Net) -> Option<IpNet> {
 fn desired_host(view: &MeshView, config: &DatapathConfig) -> HostState {
     let cluster = [IpNet::V4(view.cluster_range)];
     let local: Vec<IpNet> = view.local.spaces.iter().copied().map(IpNet::V4).collect();
-    let mut state = match view.local.spaces.first().and_then(gateway) {
+    let mut state = match view.local.spaces.first().map(gateway) {
         Some(gateway) => {
             let mut state = HostState::new(
                 BridgeSpec {
@@ -364,13 +359,16 @@ mod tests {
 
     #[test]
     fn gateway_is_the_first_address_with_the_space_prefix() {
-        let space: Ipv4Net = "10.32.4.0/22".parse().expect("prefix");
+        let space: Ipv4Net = "10.40.0.0/13".parse().expect("prefix");
         assert_eq!(
             gateway(&space),
-            Some("10.32.4.1/22".parse().expect("prefix"))
+            "10.40.0.0/13".parse::<IpNet>().expect("prefix")
         );
-        let tiny: Ipv4Net = "10.32.4.8/32".parse().expect("prefix");
-        assert_eq!(gateway(&tiny), None);
+        let odd: Ipv4Net = "10.32.4.7/22".parse().expect("prefix");
+        assert_eq!(
+            gateway(&odd),
+            "10.32.4.0/22".parse::<IpNet>().expect("prefix")
+        );
     }
 }
 
@@ -380,7 +378,7 @@ mod tests {
 /// attaches containers to the bridges with `ip`.
 #[cfg(test)]
 mod netns_tests {
-    use std::net::SocketAddr;
+    use std::net::{Ipv4Addr, SocketAddr};
     use std::thread::JoinHandle;
     use std::time::Duration;
 
@@ -513,7 +511,7 @@ mod netns_tests {
     fn attach(bed: &TestBed, ns: &str, space: Ipv4Net) -> (String, Ipv4Addr) {
         let c = bed.container().expect("container namespace");
         let addr = Ipv4Addr::from(u32::from(space.network()) + 2);
-        let gw = Ipv4Addr::from(u32::from(space.network()) + 1);
+        let gw = space.network();
         let host_if = "vc0";
         bed.run_ok_in(
             ns,

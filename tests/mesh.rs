@@ -231,22 +231,58 @@ fn partition_then_heal_never_gives_an_address_twice() {
     let (mut c, _) = three_with_containers();
     let ids = node_ids(&c, 3);
     c.bed.partition(&[&[0], &[1, 2]]).expect("partition");
-    c.wait(
-        "n0 sees n1, n2 not alive; n1 sees n0 not alive",
+    let apart = |c: &Cluster| {
+        ["n1", "n2"]
+            .iter()
+            .all(|n| c.peer(0, n).is_some_and(|p| p["state"] == "failed"))
+            && (1..3).all(|i| c.peer(i, "n0").is_some_and(|p| p["state"] == "failed"))
+    };
+    let took = c.wait(
+        "n0 sees n1, n2 failed and they see n0 failed",
         GENEROUS,
-        || {
-            ["n1", "n2"]
-                .iter()
-                .all(|n| c.peer(0, n).is_some_and(|p| p["state"] != "alive"))
-                && c.peer(1, "n0").is_some_and(|p| p["state"] != "alive")
-        },
+        || apart(&c),
     );
+    eprintln!("partition seen by both sides {took:?} after the cut");
+    if std::env::var("MESH_TRACE").is_ok() {
+        let mut last = String::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < secs(30) {
+            let now: Vec<_> = (0..3)
+                .map(|i| {
+                    c.peers(i)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|p| format!("{}={}@{}", p["name"], p["state"], p["incarnation"]))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+            let now = format!("{now:?}");
+            if now != last {
+                eprintln!("{:?}: {now}", t0.elapsed());
+                last = now;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     // Containers on both sides while apart.
     for k in 0..3 {
         c.attach(0, &format!("apart-a-{k}"));
         c.attach(1, &format!("apart-b-{k}"));
         c.attach(2, &format!("apart-c-{k}"));
     }
+    assert!(apart(&c), "the sides met again before the heal");
+    let states: Vec<_> = (0..3)
+        .map(|i| {
+            c.peers(i)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| format!("{}={}", p["name"], p["state"]))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    eprintln!("views while apart: {states:?}");
     c.bed.heal().expect("heal");
     let took = c.wait("views converge after heal (all alive)", GENEROUS, || {
         (0..3).all(|i| c.sees_alive(i, &[0, 1, 2]))

@@ -193,9 +193,10 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub metrics_addr: Option<String>,
 
-    /// WireGuard datapath: "kernel" (netlink), "userspace" (TUN), or "auto" (kernel when
-    /// the host has it) [default: auto].
-    #[arg(long, value_name = "auto|kernel|userspace")]
+    /// WireGuard datapath: "kernel" (netlink), "userspace" (TUN), "auto" (kernel when the
+    /// host has it), or "off" (gossip and address management only; nothing on the host)
+    /// [default: auto].
+    #[arg(long, value_name = "auto|kernel|userspace|off")]
     pub datapath: Option<String>,
 
     /// MTU of the WireGuard interface, the bridge and containers' interfaces [default: 1420].

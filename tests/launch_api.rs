@@ -46,6 +46,8 @@ fn start(dir: &Path, name: &str, secret: &Path, seeds: &[String]) -> (Daemon, Pa
     let state = dir.join(name).join("state");
     let child = weft()
         .args(["launch", "--name", name, "--listen", "127.0.0.1:0"])
+        // No WireGuard device or firewall in the root namespace, no fixed metrics port.
+        .args(["--datapath", "off", "--metrics-addr", "off"])
         .arg("--secret-file")
         .arg(secret)
         .arg("--state-dir")
@@ -122,7 +124,7 @@ fn two_daemons_join_and_the_api_refuses_bad_requests() {
     std::fs::write(
         &config,
         format!(
-            "name = \"from-file\"\nlisten = \"127.0.0.1:0\"\nsecret_file = {:?}\nstate_dir = {:?}\napi_socket = {:?}\n",
+            "name = \"from-file\"\nlisten = \"127.0.0.1:0\"\ndatapath = \"off\"\nmetrics_addr = \"off\"\nsecret_file = {:?}\nstate_dir = {:?}\napi_socket = {:?}\n",
             secret,
             dir.path().join("a/state"),
             a_sock

@@ -20,8 +20,9 @@ pub const DEFAULT_WG_PORT: u16 = 6784;
 pub const DEFAULT_MTU: u32 = 1420;
 /// MTUs accepted: IPv6's minimum (so the tunnel can carry it) up to jumbo frames.
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 1280..=9000;
-/// The datapath backends `--datapath` accepts.
-pub const DATAPATH_BACKENDS: [&str; 3] = ["auto", "kernel", "userspace"];
+/// The datapath backends `--datapath` accepts; "off" runs gossip and address management
+/// only (tests on a shared host, control-only nodes).
+pub const DATAPATH_BACKENDS: [&str; 4] = ["auto", "kernel", "userspace", "off"];
 /// The largest config file read.
 const MAX_CONFIG_LEN: u64 = 64 * 1024;
 
@@ -104,7 +105,7 @@ pub struct LaunchConfig {
     pub wg_port: u16,
     /// Where the metrics endpoint listens; `None` when turned off.
     pub metrics_addr: Option<SocketAddr>,
-    /// "auto", "kernel" or "userspace".
+    /// "auto", "kernel", "userspace" or "off".
     pub datapath: String,
     pub mtu: u32,
 }

@@ -19,6 +19,7 @@ use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::sleep_until;
 use tracing::{debug, error, info, info_span, warn};
+use weft_gossip::frame::{self, Channel};
 use weft_gossip::ipam::{self, FileStore, Ipam};
 use weft_gossip::transport::{self, Incoming, Transport};
 use weft_gossip::{
@@ -63,37 +64,6 @@ pub const GATEWAY_ID: &str = "weft:gateway";
 /// The bridge containers attach to.
 const BRIDGE: &str = "weft";
 
-/// The framing of the shared transport, until `weft_gossip::frame` lands (same API).
-mod frame {
-    /// Which protocol a message belongs to.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Channel {
-        Membership,
-        Ipam,
-    }
-
-    pub fn frame(channel: Channel, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(payload.len() + 1);
-        out.push(match channel {
-            Channel::Membership => 0,
-            Channel::Ipam => 1,
-        });
-        out.extend_from_slice(payload);
-        out
-    }
-
-    pub fn unframe(bytes: &[u8]) -> Result<(Channel, &[u8]), &'static str> {
-        match bytes.split_first() {
-            Some((0, rest)) => Ok((Channel::Membership, rest)),
-            Some((1, rest)) => Ok((Channel::Ipam, rest)),
-            Some(_) => Err("unknown channel"),
-            None => Err("empty message"),
-        }
-    }
-}
-
-use frame::Channel;
-
 /// Facts about this node that the cores do not hold.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -104,6 +74,8 @@ pub struct NodeInfo {
     pub mtu: u32,
     /// This node's own WireGuard endpoints (host addresses with the WireGuard port).
     pub wg_local: Vec<SocketAddr>,
+    /// `--datapath off`: no WireGuard device; readiness does not wait for one.
+    pub datapath_off: bool,
 }
 
 /// The channels between the driver and the datapath task.
@@ -860,7 +832,9 @@ impl Driver {
         let record = self.core.local_record();
         let report = self.datapath.report.borrow();
         let failed = self.datapath.failed.borrow();
-        let datapath = if !report.kind.is_empty() {
+        let datapath = if self.info.datapath_off {
+            "off".to_string()
+        } else if !report.kind.is_empty() {
             match &report.error {
                 Some(e) => format!("{} (error: {e})", report.kind),
                 None => report.kind.clone(),
@@ -898,7 +872,9 @@ impl Driver {
             members,
             datapath,
             uptime_secs: self.info.started.elapsed().as_secs(),
-            ready: joined && !space.is_empty() && report.ready && failed.is_none(),
+            ready: joined
+                && !space.is_empty()
+                && (self.info.datapath_off || (report.ready && failed.is_none())),
             peers_up,
             peers_total,
             address_space: space.iter().map(ToString::to_string).collect(),

@@ -90,7 +90,14 @@ async fn run(
     let transport = Transport::bind(config.listen, TransportConfig::new(identity, secret))
         .context("starting the gossip transport")?;
     let bound = transport.local_addr()?;
-    let host = addrs::host_addresses()?;
+    // Addresses in the cluster range (the bridge's, kept across a restart) are no way in.
+    let host: Vec<std::net::IpAddr> = addrs::host_addresses()?
+        .into_iter()
+        .filter(|ip| match ip {
+            std::net::IpAddr::V4(v4) => !config.range.contains(v4),
+            std::net::IpAddr::V6(_) => true,
+        })
+        .collect();
     let (gossip_addr, _) = addrs::advertised(bound, &host)?;
     let wg_local = addrs::wireguard_local(bound, &host, config.wg_port, config.range);
 
@@ -140,7 +147,14 @@ async fn run(
         mtu: config.mtu,
         backend: config.datapath.clone(),
     };
+    let datapath_off = config.datapath == "off";
     let datapath_task = tokio::spawn(async move {
+        if datapath_off {
+            // Keep the channels open: the driver still publishes its view.
+            let _keep = (view_rx, report_tx, failed_tx);
+            std::future::pending::<()>().await;
+            return;
+        }
         // An error is shown by `weft status`; gossip and IPAM go on without a datapath.
         if let Err(e) = datapath::run(datapath_config, view_rx, report_tx).await {
             let e = format!("{e:#}");
@@ -156,6 +170,7 @@ async fn run(
         wg_port: config.wg_port,
         mtu: config.mtu,
         wg_local,
+        datapath_off,
     };
     let link = DatapathLink {
         view: view_tx,
@@ -189,7 +204,12 @@ async fn run(
     }
     let result = match result {
         Ok(Exit::Reset { reply, summary }) => {
-            let message = match datapath::reset(WG_IFNAME).await {
+            let cleaned = if datapath_off {
+                Ok(())
+            } else {
+                datapath::reset(WG_IFNAME).await
+            };
+            let message = match cleaned {
                 Ok(()) => format!("reset: this node {summary}, left the cluster, and removed weft's interfaces, routes and firewall rules"),
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "reset: could not clean up the host");

@@ -2,6 +2,10 @@
 //! between two test-bed hosts (network namespaces on a veth underlay), against the raw veth
 //! path and with wireguard-go as the reference.
 //!
+//! All tunnels are up at once (each on its own port and inner /26) and every run measures
+//! every path in turn, so a machine whose load changes during the benchmark (a shared CI
+//! box) affects all rows alike; the table shows medians over the runs.
+//!
 //! Run: `cargo build --release -p weft-mesh && cargo bench --bench datapath` (as root).
 //! Knobs: `WEFT_BENCH_RUNS` (runs per measure, median reported; default 3), `WEFT_BENCH_SECS`
 //! (seconds per iperf3 run; default 5), `WEFT_WG_BIN` (path of the weft-wg binary).
@@ -15,7 +19,7 @@ use weft_crypto::WgPrivateKey;
 use weft_testbed::{wait_until, Host, Proc, TestBed};
 
 const WIREGUARD_GO: &str = "/usr/bin/wireguard-go";
-const INNER: [&str; 2] = ["203.0.113.1", "203.0.113.2"];
+/// Each tunnel gets its own /26 of 203.0.113.0/24 (`.1`/`.2` + 64 * slot) and port.
 const PORT: u16 = 51820;
 
 fn main() {
@@ -79,32 +83,123 @@ struct Row {
     rtt_ms: f64,
     /// CPU seconds of both WireGuard processes per GB received (single- and multi-stream runs).
     cpu_s_per_gb: Option<f64>,
+    /// Every single-stream run, in order, to show the spread.
+    single_runs: Vec<f64>,
+}
+
+/// One path under test (where to send, which processes do the work) and its results.
+struct Measured {
+    name: String,
+    dst: IpAddr,
+    pids: Vec<u32>,
+    single: Vec<f64>,
+    multi: Vec<f64>,
+    rtt: Vec<f64>,
+    cpu_seconds: f64,
+    bytes: f64,
+}
+
+impl Measured {
+    fn new(name: &str, dst: IpAddr, pids: Vec<u32>) -> Self {
+        Self {
+            name: name.to_owned(),
+            dst,
+            pids,
+            single: Vec::new(),
+            multi: Vec::new(),
+            rtt: Vec::new(),
+            cpu_seconds: 0.0,
+            bytes: 0.0,
+        }
+    }
+
+    fn row(mut self) -> Row {
+        let single_runs = self.single.clone();
+        Row {
+            single_gbps: median(&mut self.single),
+            multi_gbps: median(&mut self.multi),
+            rtt_ms: median(&mut self.rtt),
+            cpu_s_per_gb: (!self.pids.is_empty() && self.bytes > 0.0)
+                .then(|| self.cpu_seconds / (self.bytes / 1e9)),
+            name: self.name,
+            single_runs,
+        }
+    }
 }
 
 fn run(settings: &Settings) -> Result<String, Error> {
     let bed = TestBed::new(2)?;
-    let mut rows = Vec::new();
     let mut notes = Vec::new();
+    let load_before = load_average();
 
     let raw_dst: IpAddr = bed.host(1).underlay_ip().into();
-    rows.push(measure(&bed, "veth (raw)", raw_dst, &[], settings)?);
-
-    rows.push(measure_wireguard(
-        &bed,
-        "wireguard-go",
-        WIREGUARD_GO,
-        settings,
-    )?);
-
+    let mut paths = vec![Measured::new("veth (raw)", raw_dst, Vec::new())];
+    let mut tunnels = Vec::new();
+    tunnels.push(Tunnel::start(&bed, "wireguard-go", WIREGUARD_GO, &[], 0)?);
     match weft_wg_binary() {
         Ok(path) => {
             let path = path.to_string_lossy().into_owned();
-            rows.push(measure_wireguard(&bed, "weft-wg", &path, settings)?);
-            notes.push(format!("weft-wg: {path}"));
+            tunnels.push(Tunnel::start(&bed, "weft-wg", &path, &[], 1)?);
+            tunnels.push(Tunnel::start(
+                &bed,
+                "weft-wg no-offl",
+                &path,
+                &["WEFT_WG_OFFLOAD=0"],
+                2,
+            )?);
+            notes.push(format!(
+                "weft-wg: {path}; \"no-offl\": WEFT_WG_OFFLOAD=0 (no TUN TSO/GRO, no UDP GSO/GRO)"
+            ));
         }
-        Err(why) => notes.push(format!("weft-wg row skipped: {why}")),
+        Err(why) => notes.push(format!("weft-wg rows skipped: {why}")),
     }
+    for tunnel in &tunnels {
+        paths.push(Measured::new(&tunnel.name, tunnel.dst, tunnel.pids()));
+    }
+
+    let (client, server_host) = (bed.host(0), bed.host(1));
+    let server = server_host.spawn(&["iperf3", "-s"])?;
+    let listening = wait_until(Duration::from_secs(5), || {
+        server_host
+            .run_ok(&["ss", "-Htln", "sport = :5201"])
+            .is_ok_and(|o| !o.trim().is_empty())
+    });
+    if !listening {
+        return Err(format!("iperf3 server did not start: {:?}", server.output()).into());
+    }
+    let ticks = clock_ticks()?;
+    for _ in 0..settings.runs {
+        for path in paths.iter_mut() {
+            for streams in [1, 4] {
+                let before = cpu_ticks(&path.pids)?;
+                let (bps, received) = iperf(client, path.dst, streams, settings.secs)?;
+                let after = cpu_ticks(&path.pids)?;
+                path.cpu_seconds += after.saturating_sub(before) as f64 / ticks;
+                path.bytes += received;
+                let results = if streams == 1 {
+                    &mut path.single
+                } else {
+                    &mut path.multi
+                };
+                results.push(bps / 1e9);
+            }
+            path.rtt.push(ping_avg_ms(client, path.dst)?);
+        }
+    }
+    drop(server);
+    drop(tunnels);
+    notes.push(format!(
+        "load average (1/5/15 min) before: {load_before}; after: {}",
+        load_average()
+    ));
+    let rows: Vec<Row> = paths.into_iter().map(Measured::row).collect();
     Ok(table(&rows, settings, &notes))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
 }
 
 /// The release weft-wg: `WEFT_WG_BIN`, else next to this bench binary's profile directory
@@ -151,104 +246,90 @@ impl Drop for Daemon {
     }
 }
 
-fn measure_wireguard(
-    bed: &TestBed,
-    name: &str,
-    binary: &str,
-    settings: &Settings,
-) -> Result<Row, Error> {
-    let keys = [WgPrivateKey::generate(), WgPrivateKey::generate()];
-    let mut daemons = Vec::new();
-    for i in 0..2 {
-        let host = bed.host(i);
-        let ifname = format!("wb{}i{i}", std::process::id() % 1_000_000);
-        let proc = host.spawn(&[binary, "-f", &ifname])?;
-        let socket = format!("/var/run/wireguard/{ifname}.sock");
-        let daemon = Daemon {
-            proc,
-            ifname: ifname.clone(),
-        };
-        if !wait_until(Duration::from_secs(10), || {
-            Path::new(&socket).exists() && host.run_ok(&["wg", "show", &ifname]).is_ok()
-        }) {
-            return Err(format!("{name} did not start: {:?}", daemon.proc.output()).into());
-        }
-        let dir = tempfile::tempdir()?;
-        let key_path = dir.path().join("key");
-        std::fs::write(&key_path, format!("{}\n", *keys[i].to_base64_secret()))?;
-        let other = 1 - i;
-        let endpoint = format!("{}:{PORT}", bed.host(other).underlay_ip());
-        let allowed = format!("{}/32", INNER[other]);
-        let key_arg = key_path.to_string_lossy();
-        let peer = keys[other].public_key().to_string();
-        let port = PORT.to_string();
-        host.run_ok(&[
-            "wg",
-            "set",
-            &ifname,
-            "private-key",
-            &key_arg,
-            "listen-port",
-            &port,
-            "peer",
-            &peer,
-            "endpoint",
-            &endpoint,
-            "allowed-ips",
-            &allowed,
-        ])?;
-        let address = format!("{}/24", INNER[i]);
-        host.run_ok(&["ip", "addr", "add", &address, "dev", &ifname])?;
-        host.run_ok(&["ip", "link", "set", "up", "dev", &ifname])?;
-        daemons.push(daemon);
-    }
-    let pids: Vec<u32> = daemons.iter().map(|d| d.proc.pid()).collect();
-    let dst: IpAddr = INNER[1].parse()?;
-    if !bed.host(0).ping(dst, 5) {
-        return Err(format!("{name}: no ping over the tunnel").into());
-    }
-    measure(bed, name, dst, &pids, settings)
+/// A WireGuard tunnel between the two hosts: one daemon on each.
+struct Tunnel {
+    name: String,
+    dst: IpAddr,
+    daemons: Vec<Daemon>,
 }
 
-fn measure(
-    bed: &TestBed,
-    name: &str,
-    dst: IpAddr,
-    cpu_pids: &[u32],
-    settings: &Settings,
-) -> Result<Row, Error> {
-    let (client, server_host) = (bed.host(0), bed.host(1));
-    let server = server_host.spawn(&["iperf3", "-s"])?;
-    let listening = wait_until(Duration::from_secs(5), || {
-        server_host
-            .run_ok(&["ss", "-Htln", "sport = :5201"])
-            .is_ok_and(|o| !o.trim().is_empty())
-    });
-    if !listening {
-        return Err(format!("iperf3 server did not start: {:?}", server.output()).into());
+impl Tunnel {
+    fn pids(&self) -> Vec<u32> {
+        self.daemons.iter().map(|d| d.proc.pid()).collect()
     }
-    let ticks = clock_ticks()?;
-    let (mut single, mut multi, mut rtt) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut cpu_seconds, mut bytes) = (0.0, 0.0);
-    for _ in 0..settings.runs {
-        for (streams, results) in [(1, &mut single), (4, &mut multi)] {
-            let before = cpu_ticks(cpu_pids)?;
-            let (bps, received) = iperf(client, dst, streams, settings.secs)?;
-            let after = cpu_ticks(cpu_pids)?;
-            cpu_seconds += after.saturating_sub(before) as f64 / ticks;
-            bytes += received;
-            results.push(bps / 1e9);
+
+    /// `binary -f IFNAME` on both hosts (with `env` set), keys, port `PORT + slot`, inner
+    /// addresses in the slot's /26; checked with a ping.
+    fn start(
+        bed: &TestBed,
+        name: &str,
+        binary: &str,
+        env: &[&str],
+        slot: u8,
+    ) -> Result<Self, Error> {
+        let inner = [
+            format!("203.0.113.{}", 64 * slot + 1),
+            format!("203.0.113.{}", 64 * slot + 2),
+        ];
+        let port = (PORT + u16::from(slot)).to_string();
+        let keys = [WgPrivateKey::generate(), WgPrivateKey::generate()];
+        let mut daemons = Vec::new();
+        for i in 0..2 {
+            let host = bed.host(i);
+            let ifname = format!("wb{}s{slot}i{i}", std::process::id() % 100_000);
+            let mut argv = vec!["env"];
+            argv.extend_from_slice(env);
+            argv.extend_from_slice(&[binary, "-f", &ifname]);
+            let proc = host.spawn(&argv)?;
+            let socket = format!("/var/run/wireguard/{ifname}.sock");
+            let daemon = Daemon {
+                proc,
+                ifname: ifname.clone(),
+            };
+            if !wait_until(Duration::from_secs(10), || {
+                Path::new(&socket).exists() && host.run_ok(&["wg", "show", &ifname]).is_ok()
+            }) {
+                return Err(format!("{name} did not start: {:?}", daemon.proc.output()).into());
+            }
+            let dir = tempfile::tempdir()?;
+            let key_path = dir.path().join("key");
+            std::fs::write(&key_path, format!("{}\n", *keys[i].to_base64_secret()))?;
+            let other = 1 - i;
+            let endpoint = format!("{}:{port}", bed.host(other).underlay_ip());
+            let allowed = format!("{}/32", inner[other]);
+            let key_arg = key_path.to_string_lossy();
+            let peer = keys[other].public_key().to_string();
+            host.run_ok(&[
+                "wg",
+                "set",
+                &ifname,
+                "private-key",
+                &key_arg,
+                "listen-port",
+                &port,
+                "peer",
+                &peer,
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                &allowed,
+            ])?;
+            // A /26 per tunnel: the slot's two addresses are on-link only through it.
+            let address = format!("{}/26", inner[i]);
+            host.run_ok(&["ip", "addr", "add", &address, "dev", &ifname])?;
+            host.run_ok(&["ip", "link", "set", "up", "dev", &ifname])?;
+            daemons.push(daemon);
         }
-        rtt.push(ping_avg_ms(client, dst)?);
+        let dst: IpAddr = inner[1].parse()?;
+        if !bed.host(0).ping(dst, 5) {
+            return Err(format!("{name}: no ping over the tunnel").into());
+        }
+        Ok(Tunnel {
+            name: name.to_owned(),
+            dst,
+            daemons,
+        })
     }
-    drop(server);
-    Ok(Row {
-        name: name.to_owned(),
-        single_gbps: median(&mut single),
-        multi_gbps: median(&mut multi),
-        rtt_ms: median(&mut rtt),
-        cpu_s_per_gb: (!cpu_pids.is_empty() && bytes > 0.0).then(|| cpu_seconds / (bytes / 1e9)),
-    })
 }
 
 /// One iperf3 run: (bits per second received, bytes received).
@@ -328,15 +409,23 @@ fn table(rows: &[Row], settings: &Settings, notes: &[String]) -> String {
         settings.runs, settings.secs
     );
     out.push_str(&format!(
-        "{:<14} {:>12} {:>8} {:>13} {:>8} {:>10} {:>8} {:>10}\n",
-        "path", "TCP 1 (Gb/s)", "vs go", "TCP -P4 Gb/s", "vs go", "RTT (ms)", "vs go", "CPU s/GB"
+        "{:<16} {:>12} {:>8} {:>13} {:>8} {:>10} {:>8} {:>10}  {}\n",
+        "path",
+        "TCP 1 (Gb/s)",
+        "vs go",
+        "TCP -P4 Gb/s",
+        "vs go",
+        "RTT (ms)",
+        "vs go",
+        "CPU s/GB",
+        "TCP 1 runs"
     ));
     for row in rows {
         let cpu = row
             .cpu_s_per_gb
             .map_or("-".to_owned(), |c| format!("{c:.2}"));
         out.push_str(&format!(
-            "{:<14} {:>12.2} {:>8} {:>13.2} {:>8} {:>10.3} {:>8} {:>10}\n",
+            "{:<16} {:>12.2} {:>8} {:>13.2} {:>8} {:>10.3} {:>8} {:>10}  {}\n",
             row.name,
             row.single_gbps,
             ratio(row.single_gbps, |r| r.single_gbps),
@@ -345,6 +434,11 @@ fn table(rows: &[Row], settings: &Settings, notes: &[String]) -> String {
             row.rtt_ms,
             ratio(row.rtt_ms, |r| r.rtt_ms),
             cpu,
+            row.single_runs
+                .iter()
+                .map(|g| format!("{g:.2}"))
+                .collect::<Vec<_>>()
+                .join(" "),
         ));
     }
     out.push_str("\nCPU s/GB: user+system CPU of both WireGuard processes per GB received.\n");

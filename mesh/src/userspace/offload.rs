@@ -220,18 +220,29 @@ fn split_tcp(
     Ok(count)
 }
 
-/// One's-complement sum of big-endian 16-bit words, accumulated 32 bits at a time (the
-/// fold below makes the word size irrelevant: 2^16 = 1 modulo 0xffff).
+/// One's-complement sum of big-endian 16-bit words, plus `initial` (big-endian values, such
+/// as pseudo-header fields). The loop adds native-endian 32-bit words into 64 bits (no carry
+/// chain, so the compiler can vectorise it; 2^16 = 1 modulo 0xffff makes the word size
+/// irrelevant) and swaps the folded result to big-endian at the end: a one's-complement sum
+/// commutes with swapping the bytes of every word (RFC 1071, section 2(B)). About twice as
+/// fast as summing big-endian words here.
 pub(crate) fn sum(data: &[u8], initial: u64) -> u64 {
-    let mut acc = initial;
+    let mut acc: u64 = 0;
     let mut words = data.chunks_exact(4);
     for w in &mut words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        acc += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
     }
     let rest = words.remainder();
     let mut tail = [0u8; 4];
     tail[..rest.len()].copy_from_slice(rest);
-    acc + u64::from(u32::from_be_bytes(tail))
+    acc += u64::from(u32::from_ne_bytes(tail));
+    let folded = fold(acc);
+    let big_endian = if cfg!(target_endian = "little") {
+        folded.swap_bytes()
+    } else {
+        folded
+    };
+    initial + u64::from(big_endian)
 }
 
 pub(crate) fn fold(mut acc: u64) -> u16 {
@@ -461,6 +472,21 @@ mod tests {
     }
 
     proptest! {
+        /// The fast sum equals RFC 1071 done 16 bits at a time, at any length and alignment.
+        #[test]
+        fn sum_matches_rfc1071(
+            data in proptest::collection::vec(any::<u8>(), 0..200),
+            skip in 0usize..8,
+            initial in 0u64..0x1_0000_0000,
+        ) {
+            let data = &data[skip.min(data.len())..];
+            let mut acc: u64 = initial;
+            for pair in data.chunks(2) {
+                acc += u64::from(pair[0]) << 8 | u64::from(*pair.get(1).unwrap_or(&0));
+            }
+            prop_assert_eq!(fold(sum(data, initial)), fold(acc));
+        }
+
         /// Any header with any bytes: an error or packets that fit, never a panic.
         #[test]
         fn arbitrary_headers_never_panic(

@@ -463,3 +463,61 @@ fn fail_closed_drops_cleartext_to_other_nodes_until_the_table_is_gone() {
         "host packet should leave without the firewall: {packets:?}"
     );
 }
+
+#[test]
+fn no_bridge_before_space_then_the_bridge_and_a_route_for_a_second_piece() {
+    if !weft_testbed::require_root(
+        "no_bridge_before_space_then_the_bridge_and_a_route_for_a_second_piece",
+    ) {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let h = bed.host(0);
+    add_stand_in_wg(h);
+
+    // No space yet: firewall and routes to the others, no bridge.
+    let mut early = HostState::without_bridge(host::BRIDGE_NAME, WG, [net("10.32.0.0/12")]);
+    early.add_peer_space(net("10.32.2.0/24")).expect("valid");
+    reconcile(h, &early);
+    assert!(
+        h.run(&["ip", "link", "show", host::BRIDGE_NAME])
+            .expect("ip link")
+            .status
+            .code()
+            != Some(0),
+        "a bridge exists before the node owns space"
+    );
+    assert!(weft_table(h).contains("10.32.2.0/24 dev weft-wg"));
+    let nft = h
+        .run_ok(&["nft", "list", "table", "inet", host::NFT_TABLE])
+        .expect("nft table");
+    assert!(nft.contains("10.32.0.0/12"), "{nft}");
+
+    // Two pieces: the bridge holds the first's gateway, the second is routed to the bridge.
+    let mut owned = HostState::new(
+        BridgeSpec {
+            name: host::BRIDGE_NAME.into(),
+            gateway: net("10.32.1.0/24"),
+            mtu: 1420,
+        },
+        WG,
+        [net("10.32.0.0/12")],
+        [net("10.32.1.0/24"), net("10.32.8.0/24")],
+    );
+    owned
+        .add_local_space_route(net("10.32.8.0/24"))
+        .expect("own piece");
+    owned.add_peer_space(net("10.32.2.0/24")).expect("valid");
+    reconcile(h, &owned);
+    let addrs = h
+        .run_ok(&["ip", "-4", "-o", "addr", "show", "dev", host::BRIDGE_NAME])
+        .expect("bridge addresses");
+    assert!(addrs.contains("10.32.1.0/24"), "{addrs}");
+    let table = weft_table(h);
+    assert!(table.contains("10.32.8.0/24 dev weft proto 119"), "{table}");
+    assert!(table.contains("10.32.2.0/24 dev weft-wg"), "{table}");
+    assert!(
+        reconcile(h, &owned).is_empty(),
+        "second reconcile changed something"
+    );
+}

@@ -5,6 +5,7 @@
 mod cli;
 mod cmd;
 mod daemon;
+mod demo;
 mod logging;
 mod output;
 

@@ -477,7 +477,8 @@ pub fn is_ipv4_igmp(p: &Packet) -> bool {
 }
 
 /// A WireGuard message on `WG_PORT`: type 1-4, three zero bytes, and the type's size
-/// (initiation 148, response 92, cookie 64, transport 32 + 16n).
+/// (initiation 148, response 92, cookie 64, transport at least 32). Transport messages are not
+/// held to the spec's padding to 16 bytes: boringtun's `Tunn` does not pad.
 pub fn is_wireguard(p: &Packet) -> bool {
     let Some(udp) = p.udp() else {
         return false;
@@ -490,9 +491,43 @@ pub fn is_wireguard(p: &Packet) -> bool {
         1 => m.len() == 148,
         2 => m.len() == 92,
         3 => m.len() == 64,
-        4 => m.len() % 16 == 0,
+        4 => true,
         _ => false,
     }
+}
+
+/// An ICMP error (destination unreachable) about one of our own tunnel or gossip datagrams,
+/// e.g. port unreachable while a node's daemon is down: it quotes host addresses and the
+/// first bytes of ciphertext, never the overlay.
+pub fn is_icmp_error_about_tunnel(p: &Packet) -> bool {
+    let Some((weft_testbed::IPPROTO_ICMP, off)) = p.transport() else {
+        return false;
+    };
+    let d = &p.data;
+    if d.get(off) != Some(&3) {
+        return false;
+    }
+    let inner = &d[(off + 8).min(d.len())..];
+    let quoted = Packet {
+        data: inner.to_vec(),
+        timestamp: p.timestamp,
+        orig_len: 0,
+    };
+    let ports = |u: weft_testbed::Udp<'_>| {
+        [u.src_port, u.dst_port]
+            .iter()
+            .any(|&port| port == WG_PORT || port == GOSSIP_PORT)
+    };
+    let ihl = usize::from(inner.first().map_or(0, |b| b & 0x0f)) * 4;
+    // The quote may be cut short of the UDP length field; read the ports directly.
+    quoted.version() == 4
+        && inner.get(9) == Some(&weft_testbed::IPPROTO_UDP)
+        && inner.len() >= ihl + 4
+        && ports(weft_testbed::Udp {
+            src_port: u16::from_be_bytes([inner[ihl], inner[ihl + 1]]),
+            dst_port: u16::from_be_bytes([inner[ihl + 2], inner[ihl + 3]]),
+            payload: &[],
+        })
 }
 
 /// QUIC gossip: UDP between gossip ports.
@@ -508,9 +543,17 @@ pub fn underlay_problems(packets: &[Packet], marker: &[u8]) -> Vec<String> {
     let mut problems = Vec::new();
     for p in packets {
         let pod = |a: Option<IpAddr>| matches!(a, Some(IpAddr::V4(v4)) if pods.contains(&v4));
+        let quoted_pod = p.is_icmp() && {
+            let inner = Packet {
+                data: p.data.get(28..).unwrap_or_default().to_vec(),
+                timestamp: p.timestamp,
+                orig_len: 0,
+            };
+            pod(inner.src()) || pod(inner.dst())
+        };
         let why = if p.contains(marker) {
             "carries the marker"
-        } else if pod(p.src()) || pod(p.dst()) {
+        } else if pod(p.src()) || pod(p.dst()) || quoted_pod {
             "pod address in the clear"
         } else if p
             .udp()
@@ -520,7 +563,11 @@ pub fn underlay_problems(packets: &[Packet], marker: &[u8]) -> Vec<String> {
                 continue;
             }
             "on the WireGuard port but not a WireGuard message"
-        } else if is_gossip(p) || is_ipv6_control(p) || is_ipv4_igmp(p) {
+        } else if is_gossip(p)
+            || is_ipv6_control(p)
+            || is_ipv4_igmp(p)
+            || is_icmp_error_about_tunnel(p)
+        {
             continue;
         } else {
             "neither WireGuard nor gossip"

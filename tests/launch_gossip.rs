@@ -232,7 +232,6 @@ fn chain_of_seeds_forms_one_view_and_refuses_an_intruder() {
 }
 
 #[test]
-#[ignore = "a node restarted after kill -9 advertises its bridge's cluster-range address as its gossip address (driver fix pending, see issue 6); run with --ignored"]
 fn chain_of_seeds_forms_one_view_detects_failure_and_rejoins() {
     let Some(c) = chain("chain_of_seeds_forms_one_view_detects_failure_and_rejoins") else {
         return;

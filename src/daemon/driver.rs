@@ -1008,3 +1008,276 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use weft_crypto::{ClusterSecret, IdentityKey, WgPrivateKey};
+    use weft_gossip::ipam::IpamConfig;
+    use weft_gossip::transport::TransportConfig;
+    use weft_gossip::NodeRecord;
+
+    use super::*;
+
+    const RANGE: &str = "10.40.0.0/16";
+
+    /// A driver on a loopback transport with its IPAM state in `dir`; the returned sender
+    /// stands in for the datapath.
+    fn driver(
+        dir: &Path,
+        name: &str,
+        seeds: Vec<SocketAddr>,
+        key: &IdentityKey,
+    ) -> (Driver, watch::Sender<DatapathReport>) {
+        let identity =
+            Arc::new(IdentityKey::from_base64(&key.to_base64_secret()).expect("copy identity"));
+        let core_identity =
+            IdentityKey::from_base64(&identity.to_base64_secret()).expect("copy identity");
+        let transport = Transport::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            TransportConfig::new(identity.clone(), ClusterSecret::generate()),
+        )
+        .expect("transport");
+        let addr = transport.local_addr().expect("local addr");
+        let range: Ipv4Net = RANGE.parse().expect("range");
+        let ipam =
+            Ipam::open(identity, IpamConfig::new(range), FileStore::new(dir), 7).expect("ipam");
+        let now = Instant::now();
+        let record = NodeRecord::new(
+            core_identity.node_id(),
+            1,
+            name,
+            WgPrivateKey::generate().public_key(),
+            addr,
+        );
+        let core = Membership::new(weft_gossip::Config::default(), core_identity, record, now)
+            .expect("core");
+        let (view, _) = watch::channel(None);
+        let (report_tx, report) = watch::channel(DatapathReport::default());
+        let (_, failed) = watch::channel(None);
+        let info = NodeInfo {
+            listen: addr,
+            range,
+            started: now,
+            wg_port: 6784,
+            mtu: 1420,
+            wg_local: vec!["192.0.2.1:6784".parse().expect("addr")],
+            datapath_off: false,
+        };
+        let link = DatapathLink {
+            view,
+            report,
+            failed,
+        };
+        let version = VersionFile::open(dir).expect("version file");
+        let d = Driver::new(core, ipam, transport, seeds, version, info, link, now);
+        (d, report_tx)
+    }
+
+    fn ok_message(r: Response) -> String {
+        match r {
+            Response::Done { ok: true, message } => message,
+            other => panic!("expected done, got {other:?}"),
+        }
+    }
+
+    fn error_text(r: Response) -> String {
+        match r {
+            Response::Error { ok: false, error } => error,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    fn allocation(r: Response) -> Allocation {
+        match r {
+            Response::Allocation {
+                ok: true,
+                allocation,
+            } => allocation,
+            other => panic!("expected an allocation, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_seed_starts_the_space_and_answers_every_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = IdentityKey::generate();
+        let (mut d, _report) = driver(dir.path(), "seed", Vec::new(), &key);
+        let now = Instant::now();
+        d.start_ipam(now);
+        d.flush(now);
+        d.publish_view();
+
+        let range: Ipv4Net = RANGE.parse().expect("range");
+        let view = d
+            .datapath
+            .view
+            .borrow()
+            .clone()
+            .expect("a view is published");
+        assert_eq!(view.local.spaces, vec![range]);
+        assert_eq!(view.local.wg_port, 6784);
+        assert!(view.peers.is_empty());
+        let record = d.core.local_record();
+        assert!(!record.ipam.is_empty(), "the IPAM record is not published");
+        assert_eq!(record.endpoints.local, d.info.wg_local);
+
+        let a = allocation(d.answer(Request::Allocate {
+            container: "c1".into(),
+        }));
+        assert!(range.contains(&a.address.addr()), "{a:?}");
+        assert_eq!(a.address.prefix_len(), 16);
+        assert_eq!(a.gateway, range.network());
+        assert_ne!(a.address.addr(), a.gateway);
+        assert_eq!(
+            (a.bridge.as_str(), a.mtu, a.cluster_range),
+            ("weft", 1420, range)
+        );
+        let again = allocation(d.answer(Request::Allocate {
+            container: "c1".into(),
+        }));
+        assert_eq!(again.address, a.address, "same id, same address");
+        let other = allocation(d.answer(Request::Allocate {
+            container: "c2".into(),
+        }));
+        assert_ne!(other.address, a.address);
+        let reserved = error_text(d.answer(Request::Allocate {
+            container: GATEWAY_ID.into(),
+        }));
+        assert!(reserved.contains("reserved"), "{reserved}");
+
+        let msg = ok_message(d.answer(Request::Release {
+            container: "c1".into(),
+        }));
+        assert!(msg.contains(&a.address.addr().to_string()), "{msg}");
+        let msg = ok_message(d.answer(Request::Release {
+            container: "c1".into(),
+        }));
+        assert!(msg.contains("no address"), "{msg}");
+
+        let e = error_text(d.answer(Request::Forget {
+            node: "seed".into(),
+        }));
+        assert!(e.contains("this node"), "{e}");
+        let e = error_text(d.answer(Request::Forget {
+            node: "nobody".into(),
+        }));
+        assert!(e.contains("no member"), "{e}");
+        let e = error_text(d.answer(Request::Connect {
+            addr: "somewhere".into(),
+        }));
+        assert!(e.contains("ip:port"), "{e}");
+        let msg = ok_message(d.answer(Request::Connect {
+            addr: "127.0.0.1:9".into(),
+        }));
+        assert!(msg.contains("127.0.0.1:9"), "{msg}");
+
+        match d.answer(Request::Ipam) {
+            Response::Ipam { ok: true, ipam } => {
+                assert!(ipam["genesis"].is_object(), "{ipam}");
+                assert_eq!(ipam["range"], RANGE);
+            }
+            other => panic!("{other:?}"),
+        }
+        match d.answer(Request::Status) {
+            Response::Status { ok: true, status } => {
+                assert_eq!(status.address_space, vec![RANGE.to_string()]);
+                assert_eq!(status.addresses_used, 1, "c2 only");
+                assert_eq!(status.datapath, "starting");
+                assert!(!status.ready, "ready before the datapath is");
+            }
+            other => panic!("{other:?}"),
+        }
+        d.transport.close().await;
+
+        // The allocations survive a restart of the daemon (same state directory).
+        let (mut d, _report) = driver(dir.path(), "seed", Vec::new(), &key);
+        d.start_ipam(Instant::now());
+        let back = allocation(d.answer(Request::Allocate {
+            container: "c2".into(),
+        }));
+        assert_eq!(back.address, other.address);
+        d.transport.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_joiner_gets_space_and_never_hands_out_its_gateway() {
+        let dir_a = tempfile::tempdir().expect("tempdir");
+        let dir_b = tempfile::tempdir().expect("tempdir");
+        let (mut a, _ra) = driver(dir_a.path(), "a", Vec::new(), &IdentityKey::generate());
+        let (mut b, _rb) = driver(
+            dir_b.path(),
+            "b",
+            vec!["192.0.2.9:6783".parse().expect("addr")],
+            &IdentityKey::generate(),
+        );
+        let now = Instant::now();
+        a.start_ipam(now);
+        b.start_ipam(now);
+        assert!(
+            b.ipam.genesis().is_none(),
+            "a node with seeds started its own space"
+        );
+        let e = error_text(b.answer(Request::Allocate {
+            container: "early".into(),
+        }));
+        assert!(
+            e.starts_with("no address space reachable: try again later"),
+            "{e}"
+        );
+
+        // Carry records and messages between the two IPAM cores by hand.
+        let (ia, ib) = (a.core.local_id(), b.core.local_id());
+        a.ipam.set_reachable(now, ib, true);
+        b.ipam.set_reachable(now, ia, true);
+        for _ in 0..10 {
+            if let Some(r) = a.ipam.record() {
+                let _ = b.ipam.handle_record(now, ia, &r);
+            }
+            if let Some(r) = b.ipam.record() {
+                let _ = a.ipam.handle_record(now, ib, &r);
+            }
+            b.maybe_request_space(now);
+            while let Some(t) = b.ipam.poll_transmit() {
+                let _ = a.ipam.handle_message(now, ib, &t.bytes);
+            }
+            while let Some(t) = a.ipam.poll_transmit() {
+                let _ = b.ipam.handle_message(now, ia, &t.bytes);
+            }
+            if !b.ipam.owned().is_empty() {
+                break;
+            }
+            b.space_at = now;
+        }
+        let space = b.ipam.owned_cidrs();
+        assert!(!space.is_empty(), "b got no space");
+        b.flush(now);
+        let gateway = space[0].network();
+        assert!(
+            b.ipam
+                .allocations()
+                .iter()
+                .any(|(c, addr)| c == GATEWAY_ID && *addr == gateway),
+            "gateway {gateway} not reserved: {:?}",
+            b.ipam.allocations()
+        );
+        let c = allocation(b.answer(Request::Allocate {
+            container: "c".into(),
+        }));
+        assert_eq!(c.gateway, gateway);
+        assert_ne!(c.address.addr(), gateway);
+        let block = space
+            .iter()
+            .find(|n| n.contains(&c.address.addr()))
+            .expect("address in b's space");
+        assert_eq!(c.address.prefix_len(), block.prefix_len());
+        let a_space = a.ipam.owned_cidrs();
+        assert!(
+            a_space.iter().all(|n| !n.contains(&c.address.addr())),
+            "b allocated from a's space"
+        );
+        a.transport.close().await;
+        b.transport.close().await;
+    }
+}

@@ -20,6 +20,10 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+fn trace() -> bool {
+    std::env::var_os("WEFT_IPAM_TRACE").is_some()
+}
+
 #[derive(Debug, Default)]
 struct Stats {
     allocated: u64,
@@ -194,6 +198,14 @@ fn run_schedule(seed: u64, steps: u64, stats: &mut Stats) -> Result<(), String> 
                 "loss".to_string()
             }
         };
+        if trace() {
+            eprintln!(
+                "step {step}: {op}; up {:?}",
+                (0..sim.nodes.len())
+                    .filter(|&i| sim.is_up(i))
+                    .collect::<Vec<_>>()
+            );
+        }
         let ticks = rng.gen_range(1..=4);
         for _ in 0..ticks {
             sim.step();
@@ -260,6 +272,11 @@ fn run_schedule(seed: u64, steps: u64, stats: &mut Stats) -> Result<(), String> 
     Ok(())
 }
 
+/// Seeds that once failed, run on top of the range.
+/// 2578: a reclaim whose maker went down, seen only by a node that then restarted (and lost
+/// its gossip cache), was kept as a tombstone but neither asserted nor passed on.
+const REGRESSIONS: &[u64] = &[2578];
+
 #[test]
 fn random_schedules_never_give_an_address_twice_and_converge() {
     let steps = env("WEFT_IPAM_STEPS", 40);
@@ -273,7 +290,11 @@ fn random_schedules_never_give_an_address_twice_and_converge() {
     }
     let schedules = env("WEFT_IPAM_SCHEDULES", 2000);
     let base = env("WEFT_IPAM_BASE_SEED", 0);
-    for seed in base..base + schedules {
+    let regressions = REGRESSIONS
+        .iter()
+        .copied()
+        .filter(|s| !(base..base + schedules).contains(s));
+    for seed in (base..base + schedules).chain(regressions) {
         if let Err(e) = run_schedule(seed, steps, &mut stats) {
             panic!(
                 "schedule failed; replay with WEFT_IPAM_SEED={seed}: {e}\nstats so far: {stats:?}"
@@ -296,5 +317,71 @@ fn random_schedules_never_give_an_address_twice_and_converge() {
         stats.max_record <= MAX_RECORD_BYTES,
         "a record grew to {} bytes",
         stats.max_record
+    );
+}
+
+/// The schedule of seed 2578, by hand: node 0 forgets node 3 while node 2 is cut off; only
+/// node 1 hears of it; node 0 goes down, node 1 restarts (gossip caches are not persisted,
+/// so node 0's record showing the reclaim is gone from every live node). Node 1's persisted
+/// tombstone is then the only trace of the reclaim: it must still count, and reach node 2.
+#[test]
+fn a_reclaim_outlives_its_maker_and_the_records_that_carried_it() {
+    let mut sim = Sim::new(7, "10.32.0.0/24".parse().expect("a valid range"));
+    for _ in 0..4 {
+        sim.add_node();
+    }
+    let now = sim.now;
+    sim.ipam(0)
+        .expect("up")
+        .init_genesis(now)
+        .expect("genesis on a fresh node");
+    sim.run(20);
+    let mut got = None;
+    for _ in 0..40 {
+        let now = sim.now;
+        match sim.ipam(3).expect("up").allocate(now, "c") {
+            Ok(a) => {
+                got = Some(a);
+                break;
+            }
+            Err(Error::SpaceRequested { .. }) => sim.step(),
+            Err(e) => panic!("allocate on 3: {e}"),
+        }
+    }
+    assert!(got.is_some(), "node 3 got space");
+    sim.run(30);
+    sim.crash(3);
+    sim.run(20);
+    sim.partition(vec![0, 0, 1, 0]);
+    sim.run(5);
+    assert!(sim.forget_is_safe(0, 3));
+    sim.forget(0, 3).expect("forget a crashed node");
+    let forgotten = sim.nodes[3].id;
+    for _ in 0..40 {
+        if sim.ipam(1).expect("up").is_forgotten(&forgotten) {
+            break;
+        }
+        sim.step();
+    }
+    assert!(sim.ipam(1).expect("up").is_forgotten(&forgotten));
+    assert!(!sim.ipam(2).expect("up").is_forgotten(&forgotten));
+    sim.crash(0);
+    sim.crash(1);
+    sim.restart(1).expect("restart from the state directory");
+    sim.heal();
+    for _ in 0..80 {
+        sim.step();
+        sim.check_safety().expect("safe");
+    }
+    assert!(
+        sim.ipam(2).expect("up").is_forgotten(&forgotten),
+        "node 2 learned the reclaim from node 1"
+    );
+    sim.check_agreement().expect("nodes 1 and 2 agree");
+    let node0 = sim.nodes[0].id;
+    let ring = sim.ipam(2).expect("up").ownership();
+    assert!(
+        ring.iter().any(|e| e.owner == node0),
+        "the reclaimed space is node 0's (down, not gone): {ring:?}"
     );
 }

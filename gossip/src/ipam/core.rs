@@ -436,13 +436,11 @@ impl<S: Store> Ipam<S> {
             .collect();
         let mut outgoing = self.outgoing.clone();
         outgoing.reverse();
-        let mut reclaims: Vec<Reclaim> = self
-            .tombstones
-            .values()
-            .filter(|rc| rc.by == self.me)
-            .cloned()
-            .collect();
-        reclaims.sort_by_key(|rc| std::cmp::Reverse(rc.base_seq));
+        // Our own reclaims first, then the ones we learned, newest first within each: a
+        // reclaim we only learned may be the last copy among live nodes (its maker is down
+        // and its record lost with the gossip caches of restarted nodes), so we pass it on.
+        let mut reclaims: Vec<Reclaim> = self.tombstones.values().cloned().collect();
+        reclaims.sort_by_key(|rc| (rc.by != self.me, std::cmp::Reverse(rc.base_seq)));
         let record = Record {
             genesis,
             seq: self.record_seq(),
@@ -1170,6 +1168,15 @@ impl<S: Store> Ipam<S> {
                 owner: self.me,
             })
             .collect();
+        // A reclaim asserts its pieces for its maker, like a claim in the maker's record. It
+        // may be all we have of that (the maker down, its record since lost): without it the
+        // stretch would belong to nobody here, and to the forgotten node elsewhere.
+        out.extend(self.tombstones.values().flat_map(|rc| {
+            rc.pieces.iter().map(|&piece| Assertion {
+                piece,
+                owner: rc.by,
+            })
+        }));
         let mut transfers: Vec<&Transfer> = self.outgoing.iter().collect();
         for (id, peer) in &self.peers {
             let Some(r) = &peer.record else { continue };

@@ -72,6 +72,10 @@
 //!   ([`Ipam::forget`], `weft forget NODE`, run on any live node): it signs a [`Reclaim`] of
 //!   every piece the ring gives the dead node (including transfers still in flight to it)
 //!   at version + 1, owns them, and everyone who learns the reclaim keeps a tombstone.
+//!   A tombstone counts as its maker's claim in the view and is relayed in the holder's
+//!   record (the reclaim is signed, so anyone may relay it): gossip caches are not
+//!   persisted, so when the maker is down and the nodes that had its record restarted, a
+//!   persisted tombstone may be the only trace of the reclaim left among live nodes.
 //!   Weave Net's `rmpeer` left space of dead peers stranded until someone ran it, and a peer
 //!   that came back afterwards with its old state could hand out addresses that were already
 //!   reused. Here a forgotten node that returns with the same identity is told (any node
@@ -144,7 +148,8 @@
 //!
 //! Pieces are merged with their neighbours (the merged piece takes the highest version: only
 //! the owner moves its own versions), encoded as varint gaps and lengths. Outgoing transfers
-//! leave the record once acknowledged and seen; reclaims stay while they fit, newest first.
+//! leave the record once acknowledged and seen; reclaims (own ones first, then relayed ones)
+//! stay while they fit, newest first.
 //! The record is assembled claims-first and statements are left out (still sent directly)
 //! rather than exceeding [`MAX_RECORD_BYTES`]; the property test checks the bound.
 //!

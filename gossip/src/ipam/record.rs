@@ -45,7 +45,8 @@ pub struct Record {
     /// Transfers this node made that the receiver has not acknowledged yet. The receiver
     /// owns those pieces already; relaying them here means a lost message loses nothing.
     pub outgoing: Vec<Transfer>,
-    /// Reclaims this node made of forgotten nodes, newest first, as long as they fit.
+    /// Reclaims of forgotten nodes, as long as they fit: the ones this node made first, then
+    /// ones it learned (each signed by its maker, so anyone may relay it), newest first.
     pub reclaims: Vec<Reclaim>,
 }
 
@@ -142,13 +143,7 @@ impl Record {
         let n = r.count(64 + 1 + 1 + 64)?;
         let mut reclaims = Vec::with_capacity(n);
         for _ in 0..n {
-            let rc = Reclaim::decode(&mut r, size)?;
-            if rc.by != from {
-                return Err(Error::Decode(
-                    "a record carries only its own node's reclaims",
-                ));
-            }
-            reclaims.push(rc);
+            reclaims.push(Reclaim::decode(&mut r, size)?);
         }
         r.finish()?;
         Ok(Self {

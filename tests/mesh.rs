@@ -30,6 +30,7 @@ fn three_with_containers() -> (Cluster, Vec<Container>) {
     let mut c = Cluster::new(3);
     c.launch_chain();
     c.wait_full_mesh(&[0, 1, 2], GENEROUS);
+    c.wait_space(&[0, 1, 2], GENEROUS);
     let containers: Vec<Container> = (0..3).map(|i| c.attach(i, &format!("ctr-{i}"))).collect();
     (c, containers)
 }
@@ -427,6 +428,8 @@ fn hosts_behind_nat_reach_each_other() {
         (0..3).all(|i| c.sees_alive(i, &[0, 1, 2]))
     });
     eprintln!("gossip through NAT converged in {took:?}");
+    let took = c.wait_space(&[0, 1, 2], GENEROUS);
+    eprintln!("every node owns address space {took:?} later");
     let ctrs: Vec<Container> = (0..3).map(|i| c.attach(i, &format!("nat-{i}"))).collect();
     for a in &ctrs {
         for b in &ctrs {

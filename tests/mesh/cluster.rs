@@ -320,6 +320,21 @@ impl Cluster {
         )
     }
 
+    /// Waits until every node in `members` owns address space (status `address_space`).
+    pub fn wait_space(&self, members: &[usize], timeout: Duration) -> Duration {
+        self.wait(
+            &format!("nodes {members:?} own address space"),
+            timeout,
+            || {
+                members.iter().all(|&i| {
+                    self.status(i)
+                        .and_then(|s| s["address_space"].as_array().map(|a| !a.is_empty()))
+                        .unwrap_or(false)
+                })
+            },
+        )
+    }
+
     /// Makes a container namespace and attaches it to node `node` with
     /// `weft attach --netns /run/netns/NAME --api-socket S ID`; returns it with the address
     /// found on its eth0.

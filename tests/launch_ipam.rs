@@ -1,7 +1,7 @@
 //! Address management between real `weft launch` processes in network namespaces: the seed
 //! starts the address space, the others get space from it by gossip, allocations on
 //! different nodes never collide, and a node stopped by SIGTERM and started again gives a
-//! container the address it had. Talks to the API socket directly (JSON lines). Needs root;
+//! container the address it had; `weft reset` hands a node's space to the others. Talks to the API socket directly (JSON lines). Needs root;
 //! prints "skipped: ..." otherwise.
 
 use std::io::{BufRead, BufReader, Write};
@@ -76,7 +76,7 @@ fn launch(host: &Host, name: &str, secret: &Path, files: &NodeFiles, seed: Optio
 fn api(files: &NodeFiles, request: &Value) -> Option<Value> {
     let mut stream = UnixStream::connect(&files.socket).ok()?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
     let mut line = serde_json::to_vec(request).expect("request");
     line.push(b'\n');
@@ -243,6 +243,47 @@ fn nodes_get_space_allocate_distinct_addresses_and_keep_them_across_a_restart() 
         addresses[1],
         "the same container got another address after a restart"
     );
+
+    // `weft reset` on n2: it hands its space over, says so, exits 0; the others show it as
+    // left and its space as theirs.
+    let answer = api(&files[2], &json!({"cmd": "reset"})).expect("reset answered");
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("handed its address space")),
+        "{answer}"
+    );
+    let status = procs[2]
+        .wait_timeout(Duration::from_secs(15))
+        .expect("wait")
+        .expect("n2 still running 15 s after reset");
+    assert!(
+        status.success(),
+        "n2 exited with {status}\n{}",
+        dump(&[&procs[2]])
+    );
     let refs: Vec<&Proc> = procs.iter().collect();
-    let _ = dump(&refs);
+    let taken_over = wait_until(Duration::from_secs(15), || {
+        let Some(a) = space(&files[0]) else {
+            return false;
+        };
+        let Some(b) = space(&files[1]) else {
+            return false;
+        };
+        spaces[2]
+            .iter()
+            .all(|x| a.iter().chain(&b).any(|y| y.contains(x)))
+    });
+    assert!(taken_over, "n2's space was not taken over\n{}", dump(&refs));
+    let left = wait_until(Duration::from_secs(10), || {
+        api(&files[0], &json!({"cmd": "peers"})).is_some_and(|p| {
+            p["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["name"] == "n2" && m["state"] == "left")
+        })
+    });
+    assert!(left, "n0 does not show n2 as left\n{}", dump(&refs));
 }

@@ -275,7 +275,9 @@ fn run_schedule(seed: u64, steps: u64, stats: &mut Stats) -> Result<(), String> 
 /// Seeds that once failed, run on top of the range.
 /// 2578: a reclaim whose maker went down, seen only by a node that then restarted (and lost
 /// its gossip cache), was kept as a tombstone but neither asserted nor passed on.
-const REGRESSIONS: &[u64] = &[2578];
+/// 2370: a restarted reclaimer that had since given the reclaimed space away must not take
+/// its own old reclaim for a claim (its pool is the truth).
+const REGRESSIONS: &[u64] = &[2370, 2578];
 
 #[test]
 fn random_schedules_never_give_an_address_twice_and_converge() {

@@ -1169,14 +1169,27 @@ impl<S: Store> Ipam<S> {
             })
             .collect();
         // A reclaim asserts its pieces for its maker, like a claim in the maker's record. It
-        // may be all we have of that (the maker down, its record since lost): without it the
-        // stretch would belong to nobody here, and to the forgotten node elsewhere.
-        out.extend(self.tombstones.values().flat_map(|rc| {
-            rc.pieces.iter().map(|&piece| Assertion {
-                piece,
-                owner: rc.by,
-            })
-        }));
+        // may be all we have of that (the maker down, the records it made since lost with
+        // the gossip caches of restarted nodes). Only then: our own pool, or a record of the
+        // maker that carries the reclaim, is newer (the maker may have given the space on).
+        out.extend(
+            self.tombstones
+                .values()
+                .filter(|rc| {
+                    rc.by != self.me
+                        && !self
+                            .peers
+                            .get(&rc.by)
+                            .and_then(|p| p.record.as_ref())
+                            .is_some_and(|r| r.reclaims.iter().any(|x| x.forgotten == rc.forgotten))
+                })
+                .flat_map(|rc| {
+                    rc.pieces.iter().map(|&piece| Assertion {
+                        piece,
+                        owner: rc.by,
+                    })
+                }),
+        );
         let mut transfers: Vec<&Transfer> = self.outgoing.iter().collect();
         for (id, peer) in &self.peers {
             let Some(r) = &peer.record else { continue };

@@ -72,7 +72,8 @@
 //!   ([`Ipam::forget`], `weft forget NODE`, run on any live node): it signs a [`Reclaim`] of
 //!   every piece the ring gives the dead node (including transfers still in flight to it)
 //!   at version + 1, owns them, and everyone who learns the reclaim keeps a tombstone.
-//!   A tombstone counts as its maker's claim in the view and is relayed in the holder's
+//!   A tombstone counts as its maker's claim in the view (unless a record of the maker
+//!   that carries it is at hand: that is newer) and is relayed in the holder's
 //!   record (the reclaim is signed, so anyone may relay it): gossip caches are not
 //!   persisted, so when the maker is down and the nodes that had its record restarted, a
 //!   persisted tombstone may be the only trace of the reclaim left among live nodes.

@@ -938,13 +938,37 @@ impl<S: Store> Ipam<S> {
         self.tombstones.insert(rc.forgotten, rc.clone());
         self.peers.remove(&rc.forgotten);
         // Transfers we made to the forgotten node and that the reclaim does not cover would
-        // otherwise belong to nobody: they come back to us.
+        // otherwise belong to nobody: they come back to us. But not what the forgotten node
+        // may have passed on: not an acknowledged transfer (it was applied, so what the
+        // reclaim missed had moved on), nor a stretch our view shows held by another node at
+        // the transfer's version or higher.
+        let moved_on: Vec<Piece> = self
+            .ownership()
+            .into_iter()
+            .filter(|e| e.owner != self.me)
+            .map(|e| Piece {
+                start: e.start,
+                end: e.end,
+                version: e.version,
+            })
+            .collect();
         let mut back = Vec::new();
-        for t in self.outgoing.iter().filter(|t| t.to == rc.forgotten) {
-            back.extend(subtract(&t.pieces, &rc.pieces).into_iter().map(|p| Piece {
-                version: p.version + 1,
-                ..p
-            }));
+        for t in self
+            .outgoing
+            .iter()
+            .filter(|t| t.to == rc.forgotten && !self.acks.contains_key(&(rc.forgotten, t.seq)))
+        {
+            for p in subtract(&t.pieces, &rc.pieces) {
+                let held: Vec<Piece> = moved_on
+                    .iter()
+                    .filter(|e| e.version >= p.version)
+                    .copied()
+                    .collect();
+                back.extend(subtract(&[p], &held).into_iter().map(|p| Piece {
+                    version: p.version + 1,
+                    ..p
+                }));
+            }
         }
         self.outgoing.retain(|t| t.to != rc.forgotten);
         self.pool.add(&back);

@@ -90,7 +90,9 @@
 //!   could not see raced the reclaim, the view resolves the equal versions deterministically
 //!   and lists the stretch under `clashes` in the report; a giver that learns a reclaim takes
 //!   back its own in-flight transfers to the forgotten node that the reclaim missed, so no
-//!   space is stranded either way. `forget` refuses a node that is reachable.
+//!   space is stranded either way — except what the forgotten node may have passed on: an
+//!   acknowledged transfer, or a stretch the giver's view shows held by another node at the
+//!   transfer's version or higher. `forget` refuses a node that is reachable.
 //!
 //! # Trust
 //!

@@ -30,8 +30,8 @@ pub struct Cli {
 /// Options every command accepts.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Output format of commands that print state (`identity`, `secret check`, `status`,
-    /// `peers`).
+    /// Output format of commands that print state or outcomes (`identity`, `secret check`,
+    /// `status`, `peers`, `ipam`, `forget`, `connect`, `reset`, `attach`).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 

@@ -92,6 +92,10 @@ impl Report for Status {
                     self.gossip.refused
                 ),
             ),
+            (
+                "fail-closed",
+                format!("{} packets dropped", self.fail_closed_drops),
+            ),
             ("uptime", format!("{}s", self.uptime_secs)),
         ]
     }
@@ -132,6 +136,7 @@ mod tests {
             address_space: vec!["10.32.0.0/14".into(), "10.40.0.0/13".into()],
             addresses_used: 5,
             addresses_free: 1019,
+            fail_closed_drops: 0,
             gossip: GossipCounters {
                 sent: 10,
                 received: 9,

@@ -125,6 +125,10 @@ pub struct Status {
     /// Gossip messages sent and received, and sends that failed, since start.
     #[serde(default)]
     pub gossip: GossipCounters,
+    /// Packets the fail-closed firewall dropped: cleartext pod traffic that would have left
+    /// the host by another interface than the tunnel (reset when the table is replaced).
+    #[serde(default)]
+    pub fail_closed_drops: u64,
 }
 
 /// Counters of the gossip transport, for metrics.

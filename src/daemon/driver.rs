@@ -886,6 +886,7 @@ impl Driver {
                 send_failures: self.counters.failed.load(Ordering::Relaxed),
                 refused: self.refused,
             },
+            fail_closed_drops: report.fail_closed_drops,
         }
     }
 

@@ -279,6 +279,11 @@ pub fn render(status: &Status, peers: &[Peer]) -> Result<String, std::fmt::Error
         v
     };
     registry.register(
+        "fail_closed_drops",
+        "Cleartext pod packets the fail-closed firewall dropped before they left the host",
+        counter(status.fail_closed_drops),
+    );
+    registry.register(
         "ipam_addresses_used",
         "Addresses in use in this node's address space",
         gauge(status.addresses_used),
@@ -328,6 +333,7 @@ mod tests {
             },
             addresses_used: 5,
             addresses_free: 1019,
+            fail_closed_drops: 3,
             gossip: GossipCounters {
                 sent: 10,
                 received: 9,
@@ -404,6 +410,7 @@ mod tests {
             "weft_gossip_send_failures_total 1",
             "weft_ipam_addresses_used 5",
             "weft_ipam_addresses_free 1019",
+            "weft_fail_closed_drops_total 3",
             "# TYPE weft_peer_rx_bytes counter",
             "# TYPE weft_peers gauge",
             "# EOF",

@@ -350,7 +350,13 @@ impl Netlink {
             Change::ReplaceFirewall(spec) => super::firewall::apply(spec).await,
             Change::DeleteLink { name } => self.delete_link(name).await,
             Change::CreateBridge { name, mtu } => {
-                let msg = LinkBridge::new(name).mtu(*mtu).build();
+                // A fixed address: without one the bridge takes its lowest port's MAC and
+                // changes it when that port leaves, and every container's ARP entry for the
+                // gateway goes stale.
+                let msg = LinkBridge::new(name)
+                    .mtu(*mtu)
+                    .address(bridge_mac().to_vec())
+                    .build();
                 tolerate(
                     self.handle.link().add(msg).execute().await,
                     &[libc::EEXIST],
@@ -484,5 +490,23 @@ impl Netlink {
             GONE,
             format!("delete link {name}"),
         )
+    }
+}
+
+/// A random, locally administered, unicast MAC address.
+fn bridge_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut mac);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bridge_mac_is_local_unicast_and_varies() {
+        let a = super::bridge_mac();
+        assert_eq!(a[0] & 0x03, 0x02, "locally administered unicast: {a:02x?}");
+        assert_ne!(a, super::bridge_mac());
     }
 }

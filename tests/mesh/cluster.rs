@@ -61,7 +61,12 @@ pub struct Cluster {
     pub dir: TempDir,
     /// Containers attached so far.
     pub containers: Vec<Container>,
+    /// One cluster at a time per test binary: a 2-core machine running two clusters of
+    /// userspace datapaths at once would stretch the timing bounds the tests assert.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,6 +101,8 @@ impl Cluster {
 
     /// As [`Cluster::new`] on a bed built by the caller (NAT, ...).
     pub fn with_bed(bed: TestBed) -> Cluster {
+        // A test that panicked while holding it poisons it; the next one may still run.
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = new_secret(dir.path(), "cluster.secret");
         let nodes = (0..bed.hosts().len())
@@ -115,6 +122,7 @@ impl Cluster {
             bed,
             dir,
             containers: Vec::new(),
+            _serial: serial,
         }
     }
 

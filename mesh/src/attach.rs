@@ -40,10 +40,11 @@ use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteScope};
+use netlink_packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 
+use crate::host::netlink::{errno, nl_error, table_of_route, tolerate};
 use crate::{Error, Result};
 
 /// Longest interface name the kernel takes (IFNAMSIZ - 1).
@@ -214,11 +215,11 @@ impl Conn {
         let Some(link) = self.link(name).await? else {
             return Ok(());
         };
-        match self.handle.link().del(link.header.index).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e).is_some_and(|n| GONE.contains(&n)) => Ok(()),
-            Err(e) => Err(nl_error(format!("deleting link {name}"), e)),
-        }
+        tolerate(
+            self.handle.link().del(link.header.index).execute().await,
+            GONE,
+            format!("deleting link {name}"),
+        )
     }
 
     async fn v4_addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
@@ -253,44 +254,22 @@ impl Conn {
             .try_collect()
             .await
             .map_err(|e| nl_error("listing routes", e))?;
-        Ok(routes.iter().any(|r| {
-            let table = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(r.header.table));
-            table == MAIN_TABLE && r.header.destination_prefix_length == 0
-        }))
+        Ok(routes
+            .iter()
+            .any(|r| table_of_route(r) == MAIN_TABLE && r.header.destination_prefix_length == 0))
     }
 
     async fn add_route(&self, msg: RouteMessage, context: String) -> Result<()> {
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(nl_error(context, e)),
-        }
+        tolerate(
+            self.handle.route().add(msg).execute().await,
+            &[libc::EEXIST],
+            context,
+        )
     }
 }
 
 const MAIN_TABLE: u32 = 254;
 const GONE: &[i32] = &[libc::ENOENT, libc::ESRCH, libc::ENODEV];
-
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
-        _ => None,
-    }
-}
-
-fn nl_error(context: impl Into<String>, e: rtnetlink::Error) -> Error {
-    match &e {
-        rtnetlink::Error::NetlinkError(msg) => Error::io(context, msg.to_io()),
-        other => Error::Netlink(format!("{}: {other}", context.into())),
-    }
-}
 
 /// The peer's ifindex of a veth (in the peer's namespace).
 fn peer_index(link: &LinkMessage) -> Option<u32> {

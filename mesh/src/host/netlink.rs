@@ -37,14 +37,14 @@ impl Drop for Netlink {
 }
 
 /// The errno of a netlink error answer, if it is one.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
         _ => None,
     }
 }
 
-fn nl_error(context: impl Into<String>, e: rtnetlink::Error) -> Error {
+pub(crate) fn nl_error(context: impl Into<String>, e: rtnetlink::Error) -> Error {
     match &e {
         rtnetlink::Error::NetlinkError(msg) => Error::io(context, msg.to_io()),
         other => Error::Netlink(format!("{}: {other}", context.into())),
@@ -52,7 +52,7 @@ fn nl_error(context: impl Into<String>, e: rtnetlink::Error) -> Error {
 }
 
 /// Maps "already there" (for adds) or "already gone" (for deletes) to success.
-fn tolerate(
+pub(crate) fn tolerate(
     result: std::result::Result<(), rtnetlink::Error>,
     ok: &[i32],
     context: String,
@@ -66,7 +66,7 @@ fn tolerate(
 
 const GONE: &[i32] = &[libc::ENOENT, libc::ESRCH, libc::ENODEV, libc::EADDRNOTAVAIL];
 
-fn table_of_route(msg: &RouteMessage) -> u32 {
+pub(crate) fn table_of_route(msg: &RouteMessage) -> u32 {
     msg.attributes
         .iter()
         .find_map(|a| match a {

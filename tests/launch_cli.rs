@@ -3,63 +3,27 @@
 //! the metrics endpoint (`/healthz`, `/readyz`, `/metrics`, 404), and `weft reset` with and
 //! without a running daemon. Needs root; prints "skipped: ..." otherwise.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tempfile::TempDir;
 use weft_testbed::{require_root, wait_until, Host, Proc, TestBed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_weft");
+#[path = "launch/common.rs"]
+mod common;
 
-struct Node {
-    _dir: TempDir,
-    state: PathBuf,
-    socket: String,
-}
-
-impl Node {
-    fn new() -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Node {
-            state: dir.path().join("state"),
-            socket: dir.path().join("run/weft.sock").display().to_string(),
-            _dir: dir,
-        }
-    }
-}
+use common::{write_secret, NodeFiles as Node, BIN};
 
 fn launch(host: &Host, name: &str, secret: &Path, node: &Node, seeds: &[&Host]) -> Proc {
-    let seeds: Vec<String> = seeds
-        .iter()
-        .map(|h| format!("{}:6783", h.public_ip()))
-        .collect();
-    let mut args = vec![
-        BIN,
-        "-vv",
-        "launch",
-        "--name",
-        name,
-        "--listen",
-        "0.0.0.0:6783",
-        "--secret-file",
-        secret.to_str().expect("utf-8 path"),
-        "--state-dir",
-        node.state.to_str().expect("utf-8 path"),
-        "--api-socket",
-        &node.socket,
-        "--metrics-addr",
-        "127.0.0.1:6782",
-    ];
-    args.extend(seeds.iter().map(String::as_str));
-    host.spawn(&args).expect("spawn weft launch")
+    let extra = ["-vv", "--metrics-addr", "127.0.0.1:6782"];
+    common::launch(host, name, secret, node, seeds, &extra)
 }
 
 /// `weft ARGS --api-socket SOCKET` on `host`: (exit code, stdout, stderr).
 fn weft(host: &Host, node: &Node, args: &[&str]) -> (i32, String, String) {
     let mut full = vec![BIN];
     full.extend_from_slice(args);
-    full.extend_from_slice(&["--api-socket", &node.socket]);
+    full.extend_from_slice(&["--api-socket", node.socket_str()]);
     let out = host.run(&full).expect("run weft");
     (
         out.status.code().unwrap_or(-1),
@@ -104,13 +68,7 @@ fn operator_commands_and_metrics_against_running_daemons() {
     }
     let bed = TestBed::new(2).expect("test bed");
     let secrets = tempfile::tempdir().expect("tempdir");
-    let secret = secrets.path().join("cluster.secret");
-    let out = std::process::Command::new(BIN)
-        .args(["secret", "new", "--out"])
-        .arg(&secret)
-        .output()
-        .expect("weft secret new");
-    assert!(out.status.success(), "{out:?}");
+    let secret = write_secret(secrets.path(), "cluster.secret");
     let nodes = [Node::new(), Node::new()];
     let (h0, h1) = (bed.host(0), bed.host(1));
     let p0 = launch(h0, "n0", &secret, &nodes[0], &[]);

@@ -12,64 +12,13 @@ use serde_json::Value;
 use tempfile::TempDir;
 use weft_testbed::{require_root, wait_until, Host, Proc, TestBed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_weft");
+#[path = "launch/common.rs"]
+mod common;
 
-/// One node's files: state directory and API socket path, in a temporary directory.
-struct NodeFiles {
-    _dir: TempDir,
-    state: PathBuf,
-    socket: PathBuf,
-}
-
-impl NodeFiles {
-    fn new() -> NodeFiles {
-        let dir = tempfile::tempdir().expect("tempdir");
-        NodeFiles {
-            state: dir.path().join("state"),
-            socket: dir.path().join("run/weft.sock"),
-            _dir: dir,
-        }
-    }
-}
-
-fn write_secret(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let out = std::process::Command::new(BIN)
-        .args(["secret", "new", "--out"])
-        .arg(&path)
-        .output()
-        .expect("run weft secret new");
-    assert!(out.status.success(), "{out:?}");
-    let mode = std::fs::metadata(&path)
-        .expect("secret")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
-    path
-}
+use common::{write_secret, NodeFiles, BIN};
 
 fn launch(host: &Host, name: &str, secret: &Path, files: &NodeFiles, seeds: &[&Host]) -> Proc {
-    let seeds: Vec<String> = seeds
-        .iter()
-        .map(|h| format!("{}:6783", h.public_ip()))
-        .collect();
-    let mut args = vec![
-        BIN,
-        "-vv",
-        "launch",
-        "--name",
-        name,
-        "--listen",
-        "0.0.0.0:6783",
-        "--secret-file",
-        secret.to_str().expect("utf-8 path"),
-        "--state-dir",
-        files.state.to_str().expect("utf-8 path"),
-        "--api-socket",
-        files.socket.to_str().expect("utf-8 path"),
-    ];
-    args.extend(seeds.iter().map(String::as_str));
-    host.spawn(&args).expect("spawn weft launch")
+    common::launch(host, name, secret, files, seeds, &["-vv"])
 }
 
 /// `weft peers -o json` on `host`, or `None` if it fails (daemon not up yet).

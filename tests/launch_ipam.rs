@@ -7,69 +7,29 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 use weft_testbed::{require_root, wait_until, Host, Proc, TestBed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_weft");
+#[path = "launch/common.rs"]
+mod common;
 
-struct NodeFiles {
-    _dir: TempDir,
-    state: PathBuf,
-    socket: PathBuf,
-}
-
-impl NodeFiles {
-    fn new() -> NodeFiles {
-        let dir = tempfile::tempdir().expect("tempdir");
-        NodeFiles {
-            state: dir.path().join("state"),
-            socket: dir.path().join("run/weft.sock"),
-            _dir: dir,
-        }
-    }
-}
-
-fn write_secret(dir: &Path) -> PathBuf {
-    let path = dir.join("cluster.secret");
-    let out = std::process::Command::new(BIN)
-        .args(["secret", "new", "--out"])
-        .arg(&path)
-        .output()
-        .expect("run weft secret new");
-    assert!(out.status.success(), "{out:?}");
-    path
-}
+use common::{write_secret, NodeFiles};
 
 fn launch(host: &Host, name: &str, secret: &Path, files: &NodeFiles, seed: Option<&Host>) -> Proc {
-    let seed = seed.map(|h| format!("{}:6783", h.public_ip()));
-    let mut args = vec![
-        BIN,
+    let extra = [
         "-v",
-        "launch",
-        "--name",
-        name,
-        "--listen",
-        "0.0.0.0:6783",
         "--datapath",
         "userspace",
         "--metrics-addr",
         "off",
         "--range",
         "10.40.0.0/16",
-        "--secret-file",
-        secret.to_str().expect("utf-8 path"),
-        "--state-dir",
-        files.state.to_str().expect("utf-8 path"),
-        "--api-socket",
-        files.socket.to_str().expect("utf-8 path"),
     ];
-    args.extend(seed.as_deref());
-    host.spawn(&args).expect("spawn weft launch")
+    common::launch(host, name, secret, files, seed.as_slice(), &extra)
 }
 
 /// One request on the API socket; `None` if the daemon is not answering (yet).
@@ -128,7 +88,7 @@ fn nodes_get_space_allocate_distinct_addresses_and_keep_them_across_a_restart() 
     }
     let bed = TestBed::new(3).expect("test bed");
     let secrets = tempfile::tempdir().expect("tempdir");
-    let secret = write_secret(secrets.path());
+    let secret = write_secret(secrets.path(), "cluster.secret");
     let files: Vec<NodeFiles> = (0..3).map(|_| NodeFiles::new()).collect();
     let names = ["n0", "n1", "n2"];
     // A chain: n0 starts the cluster (and the address space), n1 joins through n0, n2

@@ -674,18 +674,63 @@ impl<S: Store> Ipam<S> {
             return Err(Error::ForgetReachable(node));
         }
         let base_seq = peer.record.as_ref().map_or(0, |r| r.seq);
+        // Its own space, and what it gave to nodes that left before applying it: a node that
+        // has left applies nothing, so that space would otherwise belong to nobody. (What
+        // such a node did apply before leaving, it handed on at a higher version, and the
+        // view shows the new owner instead.)
+        let to_left: Vec<Piece> = peer
+            .record
+            .iter()
+            .flat_map(|r| r.outgoing.iter())
+            .filter(|t| {
+                self.peers
+                    .get(&t.to)
+                    .and_then(|p| p.record.as_ref())
+                    .is_some_and(|r| r.status == Status::Left)
+            })
+            .flat_map(|t| t.pieces.iter().copied())
+            .collect();
         let pieces: Vec<Piece> = self
             .ownership()
             .into_iter()
-            .filter(|e| e.owner == node)
+            .filter(|e| {
+                e.owner == node
+                    || (self
+                        .peers
+                        .get(&e.owner)
+                        .and_then(|p| p.record.as_ref())
+                        .is_some_and(|r| r.status == Status::Left)
+                        && to_left.iter().any(|p| p.start <= e.start && e.end <= p.end))
+            })
             .map(|e| Piece {
                 start: e.start,
                 end: e.end,
                 version: e.version + 1,
             })
             .collect();
-        let reclaim = Reclaim::sign(&self.identity, genesis, node, base_seq, pieces.clone());
+        // The transfers to it that this view holds (their space is in `pieces` or moved
+        // on): their givers must not take any of it back.
+        let accounted: Vec<(NodeId, u64)> = self
+            .peers
+            .values()
+            .filter_map(|p| p.record.as_ref())
+            .flat_map(|r| r.outgoing.iter())
+            .chain(self.outgoing.iter())
+            .filter(|t| t.to == node)
+            .map(|t| (t.from, t.seq))
+            .collect();
+        let reclaim = Reclaim::sign(
+            &self.identity,
+            genesis,
+            node,
+            base_seq,
+            pieces.clone(),
+            accounted,
+        );
         self.tombstones.insert(node, reclaim.clone());
+        // As every node that learns the reclaim does: the forgotten node's record says nothing
+        // any more (its transfers in flight are covered by the reclaim or void).
+        self.peers.remove(&node);
         self.outgoing.retain(|t| t.to != node);
         self.pool.add(&pieces);
         self.save()?;
@@ -953,11 +998,11 @@ impl<S: Store> Ipam<S> {
             })
             .collect();
         let mut back = Vec::new();
-        for t in self
-            .outgoing
-            .iter()
-            .filter(|t| t.to == rc.forgotten && !self.acks.contains_key(&(rc.forgotten, t.seq)))
-        {
+        for t in self.outgoing.iter().filter(|t| {
+            t.to == rc.forgotten
+                && !self.acks.contains_key(&(rc.forgotten, t.seq))
+                && !rc.accounts_for(&self.me, t.seq)
+        }) {
             for p in subtract(&t.pieces, &rc.pieces) {
                 let held: Vec<Piece> = moved_on
                     .iter()

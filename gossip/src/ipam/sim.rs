@@ -78,6 +78,9 @@ pub struct Sim {
     pub rumour_ticks: u64,
     /// Every this many ticks a node does a full push-pull exchange with one peer.
     pub anti_entropy_every: u64,
+    /// Whether a crashed node keeps the records it had learned (the daemon journals them
+    /// in its state directory); `false` models a node that restarts knowing nobody.
+    pub persist_records: bool,
 }
 
 impl Sim {
@@ -100,6 +103,7 @@ impl Sim {
             ticks: 0,
             rumour_ticks: 6,
             anti_entropy_every: 5,
+            persist_records: true,
         }
     }
 
@@ -164,7 +168,9 @@ impl Sim {
         if let Some(ipam) = node.ipam.take() {
             node.frozen = Some((ipam.owned().to_vec(), ipam.allocations()));
         }
-        node.known.clear();
+        if !self.persist_records {
+            node.known.clear();
+        }
         node.recent.clear();
         node.told.clear();
         node.told_topology = 0;
@@ -186,6 +192,30 @@ impl Sim {
         )?;
         node.ipam = Some(ipam);
         node.frozen = None;
+        // The daemon journals every member record it accepts and restores them at start
+        // (`weft::daemon::members`); the core learns them again as it would from gossip.
+        let now = self.now;
+        let me = node.id;
+        let restored: Vec<(NodeId, Vec<u8>)> = node
+            .known
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, (_, bytes))| (*id, bytes.clone()))
+            .collect();
+        for (from, bytes) in restored {
+            let Some(ipam) = self.nodes[i].ipam.as_mut() else {
+                break;
+            };
+            if let Err(e) = ipam.handle_record(now, from, &bytes) {
+                if !matches!(e, Error::GenesisConflict(_)) {
+                    self.unexpected.push(format!(
+                        "node {i} on restored record of {}: {e}",
+                        from.short()
+                    ));
+                }
+            }
+        }
+        self.flush(i);
         Ok(())
     }
 
@@ -545,8 +575,15 @@ impl Sim {
         for &i in &live[1..] {
             let v = view(i);
             if v != reference {
+                let legend: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| format!("{k}={}", n.id.short()))
+                    .collect();
                 return Err(format!(
-                    "node {i} and node {first} disagree on ownership:\n  {v:?}\n  {reference:?}"
+                    "node {i} and node {first} disagree on ownership:\n  {v:?}\n  {reference:?}\n  nodes: {}",
+                    legend.join(" ")
                 ));
             }
         }
@@ -578,5 +615,64 @@ impl Sim {
             .map(|r| r.len())
             .max()
             .unwrap_or(0)
+    }
+}
+
+impl Sim {
+    /// For debugging a failed schedule: every node's state and the records it holds.
+    pub fn dump(&self) -> String {
+        use std::fmt::Write as _;
+        let idx = |id: &NodeId| self.index.get(id).copied().unwrap_or(usize::MAX);
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let state = if n.gone {
+                "gone"
+            } else if n.ipam.is_some() {
+                "up"
+            } else {
+                "down"
+            };
+            let owned = match (&n.ipam, &n.frozen) {
+                (Some(x), _) => x.owned().to_vec(),
+                (None, Some((o, _))) => o.clone(),
+                _ => Vec::new(),
+            };
+            let _ = writeln!(
+                out,
+                "node {i} {} {state} published {:?} owns {:?}",
+                n.id.short(),
+                n.last_published,
+                owned
+                    .iter()
+                    .map(|p| (p.start, p.end, p.version))
+                    .collect::<Vec<_>>()
+            );
+            for (id, (seq, bytes)) in &n.known {
+                let r = super::Record::decode(*id, bytes);
+                let desc = match r {
+                    Ok(r) => format!(
+                        "{:?} claims {:?} out {:?}",
+                        r.status,
+                        r.claims
+                            .iter()
+                            .map(|c| (c.piece.start, c.piece.end, c.piece.version))
+                            .collect::<Vec<_>>(),
+                        r.outgoing
+                            .iter()
+                            .map(|t| (
+                                idx(&t.to),
+                                t.pieces
+                                    .iter()
+                                    .map(|p| (p.start, p.end, p.version))
+                                    .collect::<Vec<_>>()
+                            ))
+                            .collect::<Vec<_>>()
+                    ),
+                    Err(e) => format!("undecodable: {e}"),
+                };
+                let _ = writeln!(out, "    knows {} seq {seq:#x}: {desc}", idx(id));
+            }
+        }
+        out
     }
 }

@@ -335,28 +335,45 @@ pub struct Reclaim {
     pub forgotten: NodeId,
     pub base_seq: u64,
     pub pieces: Vec<Piece>,
+    /// The transfers to the forgotten node, `(giver, seq)`, that the maker's view held when
+    /// it decided what to reclaim: their space is reclaimed or had moved on, and their
+    /// givers must not take any of it back (their own views may be stale). At most
+    /// [`Reclaim::MAX_ACCOUNTED`].
+    pub accounted: Vec<(NodeId, u64)>,
     pub signature: Signature,
 }
 
 impl Reclaim {
+    pub const MAX_ACCOUNTED: usize = 8;
+
     pub(crate) fn sign(
         identity: &IdentityKey,
         genesis: GenesisId,
         forgotten: NodeId,
         base_seq: u64,
         pieces: Vec<Piece>,
+        mut accounted: Vec<(NodeId, u64)>,
     ) -> Self {
+        accounted.sort_unstable();
+        accounted.dedup();
+        accounted.truncate(Self::MAX_ACCOUNTED);
         let by = identity.node_id();
         let signature = identity.sign(&Self::signed_bytes(
-            genesis, &by, &forgotten, base_seq, &pieces,
+            genesis, &by, &forgotten, base_seq, &pieces, &accounted,
         ));
         Self {
             by,
             forgotten,
             base_seq,
             pieces,
+            accounted,
             signature,
         }
+    }
+
+    /// Whether the maker accounted for `giver`'s transfer `seq` to the forgotten node.
+    pub fn accounts_for(&self, giver: &NodeId, seq: u64) -> bool {
+        self.accounted.contains(&(*giver, seq))
     }
 
     fn signed_bytes(
@@ -365,6 +382,7 @@ impl Reclaim {
         forgotten: &NodeId,
         base_seq: u64,
         pieces: &[Piece],
+        accounted: &[(NodeId, u64)],
     ) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(RECLAIM_TAG);
@@ -373,6 +391,7 @@ impl Reclaim {
         w.bytes(forgotten.as_bytes());
         w.varint(base_seq);
         encode_pieces(&mut w, pieces);
+        encode_accounted(&mut w, accounted);
         w.buf
     }
 
@@ -385,6 +404,7 @@ impl Reclaim {
                     &self.forgotten,
                     self.base_seq,
                     &self.pieces,
+                    &self.accounted,
                 ),
                 &self.signature,
             )
@@ -399,6 +419,7 @@ impl Reclaim {
         w.bytes(self.forgotten.as_bytes());
         w.varint(self.base_seq);
         encode_pieces(w, &self.pieces);
+        encode_accounted(w, &self.accounted);
         w.bytes(&self.signature.0);
     }
 
@@ -423,13 +444,35 @@ impl Reclaim {
         let forgotten = NodeId(r.array()?);
         let base_seq = r.varint()?;
         let pieces = decode_pieces(r, size)?;
+        let n = r.count(33)?;
+        if n > Self::MAX_ACCOUNTED {
+            return Err(Error::Decode("too many accounted transfers in a reclaim"));
+        }
+        let mut accounted = Vec::with_capacity(n);
+        for _ in 0..n {
+            let giver = NodeId(r.array()?);
+            let seq = r.varint()?;
+            if accounted.last().is_some_and(|last| *last >= (giver, seq)) {
+                return Err(Error::Decode("accounted transfers not sorted"));
+            }
+            accounted.push((giver, seq));
+        }
         let signature = Signature(r.array::<SIGNATURE_LEN>()?);
         Ok(Self {
             by,
             forgotten,
             base_seq,
             pieces,
+            accounted,
             signature,
         })
+    }
+}
+
+fn encode_accounted(w: &mut Writer, accounted: &[(NodeId, u64)]) {
+    w.varint(accounted.len() as u64);
+    for (giver, seq) in accounted {
+        w.bytes(giver.as_bytes());
+        w.varint(*seq);
     }
 }

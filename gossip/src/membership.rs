@@ -451,6 +451,43 @@ impl Membership {
         self.next_push_pull = now + random_within(&mut self.rng, interval);
     }
 
+    /// Add already-verified records of members that were down when the view was persisted:
+    /// they are held as failed (not probed; their records are passed on in push-pulls, and
+    /// the periodic reconnect tries them), and removed after `down_retention` like any
+    /// failed member. A node that is up after all refutes its failure as usual. Records
+    /// older than what is held, our own, or tombstoned nodes' are skipped.
+    pub fn restore_down(
+        &mut self,
+        now: Instant,
+        records: impl IntoIterator<Item = Arc<VerifiedRecord>>,
+    ) {
+        for r in records {
+            let id = *r.node_id();
+            if id == self.local_id() || self.is_tombstoned(&id) {
+                continue;
+            }
+            if self
+                .members
+                .get(&id)
+                .is_some_and(|e| e.record.version() >= r.version())
+            {
+                continue;
+            }
+            if self.members.get(&id).is_some_and(|e| e.state.is_live()) {
+                // Held as live at an older version: the newer record is news, not a failure.
+                self.accept_record(now, r, false);
+                continue;
+            }
+            let incarnation = r.version();
+            self.members.insert(Entry {
+                record: r,
+                incarnation,
+                state: MemberState::Dead,
+            });
+            self.mark_down(now, id);
+        }
+    }
+
     /// Change the local record (endpoints, IPAM bytes, labels, ...): `change` edits a copy,
     /// the version is raised by one, and the signed result is gossiped. The node id cannot be
     /// changed. Nothing changes if the result breaks a bound.
@@ -1363,21 +1400,35 @@ impl Membership {
                     if id == me || self.members.get(&id).is_some() {
                         self.on_alive(now, entry.record);
                         self.on_suspect(now, id, entry.incarnation.max(version), me);
+                    } else if entry.state == MemberState::Dead {
+                        // Unlike memberlist, learn a failed member we never saw (as failed):
+                        // its record says which address space is its own, and a node that
+                        // joined after it failed must know that to agree on the ring and to
+                        // `forget` it. If it is up after all, the reconnect finds it and it
+                        // refutes.
+                        if !self.is_tombstoned(&id) {
+                            if let Some(v) = self.verify(entry.record) {
+                                self.restore_down(now, [Arc::new(v)]);
+                            }
+                        }
+                    } else {
+                        self.on_alive(now, entry.record);
+                        self.on_suspect(now, id, entry.incarnation.max(version), me);
                     }
                 }
                 MemberState::Left => {
                     if let Some((reason, signature)) = entry.leave {
-                        if id == me || self.members.get(&id).is_some() {
+                        let leave = SignedLeave {
+                            node_id: id,
+                            version: entry.incarnation,
+                            reason,
+                            signature,
+                        };
+                        // A member we never saw that left is learned too, for its record
+                        // (where its address space went), if the leave is signed by it.
+                        if id == me || self.members.get(&id).is_some() || leave.verify().is_ok() {
                             self.on_alive(now, entry.record);
-                            self.on_leave(
-                                now,
-                                SignedLeave {
-                                    node_id: id,
-                                    version: entry.incarnation,
-                                    reason,
-                                    signature,
-                                },
-                            );
+                            self.on_leave(now, leave);
                         }
                     }
                 }

@@ -55,3 +55,50 @@ fn crashed_node_is_declared_failed_by_all_and_nobody_else() {
         "only the crashed node may be declared failed"
     );
 }
+
+/// What the daemon's members journal is for: the last record of a node that is down
+/// survives restarts of every node that held it, and reaches nodes that never had it.
+#[test]
+fn a_restored_view_passes_on_the_record_of_a_member_that_is_down() {
+    let mut sim = Sim::new(cfg(3, 11));
+    sim.run_for(Duration::from_secs(2));
+    let [a, b, down] = [sim.ids()[0], sim.ids()[1], sim.ids()[2]];
+    sim.crash(&down);
+    let failed = sim.run_until(Duration::from_secs(60), Duration::from_millis(100), |s| {
+        [a, b].iter().all(|id| {
+            s.node(id)
+                .and_then(|c| c.member(&down))
+                .is_some_and(|m| m.state == MemberState::Dead)
+        })
+    });
+    assert!(failed, "both survivors declared the crashed node failed");
+    let saved = sim
+        .node(&a)
+        .and_then(|c| c.verified_record(&down))
+        .expect("a holds the record of the failed node");
+    // Both holders restart; a restores the view it persisted, b comes back knowing nobody.
+    sim.crash(&a);
+    sim.crash(&b);
+    sim.restart(&a, &b, |_| {})
+        .expect("a known")
+        .expect("a restarts");
+    sim.with_node(&a, |c, now| c.restore_down(now, [saved.clone()]));
+    sim.restart(&b, &a, |_| {})
+        .expect("b known")
+        .expect("b restarts");
+    let learned = sim.run_until(Duration::from_secs(60), Duration::from_millis(100), |s| {
+        s.node(&b)
+            .and_then(|c| c.member(&down))
+            .is_some_and(|m| m.state == MemberState::Dead && m.record.version == saved.version())
+    });
+    assert!(
+        learned,
+        "b learned the down node's record from a's restored view"
+    );
+    let a_view = sim.node(&a).and_then(|c| c.member(&down)).map(|m| m.state);
+    assert_eq!(
+        a_view,
+        Some(MemberState::Dead),
+        "restored as failed, not alive"
+    );
+}

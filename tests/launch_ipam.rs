@@ -247,3 +247,107 @@ fn nodes_get_space_allocate_distinct_addresses_and_keep_them_across_a_restart() 
     });
     assert!(left, "n0 does not show n2 as left\n{}", dump(&refs));
 }
+
+/// The members journal: n2 gets space and is killed (it stays down); then n0 and n1, the
+/// only nodes that held n2's record, both restart. They still know that n2's space is n2's
+/// (from their journals; without them the space would show as claimed by nobody), show n2
+/// as failed, and hand out none of it.
+#[test]
+fn a_down_nodes_space_stays_known_after_every_node_that_knew_it_restarts() {
+    if !require_root("a_down_nodes_space_stays_known_after_every_node_that_knew_it_restarts") {
+        return;
+    }
+    let bed = TestBed::new(3).expect("test bed");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = write_secret(secrets.path(), "cluster.secret");
+    let files: Vec<NodeFiles> = (0..3).map(|_| NodeFiles::new()).collect();
+    let names = ["n0", "n1", "n2"];
+    let seed_of = |i: usize| (i > 0).then(|| bed.host(0));
+    let mut procs: Vec<Proc> = (0..3usize)
+        .map(|i| launch(bed.host(i), names[i], &secret, &files[i], seed_of(i)))
+        .collect();
+    let all_have_space = wait_until(Duration::from_secs(60), || {
+        files.iter().all(|f| space(f).is_some())
+    });
+    let refs: Vec<&Proc> = procs.iter().collect();
+    assert!(all_have_space, "not every node got space\n{}", dump(&refs));
+    let n2_space = space(&files[2]).expect("space");
+    let n2_id = api(&files[2], &json!({"cmd": "status"})).expect("status")["status"]["node_id"]
+        .as_str()
+        .expect("node id")
+        .to_string();
+    let owned_by_n2 = |f: &NodeFiles| -> Option<u64> {
+        let report = api(f, &json!({"cmd": "ipam"}))?;
+        report["ipam"]["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node"] == n2_id.as_str())?["owned"]
+            .as_u64()
+    };
+    let expected: u64 = n2_space.iter().map(|n| 1u64 << (32 - n.prefix_len())).sum();
+    let seen = wait_until(Duration::from_secs(30), || {
+        files[..2].iter().all(|f| owned_by_n2(f) == Some(expected))
+    });
+    assert!(seen, "n0 and n1 never saw n2's space\n{}", dump(&refs));
+
+    procs[2].kill().expect("kill -9 n2");
+    let failed = wait_until(Duration::from_secs(30), || {
+        files[..2].iter().all(|f| {
+            api(f, &json!({"cmd": "peers"})).is_some_and(|p| {
+                p["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["name"] == "n2" && m["state"] == "failed")
+            })
+        })
+    });
+    assert!(failed, "n2 not seen failed\n{}", dump(&refs));
+
+    for p in &procs[..2] {
+        p.signal("TERM").expect("SIGTERM");
+        p.wait_timeout(Duration::from_secs(15))
+            .expect("wait")
+            .expect("still running 15 s after SIGTERM");
+    }
+    for i in 0..2 {
+        procs[i] = launch(bed.host(i), names[i], &secret, &files[i], seed_of(i));
+    }
+    let refs: Vec<&Proc> = procs[..2].iter().collect();
+    let back = wait_until(Duration::from_secs(30), || {
+        files[..2]
+            .iter()
+            .all(|f| space(f).is_some() && owned_by_n2(f) == Some(expected))
+    });
+    assert!(
+        back,
+        "after both restarts n2's space is not n2's on both: n0 {:?} n1 {:?}\n{}",
+        owned_by_n2(&files[0]),
+        owned_by_n2(&files[1]),
+        dump(&refs)
+    );
+    for f in &files[..2] {
+        let report = api(f, &json!({"cmd": "ipam"})).expect("ipam");
+        assert_eq!(report["ipam"]["unclaimed"], 0, "{report}");
+        let peers = api(f, &json!({"cmd": "peers"})).expect("peers");
+        let n2 = peers["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == "n2")
+            .cloned();
+        assert_eq!(
+            n2.as_ref().map(|m| m["state"].clone()),
+            Some(json!("failed")),
+            "{peers}"
+        );
+    }
+    // Nothing of n2's space is handed out by the others.
+    for (i, f) in files[..2].iter().enumerate() {
+        let a = address_of(&allocate(f, &format!("after-{i}")));
+        assert!(
+            n2_space.iter().all(|n| !n.contains(&a.addr())),
+            "n{i} gave {a} out of n2's space {n2_space:?}"
+        );
+    }
+}

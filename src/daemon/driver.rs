@@ -30,6 +30,7 @@ use super::api::{
     Allocation, GossipCounters, MemberCounts, Peer, PeerLinkInfo, PeerState, Query, Request,
     Response, Status,
 };
+use super::members::MembersJournal;
 use super::state::VersionFile;
 use super::view::{self, DatapathReport, LocalNode, MeshView};
 
@@ -120,6 +121,11 @@ pub struct Driver {
     last_seen: HashMap<NodeId, Instant>,
     /// The record version of each member whose IPAM bytes were handed to the IPAM core.
     fed: HashMap<NodeId, u64>,
+    /// Members' records in the state directory, written before the IPAM core sees them.
+    journal: MembersJournal,
+    /// The record version and liveness of each member as last written to the journal.
+    journaled: HashMap<NodeId, (u64, bool)>,
+    journal_failing: bool,
     /// Reachability last told to the IPAM core.
     reachable: HashMap<NodeId, bool>,
     next_scan: Instant,
@@ -150,10 +156,16 @@ impl Driver {
         transport: Transport,
         seeds: Vec<SocketAddr>,
         version: VersionFile,
+        journal: MembersJournal,
         info: NodeInfo,
         datapath: DatapathLink,
         now: Instant,
     ) -> Self {
+        // What the journal gave back (restored into `core` by the caller) is on disk already.
+        let journaled = core
+            .members()
+            .map(|m| (m.record.node_id, (m.record.version, m.state.is_live())))
+            .collect();
         Driver {
             core,
             ipam,
@@ -164,6 +176,9 @@ impl Driver {
             refused: 0,
             last_seen: HashMap::new(),
             fed: HashMap::new(),
+            journal,
+            journaled,
+            journal_failing: false,
             reachable: HashMap::new(),
             next_scan: now,
             published_seq: None,
@@ -390,9 +405,27 @@ impl Driver {
     /// Hand members' newer IPAM records and their reachability to the IPAM core.
     fn sync_members(&mut self, now: Instant) {
         let mut seen = Vec::with_capacity(self.core.num_members());
+        let mut journal = Vec::new();
         for m in self.core.members() {
             let id = m.record.node_id;
             seen.push(id);
+            let live = m.state.is_live();
+            if self.journaled.get(&id) != Some(&(m.record.version, live)) {
+                journal.push((id, m.record.version, live));
+            }
+        }
+        // Into the journal first: what the IPAM core acts on survives a crash.
+        for (id, version, live) in journal {
+            let old = self.journaled.insert(id, (version, live));
+            let written = match (old, self.core.verified_record(&id)) {
+                (Some((v, _)), _) if v == version && !live => self.journal.down(&id),
+                (_, Some(r)) => self.journal.record(r.signed(), live),
+                (_, None) => Ok(()),
+            };
+            self.journal_result(written);
+        }
+        for m in self.core.members() {
+            let id = m.record.node_id;
             if !m.record.ipam.is_empty() && self.fed.get(&id) < Some(&m.record.version) {
                 self.fed.insert(id, m.record.version);
                 if let Err(e) = self.ipam.handle_record(now, id, &m.record.ipam) {
@@ -424,6 +457,40 @@ impl Driver {
             self.reachable.remove(&id);
             self.fed.remove(&id);
             self.ipam.set_reachable(now, id, false);
+        }
+        let forgotten: Vec<NodeId> = self
+            .journaled
+            .keys()
+            .filter(|id| !seen.contains(id))
+            .copied()
+            .collect();
+        for id in forgotten {
+            self.journaled.remove(&id);
+            let written = self.journal.gone(&id);
+            self.journal_result(written);
+        }
+        if self.journal.wants_compaction(self.journaled.len()) {
+            let members: Vec<_> = self
+                .journaled
+                .iter()
+                .filter_map(|(id, &(_, live))| Some((self.core.verified_record(id)?, live)))
+                .collect();
+            let written = self
+                .journal
+                .rewrite(members.iter().map(|(r, live)| (r.signed(), *live)));
+            self.journal_result(written);
+        }
+    }
+
+    /// A journal that cannot be written costs only the view after a restart: warn once.
+    fn journal_result(&mut self, result: anyhow::Result<()>) {
+        match result {
+            Ok(()) => self.journal_failing = false,
+            Err(e) if !self.journal_failing => {
+                self.journal_failing = true;
+                warn!(error = %format!("{e:#}"), "cannot write the members journal");
+            }
+            Err(_) => {}
         }
     }
 
@@ -1072,7 +1139,10 @@ mod tests {
             failed,
         };
         let version = VersionFile::open(dir).expect("version file");
-        let d = Driver::new(core, ipam, transport, seeds, version, info, link, now);
+        let (journal, _) = MembersJournal::open(dir).expect("members journal");
+        let d = Driver::new(
+            core, ipam, transport, seeds, version, journal, info, link, now,
+        );
         (d, report_tx)
     }
 

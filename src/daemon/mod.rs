@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod datapath;
 mod driver;
+mod members;
 pub mod metrics;
 mod state;
 pub mod view;
@@ -27,6 +28,7 @@ use api::{ApiSocket, Response};
 use config::LaunchConfig;
 use datapath::DatapathConfig;
 use driver::{DatapathLink, Driver, Exit, NodeInfo};
+use members::MembersJournal;
 use state::VersionFile;
 use view::DatapathReport;
 
@@ -114,8 +116,21 @@ async fn run(
         rng_seed: rand::random(),
         ..weft_gossip::Config::default()
     };
-    let core = Membership::new(gossip_config, core_identity, record, now)
+    let mut core = Membership::new(gossip_config, core_identity, record, now)
         .context("building the node record")?;
+    // Start from the view this node had: live members are probed again, down ones keep
+    // their records (and address space) known and passed on.
+    let (journal, restored) = MembersJournal::open(&config.state_dir)?;
+    let (live, down): (Vec<_>, Vec<_>) = restored.into_iter().partition(|r| r.live);
+    if !live.is_empty() || !down.is_empty() {
+        info!(
+            live = live.len(),
+            down = down.len(),
+            "members restored from the journal"
+        );
+    }
+    core.restore(now, live.into_iter().map(|r| r.record));
+    core.restore_down(now, down.into_iter().map(|r| r.record));
     let node = core.local_id();
     info!(node = %node, name = %config.name, %gossip_addr, version = core.local_version(), "node started");
     eprintln!(
@@ -183,6 +198,7 @@ async fn run(
         transport,
         config.seeds.clone(),
         version,
+        journal,
         info,
         link,
         now,

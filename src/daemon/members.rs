@@ -1,0 +1,389 @@
+//! The members journal: every member record this node accepts, kept in the state directory
+//! so that a restart begins with the view it had, not with nobody.
+//!
+//! Why: the gossip core relays the records of failed members, and the IPAM view is computed
+//! from records. If every node that held the last record of a node that is down restarted
+//! with an empty view, that record would exist nowhere, and live nodes would disagree about
+//! that node's address space until it came back (the IPAM simulator found this). Serf keeps
+//! a snapshot journal for the same reason (rejoining); here it also carries the records.
+//!
+//! Format (`members.journal`, mode 0600): a magic line, then frames appended by one
+//! `write(2)` each, *before* the record is handed to the IPAM core, so a `kill -9` loses
+//! nothing the node acted on:
+//! * `1` u16-BE body length, body, 64-byte signature: a member's signed record (live);
+//! * `2` 32-byte node id: that member is down (failed, stopped or left);
+//! * `3` 32-byte node id: that member was forgotten (drop it).
+//!
+//! Reading stops at the first incomplete or unknown frame (a torn tail after a crash) and
+//! the file is cut there; every record is verified again, so a damaged or planted record is
+//! dropped, never trusted. The file is rewritten (compacted) from the live view when the
+//! journal has grown to a few times the number of members.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing::warn;
+use weft_crypto::{NodeId, Signature};
+use weft_gossip::{SignedRecord, VerifiedRecord, MAX_BODY_LEN};
+
+pub const JOURNAL_FILE: &str = "members.journal";
+const MAGIC: &[u8] = b"weft members journal 1\n";
+const RECORD: u8 = 1;
+const DOWN: u8 = 2;
+const GONE: u8 = 3;
+const SIGNATURE_LEN: usize = 64;
+/// Compact once this many frames beyond twice the members were appended.
+const COMPACT_SLACK: usize = 256;
+
+/// A member as the journal last described it.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub record: Arc<VerifiedRecord>,
+    pub live: bool,
+}
+
+#[derive(Debug)]
+pub struct MembersJournal {
+    path: PathBuf,
+    file: File,
+    /// Frames appended since the file was last written whole.
+    appended: usize,
+}
+
+impl MembersJournal {
+    /// Open (or create) the journal in `state_dir` and read back what it holds: the latest
+    /// verified record of each member and whether it was live.
+    pub fn open(state_dir: &Path) -> anyhow::Result<(Self, Vec<Restored>)> {
+        let path = state_dir.join(JOURNAL_FILE);
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes)
+                    .with_context(|| format!("reading {}", path.display()))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        let parsed = parse(&bytes);
+        if parsed.bad_records > 0 {
+            warn!(
+                dropped = parsed.bad_records,
+                file = %path.display(),
+                "members journal: records that do not verify were dropped"
+            );
+        }
+        if parsed.valid_len < bytes.len() && !bytes.is_empty() {
+            warn!(
+                kept = parsed.valid_len,
+                total = bytes.len(),
+                file = %path.display(),
+                "members journal: damaged or torn tail cut off"
+            );
+        }
+        let restored: Vec<Restored> = parsed.members.into_values().collect();
+        let mut journal = Self {
+            file: open_append(&path)?,
+            path,
+            appended: 0,
+        };
+        // Start from a clean file holding exactly what was read: drops a torn tail and
+        // superseded frames in one go.
+        journal.rewrite(restored.iter().map(|r| (r.record.signed(), r.live)))?;
+        Ok((journal, restored))
+    }
+
+    /// Note a member's (newer) record; `live` false also notes it down.
+    pub fn record(&mut self, signed: &SignedRecord, live: bool) -> anyhow::Result<()> {
+        let mut frame = Vec::with_capacity(3 + signed.body().len() + SIGNATURE_LEN + 33);
+        encode_record(&mut frame, signed);
+        if !live {
+            if let Ok((id, _)) = signed.peek() {
+                frame.push(DOWN);
+                frame.extend_from_slice(&id.0);
+            }
+        }
+        self.append(&frame)
+    }
+
+    /// Note that a member is down (its record unchanged).
+    pub fn down(&mut self, id: &NodeId) -> anyhow::Result<()> {
+        let mut frame = vec![DOWN];
+        frame.extend_from_slice(&id.0);
+        self.append(&frame)
+    }
+
+    /// Note that a member was forgotten.
+    pub fn gone(&mut self, id: &NodeId) -> anyhow::Result<()> {
+        let mut frame = vec![GONE];
+        frame.extend_from_slice(&id.0);
+        self.append(&frame)
+    }
+
+    /// Whether enough was appended that the caller should `rewrite` from its view.
+    pub fn wants_compaction(&self, members: usize) -> bool {
+        self.appended > 2 * members + COMPACT_SLACK
+    }
+
+    /// Replace the file with exactly `members` (atomically: temporary file, sync, rename).
+    pub fn rewrite<'a>(
+        &mut self,
+        members: impl IntoIterator<Item = (&'a SignedRecord, bool)>,
+    ) -> anyhow::Result<()> {
+        let mut bytes = MAGIC.to_vec();
+        for (signed, live) in members {
+            encode_record(&mut bytes, signed);
+            if !live {
+                if let Ok((id, _)) = signed.peek() {
+                    bytes.push(DOWN);
+                    bytes.extend_from_slice(&id.0);
+                }
+            }
+        }
+        let tmp = self.path.with_extension("tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        self.file = open_append(&self.path)?;
+        self.appended = 0;
+        Ok(())
+    }
+
+    fn append(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        self.file
+            .write_all(frame)
+            .with_context(|| format!("appending to {}", self.path.display()))?;
+        self.appended += 1;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+fn encode_record(out: &mut Vec<u8>, signed: &SignedRecord) {
+    // Bodies are at most MAX_BODY_LEN (1 KiB) by construction of a SignedRecord we accepted.
+    let len = u16::try_from(signed.body().len()).unwrap_or(u16::MAX);
+    out.push(RECORD);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&signed.body()[..usize::from(len)]);
+    out.extend_from_slice(&signed.signature().0);
+}
+
+#[derive(Debug, Default)]
+struct Parsed {
+    members: HashMap<NodeId, Restored>,
+    /// Bytes up to the end of the last complete, known frame.
+    valid_len: usize,
+    bad_records: usize,
+}
+
+fn parse(bytes: &[u8]) -> Parsed {
+    let mut out = Parsed::default();
+    let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
+        return out;
+    };
+    out.valid_len = MAGIC.len();
+    while let Some((&kind, tail)) = rest.split_first() {
+        let consumed = match kind {
+            RECORD => {
+                let Some((len, tail)) = tail.split_first_chunk::<2>() else {
+                    break;
+                };
+                let len = usize::from(u16::from_be_bytes(*len));
+                if len > MAX_BODY_LEN || tail.len() < len + SIGNATURE_LEN {
+                    break;
+                }
+                let body = tail[..len].to_vec();
+                let mut sig = [0u8; SIGNATURE_LEN];
+                sig.copy_from_slice(&tail[len..len + SIGNATURE_LEN]);
+                let signed = SignedRecord::from_parts(body, Signature(sig));
+                match VerifiedRecord::verify(signed, None) {
+                    Ok(v) => {
+                        let id = *v.node_id();
+                        let newer = out
+                            .members
+                            .get(&id)
+                            .is_none_or(|r| r.record.version() <= v.version());
+                        if newer {
+                            out.members.insert(
+                                id,
+                                Restored {
+                                    record: Arc::new(v),
+                                    live: true,
+                                },
+                            );
+                        }
+                    }
+                    Err(_) => out.bad_records += 1,
+                }
+                1 + 2 + len + SIGNATURE_LEN
+            }
+            DOWN | GONE => {
+                let Some((id, _)) = tail.split_first_chunk::<32>() else {
+                    break;
+                };
+                let id = NodeId(*id);
+                if kind == DOWN {
+                    if let Some(r) = out.members.get_mut(&id) {
+                        r.live = false;
+                    }
+                } else {
+                    out.members.remove(&id);
+                }
+                1 + 32
+            }
+            _ => break,
+        };
+        rest = &rest[consumed..];
+        out.valid_len += consumed;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use weft_crypto::{IdentityKey, WgPublicKey};
+    use weft_gossip::NodeRecord;
+
+    use super::*;
+
+    fn signed(seed: u8, version: u64) -> (NodeId, SignedRecord) {
+        let key = IdentityKey::from_seed(&[seed; 32]);
+        let record = NodeRecord::new(
+            key.node_id(),
+            version,
+            format!("node{seed}"),
+            WgPublicKey([seed; 32]),
+            "192.0.2.1:6783".parse().expect("an address"),
+        );
+        (key.node_id(), record.sign(&key).expect("signs"))
+    }
+
+    fn by_id(restored: &[Restored]) -> HashMap<NodeId, (u64, bool)> {
+        restored
+            .iter()
+            .map(|r| (*r.record.node_id(), (r.record.version(), r.live)))
+            .collect()
+    }
+
+    #[test]
+    fn a_reopened_journal_gives_back_the_latest_record_and_liveness_of_each_member() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a, a1) = signed(1, 1);
+        let (_, a2) = signed(1, 2);
+        let (b, b1) = signed(2, 7);
+        let (c, c1) = signed(3, 3);
+        {
+            let (mut j, restored) = MembersJournal::open(dir.path()).expect("opens");
+            assert!(restored.is_empty());
+            j.record(&a1, true).expect("append");
+            j.record(&b1, true).expect("append");
+            j.record(&a2, true).expect("append");
+            j.record(&a1, true).expect("an older record arriving late");
+            j.down(&b).expect("append");
+            j.record(&c1, true).expect("append");
+            j.gone(&c).expect("append");
+        }
+        let (_, restored) = MembersJournal::open(dir.path()).expect("reopens");
+        let got = by_id(&restored);
+        assert_eq!(got.len(), 2, "the forgotten member is dropped: {got:?}");
+        assert_eq!(got[&a], (2, true));
+        assert_eq!(got[&b], (7, false));
+        let mode = std::fs::metadata(dir.path().join(JOURNAL_FILE))
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_the_frames_before_it_are_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a, a1) = signed(1, 5);
+        let (_, b1) = signed(2, 6);
+        {
+            let (mut j, _) = MembersJournal::open(dir.path()).expect("opens");
+            j.record(&a1, true).expect("append");
+            j.record(&b1, true).expect("append");
+        }
+        let path = dir.path().join(JOURNAL_FILE);
+        let bytes = std::fs::read(&path).expect("reads");
+        // A crash in the middle of the second frame.
+        std::fs::write(&path, &bytes[..bytes.len() - 20]).expect("writes");
+        let (mut j, restored) = MembersJournal::open(dir.path()).expect("reopens");
+        assert_eq!(by_id(&restored), HashMap::from([(a, (5, true))]));
+        // Appending after the cut works and is read back.
+        j.down(&a).expect("append");
+        drop(j);
+        let (_, restored) = MembersJournal::open(dir.path()).expect("reopens");
+        assert_eq!(by_id(&restored), HashMap::from([(a, (5, false))]));
+    }
+
+    #[test]
+    fn records_that_do_not_verify_are_dropped_and_garbage_changes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a, a1) = signed(1, 5);
+        let (_, b1) = signed(2, 6);
+        {
+            let (mut j, _) = MembersJournal::open(dir.path()).expect("opens");
+            j.record(&a1, true).expect("append");
+            // b's body under a's signature: a planted record.
+            let forged = SignedRecord::from_parts(b1.body().to_vec(), *a1.signature());
+            j.record(&forged, true).expect("append");
+        }
+        let (_, restored) = MembersJournal::open(dir.path()).expect("reopens");
+        assert_eq!(by_id(&restored), HashMap::from([(a, (5, true))]));
+
+        // A file that is not a journal at all is started over, not misread.
+        let path = dir.path().join(JOURNAL_FILE);
+        std::fs::write(&path, b"\x01\xff\xffnot a journal").expect("writes");
+        let (_, restored) = MembersJournal::open(dir.path()).expect("reopens");
+        assert!(restored.is_empty());
+    }
+
+    #[test]
+    fn compaction_keeps_exactly_the_view_it_is_given() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (a, a1) = signed(1, 1);
+        let (b, b1) = signed(2, 2);
+        let (mut j, _) = MembersJournal::open(dir.path()).expect("opens");
+        for _ in 0..(3 + COMPACT_SLACK) {
+            j.record(&a1, true).expect("append");
+        }
+        assert!(j.wants_compaction(1));
+        j.rewrite([(&a1, true), (&b1, false)]).expect("rewrite");
+        assert!(!j.wants_compaction(1));
+        let len = std::fs::metadata(dir.path().join(JOURNAL_FILE))
+            .expect("exists")
+            .len();
+        assert!(len < 2 * 1024, "compacted to two records, {len} bytes");
+        drop(j);
+        let (_, restored) = MembersJournal::open(dir.path()).expect("reopens");
+        assert_eq!(
+            by_id(&restored),
+            HashMap::from([(a, (1, true)), (b, (2, false))])
+        );
+    }
+}

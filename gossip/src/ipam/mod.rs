@@ -74,9 +74,13 @@
 //!   at version + 1, owns them, and everyone who learns the reclaim keeps a tombstone.
 //!   A tombstone counts as its maker's claim in the view (unless a record of the maker
 //!   that carries it is at hand: that is newer) and is relayed in the holder's
-//!   record (the reclaim is signed, so anyone may relay it): gossip caches are not
-//!   persisted, so when the maker is down and the nodes that had its record restarted, a
-//!   persisted tombstone may be the only trace of the reclaim left among live nodes.
+//!   record (the reclaim is signed, so anyone may relay it): the daemon journals the
+//!   records it learns (`members.journal`), but a node whose journal was lost restarts
+//!   knowing none, and then a persisted tombstone may be the only trace of the reclaim.
+//!   The reclaim also takes what the forgotten node had given to nodes that left before
+//!   applying it (a node that has left applies nothing), and it names the transfers to the
+//!   forgotten node that its maker's view held: their givers take none of that back (the
+//!   space was reclaimed or had moved on, and a giver's own view may be stale).
 //!   Weave Net's `rmpeer` left space of dead peers stranded until someone ran it, and a peer
 //!   that came back afterwards with its old state could hand out addresses that were already
 //!   reused. Here a forgotten node that returns with the same identity is told (any node
@@ -89,10 +93,11 @@
 //!   reached it (the cluster has healed for a few gossip rounds). If a transfer the forgetter
 //!   could not see raced the reclaim, the view resolves the equal versions deterministically
 //!   and lists the stretch under `clashes` in the report; a giver that learns a reclaim takes
-//!   back its own in-flight transfers to the forgotten node that the reclaim missed, so no
-//!   space is stranded either way — except what the forgotten node may have passed on: an
-//!   acknowledged transfer, or a stretch the giver's view shows held by another node at the
-//!   transfer's version or higher. `forget` refuses a node that is reachable.
+//!   back its own in-flight transfers to the forgotten node that the reclaim missed (the
+//!   forgetter did not know them), so no space is stranded either way — except what the
+//!   forgotten node may have passed on: an acknowledged transfer, one the reclaim names, or
+//!   a stretch the giver's view shows held by another node at the transfer's version or
+//!   higher. `forget` refuses a node that is reachable.
 //!
 //! # Trust
 //!

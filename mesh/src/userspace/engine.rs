@@ -126,6 +126,10 @@ struct State {
     next_index: u32,
     counters: Counters,
     span: tracing::Span,
+    /// The interface MTU: packets are padded to a multiple of 16 bytes, but not beyond it.
+    mtu: usize,
+    /// Where a packet is copied to be padded.
+    pad: Vec<u8>,
 }
 
 pub(crate) struct Engine {
@@ -136,7 +140,7 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// `offload`: UDP GSO/GRO on the sockets where the kernel has them.
-    pub fn new(tun: Tun, span: tracing::Span, offload: bool) -> Result<Self> {
+    pub fn new(tun: Tun, span: tracing::Span, offload: bool, mtu: u32) -> Result<Self> {
         let tun = tun.into_async()?;
         let sockets = Sockets::bind(0, None, offload)?;
         Ok(Self {
@@ -149,6 +153,8 @@ impl Engine {
                 next_index: rand_index(),
                 counters: Counters::default(),
                 span,
+                mtu: mtu as usize,
+                pad: vec![0; BUFFER_LEN],
             },
             bufs: Buffers {
                 src: vec![0; BUFFER_LEN],
@@ -301,6 +307,12 @@ fn read_udp(
         .flush(&mut |hdr, packet| write_tun(tun, &mut state.counters, hdr, packet));
 }
 
+/// A packet's length once padded: up to a multiple of 16, but not beyond the MTU (and never
+/// shorter than the packet).
+fn padded_len(len: usize, mtu: usize) -> usize {
+    len.next_multiple_of(16).min(mtu).max(len)
+}
+
 /// One write to the TUN device: a `virtio_net_hdr` (offloading device only) and a packet.
 fn write_tun(tun: &Tun, counters: &mut Counters, hdr: &[u8], packet: &[u8]) {
     match tun.write_with_header(hdr, packet) {
@@ -357,7 +369,8 @@ impl State {
             self.counters.no_route += 1;
             return;
         };
-        if !batch.has_room(index, packet.len()) {
+        let padded = padded_len(packet.len(), self.mtu);
+        if !batch.has_room(index, padded) {
             self.flush_batch(sockets, batch);
         }
         let Some(peer) = self.peers.get_mut(&index) else {
@@ -367,6 +380,16 @@ impl State {
         let Some(tunn) = peer.tunn.as_mut() else {
             self.counters.no_key += 1;
             return;
+        };
+        // The WireGuard paper and wireguard-go pad the plaintext to a multiple of 16 bytes so
+        // that the ciphertext tells less about what it carries (boringtun does not). The
+        // receiver reads the length from the IP header and ignores the zeros.
+        let packet = if padded > packet.len() && padded <= self.pad.len() {
+            self.pad[..packet.len()].copy_from_slice(packet);
+            self.pad[packet.len()..padded].fill(0);
+            &self.pad[..padded]
+        } else {
+            packet
         };
         let start = batch.len;
         let (len, endpoint) = match tunn.encapsulate(packet, &mut batch.buf[start..]) {
@@ -770,7 +793,20 @@ mod tests {
             next_index: INDEX_MASK - 1,
             counters: Counters::default(),
             span: tracing::Span::none(),
+            mtu: 1420,
+            pad: vec![0; BUFFER_LEN],
         }
+    }
+
+    #[test]
+    fn packets_are_padded_to_16_bytes_but_never_beyond_the_mtu() {
+        assert_eq!(padded_len(20, 1420), 32);
+        assert_eq!(padded_len(32, 1420), 32);
+        assert_eq!(padded_len(84, 1420), 96);
+        assert_eq!(padded_len(1415, 1420), 1420);
+        assert_eq!(padded_len(1420, 1420), 1420);
+        // A packet longer than the MTU (a misconfigured device) is sent as it is.
+        assert_eq!(padded_len(1500, 1420), 1500);
     }
 
     fn net(s: &str) -> IpNet {

@@ -183,7 +183,7 @@ impl UserspaceDevice {
         )?;
         tracing::debug!(iface = name, offload = tun.offload(), "TUN device open");
         let span = tracing::info_span!("wg", iface = %name);
-        let engine = Engine::new(tun, span.clone(), options.offload)?;
+        let engine = Engine::new(tun, span.clone(), options.offload, options.mtu)?;
         let (commands, receiver) = mpsc::channel(16);
         let (closed_tx, closed) = watch::channel(false);
         let task = tokio::spawn(tracing::Instrument::instrument(

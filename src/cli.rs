@@ -208,9 +208,15 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
 
+    /// WireGuard configuration socket of the userspace datapath, for `wg show` and `wg set`
+    /// [default: /var/run/wireguard/weft-wg.sock, where `wg` looks]; "off" serves none.
+    /// (The kernel datapath is configured over netlink, which `wg` uses directly.)
+    #[arg(long, value_name = "PATH|off")]
+    pub wg_socket: Option<String>,
+
     /// TOML file with any of the keys name, listen, secret_file, state_dir, range,
-    /// api_socket, peers, wg_port, metrics_addr, datapath, mtu. Options on the command line
-    /// win; unknown keys are refused.
+    /// api_socket, peers, wg_port, metrics_addr, datapath, mtu, wg_socket. Options on the
+    /// command line win; unknown keys are refused.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }

@@ -146,6 +146,39 @@ fn container_traffic_crosses_hosts_encrypted_only() {
             );
         }
     }
+    // The real `wg` reads the daemon's userspace device: n0 has n1 and n2 as peers, with
+    // a handshake and the transfers counted.
+    let dump = c.wg_dump(0).expect("wg show weft-wg dump");
+    let peers = c.peers(0).expect("peers of n0");
+    for name in ["n1", "n2"] {
+        let key = peers
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["wireguard_public_key"].as_str())
+            .unwrap_or_else(|| panic!("{name} has no WireGuard key in {peers:?}"));
+        // public-key psk endpoint allowed-ips latest-handshake rx tx keepalive
+        let line: Vec<&str> = dump
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("{name} ({key}) not a peer in wg's dump:\n{dump}"))
+            .split('\t')
+            .collect();
+        let number = |k: usize| line.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        assert!(number(4) > 0, "{name}: no handshake in {line:?}");
+        assert!(
+            number(5) > 0 && number(6) > 0,
+            "{name}: no transfer in {line:?}"
+        );
+    }
+    let rx: u64 = dump
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').nth(5)?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        rx >= data.len() as u64,
+        "n0 received the 1to0 transfer: {rx} bytes\n{dump}"
+    );
 }
 
 #[test]

@@ -233,6 +233,8 @@ impl Demo {
             .arg(node_dir.join("state"))
             .arg("--api-socket")
             .arg(&api_socket)
+            .arg("--wg-socket")
+            .arg(node_dir.join("weft-wg.sock"))
             .args(["--metrics-addr", "off", "--datapath", "userspace"]);
         if i > 1 {
             cmd.arg(format!("{}:{GOSSIP_PORT}", underlay::host_ip(i - 1)));

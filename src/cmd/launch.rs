@@ -18,6 +18,7 @@ pub fn run(args: LaunchArgs, secret_file: Option<PathBuf>) -> anyhow::Result<()>
         metrics_addr: args.metrics_addr,
         datapath: args.datapath,
         mtu: args.mtu,
+        wg_socket: args.wg_socket,
     };
     let file = match &args.config {
         Some(path) => Settings::from_file(path)?,

@@ -46,6 +46,8 @@ pub struct Settings {
     /// "auto", "kernel" or "userspace".
     pub datapath: Option<String>,
     pub mtu: Option<u32>,
+    /// Path of the userspace datapath's WireGuard configuration socket, or "off".
+    pub wg_socket: Option<String>,
 }
 
 impl Settings {
@@ -87,6 +89,7 @@ impl Settings {
             metrics_addr: self.metrics_addr.or(fallback.metrics_addr),
             datapath: self.datapath.or(fallback.datapath),
             mtu: self.mtu.or(fallback.mtu),
+            wg_socket: self.wg_socket.or(fallback.wg_socket),
         }
     }
 }
@@ -108,6 +111,8 @@ pub struct LaunchConfig {
     /// "auto", "kernel", "userspace" or "off".
     pub datapath: String,
     pub mtu: u32,
+    /// The userspace datapath's WireGuard configuration socket; `None` when turned off.
+    pub wg_socket: Option<PathBuf>,
 }
 
 impl LaunchConfig {
@@ -164,6 +169,12 @@ impl LaunchConfig {
                 MTU_RANGE.end()
             );
         }
+        let wg_socket = match settings.wg_socket.as_deref() {
+            None => Some(weft_mesh::uapi::socket_path(super::WG_IFNAME)),
+            Some("off") => None,
+            Some("") => bail!("--wg-socket: expected a path or \"off\""),
+            Some(path) => Some(PathBuf::from(path)),
+        };
         let seeds = settings
             .peers
             .unwrap_or_default()
@@ -186,6 +197,7 @@ impl LaunchConfig {
             metrics_addr,
             datapath,
             mtu,
+            wg_socket,
         })
     }
 }
@@ -260,6 +272,11 @@ mod tests {
             c.metrics_addr,
             Some("127.0.0.1:6782".parse().expect("addr"))
         );
+        assert_eq!(
+            c.wg_socket,
+            Some(PathBuf::from("/var/run/wireguard/weft-wg.sock")),
+            "where `wg` looks"
+        );
     }
 
     #[test]
@@ -270,6 +287,7 @@ mod tests {
             metrics_addr = "off"
             datapath = "userspace"
             mtu = 1380
+            wg_socket = "off"
             "#,
         )
         .expect("parse");
@@ -284,6 +302,7 @@ mod tests {
         assert_eq!(c.metrics_addr, None);
         assert_eq!(c.datapath, "userspace");
         assert_eq!(c.mtu, 1400, "the flag wins over the file");
+        assert_eq!(c.wg_socket, None);
 
         let base = || Settings {
             secret_file: Some("/s".into()),
@@ -301,6 +320,10 @@ mod tests {
             },
             Settings {
                 wg_port: Some(0),
+                ..base()
+            },
+            Settings {
+                wg_socket: Some(String::new()),
                 ..base()
             },
             Settings {

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -22,6 +23,7 @@ use weft_crypto::{WgPrivateKey, WgPublicKey};
 use weft_mesh::backend::{self, AnyBackend, Backend, BackendKind, CreateOptions};
 use weft_mesh::host::{self, BridgeSpec, Change, HostState, Netlink, BRIDGE_NAME};
 use weft_mesh::paths::{PathPeer, Paths, PERSISTENT_KEEPALIVE};
+use weft_mesh::uapi::UapiServer;
 use weft_mesh::DeviceConfig;
 
 use super::api::PeerState;
@@ -48,6 +50,8 @@ pub struct DatapathConfig {
     pub mtu: u32,
     /// Which backend: "auto" (kernel if available, else userspace), "kernel" or "userspace".
     pub backend: String,
+    /// Where the userspace device serves `wg` (the kernel one is reached over netlink).
+    pub wg_socket: Option<PathBuf>,
 }
 
 /// Run until dropped (aborted): follow `view`, publish on `report`. On SIGTERM the daemon
@@ -75,6 +79,8 @@ pub async fn run(
             }
         }
     };
+    // Held for as long as the device runs; dropping it removes the socket.
+    let _uapi = serve_uapi(&config, &device).await;
     let mut datapath = Datapath::new(config, device, nl);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,6 +109,25 @@ pub async fn reset(ifname: &str) -> anyhow::Result<()> {
     host::reset(&nl, BRIDGE_NAME, ifname)
         .await
         .context("removing weft's interfaces, routes and firewall")
+}
+
+/// The userspace device's configuration socket, so that `wg show` (and `wg set`, which the
+/// next reconcile round undoes where it contradicts the view) work as with wireguard-go.
+/// Without one the datapath still runs.
+async fn serve_uapi(config: &DatapathConfig, device: &AnyBackend) -> Option<UapiServer> {
+    let (Some(path), AnyBackend::Userspace(dev)) = (&config.wg_socket, device) else {
+        return None;
+    };
+    match UapiServer::listen_at(path.clone(), dev.handle()).await {
+        Ok(server) => {
+            info!(socket = %path.display(), "WireGuard configuration socket open for wg");
+            Some(server)
+        }
+        Err(e) => {
+            warn!(error = %e, "no WireGuard configuration socket: `wg show` will not list the device");
+            None
+        }
+    }
 }
 
 /// Creates the device with its key and port, sets it up and turns on forwarding.
@@ -421,6 +446,7 @@ mod netns_tests {
             listen_port: PORT,
             mtu: 1420,
             backend: "userspace".into(),
+            wg_socket: None,
         };
         let (view_tx, view_rx) = watch::channel(None);
         let (report_tx, report_rx) = watch::channel(DatapathReport::default());

@@ -161,6 +161,7 @@ async fn run(
         listen_port: config.wg_port,
         mtu: config.mtu,
         backend: config.datapath.clone(),
+        wg_socket: config.wg_socket.clone(),
     };
     let datapath_off = config.datapath == "off";
     let datapath_task = tokio::spawn(async move {

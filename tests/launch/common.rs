@@ -12,11 +12,14 @@ use weft_testbed::{Host, Proc};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_weft");
 
-/// One node's files: state directory and API socket path, in a temporary directory.
+/// One node's files: state directory, API socket path and WireGuard configuration socket
+/// path (not the machine's /var/run/wireguard, which all test hosts share), in a temporary
+/// directory.
 pub struct NodeFiles {
     _dir: TempDir,
     pub state: PathBuf,
     pub socket: PathBuf,
+    pub wg_socket: PathBuf,
 }
 
 impl NodeFiles {
@@ -25,6 +28,7 @@ impl NodeFiles {
         NodeFiles {
             state: dir.path().join("state"),
             socket: dir.path().join("run/weft.sock"),
+            wg_socket: dir.path().join("wireguard/weft-wg.sock"),
             _dir: dir,
         }
     }
@@ -78,6 +82,8 @@ pub fn launch(
         files.state.to_str().expect("utf-8 path"),
         "--api-socket",
         files.socket_str(),
+        "--wg-socket",
+        files.wg_socket.to_str().expect("utf-8 path"),
     ];
     args.extend_from_slice(extra);
     args.extend(seeds.iter().map(String::as_str));

@@ -32,6 +32,8 @@ pub struct Node {
     pub host: usize,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// The userspace device's WireGuard configuration socket (for `wg`).
+    pub wg_socket: PathBuf,
     pub secret: PathBuf,
     /// Host indices it seeds from.
     pub seeds: Vec<usize>,
@@ -111,6 +113,7 @@ impl Cluster {
                 host: i,
                 state_dir: dir.path().join(format!("n{i}/state")),
                 socket: dir.path().join(format!("n{i}/run/weft.sock")),
+                wg_socket: dir.path().join(format!("n{i}/wireguard/weft-wg.sock")),
                 secret: secret.clone(),
                 seeds: Vec::new(),
                 proc: None,
@@ -162,6 +165,8 @@ impl Cluster {
             utf8(&node.state_dir),
             "--api-socket",
             utf8(&node.socket),
+            "--wg-socket",
+            utf8(&node.wg_socket),
             "--datapath",
             "userspace",
             "--metrics-addr",
@@ -233,6 +238,35 @@ impl Cluster {
             show(&ctr.netns, &what, &["ip", "route"]);
         }
         out
+    }
+
+    /// `wg show weft-wg dump` by the real `wg` tool against node `i`'s userspace device.
+    /// `wg` looks only in /var/run/wireguard, which all test hosts share, so it runs in a
+    /// private mount namespace where that directory is the node's own socket directory.
+    pub fn wg_dump(&self, i: usize) -> Result<String, String> {
+        let dir = self.nodes[i]
+            .wg_socket
+            .parent()
+            .ok_or("socket path without a directory")?;
+        let script = "mount -t tmpfs tmpfs /run && mkdir /run/wireguard && \
+                      mount --bind \"$1\" /run/wireguard && exec wg show weft-wg dump";
+        let out = std::process::Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("unshare: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// One request to node `i`'s API socket: the response, or why there is none

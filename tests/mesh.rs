@@ -114,6 +114,12 @@ fn container_traffic_crosses_hosts_encrypted_only() {
         5,
         "ping n0 -> n2 lost packets"
     );
+    // The host itself (not a container) reaches another node's container, through the
+    // tunnel too (from its gateway address, which the peer accepts as n0's).
+    assert!(
+        c.bed.host(0).ping(ctrs[2].addr.into(), 3),
+        "host n0 pings a container on n2"
+    );
     let data = marker_payload(256 * 1024);
     tcp_transfer(&c, &ctrs[0], &ctrs[2], &data, "0to2");
     tcp_transfer(&c, &ctrs[1], &ctrs[0], &data, "1to0");

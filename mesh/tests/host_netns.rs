@@ -53,6 +53,14 @@ fn net(s: &str) -> IpNet {
     s.parse().expect("test prefix")
 }
 
+/// A route to a peer's space: host traffic leaves from the gateway address.
+fn peer_route(dst: IpNet) -> RouteSpec {
+    RouteSpec {
+        src: Some("10.32.1.1".parse().expect("an address")),
+        ..RouteSpec::weft(dst, WG)
+    }
+}
+
 fn desired(peers: &[&str]) -> HostState {
     let mut state = HostState::new(
         BridgeSpec {
@@ -193,14 +201,14 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     assert_eq!(
         reconcile(h, &second),
         vec![
-            Change::DelRoute(RouteSpec::weft(net("10.32.2.0/24"), WG)),
-            Change::AddRoute(RouteSpec::weft(net("10.32.4.0/24"), WG)),
+            Change::DelRoute(peer_route(net("10.32.2.0/24"))),
+            Change::AddRoute(peer_route(net("10.32.4.0/24"))),
         ]
     );
     let table = weft_table(h);
     assert!(!table.contains("10.32.2.0/24"), "{table}");
     assert!(
-        table.contains("10.32.4.0/24 dev weft-wg proto 119"),
+        table.contains("10.32.4.0/24 dev weft-wg proto 119 scope link src 10.32.1.1"),
         "{table}"
     );
 
@@ -266,7 +274,7 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
             Change::SetUp {
                 link: "weft".into()
             },
-            Change::AddRoute(RouteSpec::weft(net("10.32.3.0/24"), WG)),
+            Change::AddRoute(peer_route(net("10.32.3.0/24"))),
         ]
     );
     assert_eq!(reconcile(h, &second), Vec::new());

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -70,6 +71,8 @@ pub struct RouteSpec {
     pub dev: String,
     pub table: u32,
     pub protocol: u8,
+    /// The preferred source address (`src` in `ip route`) for traffic the host itself sends.
+    pub src: Option<IpAddr>,
 }
 
 impl RouteSpec {
@@ -80,6 +83,7 @@ impl RouteSpec {
             dev: dev.into(),
             table: ROUTE_TABLE,
             protocol: ROUTE_PROTOCOL,
+            src: None,
         }
     }
 
@@ -95,7 +99,11 @@ impl fmt::Display for RouteSpec {
             f,
             "{} dev {} table {} proto {}",
             self.dst, self.dev, self.table, self.protocol
-        )
+        )?;
+        match self.src {
+            Some(src) => write!(f, " src {src}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -232,8 +240,18 @@ impl HostState {
                 route.dst
             )));
         }
-        self.routes
-            .insert(RouteSpec::weft(space, self.wg_ifname.clone()));
+        // The host's own packets to other nodes' pods leave from the gateway address: it is
+        // in this node's space, so the peer's WireGuard accepts it as ours, and the answer
+        // comes back through the tunnel (from the underlay address it would be dropped).
+        let src = self
+            .bridge
+            .as_ref()
+            .map(|b| b.gateway.addr())
+            .filter(|gw| Family::of(&IpNet::from(*gw)) == Family::of(&space));
+        self.routes.insert(RouteSpec {
+            src,
+            ..RouteSpec::weft(space, self.wg_ifname.clone())
+        });
         Ok(())
     }
 
@@ -444,6 +462,14 @@ mod tests {
         s.parse().expect("test prefix")
     }
 
+    /// A route to a peer's space as a node with a bridge (gateway 10.32.1.1) has it.
+    fn peer_route(dst: IpNet) -> RouteSpec {
+        RouteSpec {
+            src: Some("10.32.1.1".parse().expect("an address")),
+            ..RouteSpec::weft(dst, "weft-wg")
+        }
+    }
+
     fn desired(peers: &[&str]) -> HostState {
         let mut state = HostState::new(
             BridgeSpec {
@@ -487,7 +513,7 @@ mod tests {
                     link: "weft".into()
                 },
                 Change::AddRule(RuleSpec::weft(Family::V4)),
-                Change::AddRoute(RouteSpec::weft(net("10.32.2.0/24"), "weft-wg")),
+                Change::AddRoute(peer_route(net("10.32.2.0/24"))),
             ]
         );
     }
@@ -499,8 +525,8 @@ mod tests {
         assert_eq!(
             plan(&before.as_applied(), &after),
             vec![
-                Change::DelRoute(RouteSpec::weft(net("10.32.2.0/24"), "weft-wg")),
-                Change::AddRoute(RouteSpec::weft(net("10.32.4.0/24"), "weft-wg")),
+                Change::DelRoute(peer_route(net("10.32.2.0/24"))),
+                Change::AddRoute(peer_route(net("10.32.4.0/24"))),
             ]
         );
     }
@@ -619,9 +645,7 @@ mod tests {
         }
         // Host bits are cleared, not refused.
         d.add_peer_space(net("10.32.3.7/24")).expect("valid");
-        assert!(d
-            .routes
-            .contains(&RouteSpec::weft(net("10.32.3.0/24"), "weft-wg")));
+        assert!(d.routes.contains(&peer_route(net("10.32.3.0/24"))));
     }
 
     #[test]

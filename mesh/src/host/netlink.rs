@@ -122,6 +122,14 @@ fn route_dst(msg: &RouteMessage) -> Option<IpNet> {
     IpNet::new(addr, len).ok()
 }
 
+fn route_src(msg: &RouteMessage) -> Option<IpAddr> {
+    msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::PrefSource(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+        RouteAttribute::PrefSource(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+        _ => None,
+    })
+}
+
 fn route_oif(msg: &RouteMessage) -> Option<u32> {
     msg.attributes.iter().find_map(|a| match a {
         RouteAttribute::Oif(i) => Some(*i),
@@ -289,6 +297,7 @@ impl Netlink {
                 dev: dev.clone(),
                 table,
                 protocol,
+                src: route_src(&msg),
             });
         }
         Ok(routes)
@@ -336,12 +345,18 @@ impl Netlink {
         let builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(route.dst.addr(), route.dst.prefix_len())
             .map_err(|e| Error::InvalidConfig(format!("route {route}: {e}")))?;
-        Ok(builder
+        let builder = builder
             .output_interface(oif)
             .table_id(route.table)
             .protocol(RouteProtocol::from(route.protocol))
-            .scope(scope)
-            .build())
+            .scope(scope);
+        Ok(match route.src {
+            Some(src) => builder
+                .pref_source(src)
+                .map_err(|e| Error::InvalidConfig(format!("route {route}: {e}")))?
+                .build(),
+            None => builder.build(),
+        })
     }
 
     async fn apply_one(&self, change: &Change) -> Result<()> {

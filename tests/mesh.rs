@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cluster::{handshake_secs, is_wireguard, underlay_problems, Cluster, Container};
 use ipnet::Ipv4Net;
 use serde_json::Value;
-use weft_testbed::{require_root, TestBed};
+use weft_testbed::{require_root, wait_until, TestBed};
 
 /// Sent in payloads; must never show up on the underlay.
 const MARKER: &[u8] = b"WEFT-MESH-MARKER-3b9f61c2";
@@ -583,6 +583,30 @@ fn fail_closed_when_the_wireguard_peer_is_removed() {
     );
     let capture = c.bed.capture(0, "").expect("capture");
 
+    // 0. The WireGuard peer for n1 removed on n0 by the real `wg`, while pinging; the
+    // daemon's next reconcile round puts it back.
+    let key = c
+        .peers(0)
+        .and_then(|peers| {
+            peers
+                .iter()
+                .find(|p| p["name"] == "n1")
+                .and_then(|p| p["wireguard_public_key"].as_str().map(String::from))
+        })
+        .expect("n1's WireGuard key in n0's peers");
+    let traffic = background_traffic(&c, &a, &b, 3);
+    std::thread::sleep(Duration::from_millis(300));
+    c.wg(0, &["set", cluster::WG_IF, "peer", &key, "remove"])
+        .expect("wg set peer remove");
+    let removed = !c.wg_dump(0).expect("wg show").contains(&key);
+    eprintln!("peer removed with wg while pinging (gone right after: {removed}):");
+    let replies_removed = finish_traffic(traffic);
+    let restored = wait_until(secs(10), || {
+        c.wg_dump(0).is_ok_and(|dump| dump.contains(&key))
+    });
+    assert!(restored, "the daemon did not put n1's peer back");
+    c.wait_ping(&a, &b, secs(20));
+
     // 1. Daemon running, its routes into the tunnel gone.
     let drops_before = fail_closed_drops(&c, 0);
     let traffic = background_traffic(&c, &a, &b, 3);
@@ -618,6 +642,10 @@ fn fail_closed_when_the_wireguard_peer_is_removed() {
         problems.is_empty(),
         "cleartext left n0 while it had no tunnel to n1:\n{}",
         problems.join("\n")
+    );
+    assert!(
+        removed || replies_removed < 60,
+        "removing the peer changed nothing: still listed, {replies_removed}/60 replies"
     );
     assert!(
         replies_dead < 60,

@@ -241,15 +241,20 @@ impl Cluster {
     }
 
     /// `wg show weft-wg dump` by the real `wg` tool against node `i`'s userspace device.
-    /// `wg` looks only in /var/run/wireguard, which all test hosts share, so it runs in a
-    /// private mount namespace where that directory is the node's own socket directory.
     pub fn wg_dump(&self, i: usize) -> Result<String, String> {
+        self.wg(i, &["show", WG_IF, "dump"])
+    }
+
+    /// The real `wg` tool against node `i`'s userspace device. `wg` looks only in
+    /// /var/run/wireguard, which all test hosts share, so it runs in a private mount
+    /// namespace where that directory is the node's own socket directory.
+    pub fn wg(&self, i: usize, args: &[&str]) -> Result<String, String> {
         let dir = self.nodes[i]
             .wg_socket
             .parent()
             .ok_or("socket path without a directory")?;
         let script = "mount -t tmpfs tmpfs /run && mkdir /run/wireguard && \
-                      mount --bind \"$1\" /run/wireguard && exec wg show weft-wg dump";
+                      mount --bind \"$1\" /run/wireguard && shift && exec wg \"$@\"";
         let out = std::process::Command::new("unshare")
             .args([
                 "--mount",
@@ -261,6 +266,7 @@ impl Cluster {
                 "sh",
             ])
             .arg(dir)
+            .args(args)
             .output()
             .map_err(|e| format!("unshare: {e}"))?;
         if !out.status.success() {

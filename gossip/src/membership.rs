@@ -433,18 +433,9 @@ impl Membership {
         let records = records.into_iter();
         self.members.reserve(records.size_hint().0);
         for r in records {
-            let id = *r.node_id();
-            if id == self.local_id() || self.is_tombstoned(&id) {
-                continue;
+            if self.is_news(&r) {
+                self.accept_record(now, r, false);
             }
-            if self
-                .members
-                .get(&id)
-                .is_some_and(|e| e.record.version() >= r.version())
-            {
-                continue;
-            }
-            self.accept_record(now, r, false);
         }
         // A big view makes push-pull rarer; do not let the first one come early for everyone.
         let interval = push_pull_scale(self.config.push_pull_interval, self.live + 1);
@@ -462,17 +453,10 @@ impl Membership {
         records: impl IntoIterator<Item = Arc<VerifiedRecord>>,
     ) {
         for r in records {
+            if !self.is_news(&r) {
+                continue;
+            }
             let id = *r.node_id();
-            if id == self.local_id() || self.is_tombstoned(&id) {
-                continue;
-            }
-            if self
-                .members
-                .get(&id)
-                .is_some_and(|e| e.record.version() >= r.version())
-            {
-                continue;
-            }
             if self.members.get(&id).is_some_and(|e| e.state.is_live()) {
                 // Held as live at an older version: the newer record is news, not a failure.
                 self.accept_record(now, r, false);
@@ -486,6 +470,18 @@ impl Membership {
             });
             self.mark_down(now, id);
         }
+    }
+
+    /// Whether a restored record is worth taking: another node's, not tombstoned, newer
+    /// than what is held.
+    fn is_news(&self, r: &VerifiedRecord) -> bool {
+        let id = r.node_id();
+        *id != self.local_id()
+            && !self.is_tombstoned(id)
+            && self
+                .members
+                .get(id)
+                .is_none_or(|e| e.record.version() < r.version())
     }
 
     /// Change the local record (endpoints, IPAM bytes, labels, ...): `change` edits a copy,

@@ -31,6 +31,8 @@ use tracing::warn;
 use weft_crypto::{NodeId, Signature};
 use weft_gossip::{SignedRecord, VerifiedRecord, MAX_BODY_LEN};
 
+use super::state::write_atomically;
+
 pub const JOURNAL_FILE: &str = "members.journal";
 const MAGIC: &[u8] = b"weft members journal 1\n";
 const RECORD: u8 = 1;
@@ -144,19 +146,7 @@ impl MembersJournal {
                 }
             }
         }
-        let tmp = self.path.with_extension("tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))?;
+        write_atomically(&self.path, &bytes)?;
         self.file = open_append(&self.path)?;
         self.appended = 0;
         Ok(())

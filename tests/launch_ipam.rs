@@ -304,15 +304,40 @@ fn a_down_nodes_space_stays_known_after_every_node_that_knew_it_restarts() {
     });
     assert!(failed, "n2 not seen failed\n{}", dump(&refs));
 
-    for p in &procs[..2] {
+    let state_on = |f: &NodeFiles, name: &str| -> Option<Value> {
+        let peers = api(f, &json!({"cmd": "peers"}))?;
+        peers["peers"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| m["state"].clone())
+    };
+    let stop = |p: &Proc| {
         p.signal("TERM").expect("SIGTERM");
         p.wait_timeout(Duration::from_secs(15))
             .expect("wait")
             .expect("still running 15 s after SIGTERM");
-    }
-    for i in 0..2 {
-        procs[i] = launch(bed.host(i), names[i], &secret, &files[i], seed_of(i));
-    }
+    };
+    // n1 stops (SIGTERM: it tells n0 so); then n0 restarts alone: from its journal it still
+    // shows n1 as stopped (not failed) and n2 as failed, with n2's space n2's.
+    stop(&procs[1]);
+    let stopped = wait_until(Duration::from_secs(10), || {
+        state_on(&files[0], "n1") == Some(json!("stopped"))
+    });
+    assert!(stopped, "n0 does not show n1 stopped\n{}", dump(&refs));
+    stop(&procs[0]);
+    procs[0] = launch(bed.host(0), names[0], &secret, &files[0], None);
+    let alone = wait_until(Duration::from_secs(20), || {
+        space(&files[0]).is_some() && owned_by_n2(&files[0]) == Some(expected)
+    });
+    assert!(
+        alone,
+        "n0 restarted alone lost n2's space\n{}",
+        dump(&[&procs[0]])
+    );
+    assert_eq!(state_on(&files[0], "n1"), Some(json!("stopped")));
+    assert_eq!(state_on(&files[0], "n2"), Some(json!("failed")));
+    procs[1] = launch(bed.host(1), names[1], &secret, &files[1], seed_of(1));
     let refs: Vec<&Proc> = procs[..2].iter().collect();
     let back = wait_until(Duration::from_secs(30), || {
         files[..2]

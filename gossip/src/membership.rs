@@ -472,6 +472,22 @@ impl Membership {
         }
     }
 
+    /// Apply persisted signed leaves of members already restored (with [`Self::restore_down`]):
+    /// a node that stopped shows as stopped again, not failed. Each is verified.
+    pub fn restore_leaves(&mut self, now: Instant, leaves: impl IntoIterator<Item = SignedLeave>) {
+        for leave in leaves {
+            self.on_leave(now, leave);
+        }
+    }
+
+    /// The signed leave of a member that left (to persist it with its record).
+    pub fn signed_leave(&self, id: &NodeId) -> Option<&SignedLeave> {
+        self.members
+            .get(id)
+            .filter(|e| e.state == MemberState::Left)
+            .and_then(|_| self.leaves.get(id))
+    }
+
     /// Whether a restored record is worth taking: another node's, not tombstoned, newer
     /// than what is held.
     fn is_news(&self, r: &VerifiedRecord) -> bool {

@@ -30,7 +30,7 @@ use super::api::{
     Allocation, GossipCounters, MemberCounts, Peer, PeerLinkInfo, PeerState, Query, Request,
     Response, Status,
 };
-use super::members::MembersJournal;
+use super::members::{Liveness, MembersJournal};
 use super::state::VersionFile;
 use super::view::{self, DatapathReport, LocalNode, MeshView};
 
@@ -124,7 +124,7 @@ pub struct Driver {
     /// Members' records in the state directory, written before the IPAM core sees them.
     journal: MembersJournal,
     /// The record version and liveness of each member as last written to the journal.
-    journaled: HashMap<NodeId, (u64, bool)>,
+    journaled: HashMap<NodeId, (u64, Liveness)>,
     journal_failing: bool,
     /// Reachability last told to the IPAM core.
     reachable: HashMap<NodeId, bool>,
@@ -164,7 +164,7 @@ impl Driver {
         // What the journal gave back (restored into `core` by the caller) is on disk already.
         let journaled = core
             .members()
-            .map(|m| (m.record.node_id, (m.record.version, m.state.is_live())))
+            .map(|m| (m.record.node_id, (m.record.version, Liveness::of(m.state))))
             .collect();
         Driver {
             core,
@@ -409,19 +409,16 @@ impl Driver {
         for m in self.core.members() {
             let id = m.record.node_id;
             seen.push(id);
-            let live = m.state.is_live();
-            if self.journaled.get(&id) != Some(&(m.record.version, live)) {
-                journal.push((id, m.record.version, live));
+            let now_is = (m.record.version, Liveness::of(m.state));
+            if self.journaled.get(&id) != Some(&now_is) {
+                journal.push((id, now_is));
             }
         }
         // Into the journal first: what the IPAM core acts on survives a crash.
-        for (id, version, live) in journal {
-            let old = self.journaled.insert(id, (version, live));
-            let written = match (old, self.core.verified_record(&id)) {
-                (Some((v, _)), _) if v == version && !live => self.journal.down(&id),
-                (_, Some(r)) => self.journal.record(r.signed(), live),
-                (_, None) => Ok(()),
-            };
+        for (id, (version, liveness)) in journal {
+            let old = self.journaled.insert(id, (version, liveness));
+            let same_record = old.is_some_and(|(v, _)| v == version);
+            let written = self.journal_member(id, same_record, liveness);
             self.journal_result(written);
         }
         for m in self.core.members() {
@@ -473,13 +470,44 @@ impl Driver {
             let members: Vec<_> = self
                 .journaled
                 .iter()
-                .filter_map(|(id, &(_, live))| Some((self.core.verified_record(id)?, live)))
+                .filter_map(|(id, &(_, liveness))| {
+                    let leave = self.core.signed_leave(id).cloned();
+                    Some((self.core.verified_record(id)?, liveness, leave))
+                })
                 .collect();
             let written = self
                 .journal
-                .rewrite(members.iter().map(|(r, live)| (r.signed(), *live)));
+                .rewrite(members.iter().map(|(r, liveness, leave)| {
+                    (r.signed(), *liveness == Liveness::Live, leave.as_ref())
+                }));
             self.journal_result(written);
         }
+    }
+
+    /// Journal what changed about a member: its record (unless only its liveness changed),
+    /// and that it is down, or left (with its signed leave).
+    fn journal_member(
+        &mut self,
+        id: NodeId,
+        same_record: bool,
+        liveness: Liveness,
+    ) -> anyhow::Result<()> {
+        if !same_record || liveness == Liveness::Live {
+            let Some(r) = self.core.verified_record(&id) else {
+                return Ok(());
+            };
+            self.journal
+                .record(r.signed(), liveness == Liveness::Live)?;
+        } else if liveness == Liveness::Down {
+            self.journal.down(&id)?;
+        }
+        if liveness == Liveness::Left {
+            match self.core.signed_leave(&id) {
+                Some(leave) => self.journal.left(leave)?,
+                None => self.journal.down(&id)?,
+            }
+        }
+        Ok(())
     }
 
     /// A journal that cannot be written costs only the view after a restart: warn once.

@@ -12,7 +12,9 @@
 //! nothing the node acted on:
 //! * `1` u16-BE body length, body, 64-byte signature: a member's signed record (live);
 //! * `2` 32-byte node id: that member is down (failed, stopped or left);
-//! * `3` 32-byte node id: that member was forgotten (drop it).
+//! * `3` 32-byte node id: that member was forgotten (drop it);
+//! * `4` 32-byte node id, u64-BE version, reason byte, 64-byte signature: that member left,
+//!   in its own signed words (so a node that stopped shows as stopped, not failed).
 //!
 //! Reading stops at the first incomplete or unknown frame (a torn tail after a crash) and
 //! the file is cut there; every record is verified again, so a damaged or planted record is
@@ -29,7 +31,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use tracing::warn;
 use weft_crypto::{NodeId, Signature};
-use weft_gossip::{SignedRecord, VerifiedRecord, MAX_BODY_LEN};
+use weft_gossip::{
+    LeaveReason, MemberState, SignedLeave, SignedRecord, VerifiedRecord, MAX_BODY_LEN,
+};
 
 use super::state::write_atomically;
 
@@ -38,15 +42,43 @@ const MAGIC: &[u8] = b"weft members journal 1\n";
 const RECORD: u8 = 1;
 const DOWN: u8 = 2;
 const GONE: u8 = 3;
+const LEFT: u8 = 4;
+const LEFT_LEN: usize = 32 + 8 + 1 + SIGNATURE_LEN;
 const SIGNATURE_LEN: usize = 64;
 /// Compact once this many frames beyond twice the members were appended.
 const COMPACT_SLACK: usize = 256;
+/// The most read back at start (a compacted journal of 10,000 members is ~12 MiB); what lies
+/// beyond is treated like a torn tail.
+const MAX_JOURNAL_LEN: u64 = 64 << 20;
+
+/// What the journal says of a member besides its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Alive or suspect.
+    Live,
+    /// Failed.
+    Down,
+    /// Left (stopping or for good), in its own signed words.
+    Left,
+}
+
+impl Liveness {
+    pub fn of(state: MemberState) -> Self {
+        match state {
+            MemberState::Alive | MemberState::Suspect => Liveness::Live,
+            MemberState::Dead => Liveness::Down,
+            MemberState::Left => Liveness::Left,
+        }
+    }
+}
 
 /// A member as the journal last described it.
 #[derive(Debug, Clone)]
 pub struct Restored {
     pub record: Arc<VerifiedRecord>,
     pub live: bool,
+    /// Its signed leave, if it left (not yet verified: `Membership::restore_leaves` does).
+    pub leave: Option<SignedLeave>,
 }
 
 #[derive(Debug)]
@@ -64,8 +96,9 @@ impl MembersJournal {
         let path = state_dir.join(JOURNAL_FILE);
         let mut bytes = Vec::new();
         match File::open(&path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes)
+            Ok(f) => {
+                f.take(MAX_JOURNAL_LEN)
+                    .read_to_end(&mut bytes)
                     .with_context(|| format!("reading {}", path.display()))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -95,7 +128,11 @@ impl MembersJournal {
         };
         // Start from a clean file holding exactly what was read: drops a torn tail and
         // superseded frames in one go.
-        journal.rewrite(restored.iter().map(|r| (r.record.signed(), r.live)))?;
+        journal.rewrite(
+            restored
+                .iter()
+                .map(|r| (r.record.signed(), r.live, r.leave.as_ref())),
+        )?;
         Ok((journal, restored))
     }
 
@@ -119,6 +156,13 @@ impl MembersJournal {
         self.append(&frame)
     }
 
+    /// Note that a member left, with its signed leave.
+    pub fn left(&mut self, leave: &SignedLeave) -> anyhow::Result<()> {
+        let mut frame = Vec::with_capacity(1 + LEFT_LEN);
+        encode_leave(&mut frame, leave);
+        self.append(&frame)
+    }
+
     /// Note that a member was forgotten.
     pub fn gone(&mut self, id: &NodeId) -> anyhow::Result<()> {
         let mut frame = vec![GONE];
@@ -134,16 +178,19 @@ impl MembersJournal {
     /// Replace the file with exactly `members` (atomically: temporary file, sync, rename).
     pub fn rewrite<'a>(
         &mut self,
-        members: impl IntoIterator<Item = (&'a SignedRecord, bool)>,
+        members: impl IntoIterator<Item = (&'a SignedRecord, bool, Option<&'a SignedLeave>)>,
     ) -> anyhow::Result<()> {
         let mut bytes = MAGIC.to_vec();
-        for (signed, live) in members {
+        for (signed, live, leave) in members {
             encode_record(&mut bytes, signed);
             if !live {
                 if let Ok((id, _)) = signed.peek() {
                     bytes.push(DOWN);
                     bytes.extend_from_slice(&id.0);
                 }
+            }
+            if let Some(leave) = leave {
+                encode_leave(&mut bytes, leave);
             }
         }
         write_atomically(&self.path, &bytes)?;
@@ -168,6 +215,14 @@ fn open_append(path: &Path) -> anyhow::Result<File> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))
+}
+
+fn encode_leave(out: &mut Vec<u8>, leave: &SignedLeave) {
+    out.push(LEFT);
+    out.extend_from_slice(&leave.node_id.0);
+    out.extend_from_slice(&leave.version.to_be_bytes());
+    out.push(leave.reason.to_byte());
+    out.extend_from_slice(&leave.signature.0);
 }
 
 fn encode_record(out: &mut Vec<u8>, signed: &SignedRecord) {
@@ -220,6 +275,7 @@ fn parse(bytes: &[u8]) -> Parsed {
                                 Restored {
                                     record: Arc::new(v),
                                     live: true,
+                                    leave: None,
                                 },
                             );
                         }
@@ -241,6 +297,32 @@ fn parse(bytes: &[u8]) -> Parsed {
                     out.members.remove(&id);
                 }
                 1 + 32
+            }
+            LEFT => {
+                let Some((frame, _)) = tail.split_first_chunk::<LEFT_LEN>() else {
+                    break;
+                };
+                let (id, rest) = frame.split_at(32);
+                let (version, rest) = rest.split_at(8);
+                let mut node = [0u8; 32];
+                node.copy_from_slice(id);
+                let mut v = [0u8; 8];
+                v.copy_from_slice(version);
+                let mut sig = [0u8; SIGNATURE_LEN];
+                sig.copy_from_slice(&rest[1..]);
+                let Ok(reason) = LeaveReason::from_byte(rest[0]) else {
+                    break;
+                };
+                if let Some(r) = out.members.get_mut(&NodeId(node)) {
+                    r.live = false;
+                    r.leave = Some(SignedLeave {
+                        node_id: NodeId(node),
+                        version: u64::from_be_bytes(v),
+                        reason,
+                        signature: Signature(sig),
+                    });
+                }
+                1 + LEFT_LEN
             }
             _ => break,
         };
@@ -309,6 +391,34 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_leave_comes_back_until_a_newer_record_supersedes_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = IdentityKey::from_seed(&[1; 32]);
+        let (a, a1) = signed(1, 4);
+        let (_, a2) = signed(1, 9);
+        let leave = SignedLeave::sign(&key, 4, LeaveReason::Stopping);
+        {
+            let (mut j, _) = MembersJournal::open(dir.path()).expect("opens");
+            j.record(&a1, false).expect("append");
+            j.left(&leave).expect("append");
+        }
+        let (mut j, restored) = MembersJournal::open(dir.path()).expect("reopens");
+        assert_eq!(restored.len(), 1);
+        assert!(!restored[0].live);
+        assert_eq!(
+            restored[0].leave.as_ref(),
+            Some(&leave),
+            "kept across compaction too"
+        );
+        // Back with a newer record: live again, the leave is history.
+        j.record(&a2, true).expect("append");
+        drop(j);
+        let (_, restored) = MembersJournal::open(dir.path()).expect("reopens");
+        assert_eq!(by_id(&restored), HashMap::from([(a, (9, true))]));
+        assert_eq!(restored[0].leave, None);
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_off_and_the_frames_before_it_are_kept() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (a, a1) = signed(1, 5);
@@ -363,7 +473,8 @@ mod tests {
             j.record(&a1, true).expect("append");
         }
         assert!(j.wants_compaction(1));
-        j.rewrite([(&a1, true), (&b1, false)]).expect("rewrite");
+        j.rewrite([(&a1, true, None), (&b1, false, None)])
+            .expect("rewrite");
         assert!(!j.wants_compaction(1));
         let len = std::fs::metadata(dir.path().join(JOURNAL_FILE))
             .expect("exists")

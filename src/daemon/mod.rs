@@ -130,7 +130,9 @@ async fn run(
         );
     }
     core.restore(now, live.into_iter().map(|r| r.record));
+    let leaves: Vec<_> = down.iter().filter_map(|r| r.leave.clone()).collect();
     core.restore_down(now, down.into_iter().map(|r| r.record));
+    core.restore_leaves(now, leaves);
     let node = core.local_id();
     info!(node = %node, name = %config.name, %gossip_addr, version = core.local_version(), "node started");
     eprintln!(

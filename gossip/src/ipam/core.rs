@@ -997,11 +997,22 @@ impl<S: Store> Ipam<S> {
                 version: e.version,
             })
             .collect();
+        if !rc.accounted_complete
+            && self
+                .outgoing
+                .iter()
+                .any(|t| t.to == rc.forgotten && !self.acks.contains_key(&(rc.forgotten, t.seq)))
+        {
+            warn!(
+                peer = %rc.forgotten.short(),
+                "the reclaim of a forgotten node could not name every transfer to it; this node's transfers to it stay unowned"
+            );
+        }
         let mut back = Vec::new();
         for t in self.outgoing.iter().filter(|t| {
             t.to == rc.forgotten
                 && !self.acks.contains_key(&(rc.forgotten, t.seq))
-                && !rc.accounts_for(&self.me, t.seq)
+                && rc.leaves_to_giver(&self.me, t.seq)
         }) {
             for p in subtract(&t.pieces, &rc.pieces) {
                 let held: Vec<Piece> = moved_on

@@ -78,9 +78,11 @@
 //!   records it learns (`members.journal`), but a node whose journal was lost restarts
 //!   knowing none, and then a persisted tombstone may be the only trace of the reclaim.
 //!   The reclaim also takes what the forgotten node had given to nodes that left before
-//!   applying it (a node that has left applies nothing), and it names the transfers to the
-//!   forgotten node that its maker's view held: their givers take none of that back (the
-//!   space was reclaimed or had moved on, and a giver's own view may be stale).
+//!   applying it (a node that has left applies nothing), and it names, per giver, the
+//!   highest transfer to the forgotten node that its maker's view held: those givers take
+//!   none of that back (the space was reclaimed or had moved on, and a giver's own view may
+//!   be stale). Room for three givers keeps a reclaim inside a record; past that the reclaim
+//!   says it is incomplete and no giver takes anything back (safe; that space stays unowned).
 //!   Weave Net's `rmpeer` left space of dead peers stranded until someone ran it, and a peer
 //!   that came back afterwards with its old state could hand out addresses that were already
 //!   reused. Here a forgotten node that returns with the same identity is told (any node

@@ -264,3 +264,59 @@ impl Message {
         Ok(msg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use weft_crypto::IdentityKey;
+
+    use super::*;
+
+    /// A node's own reclaim reaches others only in its record: one with the most accounted
+    /// givers and a scattered set of pieces must fit beside the genesis and a node's claims.
+    #[test]
+    fn a_full_reclaim_fits_in_a_record_beside_the_claims() {
+        let key = IdentityKey::from_seed(&[7; 32]);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let range = "10.32.0.0/12".parse().expect("a range");
+        let genesis = Genesis::create(&key, range, &mut rng).expect("genesis");
+        let piece = |i: u32| Piece {
+            start: i * 4096,
+            end: i * 4096 + 256,
+            version: 1_000 + i,
+        };
+        let givers: Vec<(NodeId, u64)> = (0..Reclaim::MAX_ACCOUNTED as u8)
+            .map(|i| (IdentityKey::from_seed(&[i; 32]).node_id(), 1_000_000))
+            .collect();
+        let forgotten = IdentityKey::from_seed(&[9; 32]).node_id();
+        let reclaim = Reclaim::sign(
+            &key,
+            genesis.id,
+            forgotten,
+            u64::MAX,
+            (0..8).map(piece).collect(),
+            givers,
+        );
+        let record = Record {
+            genesis,
+            seq: u64::MAX,
+            status: Status::Active,
+            claims: (20..28)
+                .map(|i| Claim {
+                    piece: piece(i),
+                    used: 200,
+                })
+                .collect(),
+            outgoing: Vec::new(),
+            reclaims: vec![reclaim.clone()],
+        };
+        let (bytes, truncated) = record.encode();
+        assert!(
+            !truncated,
+            "the reclaim was left out of a {} byte record",
+            bytes.len()
+        );
+        let back = Record::decode(key.node_id(), &bytes).expect("decodes");
+        assert_eq!(back.reclaims, vec![reclaim]);
+    }
+}

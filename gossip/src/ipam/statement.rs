@@ -335,16 +335,21 @@ pub struct Reclaim {
     pub forgotten: NodeId,
     pub base_seq: u64,
     pub pieces: Vec<Piece>,
-    /// The transfers to the forgotten node, `(giver, seq)`, that the maker's view held when
-    /// it decided what to reclaim: their space is reclaimed or had moved on, and their
-    /// givers must not take any of it back (their own views may be stale). At most
-    /// [`Reclaim::MAX_ACCOUNTED`].
+    /// Per giver, the highest sequence number of its transfers to the forgotten node that
+    /// the maker's view held when it decided what to reclaim, `(giver, seq)` sorted by giver.
+    /// Those transfers, and the giver's earlier ones to that node (no longer in the giver's
+    /// record: applied and acknowledged), are reclaimed or had moved on: the giver must not
+    /// take any of it back (its own view may be stale). At most [`Reclaim::MAX_ACCOUNTED`]
+    /// givers, so that a reclaim fits in a record.
     pub accounted: Vec<(NodeId, u64)>,
+    /// False when the maker's view held transfers of more givers than the list has room
+    /// for: then no giver takes anything back (safe, but that space stays unowned).
+    pub accounted_complete: bool,
     pub signature: Signature,
 }
 
 impl Reclaim {
-    pub const MAX_ACCOUNTED: usize = 8;
+    pub const MAX_ACCOUNTED: usize = 3;
 
     pub(crate) fn sign(
         identity: &IdentityKey,
@@ -352,14 +357,18 @@ impl Reclaim {
         forgotten: NodeId,
         base_seq: u64,
         pieces: Vec<Piece>,
-        mut accounted: Vec<(NodeId, u64)>,
+        transfers: impl IntoIterator<Item = (NodeId, u64)>,
     ) -> Self {
-        accounted.sort_unstable();
-        accounted.dedup();
-        accounted.truncate(Self::MAX_ACCOUNTED);
+        let (accounted, accounted_complete) = Self::accounted_of(transfers);
         let by = identity.node_id();
         let signature = identity.sign(&Self::signed_bytes(
-            genesis, &by, &forgotten, base_seq, &pieces, &accounted,
+            genesis,
+            &by,
+            &forgotten,
+            base_seq,
+            &pieces,
+            &accounted,
+            accounted_complete,
         ));
         Self {
             by,
@@ -367,13 +376,37 @@ impl Reclaim {
             base_seq,
             pieces,
             accounted,
+            accounted_complete,
             signature,
         }
     }
 
-    /// Whether the maker accounted for `giver`'s transfer `seq` to the forgotten node.
-    pub fn accounts_for(&self, giver: &NodeId, seq: u64) -> bool {
-        self.accounted.contains(&(*giver, seq))
+    /// The `accounted` list of a set of transfers `(giver, seq)`: the highest seq per giver,
+    /// sorted, at most [`Self::MAX_ACCOUNTED`] of them, and whether that is all of them.
+    fn accounted_of(
+        transfers: impl IntoIterator<Item = (NodeId, u64)>,
+    ) -> (Vec<(NodeId, u64)>, bool) {
+        let mut max: std::collections::BTreeMap<NodeId, u64> = Default::default();
+        for (giver, seq) in transfers {
+            let m = max.entry(giver).or_insert(seq);
+            *m = (*m).max(seq);
+        }
+        let complete = max.len() <= Self::MAX_ACCOUNTED;
+        (
+            max.into_iter().take(Self::MAX_ACCOUNTED).collect(),
+            complete,
+        )
+    }
+
+    /// Whether `giver` may take back its transfer `seq` to the forgotten node where the
+    /// reclaim missed it: only if the maker did not account for it, and accounted for all
+    /// it knew of.
+    pub fn leaves_to_giver(&self, giver: &NodeId, seq: u64) -> bool {
+        self.accounted_complete
+            && !self
+                .accounted
+                .iter()
+                .any(|(g, max)| g == giver && seq <= *max)
     }
 
     fn signed_bytes(
@@ -383,6 +416,7 @@ impl Reclaim {
         base_seq: u64,
         pieces: &[Piece],
         accounted: &[(NodeId, u64)],
+        complete: bool,
     ) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(RECLAIM_TAG);
@@ -391,7 +425,7 @@ impl Reclaim {
         w.bytes(forgotten.as_bytes());
         w.varint(base_seq);
         encode_pieces(&mut w, pieces);
-        encode_accounted(&mut w, accounted);
+        encode_accounted(&mut w, accounted, complete);
         w.buf
     }
 
@@ -405,6 +439,7 @@ impl Reclaim {
                     self.base_seq,
                     &self.pieces,
                     &self.accounted,
+                    self.accounted_complete,
                 ),
                 &self.signature,
             )
@@ -419,7 +454,7 @@ impl Reclaim {
         w.bytes(self.forgotten.as_bytes());
         w.varint(self.base_seq);
         encode_pieces(w, &self.pieces);
-        encode_accounted(w, &self.accounted);
+        encode_accounted(w, &self.accounted, self.accounted_complete);
         w.bytes(&self.signature.0);
     }
 
@@ -444,6 +479,11 @@ impl Reclaim {
         let forgotten = NodeId(r.array()?);
         let base_seq = r.varint()?;
         let pieces = decode_pieces(r, size)?;
+        let accounted_complete = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(Error::Decode("bad accounted flag in a reclaim")),
+        };
         let n = r.count(33)?;
         if n > Self::MAX_ACCOUNTED {
             return Err(Error::Decode("too many accounted transfers in a reclaim"));
@@ -452,8 +492,8 @@ impl Reclaim {
         for _ in 0..n {
             let giver = NodeId(r.array()?);
             let seq = r.varint()?;
-            if accounted.last().is_some_and(|last| *last >= (giver, seq)) {
-                return Err(Error::Decode("accounted transfers not sorted"));
+            if accounted.last().is_some_and(|(last, _)| *last >= giver) {
+                return Err(Error::Decode("accounted givers not sorted or repeated"));
             }
             accounted.push((giver, seq));
         }
@@ -464,12 +504,14 @@ impl Reclaim {
             base_seq,
             pieces,
             accounted,
+            accounted_complete,
             signature,
         })
     }
 }
 
-fn encode_accounted(w: &mut Writer, accounted: &[(NodeId, u64)]) {
+fn encode_accounted(w: &mut Writer, accounted: &[(NodeId, u64)], complete: bool) {
+    w.u8(u8::from(complete));
     w.varint(accounted.len() as u64);
     for (giver, seq) in accounted {
         w.bytes(giver.as_bytes());

@@ -197,6 +197,11 @@ pub struct Membership {
     reclaim: BTreeSet<(Instant, NodeId)>,
     tombstones: HashMap<NodeId, Instant>,
     tombstone_expiry: BTreeSet<(Instant, NodeId)>,
+    /// Failed or departed members removed after `down_retention`: the record version they
+    /// had, and until when a push-pull that still lists them (at that version or older) is
+    /// not taken for news. Without it two nodes that learned of a failure at different times
+    /// would hand the member back and forth for ever.
+    reaped: HashMap<NodeId, (u64, Instant)>,
 
     probe: Option<Probe>,
     next_seq: u32,
@@ -265,6 +270,7 @@ impl Membership {
             reclaim: BTreeSet::new(),
             tombstones: HashMap::new(),
             tombstone_expiry: BTreeSet::new(),
+            reaped: HashMap::new(),
             probe: None,
             next_seq,
             relays: HashMap::new(),
@@ -488,6 +494,13 @@ impl Membership {
             .and_then(|_| self.leaves.get(id))
     }
 
+    /// Whether `id` was removed after its retention at record `version` or newer, recently.
+    fn was_reaped(&self, now: Instant, id: &NodeId, version: u64) -> bool {
+        self.reaped
+            .get(id)
+            .is_some_and(|&(v, until)| v >= version && now < until)
+    }
+
     /// Whether a restored record is worth taking: another node's, not tombstoned, newer
     /// than what is held.
     fn is_news(&self, r: &VerifiedRecord) -> bool {
@@ -633,7 +646,11 @@ impl Membership {
             {
                 self.down_since.remove(&node);
                 self.leaves.remove(&node);
-                self.members.remove(&node);
+                if let Some(e) = self.members.remove(&node) {
+                    self.reaped.retain(|_, (_, until)| *until > now);
+                    self.reaped
+                        .insert(node, (e.record.version(), now + self.config.down_retention));
+                }
             }
         }
         while let Some(&(at, node)) = self.tombstone_expiry.first() {
@@ -1412,6 +1429,9 @@ impl Membership {
                     if id == me || self.members.get(&id).is_some() {
                         self.on_alive(now, entry.record);
                         self.on_suspect(now, id, entry.incarnation.max(version), me);
+                    } else if self.was_reaped(now, &id, version) {
+                        // Removed here after its retention; still listed by a node that
+                        // learned of it later.
                     } else if entry.state == MemberState::Dead {
                         // Unlike memberlist, learn a failed member we never saw (as failed):
                         // its record says which address space is its own, and a node that
@@ -1438,7 +1458,9 @@ impl Membership {
                         };
                         // A member we never saw that left is learned too, for its record
                         // (where its address space went), if the leave is signed by it.
-                        if id == me || self.members.get(&id).is_some() || leave.verify().is_ok() {
+                        let known = id == me || self.members.get(&id).is_some();
+                        if known || (!self.was_reaped(now, &id, version) && leave.verify().is_ok())
+                        {
                             self.on_alive(now, entry.record);
                             self.on_leave(now, leave);
                         }

@@ -102,3 +102,49 @@ fn a_restored_view_passes_on_the_record_of_a_member_that_is_down() {
         "restored as failed, not alive"
     );
 }
+
+/// Nodes that learned of a failure at different times drop the failed member at different
+/// times; the ones that dropped it first must not take it back from the others' push-pulls,
+/// or it would be handed around for ever.
+#[test]
+fn a_failed_member_is_dropped_everywhere_after_its_retention() {
+    let gossip = weft_gossip::Config {
+        down_retention: Duration::from_secs(20),
+        push_pull_interval: Duration::from_secs(2),
+        ..weft_gossip::Config::default()
+    };
+    let mut sim = Sim::new(SimConfig {
+        gossip,
+        ..cfg(4, 5)
+    });
+    sim.run_for(Duration::from_secs(2));
+    let [a, b, c, d] = [sim.ids()[0], sim.ids()[1], sim.ids()[2], sim.ids()[3]];
+    sim.crash(&d);
+    sim.run_for(Duration::from_secs(1));
+    sim.crash(&c);
+    let failed = sim.run_until(Duration::from_secs(30), Duration::from_millis(100), |s| {
+        [a, b].iter().all(|id| {
+            s.node(id)
+                .and_then(|n| n.member(&c))
+                .is_some_and(|m| m.state == MemberState::Dead)
+        })
+    });
+    assert!(failed, "a and b declared c failed");
+    // d comes back knowing nobody, 12 s later: it learns c (failed) from a push-pull, and
+    // keeps it 12 s longer than a and b do.
+    sim.run_for(Duration::from_secs(12));
+    sim.restart(&d, &a, |_| {})
+        .expect("d known")
+        .expect("d restarts");
+    let learned = sim.run_until(Duration::from_secs(10), Duration::from_millis(100), |s| {
+        s.node(&d)
+            .and_then(|n| n.member(&c))
+            .is_some_and(|m| m.state == MemberState::Dead)
+    });
+    assert!(learned, "d learned the failed member from its peers");
+    sim.run_for(Duration::from_secs(90));
+    for id in [a, b, d] {
+        let still = sim.node(&id).and_then(|n| n.member(&c)).map(|m| m.state);
+        assert_eq!(still, None, "{id:?} still holds c after its retention");
+    }
+}

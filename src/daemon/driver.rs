@@ -7,7 +7,7 @@
 //! address) on reliable streams; an incoming IPAM message is attributed to the node the
 //! transport proved it came from, never to anything the message says.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -388,6 +388,11 @@ impl Driver {
         }
         self.reserve_gateway(now);
         while let Some(event) = self.ipam.poll_event() {
+            if let ipam::Event::NodeForgotten { node, .. } = &event {
+                // Forgotten by an operator anywhere in the cluster: out of the membership
+                // view here too (and so out of the journal), not just out of the ring.
+                self.core.forget(now, node);
+            }
             self.log_ipam_event(event);
         }
         while let Some(t) = self.ipam.poll_transmit() {
@@ -404,11 +409,11 @@ impl Driver {
 
     /// Hand members' newer IPAM records and their reachability to the IPAM core.
     fn sync_members(&mut self, now: Instant) {
-        let mut seen = Vec::with_capacity(self.core.num_members());
+        let mut seen = HashSet::with_capacity(self.core.num_members());
         let mut journal = Vec::new();
         for m in self.core.members() {
             let id = m.record.node_id;
-            seen.push(id);
+            seen.insert(id);
             let now_is = (m.record.version, Liveness::of(m.state));
             if self.journaled.get(&id) != Some(&now_is) {
                 journal.push((id, now_is));

@@ -87,6 +87,9 @@ pub struct MembersJournal {
     file: File,
     /// Frames appended since the file was last written whole.
     appended: usize,
+    /// A write failed: the file may end in a partial frame, and what follows it would be
+    /// misread. Nothing more is appended until the caller rewrites the file whole.
+    broken: bool,
 }
 
 impl MembersJournal {
@@ -125,6 +128,7 @@ impl MembersJournal {
             file: open_append(&path)?,
             path,
             appended: 0,
+            broken: false,
         };
         // Start from a clean file holding exactly what was read: drops a torn tail and
         // superseded frames in one go.
@@ -170,9 +174,10 @@ impl MembersJournal {
         self.append(&frame)
     }
 
-    /// Whether enough was appended that the caller should `rewrite` from its view.
+    /// Whether the caller should `rewrite` the file from its view: enough was appended, or
+    /// a write failed.
     pub fn wants_compaction(&self, members: usize) -> bool {
-        self.appended > 2 * members + COMPACT_SLACK
+        self.broken || self.appended > 2 * members + COMPACT_SLACK
     }
 
     /// Replace the file with exactly `members` (atomically: temporary file, sync, rename).
@@ -193,16 +198,25 @@ impl MembersJournal {
                 encode_leave(&mut bytes, leave);
             }
         }
+        self.broken = true;
         write_atomically(&self.path, &bytes)?;
         self.file = open_append(&self.path)?;
         self.appended = 0;
+        self.broken = false;
         Ok(())
     }
 
     fn append(&mut self, frame: &[u8]) -> anyhow::Result<()> {
-        self.file
-            .write_all(frame)
-            .with_context(|| format!("appending to {}", self.path.display()))?;
+        if self.broken {
+            anyhow::bail!(
+                "{}: not appended to until it is rewritten after a failed write",
+                self.path.display()
+            );
+        }
+        if let Err(e) = self.file.write_all(frame) {
+            self.broken = true;
+            return Err(e).with_context(|| format!("appending to {}", self.path.display()));
+        }
         self.appended += 1;
         Ok(())
     }

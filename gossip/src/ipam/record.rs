@@ -13,8 +13,9 @@ use super::wire::{Reader, Writer};
 /// The bound the gossip core gives the record field.
 pub const MAX_RECORD_BYTES: usize = 512;
 
-const RECORD_FORMAT: u8 = 1;
-const MESSAGE_FORMAT: u8 = 1;
+/// 2: reclaims carry the transfers they accounted for.
+const RECORD_FORMAT: u8 = 2;
+const MESSAGE_FORMAT: u8 = 2;
 
 /// Where a node stands in its address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -564,3 +564,72 @@ fn a_full_cluster_says_so_and_an_address_freed_anywhere_is_usable_again() {
     assert_eq!(got, addr);
     sim.check_safety().expect("no overlap");
 }
+
+/// A node that left keeps its hand-over in its final record even once the receiver has
+/// acknowledged it: that record is all that is left of the node, and where its space went
+/// must stay readable (a later `forget` of a node that had given it space relies on it).
+#[test]
+fn the_final_record_of_a_node_that_left_still_shows_where_its_space_went() {
+    use weft_gossip::ipam::Record;
+    let r = range("10.32.0.0/24");
+    let open = |seed: u8| {
+        let key = Arc::new(IdentityKey::from_seed(&[seed; 32]));
+        let id = key.node_id();
+        let ipam = Ipam::open(key, IpamConfig::new(r), MemoryStore::new(), u64::from(seed))
+            .expect("opens");
+        (id, ipam)
+    };
+    let (a_id, mut a) = open(1);
+    let (b_id, mut b) = open(2);
+    let now = Instant::now();
+    a.init_genesis(now).expect("genesis");
+    a.set_reachable(now, b_id, true);
+    b.set_reachable(now, a_id, true);
+    // Deliver everything each has to say to the other, records and messages, until quiet.
+    let exchange = |a: &mut Ipam<MemoryStore>, b: &mut Ipam<MemoryStore>| {
+        for _ in 0..10 {
+            if let Some(rec) = a.record() {
+                b.handle_record(now, a_id, &rec).expect("record of a");
+            }
+            if let Some(rec) = b.record() {
+                a.handle_record(now, b_id, &rec).expect("record of b");
+            }
+            while let Some(t) = a.poll_transmit() {
+                b.handle_message(now, a_id, &t.bytes)
+                    .expect("message from a");
+            }
+            while let Some(t) = b.poll_transmit() {
+                a.handle_message(now, b_id, &t.bytes)
+                    .expect("message from b");
+            }
+        }
+    };
+    exchange(&mut a, &mut b);
+    assert!(matches!(
+        b.allocate(now, "c1"),
+        Err(Error::SpaceRequested { .. })
+    ));
+    exchange(&mut a, &mut b);
+    b.allocate(now, "c1").expect("b got space from a");
+    let b_space = b.owned().to_vec();
+    assert_eq!(b.leave(now).expect("leaves"), Some(a_id));
+    exchange(&mut a, &mut b);
+    assert!(
+        b_space.iter().all(|p| a
+            .owned()
+            .iter()
+            .any(|q| q.start <= p.start && p.end <= q.end)),
+        "a took b's space back"
+    );
+    assert_eq!(
+        b.poll_timeout(),
+        None,
+        "nothing left to retransmit: acknowledged"
+    );
+    let last = Record::decode(b_id, &b.record().expect("a final record")).expect("decodes");
+    assert_eq!(last.status, Status::Left);
+    assert!(
+        last.outgoing.iter().any(|t| t.to == a_id),
+        "the hand-over is gone from the final record: {last:?}"
+    );
+}

@@ -137,6 +137,10 @@ pub struct Ipam<S: Store> {
     forgotten_by: Option<NodeId>,
     pool: Pool,
     outgoing: Vec<Transfer>,
+    /// After leaving: the hand-over transfers already acknowledged. They stay in the final
+    /// record, which is all that is left of this node, so that anyone reading it sees where
+    /// the space went (a `forget` of a node that had given space to this one relies on it).
+    handed: Vec<Transfer>,
     next_seq: BTreeMap<NodeId, u64>,
     accepted: BTreeMap<NodeId, Accepted>,
     tombstones: BTreeMap<NodeId, Reclaim>,
@@ -180,6 +184,7 @@ impl<S: Store> Ipam<S> {
             status: Status::Active,
             forgotten_by: None,
             outgoing: Vec::new(),
+            handed: Vec::new(),
             next_seq: BTreeMap::new(),
             accepted: BTreeMap::new(),
             tombstones: BTreeMap::new(),
@@ -434,7 +439,8 @@ impl<S: Store> Ipam<S> {
                 used: self.pool.unavailable_in(piece.start, piece.end),
             })
             .collect();
-        let mut outgoing = self.outgoing.clone();
+        let mut outgoing: Vec<Transfer> =
+            self.handed.iter().chain(&self.outgoing).cloned().collect();
         outgoing.reverse();
         // Our own reclaims first, then the ones we learned, newest first within each: a
         // reclaim we only learned may be the last copy among live nodes (its maker is down
@@ -1151,8 +1157,15 @@ impl<S: Store> Ipam<S> {
         };
         let acks = &self.acks;
         let before = self.outgoing.len();
-        self.outgoing
-            .retain(|t| t.to != node || acks.get(&(node, t.seq)).is_none_or(|&need| have < need));
+        let (done, kept): (Vec<Transfer>, Vec<Transfer>) = std::mem::take(&mut self.outgoing)
+            .into_iter()
+            .partition(|t| {
+                t.to == node && acks.get(&(node, t.seq)).is_some_and(|&need| have >= need)
+            });
+        self.outgoing = kept;
+        if self.status == Status::Left {
+            self.handed.extend(done);
+        }
         self.acks
             .retain(|&(n, _), &mut need| n != node || have < need);
         if before != self.outgoing.len() {

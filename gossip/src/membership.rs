@@ -221,6 +221,9 @@ pub struct Membership {
     observed: Option<SocketAddr>,
 }
 
+/// How soon after a join the settling push-pull comes (plus up to as much again, random).
+const SETTLE_PUSH_PULL: Duration = Duration::from_secs(2);
+
 fn random_within(rng: &mut ChaCha8Rng, d: Duration) -> Duration {
     let nanos = d.as_nanos().min(u128::from(u64::MAX)) as u64;
     if nanos == 0 {
@@ -420,12 +423,17 @@ impl Membership {
     // ---- commands ----
 
     /// Contact `seeds` with a full-state push-pull; their replies bring the whole view.
-    pub fn join(&mut self, _now: Instant, seeds: &[SocketAddr]) {
+    pub fn join(&mut self, now: Instant, seeds: &[SocketAddr]) {
         for &seed in seeds {
             if seed != self.local.record().gossip_addr {
                 self.send_push_pull(seed, false);
             }
         }
+        // One more full exchange a few seconds later, with a random member: rumours of nodes
+        // that joined at the same time as this one (or as its seed) may all have gone to
+        // others, and the periodic push-pull can be half a minute away.
+        let settle = now + SETTLE_PUSH_PULL + random_within(&mut self.rng, SETTLE_PUSH_PULL);
+        self.next_push_pull = self.next_push_pull.min(settle);
     }
 
     /// Add already-verified records as alive members, without gossiping them: for a node that

@@ -93,7 +93,8 @@ pub enum Command {
     Connect(ConnectArgs),
 
     /// Leave the cluster for good: hand this node's address space back, tell the others,
-    /// and remove weft's interfaces, routes and firewall rules from this host.
+    /// remove weft's interfaces, routes and firewall rules from this host, and (once the
+    /// space is handed back) the node's keys and state: a later launch is a new node.
     Reset(ResetArgs),
 
     /// Attach a network namespace (a container's) to this node's bridge: a veth pair, an

@@ -246,6 +246,34 @@ fn nodes_get_space_allocate_distinct_addresses_and_keep_them_across_a_restart() 
         })
     });
     assert!(left, "n0 does not show n2 as left\n{}", dump(&refs));
+
+    // Its keys and state are gone: launched again on the same state directory, n2 is a new
+    // node that gets space of its own and hands out addresses.
+    let old_id = api(&files[0], &json!({"cmd": "peers"}))
+        .and_then(|p| {
+            p["peers"]
+                .as_array()?
+                .iter()
+                .find(|m| m["name"] == "n2")
+                .and_then(|m| m["node_id"].as_str().map(String::from))
+        })
+        .expect("n2's old node id");
+    assert!(
+        !files[2].state.join("identity.key").exists(),
+        "n2's identity key is still there after reset"
+    );
+    procs[2] = launch(bed.host(2), "n2", &secret, &files[2], Some(bed.host(0)));
+    let fresh = wait_until(Duration::from_secs(30), || space(&files[2]).is_some());
+    assert!(fresh, "n2 relaunched got no space\n{}", dump(&[&procs[2]]));
+    let status = api(&files[2], &json!({"cmd": "status"})).expect("status");
+    assert_ne!(
+        status["status"]["node_id"],
+        old_id.as_str(),
+        "same identity after reset"
+    );
+    let a = address_of(&allocate(&files[2], "c-n2-again"));
+    // n0's and n1's containers still hold theirs (n2's old one was released).
+    assert!(!addresses[..2].contains(&a), "{a} given twice: {addresses:?}");
 }
 
 /// The members journal: n2 gets space and is killed (it stays down); then n0 and n1, the

@@ -98,6 +98,9 @@ pub enum Exit {
     Reset {
         reply: oneshot::Sender<Response>,
         summary: String,
+        /// The node holds no address space any more (it handed it over, or had none): its
+        /// state may go, and the next launch is a new node.
+        left: bool,
     },
 }
 
@@ -246,8 +249,13 @@ impl Driver {
             }
             Some(reply) => {
                 let summary = self.hand_over().await;
+                let left = self.ipam.status() == ipam::Status::Left;
                 self.leave(LeaveReason::Leaving).await;
-                Ok(Exit::Reset { reply, summary })
+                Ok(Exit::Reset {
+                    reply,
+                    summary,
+                    left,
+                })
             }
         }
     }

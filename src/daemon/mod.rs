@@ -37,6 +37,29 @@ pub const WG_IFNAME: &str = "weft-wg";
 /// How long the API gets to write the answer to `weft reset` before the daemon exits.
 const REPLY_GRACE: Duration = Duration::from_millis(300);
 
+/// The files a node keeps in its state directory, removed by `weft reset` once it left.
+const STATE_FILES: [&str; 6] = [
+    weft_crypto::IDENTITY_KEY_FILE,
+    weft_crypto::WIREGUARD_KEY_FILE,
+    state::VERSION_FILE,
+    FileStore::SNAPSHOT,
+    FileStore::JOURNAL,
+    members::JOURNAL_FILE,
+];
+
+/// Remove the node's files (only those) from `state_dir`; missing ones are fine.
+fn forget_state(state_dir: &std::path::Path) -> anyhow::Result<()> {
+    for name in STATE_FILES {
+        let path = state_dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    Ok(())
+}
+
 /// Run the daemon in the foreground until SIGTERM or SIGINT (or `weft reset`).
 pub fn launch(config: LaunchConfig) -> anyhow::Result<()> {
     let keys = KeyStore::open_or_create(&config.state_dir).context("loading the node's keys")?;
@@ -222,19 +245,36 @@ async fn run(
         let _ = task.await;
     }
     let result = match result {
-        Ok(Exit::Reset { reply, summary }) => {
+        Ok(Exit::Reset {
+            reply,
+            summary,
+            left,
+        }) => {
             let cleaned = if datapath_off {
                 Ok(())
             } else {
                 datapath::reset(WG_IFNAME).await
             };
-            let message = match cleaned {
+            let mut message = match cleaned {
                 Ok(()) => format!("reset: this node {summary}, left the cluster, and removed weft's interfaces, routes and firewall rules"),
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "reset: could not clean up the host");
                     format!("reset: this node {summary} and left the cluster, but cleaning up the host failed: {e:#}")
                 }
             };
+            // Gone for good: a later launch on this host is a new node, as after
+            // `weave reset`. Only once no address space is held here, or it would be lost.
+            if left {
+                match forget_state(&config.state_dir) {
+                    Ok(()) => message.push_str(
+                        "; its keys and state are removed (a new launch joins as a new node)",
+                    ),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "reset: could not remove the node's state");
+                        message.push_str(&format!("; removing its state failed: {e:#}"));
+                    }
+                }
+            }
             info!("{message}");
             let _ = reply.send(Response::Done { ok: true, message });
             tokio::time::sleep(REPLY_GRACE).await;

@@ -81,16 +81,42 @@ fn dump(procs: &[&Proc]) -> String {
         .collect()
 }
 
+/// Three test hosts, a cluster secret and each node's files.
+struct Three {
+    bed: TestBed,
+    _secrets: tempfile::TempDir,
+    secret: std::path::PathBuf,
+    files: Vec<NodeFiles>,
+    names: [&'static str; 3],
+}
+
+impl Three {
+    fn new() -> Three {
+        let bed = TestBed::new(3).expect("test bed");
+        let secrets = tempfile::tempdir().expect("tempdir");
+        let secret = write_secret(secrets.path(), "cluster.secret");
+        Three {
+            bed,
+            _secrets: secrets,
+            secret,
+            files: (0..3).map(|_| NodeFiles::new()).collect(),
+            names: ["n0", "n1", "n2"],
+        }
+    }
+}
+
 #[test]
 fn nodes_get_space_allocate_distinct_addresses_and_keep_them_across_a_restart() {
     if !require_root("nodes_get_space_allocate_distinct_addresses_and_keep_them_across_a_restart") {
         return;
     }
-    let bed = TestBed::new(3).expect("test bed");
-    let secrets = tempfile::tempdir().expect("tempdir");
-    let secret = write_secret(secrets.path(), "cluster.secret");
-    let files: Vec<NodeFiles> = (0..3).map(|_| NodeFiles::new()).collect();
-    let names = ["n0", "n1", "n2"];
+    let Three {
+        bed,
+        _secrets,
+        secret,
+        files,
+        names,
+    } = Three::new();
     // A chain: n0 starts the cluster (and the address space), n1 joins through n0, n2
     // through n1.
     let mut procs: Vec<Proc> = (0..3usize)
@@ -273,7 +299,10 @@ fn nodes_get_space_allocate_distinct_addresses_and_keep_them_across_a_restart() 
     );
     let a = address_of(&allocate(&files[2], "c-n2-again"));
     // n0's and n1's containers still hold theirs (n2's old one was released).
-    assert!(!addresses[..2].contains(&a), "{a} given twice: {addresses:?}");
+    assert!(
+        !addresses[..2].contains(&a),
+        "{a} given twice: {addresses:?}"
+    );
 }
 
 /// The members journal: n2 gets space and is killed (it stays down); then n0 and n1, the
@@ -285,11 +314,13 @@ fn a_down_nodes_space_stays_known_after_every_node_that_knew_it_restarts() {
     if !require_root("a_down_nodes_space_stays_known_after_every_node_that_knew_it_restarts") {
         return;
     }
-    let bed = TestBed::new(3).expect("test bed");
-    let secrets = tempfile::tempdir().expect("tempdir");
-    let secret = write_secret(secrets.path(), "cluster.secret");
-    let files: Vec<NodeFiles> = (0..3).map(|_| NodeFiles::new()).collect();
-    let names = ["n0", "n1", "n2"];
+    let Three {
+        bed,
+        _secrets,
+        secret,
+        files,
+        names,
+    } = Three::new();
     let seed_of = |i: usize| (i > 0).then(|| bed.host(0));
     let mut procs: Vec<Proc> = (0..3usize)
         .map(|i| launch(bed.host(i), names[i], &secret, &files[i], seed_of(i)))

@@ -19,7 +19,8 @@
 //! Reading stops at the first incomplete or unknown frame (a torn tail after a crash) and
 //! the file is cut there; every record is verified again, so a damaged or planted record is
 //! dropped, never trusted. The file is rewritten (compacted) from the live view when the
-//! journal has grown to a few times the number of members.
+//! journal has grown to a few times the number of members, and after a failed write (which
+//! may have left a partial frame that would garble every frame after it).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -27,8 +27,7 @@ fn main() {
         println!("skipped: datapath benchmark runs only under `cargo bench` (smoke mode)");
         return;
     }
-    if !is_root() {
-        println!("skipped: needs root (network namespaces)");
+    if !weft_testbed::require_root("datapath benchmark") {
         return;
     }
     let settings = Settings::from_env();
@@ -39,17 +38,6 @@ fn main() {
             std::process::exit(1);
         }
     }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 struct Settings {

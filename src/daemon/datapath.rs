@@ -584,22 +584,9 @@ mod netns_tests {
         reports[from].peers.get(&to.id).and_then(|l| l.via)
     }
 
-    /// Effective uid 0, from /proc/self/status ("Uid: real effective saved fs").
-    fn is_root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-            })
-            .unwrap_or(false)
-    }
-
     #[test]
     fn three_nodes_ping_across_then_relay_around_a_cut_and_back() {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces)");
+        if !weft_testbed::require_root("three_nodes_ping_across_then_relay_around_a_cut_and_back") {
             return;
         }
         let bed = TestBed::new(3).expect("test bed");

@@ -13,7 +13,7 @@ use tokio::time::timeout;
 use weft_crypto::admission::{AdmissionKey, Proof, Role, EXPORTER_LABEL, EXPORT_LEN};
 use weft_crypto::{ClusterSecret, IdentityKey};
 use weft_gossip::transport::{
-    unadmitted_client_config, Error, Incoming, Kind, Transport, TransportConfig,
+    unadmitted_client_config, Error, Incoming, Kind, RefusalReason, Transport, TransportConfig,
     CLOSE_ADMISSION_FAILED, MAX_DATAGRAM_LEN,
 };
 
@@ -146,6 +146,8 @@ async fn intruder_without_the_secret_is_cut_off_and_receives_nothing() {
         other => panic!("expected the admission close, got {other:?}"),
     }
     assert!(conn.read_datagram().await.is_err());
+    assert_eq!(a.refusals().get(RefusalReason::WrongSecret), 1);
+    assert_eq!(a.refusals().total(), 1);
     let stats = conn.stats();
     assert_eq!(
         stats.frame_rx.stream, 0,
@@ -203,6 +205,13 @@ async fn wrong_secret_fails_then_is_refused_during_backoff() {
     assert!(timeout(Duration::from_millis(300), a.recv()).await.is_err());
     assert!(intruder.connected_peers().is_empty());
     assert!(a.connected_peers().is_empty());
+    // a counted both: the wrong secret, then the refusal while backing off. The intruder
+    // refused nobody.
+    let refusals = a.refusals();
+    assert_eq!(refusals.get(RefusalReason::WrongSecret), 1);
+    assert_eq!(refusals.get(RefusalReason::Backoff), 1);
+    assert_eq!(refusals.total(), 2);
+    assert_eq!(intruder.refusals().total(), 0);
 }
 
 #[tokio::test]
@@ -400,6 +409,7 @@ async fn connection_limit_refuses_extra_peers() {
         .expect_err("over the limit");
     assert!(matches!(err, Error::Refused { .. }), "{err:?}");
     assert_eq!(next(&a).await.node, b.node_id());
+    assert_eq!(a.refusals().get(RefusalReason::ConnectionLimit), 1);
 }
 
 #[tokio::test]
@@ -498,6 +508,7 @@ async fn one_ip_cannot_hold_every_slot_with_silent_connections() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    assert_eq!(a.refusals().get(RefusalReason::PerIpLimit), 1);
 
     // Members from other addresses are still served meanwhile.
     let (b, _) = bind([127, 0, 0, 1], config(&secret));
@@ -512,7 +523,7 @@ async fn one_ip_cannot_hold_every_slot_with_silent_connections() {
 async fn silent_peer_is_cut_off_at_the_admission_timeout_and_backs_off() {
     let mut cfg = config(&ClusterSecret::generate());
     cfg.admission_timeout = Duration::from_millis(300);
-    let (_a, a_addr) = bind([127, 0, 0, 1], cfg);
+    let (a, a_addr) = bind([127, 0, 0, 1], cfg);
 
     let mut endpoint =
         quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 6], 0))).expect("client endpoint");
@@ -534,6 +545,8 @@ async fn silent_peer_is_cut_off_at_the_admission_timeout_and_backs_off() {
         timeout(WAIT, again).await.expect("answer in time"),
         Err(quinn::ConnectionError::ConnectionClosed(_))
     ));
+    assert_eq!(a.refusals().get(RefusalReason::Timeout), 1);
+    assert_eq!(a.refusals().get(RefusalReason::Backoff), 1);
 }
 
 #[tokio::test]
@@ -619,7 +632,13 @@ async fn logs_name_the_peer_and_never_the_secret() {
         text.contains(&format!("peer={intruder_addr}")),
         "and the intruder"
     );
-    assert!(text.contains("connection failed admission"));
+    // The refusal is logged at warn with the intruder's address and a reason in words.
+    let line = format!("node at {intruder_addr} failed admission: wrong cluster secret");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("WARN") && l.contains(&line)),
+        "{text}"
+    );
     for s in [&secret, &wrong] {
         assert!(!text.contains(s.to_text().as_str()), "secret in the logs");
         assert!(!text.contains(&format!("{:?}", s.expose())));

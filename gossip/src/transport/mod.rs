@@ -52,6 +52,8 @@
 //! sends anything, then proves itself the same way. A peer that fails is cut off with
 //! [`CLOSE_ADMISSION_FAILED`], and its IP is refused for a backoff that doubles with every
 //! failure. Nothing from a connection reaches [`Transport::recv`] before it is admitted.
+//! Every refusal and failed admission is counted by [`RefusalReason`] ([`Transport::refusals`])
+//! and logged at warn with the remote address, at most once per source IP per minute.
 //!
 //! # Connections
 //!
@@ -66,6 +68,7 @@ mod admit;
 mod backoff;
 mod error;
 mod peers;
+mod refusals;
 mod tls;
 
 use std::collections::HashMap;
@@ -83,10 +86,12 @@ use weft_crypto::admission::{AdmissionKey, ResetKey};
 use weft_crypto::{ClusterSecret, IdentityKey, NodeId};
 
 pub use error::{Error, Result};
+pub use refusals::{RefusalCounts, RefusalReason, LOG_EVERY as REFUSAL_LOG_EVERY};
 pub use tls::ALPN;
 
 use backoff::Backoff;
 use peers::{Peer, Peers, Placement};
+use refusals::Refusals;
 
 /// The UDP port of the gossip control plane.
 pub const DEFAULT_PORT: u16 = 6783;
@@ -122,6 +127,8 @@ const CONNECTION_WINDOW: u32 = 8 << 20;
 const DUPLICATE_GRACE: Duration = Duration::from_secs(2);
 /// Failed source IPs remembered for backoff.
 const BACKOFF_CAPACITY: usize = 4096;
+/// Refused source IPs remembered to rate-limit their log lines.
+const REFUSAL_LOG_CAPACITY: usize = 4096;
 
 /// How a message travelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +233,8 @@ struct Shared {
     peers: Mutex<Peers>,
     dialing: Mutex<HashMap<SocketAddr, watch::Receiver<Option<Result<Peer>>>>>,
     backoff: Mutex<Backoff>,
+    /// Refused and failed admissions, by reason, and their log limiter.
+    refusals: Mutex<Refusals>,
     /// Incoming connections per source IP not yet admitted.
     pending: Mutex<HashMap<IpAddr, usize>>,
     slots: Arc<Semaphore>,
@@ -300,6 +309,7 @@ impl Transport {
                 config.backoff_max,
                 BACKOFF_CAPACITY,
             )),
+            refusals: Mutex::new(Refusals::new(REFUSAL_LOG_CAPACITY)),
             pending: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(max_connections)),
             inbox: Mutex::new(Some(tx)),
@@ -336,6 +346,13 @@ impl Transport {
         let mut out = peers.live_peers();
         out.sort();
         out
+    }
+
+    /// Connections refused or failed in admission since start, by reason: incoming ones,
+    /// and dialled peers whose own proof failed. Each is also logged (at warn, at most once
+    /// per source IP per [`REFUSAL_LOG_EVERY`], with how many more there were).
+    pub fn refusals(&self) -> RefusalCounts {
+        lock(&self.handle.shared.refusals).counts().clone()
     }
 
     /// QUIC connections open now, admitted or not (for tests and metrics).
@@ -451,16 +468,19 @@ async fn accept_loop(shared: Arc<Shared>) {
         if let Some(left) = blocked {
             debug!(peer = %addr, wait_ms = left.as_millis() as u64, "refused: backing off after failed admission");
             incoming.refuse();
+            shared.refused(addr, RefusalReason::Backoff);
             continue;
         }
         let Some(pending) = Pending::start(&shared, addr.ip()) else {
             debug!(peer = %addr, "refused: too many connections from this IP in admission");
             incoming.refuse();
+            shared.refused(addr, RefusalReason::PerIpLimit);
             continue;
         };
         let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
-            warn!(peer = %addr, limit = shared.limits.max_connections, "refused: connection limit reached");
+            debug!(peer = %addr, limit = shared.limits.max_connections, "refused: connection limit reached");
             incoming.refuse();
+            shared.refused(addr, RefusalReason::ConnectionLimit);
             continue;
         };
         let task = shared.clone();
@@ -473,6 +493,14 @@ async fn accept_loop(shared: Arc<Shared>) {
 }
 
 impl Shared {
+    /// Count a refusal of `addr` and log it, rate-limited per source IP.
+    fn refused(&self, addr: SocketAddr, reason: RefusalReason) {
+        let line = lock(&self.refusals).record(addr, reason, Instant::now());
+        if let Some(line) = line {
+            warn!(peer = %addr, reason = reason.label(), "{line}");
+        }
+    }
+
     async fn accept_one(
         self: Arc<Self>,
         incoming: quinn::Incoming,
@@ -523,7 +551,8 @@ impl Shared {
             }
             Err(e) => {
                 let wait = lock(&self.backoff).failure(addr.ip(), Instant::now());
-                info!(error = %e, backoff_ms = wait.as_millis() as u64, "connection failed admission");
+                debug!(error = %e, backoff_ms = wait.as_millis() as u64, "connection failed admission");
+                self.refused(addr, RefusalReason::of_failure(&e));
             }
         }
     }
@@ -610,6 +639,11 @@ impl Shared {
             Ok(Err(e)) => {
                 conn.close(CLOSE_ADMISSION_FAILED, b"admission failed");
                 info!(error = %e, "dial failed admission");
+                // Only the peer's own proof failing is a refusal by this node; the peer
+                // refusing ours is counted (and logged) there.
+                if matches!(e, Error::AdmissionFailed { .. }) {
+                    self.refused(addr, RefusalReason::of_failure(&e));
+                }
                 return Err(e);
             }
             Err(_) => {

@@ -7,28 +7,47 @@
 //! `{"ok":true,"peers":[...]}`, `{"ok":true,"ipam":{...}}`, `{"ok":true,"allocation":{...}}`,
 //! `{"ok":true,"message":"..."}`, or `{"ok":false,"error":"..."}`. A request that is too long, not JSON or unknown gets the
 //! error response and the connection is closed; nothing in the daemon changes.
+//!
+//! Each client is served in its own task, at most [`MAX_CLIENTS`] at once (`slots`): a new
+//! client never waits for idle ones, which are closed for it, oldest first. A request must be
+//! complete within [`REQUEST_TIMEOUT`] of its first byte and answered within
+//! [`EXCHANGE_TIMEOUT`] ([`RESET_TIMEOUT`] for `reset`); a client that starts no request for
+//! a few seconds is closed. Only when every slot has a request in progress does a new client
+//! get `{"ok":false,"error":"the daemon is busy ..."}` (and the connection closed).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, timeout_at};
 use tracing::{debug, warn};
+
+use super::slots::{Slot, Slots, Wake};
 
 /// The default path of the API socket.
 pub const DEFAULT_API_SOCKET: &str = "/run/weft/weft.sock";
 /// Longest request line, newline included. Real requests are a few dozen bytes.
 pub const MAX_REQUEST_LEN: usize = 4096;
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CLIENTS: usize = 16;
-/// A client that sends nothing for this long is disconnected.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. At the cap, the connection idle the longest is closed for a
+/// new one (see [`Slots`]).
+const MAX_CLIENTS: usize = 64;
+/// A client that starts no request for this long is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time from a request's first byte to its newline.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time from a request's first byte to its answer (the driver answers at once; this bounds a
+/// stuck daemon).
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for `reset`, which hands the address space over and leaves first.
+pub const RESET_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time to write an answer the client does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a bad request, input still read (and dropped) before closing, at most.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -288,24 +307,28 @@ impl ApiSocket {
         Ok(socket)
     }
 
-    /// Serve clients until the task is dropped, passing requests to the driver.
+    /// Serve clients until the task is dropped, passing requests to the driver. Every client
+    /// is served in its own task under a [`Slots`] cap (see `slots`): idle clients are shed
+    /// for new ones, and a client finds the daemon busy only while every slot has a request
+    /// in progress. The driver only hands answers over; this task writes them, so a client
+    /// that reads slowly delays nobody else.
     pub async fn serve(&self, queries: mpsc::Sender<Query>) {
-        let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+        let slots = Slots::new(MAX_CLIENTS);
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
             match self.listener.accept().await {
                 Ok((stream, _)) => {
                     let queries = queries.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_client(stream, queries).await {
-                            debug!(error = %e, "API client");
-                        }
-                        drop(permit);
-                    });
+                    match slots.admit() {
+                        Some(slot) => tokio::spawn(async move {
+                            if let Err(e) = serve_client(stream, slot, queries).await {
+                                debug!(error = %e, "API client");
+                            }
+                        }),
+                        None => tokio::spawn(refuse_busy(stream)),
+                    };
                 }
                 Err(e) => {
+                    // Out of file descriptors, most likely: let some connections end.
                     warn!(error = %e, "API socket accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -320,35 +343,64 @@ impl Drop for ApiSocket {
     }
 }
 
-async fn serve_client(stream: UnixStream, queries: mpsc::Sender<Query>) -> std::io::Result<()> {
+async fn serve_client(
+    stream: UnixStream,
+    mut slot: Slot,
+    queries: mpsc::Sender<Query>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(128);
     loop {
+        // Idle until the first byte of the next request; a shed or silent client is closed.
+        let first = slot.wait_idle(IDLE_TIMEOUT, async {
+            reader.fill_buf().await.map(|b| b.is_empty())
+        });
+        match first.await {
+            Wake::Ready(Ok(false)) => {}
+            Wake::Ready(Ok(true)) => return Ok(()), // end of input
+            Wake::Ready(Err(e)) => return Err(e),
+            Wake::Shed => {
+                debug!("closing an idle API client for a newer one");
+                return Ok(());
+            }
+            Wake::Idle => return Ok(()),
+        }
+        let started = Instant::now();
         line.clear();
         let mut limited = (&mut reader).take(MAX_REQUEST_LEN as u64);
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, limited.read_until(b'\n', &mut line)).await
-        {
-            Ok(result) => result?,
-            Err(_) => return Ok(()),
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        let response = if line.last() != Some(&b'\n') && n >= MAX_REQUEST_LEN {
-            Err(Response::error(format!(
-                "request longer than {MAX_REQUEST_LEN} bytes"
-            )))
-        } else {
-            match parse_request(&line) {
-                // A connect address that does not resolve is a failed request, not a bad
-                // one: the connection stays open.
-                Ok(request) => match resolve_connect(request).await {
-                    Ok(request) => Ok(ask(&queries, request).await),
-                    Err(response) => Ok(response),
-                },
+        let read = timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line)).await;
+        let response = match read {
+            Err(_) => Err(Response::error(format!(
+                "request not complete within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            ))),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(n)) if line.last() != Some(&b'\n') && n >= MAX_REQUEST_LEN => Err(
+                Response::error(format!("request longer than {MAX_REQUEST_LEN} bytes")),
+            ),
+            Ok(Ok(_)) => match parse_request(&line) {
+                Ok(request) => {
+                    let deadline = started + exchange_limit(&request);
+                    // A connect address that does not resolve is a failed request, not a bad
+                    // one: the connection stays open.
+                    let answer = async {
+                        match resolve_connect(request).await {
+                            Ok(request) => ask(&queries, request).await,
+                            Err(response) => response,
+                        }
+                    };
+                    Ok(timeout_at(deadline.into(), answer)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Response::error(format!(
+                                "the daemon did not answer within {}s",
+                                (deadline - started).as_secs()
+                            ))
+                        }))
+                }
                 Err(e) => Err(Response::error(e)),
-            }
+            },
         };
         let (response, close) = match response {
             Ok(r) => (r, false),
@@ -356,21 +408,48 @@ async fn serve_client(stream: UnixStream, queries: mpsc::Sender<Query>) -> std::
         };
         let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
         out.push(b'\n');
-        write.write_all(&out).await?;
+        // A client that does not read its answer is closed.
+        match timeout(WRITE_TIMEOUT, write.write_all(&out)).await {
+            Ok(result) => result?,
+            Err(_) => return Ok(()),
+        }
         if close {
             write.shutdown().await?;
             // Read what the client sent after the bad request before dropping the socket:
             // closing with unread input resets the connection, and the client would lose
             // the error response.
             let mut rest = (&mut reader).take(DRAIN_LIMIT);
-            let _ = tokio::time::timeout(
+            let _ = timeout(
                 DRAIN_TIMEOUT,
                 tokio::io::copy(&mut rest, &mut tokio::io::sink()),
             )
             .await;
             return Ok(());
         }
+        slot.end();
     }
+}
+
+/// How long a request may take from its first byte to its answer: `reset` waits for the
+/// node to hand its address space over and leave.
+fn exchange_limit(request: &Request) -> Duration {
+    match request {
+        Request::Reset => RESET_TIMEOUT,
+        _ => EXCHANGE_TIMEOUT,
+    }
+}
+
+/// Every slot has a request in progress: say so and close.
+async fn refuse_busy(mut stream: UnixStream) {
+    let busy = Response::error(format!(
+        "the daemon is busy ({MAX_CLIENTS} requests in progress); try again"
+    ));
+    let Ok(mut out) = serde_json::to_vec(&busy) else {
+        return;
+    };
+    out.push(b'\n');
+    // A unix socket keeps what was written for the client even if it has unread input.
+    let _ = timeout(WRITE_TIMEOUT, stream.write_all(&out)).await;
 }
 
 /// Longest string field of a request (container id, node, address).

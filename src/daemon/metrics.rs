@@ -8,11 +8,13 @@
 //!
 //! Bounded like the API socket: only `GET` (and `HEAD`), unknown paths 404, request heads of
 //! at most [`MAX_HEAD_LEN`] bytes, one request per connection, [`MAX_CLIENTS`] connections at
-//! once, and a time limit on reading the request and on the whole exchange.
+//! once (idle ones are closed for new ones, oldest first; only when every connection has a
+//! request in progress does a new one get `503 busy`), 2 s from the first byte to the end of
+//! the request head, and a time limit on the whole exchange.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,22 +30,29 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::api::{Peer, Query, Request, Response, Status};
+use super::slots::{Slot, Slots, Wake};
 
 /// The default listen address of the metrics endpoint.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:6782";
 /// hyper's smallest read buffer; a request head that does not fit is refused (431).
 pub const MAX_HEAD_LEN: usize = 8192;
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CLIENTS: usize = 16;
-/// Time to send the request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time for a whole exchange, answer included.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connections served at once. At the cap, the connection idle the longest is closed for a
+/// new one (see [`Slots`]).
+const MAX_CLIENTS: usize = 64;
+/// A client that sends nothing for this long after connecting is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time from the first byte of the request to the end of its head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time from the first byte of the request to the end of the answer.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to write the "busy" answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a query may wait for the driver.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,39 +61,83 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 type HttpResponse = hyper::Response<Full<Bytes>>;
 
-/// Serve HTTP on `listener` until the task is dropped.
+/// Serve HTTP on `listener` until the task is dropped. Every client is served in its own
+/// task under a [`Slots`] cap (see `slots`), like the API socket.
 pub async fn serve(listener: TcpListener, queries: mpsc::Sender<Query>) -> anyhow::Result<()> {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let slots = Slots::new(MAX_CLIENTS);
     loop {
-        let permit = slots.clone().acquire_owned().await?;
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
+                // Out of file descriptors, most likely: let some connections end.
                 warn!(error = %e, "metrics accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let queries = queries.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let queries = queries.clone();
-                async move { Ok::<_, Infallible>(route(&req, &queries).await) }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD_LEN)
-                .keep_alive(false);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%peer, error = %e, "metrics client"),
-                Err(_) => debug!(%peer, "metrics client timed out"),
+        match slots.admit() {
+            Some(slot) => {
+                tokio::spawn(serve_client(stream, peer, slot, queries.clone()));
             }
-            drop(permit);
-        });
+            None => {
+                debug!(%peer, "metrics endpoint busy");
+                tokio::spawn(refuse_busy(stream));
+            }
+        }
+    }
+}
+
+/// One connection: idle (and sheddable) until the first byte of its request, then one
+/// exchange with hyper under the request and exchange deadlines.
+async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut slot: Slot,
+    queries: mpsc::Sender<Query>,
+) {
+    let mut first = [0u8; 1];
+    match slot.wait_idle(IDLE_TIMEOUT, stream.peek(&mut first)).await {
+        Wake::Ready(Ok(n)) if n > 0 => {}
+        Wake::Shed => {
+            debug!(%peer, "closing an idle metrics client for a newer one");
+            return;
+        }
+        // End of input, an error, or nothing sent in time.
+        _ => return,
+    }
+    let service = service_fn(move |req| {
+        let queries = queries.clone();
+        async move { Ok::<_, Infallible>(route(&req, &queries).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .max_buf_size(MAX_HEAD_LEN)
+        .keep_alive(false);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(%peer, error = %e, "metrics client"),
+        Err(_) => debug!(%peer, "metrics client timed out"),
+    }
+    drop(slot);
+}
+
+/// Every slot has a request in progress: 503 at once, then close.
+async fn refuse_busy(mut stream: TcpStream) {
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbusy\n";
+    if let Ok(Ok(())) = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(BUSY)).await {
+        let _ = stream.shutdown().await;
+    }
+    // Take in what the request sent so far without waiting for more: closing a TCP socket
+    // with unread input resets the connection, and the client could lose the answer.
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.try_read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod datapath;
 mod driver;
 mod members;
 pub mod metrics;
+mod slots;
 mod state;
 pub mod view;
 

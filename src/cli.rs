@@ -1,6 +1,7 @@
 //! The command line: every command and option, with the doc comments `--help` shows.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use weft_crypto::DEFAULT_STATE_DIR;
@@ -228,6 +229,24 @@ pub struct ApiArgs {
     /// Unix socket of the daemon's local API.
     #[arg(long, env = "WEFT_API_SOCKET", value_name = "PATH", default_value = crate::daemon::api::DEFAULT_API_SOCKET)]
     pub api_socket: PathBuf,
+
+    /// How long to wait for the daemon's answer, in seconds [default: 10; 60 for `reset`].
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+}
+
+/// A positive number of seconds, at most a day (`10`, `0.5`).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!(
+            "{text} s is out of range (more than 0, at most 86400)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,6 +275,20 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn timeouts_are_positive_seconds() {
+        assert_eq!(parse_timeout("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0", "-1", "NaN", "inf", "1e9", "ten", ""] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?} accepted");
+        }
+        let cli = Cli::try_parse_from(["weft", "status", "--timeout", "2.5"]).expect("parse");
+        let Command::Status(args) = cli.command else {
+            panic!("not status");
+        };
+        assert_eq!(args.timeout, Some(Duration::from_millis(2500)));
+    }
 
     #[test]
     fn command_line_definition_is_consistent() {

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use weft_mesh::attach::{self, Attachment};
 
-use super::status::ask;
+use super::client::{Daemon, DEFAULT_TIMEOUT};
 use crate::cli::AttachArgs;
 use crate::daemon::api::{Allocation, Request, Response};
 use crate::output::OutputFormat;
@@ -18,7 +18,7 @@ pub fn run(args: &AttachArgs, format: OutputFormat) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     let allocation = attach_container(
         &runtime,
-        &args.api.api_socket,
+        Daemon::new(&args.api, DEFAULT_TIMEOUT),
         &args.container,
         &args.netns,
         &args.ifname,
@@ -30,23 +30,21 @@ pub fn run(args: &AttachArgs, format: OutputFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Asks the daemon at `socket` for `container`'s address and plugs `netns` into the bridge
+/// Asks `daemon` for `container`'s address and plugs `netns` into the bridge
 /// with it, in the calling thread's network namespace. If plugging in fails for a container
 /// that was not attached before, the address is given back.
 pub(crate) fn attach_container(
     runtime: &tokio::runtime::Runtime,
-    socket: &Path,
+    daemon: Daemon,
     container: &str,
     netns: &Path,
     ifname: &str,
 ) -> anyhow::Result<Allocation> {
-    let allocation = match ask(
-        socket,
-        Request::Allocate {
+    let allocation = match daemon
+        .ask(Request::Allocate {
             container: container.to_string(),
-        },
-    )
-    .context("asking the daemon for an address")?
+        })
+        .context("asking the daemon for an address")?
     {
         Response::Allocation { allocation, .. } => allocation,
         _ => bail!("the daemon answered an allocate request with something else"),
@@ -61,7 +59,7 @@ pub(crate) fn attach_container(
             let release = Request::Release {
                 container: container.to_string(),
             };
-            if let Err(r) = ask(socket, release) {
+            if let Err(r) = daemon.ask(release) {
                 eprintln!(
                     "weft: could not give back {} of {container}: {r:#}",
                     allocation.address

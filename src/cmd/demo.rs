@@ -19,7 +19,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::attach::attach_container;
-use super::status::ask;
+use super::client::{Daemon, DEFAULT_TIMEOUT};
 use crate::cli::DemoArgs;
 use crate::daemon::api::{Request, Response, Status};
 use crate::demo::{icmp, netns, underlay};
@@ -307,7 +307,7 @@ impl Demo {
                 .enable_all()
                 .build()
                 .context("starting a tokio runtime")?;
-            attach_container(&runtime, &socket, &id, &netns_path, "eth0")
+            attach_container(&runtime, daemon(&socket), &id, &netns_path, "eth0")
         })
         .with_context(|| format!("attaching container c{i} to node{i}"))?;
         println!(
@@ -390,8 +390,15 @@ impl Demo {
     }
 }
 
+fn daemon(socket: &Path) -> Daemon<'_> {
+    Daemon {
+        socket,
+        timeout: DEFAULT_TIMEOUT,
+    }
+}
+
 fn node_status(socket: &Path) -> anyhow::Result<Status> {
-    match ask(socket, Request::Status)? {
+    match daemon(socket).ask(Request::Status)? {
         Response::Status { status, .. } => Ok(status),
         _ => bail!("unexpected answer to a status request"),
     }

@@ -3,7 +3,7 @@
 
 use anyhow::bail;
 
-use super::status::ask;
+use super::client::{Daemon, DEFAULT_TIMEOUT};
 use crate::cli::ForgetArgs;
 use crate::daemon::api::{Request, Response};
 use crate::output::{self, OutputFormat};
@@ -12,7 +12,7 @@ pub fn run(args: &ForgetArgs, format: OutputFormat) -> anyhow::Result<()> {
     let request = Request::Forget {
         node: args.node.clone(),
     };
-    match ask(&args.api.api_socket, request)? {
+    match Daemon::new(&args.api, DEFAULT_TIMEOUT).ask(request)? {
         Response::Done { ok, message } => output::print_outcome(format, ok, &message),
         _ => bail!("the daemon answered a forget request with something else"),
     }

@@ -7,17 +7,16 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use super::status::ask;
+use super::client::Daemon;
 use crate::daemon::api::{Peer, Request, Response};
 use crate::output::{self, OutputFormat};
 
-pub fn show(socket: &Path, format: OutputFormat) -> anyhow::Result<()> {
-    let report = match ask(socket, Request::Ipam)? {
+pub fn show(daemon: Daemon, format: OutputFormat) -> anyhow::Result<()> {
+    let report = match daemon.ask(Request::Ipam)? {
         Response::Ipam { ipam, .. } => ipam,
         _ => bail!("the daemon answered an ipam request with something else"),
     };
@@ -27,7 +26,7 @@ pub fn show(socket: &Path, format: OutputFormat) -> anyhow::Result<()> {
     let report: Report =
         serde_json::from_value(report).context("the daemon's IPAM report is not valid")?;
     // Names make the table readable; without them (an older daemon, a failed query) node ids do.
-    let peers = match ask(socket, Request::Peers) {
+    let peers = match daemon.ask(Request::Peers) {
         Ok(Response::Peers { peers, .. }) => peers,
         _ => Vec::new(),
     };

@@ -2,6 +2,7 @@
 //! printed as `weft: <error chain>` with exit status 1, a `clap::Error` as a usage error (2).
 
 mod attach;
+mod client;
 mod connect;
 mod demo;
 mod forget;
@@ -17,6 +18,7 @@ mod status;
 use std::io;
 
 use crate::cli::{Cli, Command, SecretCommand};
+use client::{Daemon, DEFAULT_TIMEOUT};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
@@ -29,9 +31,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Identity(args) => identity::show(&args.state.state_dir, global.output),
         Command::Launch(args) => launch::run(args, global.secret_file),
-        Command::Status(args) => status::show(&args.api_socket, global.output),
-        Command::Peers(args) => peers::show(&args.api_socket, global.output),
-        Command::Ipam(args) => ipam::show(&args.api_socket, global.output),
+        Command::Status(args) => status::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),
+        Command::Peers(args) => peers::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),
+        Command::Ipam(args) => ipam::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),
         Command::Forget(args) => forget::run(&args, global.output),
         Command::Connect(args) => connect::run(&args, global.output),
         Command::Reset(args) => reset::run(&args, global.output),

@@ -2,16 +2,15 @@
 //! from the running daemon.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::bail;
 
-use super::status::ask;
+use super::client::Daemon;
 use crate::daemon::api::{Peer, Request, Response};
 use crate::output::{self, OutputFormat};
 
-pub fn show(socket: &Path, format: OutputFormat) -> anyhow::Result<()> {
-    let peers = match ask(socket, Request::Peers)? {
+pub fn show(daemon: Daemon, format: OutputFormat) -> anyhow::Result<()> {
+    let peers = match daemon.ask(Request::Peers)? {
         Response::Peers { peers, .. } => peers,
         _ => bail!("the daemon answered a peers request with something else"),
     };

@@ -8,11 +8,9 @@
 //! its space back. The state directory (keys, address records) is never touched: delete it
 //! to start as a new node.
 
-use std::os::unix::net::UnixStream;
-
 use anyhow::{bail, Context};
 
-use super::status::ask;
+use super::client::{Daemon, RESET_TIMEOUT};
 use crate::cli::ResetArgs;
 use crate::daemon::api::{Request, Response};
 use crate::output::{self, OutputFormat};
@@ -21,9 +19,9 @@ use crate::output::{self, OutputFormat};
 const WG_IFNAME: &str = "weft-wg";
 
 pub fn run(args: &ResetArgs, format: OutputFormat) -> anyhow::Result<()> {
-    let socket = &args.api.api_socket;
-    if daemon_running(socket) {
-        return match ask(socket, Request::Reset)? {
+    let daemon = Daemon::new(&args.api, RESET_TIMEOUT);
+    if daemon.running() {
+        return match daemon.ask(Request::Reset)? {
             Response::Done { ok, message } => output::print_outcome(format, ok, &message),
             _ => bail!("the daemon answered a reset request with something else"),
         };
@@ -40,17 +38,7 @@ pub fn run(args: &ResetArgs, format: OutputFormat) -> anyhow::Result<()> {
              and firewall rules from this host. The cluster still counts this node as stopped \
              with its address space; run `weft forget NODE` on another node to take it back. \
              The state directory is left as it is.",
-        socket.display()
+        daemon.socket.display()
     );
     output::print_outcome(format, true, &message)
-}
-
-/// True when something listens on the API socket. A missing socket or a refused connection
-/// (a stale file) means no daemon; any other error is left for `ask` to report.
-fn daemon_running(socket: &std::path::Path) -> bool {
-    use std::io::ErrorKind::{ConnectionRefused, NotFound};
-    match UnixStream::connect(socket) {
-        Ok(_) => true,
-        Err(e) => !matches!(e.kind(), NotFound | ConnectionRefused),
-    }
 }

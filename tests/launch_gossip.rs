@@ -171,6 +171,48 @@ fn intruder_refused(c: &Chain) {
     }
     let own = peers(bed.host(4), &files[4]).expect("intruder peers");
     assert_eq!(own.len(), 1, "intruder knows others: {own:?}");
+
+    // The nodes it knocked on show it: a log line with its address, and the refusals by
+    // reason in `weft status` and /metrics. (Before, nothing but a debug line.)
+    let intruder_addr = format!("{}:6783", bed.host(4).public_ip());
+    let line = format!("node at {intruder_addr} failed admission: wrong cluster secret");
+    assert!(
+        c.procs[0]
+            .wait_for_output(&line, Duration::from_secs(10))
+            .expect("output"),
+        "no {line:?} in n0's log\n{}",
+        dump(&[&c.procs[0]])
+    );
+    let socket0 = files[0].socket.to_str().expect("utf-8");
+    let status: Value = serde_json::from_str(
+        &bed.host(0)
+            .run_ok(&[BIN, "status", "-o", "json", "--api-socket", socket0])
+            .expect("status"),
+    )
+    .expect("status json");
+    let refused = &status["gossip"]["connections_refused"];
+    assert!(
+        refused["wrong_secret"].as_u64().is_some_and(|n| n > 0),
+        "{status}"
+    );
+    let text = bed
+        .host(0)
+        .run_ok(&[BIN, "status", "--api-socket", socket0])
+        .expect("status");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("refused nodes:") && l.contains("wrong_secret")),
+        "{text}"
+    );
+    let metrics = bed
+        .host(0)
+        .sh("printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' | nc -w 5 127.0.0.1 6782")
+        .expect("metrics");
+    let sample = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_gossip_refused_total{reason=\"wrong_secret\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(sample.is_some_and(|n| n > 0), "{metrics}");
 }
 
 #[test]

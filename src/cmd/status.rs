@@ -42,12 +42,16 @@ impl Report for Status {
             (
                 "gossip",
                 format!(
-                    "{} sent, {} received, {} send failures, {} refused",
+                    "{} sent, {} received, {} send failures, {} messages refused",
                     self.gossip.sent,
                     self.gossip.received,
                     self.gossip.send_failures,
-                    self.gossip.refused
+                    self.gossip.messages_refused
                 ),
+            ),
+            (
+                "refused nodes",
+                refused_nodes(&self.gossip.connections_refused),
             ),
             (
                 "fail-closed",
@@ -56,6 +60,18 @@ impl Report for Status {
             ("uptime", format!("{}s", self.uptime_secs)),
         ]
     }
+}
+
+/// `3 (wrong_secret 2, backoff 1)`, or `none`.
+fn refused_nodes(by_reason: &std::collections::BTreeMap<String, u64>) -> String {
+    let total: u64 = by_reason.values().sum();
+    if total == 0 {
+        return "none".to_string();
+    }
+    let mut reasons: Vec<(&String, &u64)> = by_reason.iter().filter(|(_, n)| **n > 0).collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    format!("{total} ({})", parts.join(", "))
 }
 
 pub fn show(daemon: Daemon, format: OutputFormat) -> anyhow::Result<()> {
@@ -98,7 +114,10 @@ mod tests {
                 sent: 10,
                 received: 9,
                 send_failures: 1,
-                refused: 0,
+                messages_refused: 0,
+                connections_refused: [("wrong_secret".to_string(), 2), ("backoff".to_string(), 5)]
+                    .into_iter()
+                    .collect(),
             },
         }
     }
@@ -114,11 +133,20 @@ mod tests {
             "datapath:       userspace",
             "address space:  10.32.0.0/14, 10.40.0.0/13",
             "addresses:      5 used, 1019 free",
+            "refused nodes:  7 (backoff 5, wrong_secret 2)",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         let mut empty = sample();
         empty.address_space.clear();
+        empty.gossip.connections_refused.insert("backoff".into(), 0);
+        empty
+            .gossip
+            .connections_refused
+            .insert("wrong_secret".into(), 0);
+        assert!(empty
+            .fields()
+            .contains(&("refused nodes", "none".to_string())));
         assert!(empty
             .fields()
             .contains(&("address space", "none yet".to_string())));

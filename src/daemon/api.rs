@@ -15,6 +15,7 @@
 //! a few seconds is closed. Only when every slot has a request in progress does a new client
 //! get `{"ok":false,"error":"the daemon is busy ..."}` (and the connection closed).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -156,7 +157,13 @@ pub struct GossipCounters {
     pub sent: u64,
     pub received: u64,
     pub send_failures: u64,
-    pub refused: u64,
+    /// Messages from admitted members that were malformed or refused by the core.
+    #[serde(alias = "refused")]
+    pub messages_refused: u64,
+    /// Connections refused or failed in admission, by reason (`wrong_secret`, `backoff`,
+    /// ...; every reason present, zeros included).
+    #[serde(default)]
+    pub connections_refused: BTreeMap<String, u64>,
 }
 
 /// Members by state, this node included (as alive).

@@ -992,7 +992,13 @@ impl Driver {
                 sent: self.counters.sent.load(Ordering::Relaxed),
                 received: self.received,
                 send_failures: self.counters.failed.load(Ordering::Relaxed),
-                refused: self.refused,
+                messages_refused: self.refused,
+                connections_refused: self
+                    .transport
+                    .refusals()
+                    .iter()
+                    .map(|(reason, n)| (reason.label().to_string(), n))
+                    .collect(),
             },
             fail_closed_drops: report.fail_closed_drops,
         }

@@ -325,6 +325,20 @@ pub fn render(status: &Status, peers: &[Peer]) -> Result<String, std::fmt::Error
         "Gossip sends that failed since start",
         counter(g.send_failures),
     );
+    registry.register(
+        "gossip_messages_refused",
+        "Gossip messages from members that were malformed or refused since start",
+        counter(g.messages_refused),
+    );
+    let refused = Family::<Labels, Counter>::default();
+    for (reason, n) in &g.connections_refused {
+        refused.get_or_create(&label("reason", reason)).inc_by(*n);
+    }
+    registry.register(
+        "gossip_refused",
+        "Gossip connections refused or failed in admission since start, by reason",
+        refused,
+    );
 
     let gauge = |n: u64| {
         let v = Gauge::<i64>::default();
@@ -391,7 +405,10 @@ mod tests {
                 sent: 10,
                 received: 9,
                 send_failures: 1,
-                refused: 0,
+                messages_refused: 4,
+                connections_refused: [("wrong_secret".to_string(), 2), ("backoff".to_string(), 0)]
+                    .into_iter()
+                    .collect(),
             },
         }
     }
@@ -461,6 +478,9 @@ mod tests {
             "weft_gossip_messages_sent_total 10",
             "weft_gossip_messages_received_total 9",
             "weft_gossip_send_failures_total 1",
+            "weft_gossip_messages_refused_total 4",
+            "weft_gossip_refused_total{reason=\"wrong_secret\"} 2",
+            "weft_gossip_refused_total{reason=\"backoff\"} 0",
             "weft_ipam_addresses_used 5",
             "weft_ipam_addresses_free 1019",
             "weft_fail_closed_drops_total 3",

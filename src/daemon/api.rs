@@ -678,4 +678,57 @@ mod tests {
         assert_eq!(served, 2, "bad requests must not reach the driver");
         assert!(!path.exists(), "socket not removed on drop");
     }
+
+    #[tokio::test]
+    async fn with_every_slot_busy_a_new_client_is_told_so_and_idle_ones_make_room() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("weft.sock");
+        let socket = ApiSocket::bind(&path).expect("bind");
+        let (tx, mut rx) = mpsc::channel::<Query>(4);
+        let server = tokio::spawn(async move { socket.serve(tx).await });
+
+        // MAX_CLIENTS requests the stand-in driver holds without answering.
+        let mut busy = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            let mut c = UnixStream::connect(&path).await.expect("connect");
+            c.write_all(b"{\"cmd\":\"status\"}\n").await.expect("write");
+            busy.push(c);
+        }
+        let mut held = Vec::new();
+        while held.len() < MAX_CLIENTS {
+            held.push(rx.recv().await.expect("query"));
+        }
+        let out = roundtrip(&path, b"").await;
+        assert!(out.contains("the daemon is busy"), "{out}");
+
+        // Answered, the busy clients turn idle, and a new client sheds the oldest of them.
+        for q in held {
+            let _ = q.reply.send(Response::error("answered"));
+        }
+        for c in &mut busy {
+            let mut reader = BufReader::new(c);
+            let mut line = String::new();
+            reader.read_line(&mut line).await.expect("answer");
+            assert!(line.contains("answered"), "{line}");
+        }
+        let mut late = UnixStream::connect(&path).await.expect("connect");
+        late.write_all(b"{\"cmd\":\"peers\"}\n")
+            .await
+            .expect("write");
+        let q = rx.recv().await.expect("the new client's query");
+        let _ = q.reply.send(Response::Peers {
+            ok: true,
+            peers: Vec::new(),
+        });
+        let mut line = String::new();
+        BufReader::new(&mut late)
+            .read_line(&mut line)
+            .await
+            .expect("answer");
+        assert!(line.contains(r#""ok":true"#), "{line}");
+        let mut rest = Vec::new();
+        busy[0].read_to_end(&mut rest).await.expect("read");
+        assert!(rest.is_empty(), "the oldest idle client was closed");
+        server.abort();
+    }
 }

@@ -603,4 +603,54 @@ mod tests {
         assert_eq!(fetch(addr, get("/healthz")).await.0, 503);
         assert_eq!(fetch(addr, get("/metrics")).await.0, 503);
     }
+
+    #[tokio::test]
+    async fn with_every_slot_busy_a_new_client_gets_503_and_idle_ones_make_room() {
+        use tokio::io::AsyncReadExt;
+
+        let (tx, mut rx) = mpsc::channel::<Query>(4);
+        let addr = start(tx).await;
+        // MAX_CLIENTS scrapes the stand-in driver holds without answering.
+        let mut busy = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            c.write_all(get("/healthz").as_bytes())
+                .await
+                .expect("write");
+            busy.push(c);
+        }
+        let mut held = Vec::new();
+        while held.len() < MAX_CLIENTS {
+            held.push(rx.recv().await.expect("query"));
+        }
+        let (code, body) = fetch(addr, get("/healthz")).await;
+        assert_eq!((code, body.as_str()), (503, "busy\n"));
+
+        for q in held {
+            let _ = q.reply.send(Response::Status {
+                ok: true,
+                status: status(true),
+            });
+        }
+        for c in &mut busy {
+            let mut text = String::new();
+            c.read_to_string(&mut text).await.expect("answer");
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        }
+        // Idle connections (nothing sent) are closed for a new one at the cap.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CLIENTS {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let answer = tokio::spawn(fetch(addr, get("/healthz")));
+        let q = rx.recv().await.expect("the new client's query");
+        let _ = q.reply.send(Response::Status {
+            ok: true,
+            status: status(true),
+        });
+        assert_eq!(answer.await.expect("fetch").0, 200);
+        let mut rest = Vec::new();
+        let n = idle[0].read_to_end(&mut rest).await.expect("read");
+        assert_eq!(n, 0, "the oldest idle connection was closed");
+    }
 }

@@ -178,3 +178,52 @@ fn operator_commands_and_metrics_against_running_daemons() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("not running"), "{out}");
 }
+
+/// A host without the `nft` program (here: a PATH without it) is refused at once, with what
+/// to install, rather than a daemon that retries its firewall for 90 s.
+#[test]
+fn launch_without_nft_refuses_at_once_naming_the_package() {
+    if !require_root("launch_without_nft_refuses_at_once_naming_the_package") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = write_secret(secrets.path(), "cluster.secret");
+    let node = Node::new();
+    let empty = tempfile::tempdir().expect("tempdir");
+    let path = format!("PATH={}", empty.path().display());
+    let state = node.state.to_str().expect("utf-8 path");
+    let started = std::time::Instant::now();
+    let out = bed
+        .host(0)
+        .run(&[
+            // Before the check, the daemon ran on without a firewall: bound the wait.
+            "timeout",
+            "60",
+            "env",
+            &path,
+            BIN,
+            "launch",
+            "--secret-file",
+            secret.to_str().expect("utf-8 path"),
+            "--state-dir",
+            state,
+            "--api-socket",
+            node.socket_str(),
+            "--metrics-addr",
+            "off",
+        ])
+        .expect("run weft launch");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("nft program is not installed")
+            && stderr.contains("apt-get install nftables"),
+        "{stderr}"
+    );
+    // At once: no retries (the datapath used to retry for 90 s).
+    assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
+    // Nothing was started: no keys made, no socket left.
+    assert!(!node.state.exists(), "state dir made before refusing");
+    assert!(!node.socket.exists());
+}

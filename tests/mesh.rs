@@ -91,6 +91,7 @@ fn chain_of_four_forms_full_mesh_within_10s() {
         assert_eq!(status["members"]["alive"], 4, "n{i}: {status}");
         assert_eq!(status["peers_total"], 3, "n{i}: {status}");
     }
+    c.assert_no_warnings();
 }
 
 #[test]
@@ -185,6 +186,7 @@ fn container_traffic_crosses_hosts_encrypted_only() {
         rx >= data.len() as u64,
         "n0 received the 1to0 transfer: {rx} bytes\n{dump}"
     );
+    c.assert_no_warnings();
 }
 
 #[test]

@@ -39,6 +39,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("weft demo needs root (network namespaces): run it with sudo");
     }
+    // Its nodes run the userspace datapath: refuse before any namespace is made.
+    crate::daemon::preflight::check("userspace")?;
     if !(2..=10).contains(&args.nodes) {
         return Err(super::usage_error(
             &["demo"],

@@ -9,6 +9,7 @@ pub mod datapath;
 mod driver;
 mod members;
 pub mod metrics;
+pub mod preflight;
 mod slots;
 mod state;
 pub mod view;
@@ -63,6 +64,7 @@ fn forget_state(state_dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// Run the daemon in the foreground until SIGTERM or SIGINT (or `weft reset`).
 pub fn launch(config: LaunchConfig) -> anyhow::Result<()> {
+    preflight::check(&config.datapath)?;
     let keys = KeyStore::open_or_create(&config.state_dir).context("loading the node's keys")?;
     if keys.created() {
         eprintln!("created new node keys in {}", config.state_dir.display());

@@ -216,6 +216,34 @@ impl Cluster {
         out
     }
 
+    /// Every WARN or ERROR line any node logged so far (every run), prefixed by its name.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let mut runs = node.old_logs.clone();
+            if let Some(p) = &node.proc {
+                runs.push(p.output().map(|o| o.stderr).unwrap_or_default());
+            }
+            out.extend(
+                runs.iter()
+                    .flat_map(|log| log.lines())
+                    .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                    .map(|l| format!("{}: {l}", node.name)),
+            );
+        }
+        out
+    }
+
+    /// A healthy run says nothing an operator would have to act on.
+    pub fn assert_no_warnings(&self) {
+        let warnings = self.warnings();
+        assert!(
+            warnings.is_empty(),
+            "a healthy run logged warnings:\n{}",
+            warnings.join("\n")
+        );
+    }
+
     /// Each host's links, addresses, rules and routes, and each container's, for failures.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();

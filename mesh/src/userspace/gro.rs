@@ -178,37 +178,49 @@ impl Coalescer {
 }
 
 /// A TCP segment with payload, only ACK (and maybe PSH) set, no IP options, fragments or
-/// IPv6 extension headers, and a correct checksum.
+/// IPv6 extension headers, and correct checksums. Anything else, truncated or odd shapes
+/// included, is `None`: the packet is written as it came and the kernel judges it.
 fn mergeable(packet: &[u8]) -> Option<Segment> {
-    let (v4, ip_len, ip_total) = match packet.first()? >> 4 {
+    // The fixed-size header arrays below are indexed with constants, checked at compile time.
+    let (v4, ip_len) = match packet.first()? >> 4 {
         4 => {
-            let ihl = usize::from(packet[0] & 0x0f) * 4;
-            let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
-            let fragment = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x3fff;
-            if ihl != 20 || *packet.get(9)? != TCP || fragment != 0 {
+            let ip: &[u8; 20] = packet.get(..20)?.try_into().ok()?;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
+            // IHL 5: no options. A wrong header checksum is the kernel's to drop.
+            if ip[0] & 0x0f != 5
+                || ip[9] != TCP
+                || fragment != 0
+                || total != packet.len()
+                || fold(sum(ip, 0)) != 0xffff
+            {
                 return None;
             }
-            (true, ihl, total)
+            (true, 20)
         }
         6 => {
-            let payload = usize::from(u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?]));
-            if *packet.get(6)? != TCP {
+            let ip: &[u8; 40] = packet.get(..40)?.try_into().ok()?;
+            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if ip[6] != TCP || payload + 40 != packet.len() {
                 return None;
             }
-            (false, 40, payload + 40)
+            (false, 40)
         }
         _ => return None,
     };
-    if ip_total != packet.len() {
+    // Keeps every copy into the coalescing buffer in bounds (an IPv6 packet may be longer
+    // than an IPv4 one).
+    if packet.len() > MAX_COALESCED {
         return None;
     }
     let tcp = packet.get(ip_len..)?;
-    let doff = usize::from(*tcp.get(12)? >> 4) * 4;
-    let flags = tcp[13];
+    let fixed: &[u8; 20] = tcp.get(..20)?.try_into().ok()?;
+    let doff = usize::from(fixed[12] >> 4) * 4;
+    let flags = fixed[13];
     if doff < 20 || tcp.len() <= doff || flags & !TCP_PSH != TCP_ACK {
         return None;
     }
-    let addrs = if v4 { &packet[12..20] } else { &packet[8..40] };
+    let addrs = packet.get(if v4 { 12..20 } else { 8..40 })?;
     if fold(sum(tcp, sum(addrs, u64::from(TCP) + tcp.len() as u64))) != 0xffff {
         return None;
     }
@@ -216,7 +228,7 @@ fn mergeable(packet: &[u8]) -> Option<Segment> {
         v4,
         ip_len,
         hdr_len: ip_len + doff,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        seq: u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
         flags,
     })
 }
@@ -422,6 +434,101 @@ mod tests {
             shapes,
             vec![(GSO_TCPV4, 52 + 2400), (0, 52 + 1000), (0, 52 + 1200)]
         );
+    }
+
+    /// Decrypted packets are whatever a peer chose to encrypt: every truncated or odd shape
+    /// is written as it came (the kernel drops it), none stops the coalescer, and a run
+    /// around them still merges.
+    #[test]
+    fn malformed_packets_pass_through_and_never_panic() {
+        let good = packet(true, SEQ, TCP_ACK, &data(100, 0), 40000);
+        let good6 = packet(false, SEQ, TCP_ACK, &data(100, 0), 40000);
+        let with_len = |mut p: Vec<u8>, total: usize| {
+            if let Some(field) = p.get_mut(2..4) {
+                field.copy_from_slice(&(total as u16).to_be_bytes());
+            }
+            p
+        };
+        let mut hostile = Vec::new();
+        // The packet: IPv4 "TCP", 33 bytes, total length 33 (13 bytes of TCP).
+        hostile.push(with_len(good[..33].to_vec(), 33));
+        // Every truncation of a valid IPv4 and IPv6 segment, its length field matching.
+        for cut in 0..good.len() {
+            hostile.push(with_len(good[..cut].to_vec(), cut));
+        }
+        for cut in 0..good6.len() {
+            let mut p = good6[..cut].to_vec();
+            if cut >= 6 {
+                p[4..6].copy_from_slice(&(cut.saturating_sub(40) as u16).to_be_bytes());
+            }
+            hostile.push(p);
+        }
+        // IHL beyond the packet, below 5, and with options; total length beyond the buffer.
+        for ihl in [0u8, 4, 6, 15] {
+            let mut p = good.clone();
+            p[0] = 0x40 | ihl;
+            hostile.push(p);
+        }
+        hostile.push(with_len(good.clone(), good.len() + 1));
+        hostile.push(with_len(good[..33].to_vec(), 65_535));
+        // Fragments (more-fragments, and an offset).
+        for frag in [[0x20, 0], [0, 1]] {
+            let mut p = good.clone();
+            p[6..8].copy_from_slice(&frag);
+            hostile.push(p);
+        }
+        // TCP data offset below 20 bytes and beyond the packet.
+        for doff in [0u8, 4, 15] {
+            let mut p = good.clone();
+            p[20 + 12] = doff << 4;
+            hostile.push(p);
+            let mut p = good6.clone();
+            p[40 + 12] = doff << 4;
+            hostile.push(p);
+        }
+        // IPv6 whose payload length says more than there is, and a short TCP header.
+        let mut p = good6.clone();
+        p[4..6].copy_from_slice(&1000u16.to_be_bytes());
+        hostile.push(p);
+        let mut p = good6[..53].to_vec();
+        p[4..6].copy_from_slice(&13u16.to_be_bytes());
+        hostile.push(p);
+        // Other versions.
+        for v in [0u8, 5, 15] {
+            let mut p = good.clone();
+            p[0] = v << 4 | 5;
+            hostile.push(p);
+        }
+
+        // With a valid IPv4 header checksum, so that the checks behind it are reached.
+        for p in &mut hostile {
+            if p.len() >= 20 && p[0] >> 4 == 4 {
+                p[10..12].fill(0);
+                let c = rfc1071(&[&p[..20]]);
+                p[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+        }
+
+        let mut sent = stream(true, 2, 1000, 1000, TCP_ACK);
+        sent.extend(hostile.iter().cloned());
+        // The same flow goes on afterwards.
+        for i in 2..4 {
+            let seq = SEQ.wrapping_add(i * 1000);
+            sent.push(packet(true, seq, TCP_ACK, &data(1000, 0), 40000));
+        }
+        let out = coalesce(&sent);
+        assert_eq!(
+            out.len(),
+            hostile.len() + 2,
+            "each odd packet alone, runs merged"
+        );
+        assert_eq!(out[0].0.gso_type, GSO_TCPV4);
+        assert_eq!(resplit(&out[0].0, &out[0].1).len(), 2);
+        for ((hdr, p), want) in out[1..=hostile.len()].iter().zip(&hostile) {
+            assert_eq!(hdr, &VnetHdr::parse(&PLAIN_HDR).expect("plain"));
+            assert_eq!(p, want, "written as it came");
+        }
+        assert_eq!(out[hostile.len() + 1].0.gso_type, GSO_TCPV4);
     }
 
     #[test]

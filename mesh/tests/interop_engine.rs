@@ -578,6 +578,14 @@ fn malformed_packets_from_a_peer_do_not_stop_the_device() {
                 assert!(!s.device.handle().is_closed(), "device still running");
                 let counters = s.device.counters().await.expect("counters");
                 assert_eq!(counters.rejected, 0, "{counters:?}");
+                // Cut short by its own length fields: dropped by the receive filter. The rest
+                // is written to the TUN device, where the kernel judges it.
+                assert_eq!(counters.invalid_inner_packets, 2, "{counters:?}");
+                assert_eq!(
+                    counters.tun_tx_packets,
+                    hostile.len() as u64 - 2 + 1,
+                    "{counters:?}"
+                );
                 s.device.shutdown().await;
             });
         });

@@ -427,3 +427,170 @@ fn wrong_key_handshakes_are_dropped_and_counted() {
         s.device.shutdown().await;
     });
 }
+
+/// An IPv4 header (checksum set) in front of `body`, from the peer's tunnel address to the
+/// device's.
+fn ipv4(protocol: u8, body: &[u8]) -> Vec<u8> {
+    let total = u16::try_from(20 + body.len()).expect("fits").to_be_bytes();
+    let mut p = vec![
+        0x45, 0, total[0], total[1], 0, 1, 0x40, 0, 64, protocol, 0, 0,
+    ];
+    p.extend_from_slice(&[203, 0, 113, 2, 203, 0, 113, 1]);
+    let mut acc: u32 = p
+        .chunks(2)
+        .map(|w| u32::from(w[0]) << 8 | u32::from(w[1]))
+        .sum();
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    p[10..12].copy_from_slice(&(!(acc as u16)).to_be_bytes());
+    p.extend_from_slice(body);
+    p
+}
+
+/// Decrypted packets are whatever an authenticated peer chose to encrypt. Malformed ones
+/// (the 33-byte "TCP" packet that once panicked the receive coalescer, truncated headers,
+/// lengths beyond the packet, fragments, a short IPv6 TCP header) are dropped or written as
+/// they came, and the datapath goes on: a datagram sent afterwards arrives.
+#[test]
+fn malformed_packets_from_a_peer_do_not_stop_the_device() {
+    if !require_root("malformed_packets_from_a_peer_do_not_stop_the_device") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let host = bed.host(0);
+    let host_ip = host.underlay_ip();
+    let ifname = unique_ifname();
+    let path = format!("/run/netns/{}", host.name());
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let s = setup(host_ip, ifname.clone(), false).await;
+                let mut v6 = PeerConfig::new(s.peer_key.public_key());
+                v6.allowed_ips = vec!["fd00::2/128".parse().expect("net")];
+                s.device
+                    .apply(DeviceConfig {
+                        peers: vec![v6],
+                        ..DeviceConfig::default()
+                    })
+                    .await
+                    .expect("apply");
+                host.run_ok(&["ip", "addr", "add", "203.0.113.1/24", "dev", &ifname])
+                    .expect("addr");
+                host.run_ok(&["ip", "link", "set", &ifname, "up"])
+                    .expect("up");
+                let app = UdpSocket::bind("203.0.113.1:9999").await.expect("app");
+
+                // The peer starts a session.
+                let mut tunn = s.peer_tunn();
+                s.send_init(&mut tunn).await;
+                let response = s.recv(Duration::from_secs(2)).await.expect("response");
+                assert_eq!(kind(&response), 2);
+                let mut out = vec![0u8; 4096];
+                if let TunnResult::WriteToNetwork(keepalive) =
+                    tunn.decapsulate(Some(s.device_addr.ip()), &response, &mut out)
+                {
+                    s.socket
+                        .send_to(keepalive, s.device_addr)
+                        .await
+                        .expect("keepalive");
+                }
+
+                let tcp_header = {
+                    let mut t = vec![0u8; 20];
+                    t[0..4].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51]);
+                    t[12] = 5 << 4;
+                    t[13] = 0x10;
+                    t
+                };
+                let mut hostile = Vec::new();
+                // The packet: 33 bytes, IPv4 total length 33, protocol TCP.
+                hostile.push(ipv4(6, &tcp_header[..13]));
+                // Total length below the header (boringtun hands over 5 bytes).
+                let mut short = ipv4(6, &tcp_header);
+                short[2..4].copy_from_slice(&5u16.to_be_bytes());
+                hostile.push(short);
+                // IHL beyond the packet; options with a short TCP header; a fragment.
+                let mut ihl = ipv4(6, &tcp_header);
+                ihl[0] = 0x4f;
+                hostile.push(ihl);
+                let mut options = ipv4(6, &[1, 1, 1, 0, 0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 0]);
+                options[0] = 0x46;
+                hostile.push(options);
+                let mut fragment = ipv4(6, &tcp_header[..9]);
+                fragment[6] = 0x20;
+                hostile.push(fragment);
+                // IPv6 "TCP" with 13 bytes of TCP header.
+                let mut v6 = vec![0x60, 0, 0, 0, 0, 13, 6, 64];
+                v6.extend_from_slice(
+                    &"fd00::2"
+                        .parse::<std::net::Ipv6Addr>()
+                        .expect("ip")
+                        .octets(),
+                );
+                v6.extend_from_slice(
+                    &"fd00::1"
+                        .parse::<std::net::Ipv6Addr>()
+                        .expect("ip")
+                        .octets(),
+                );
+                v6.extend_from_slice(&tcp_header[..13]);
+                hostile.push(v6);
+                for packet in &hostile {
+                    match tunn.encapsulate(packet, &mut out) {
+                        TunnResult::WriteToNetwork(datagram) => {
+                            s.socket
+                                .send_to(datagram, s.device_addr)
+                                .await
+                                .expect("send");
+                        }
+                        other => panic!("no data packet: {other:?}"),
+                    }
+                }
+
+                // Normal traffic still flows: a UDP datagram (checksum 0: none) arrives.
+                let message = b"still here";
+                let mut udp = vec![0x15, 0xb3, 0x27, 0x0f, 0, 0, 0, 0];
+                udp[4..6].copy_from_slice(&(8 + message.len() as u16).to_be_bytes());
+                udp.extend_from_slice(message);
+                match tunn.encapsulate(&ipv4(17, &udp), &mut out) {
+                    TunnResult::WriteToNetwork(datagram) => {
+                        s.socket
+                            .send_to(datagram, s.device_addr)
+                            .await
+                            .expect("send");
+                    }
+                    other => panic!("no data packet: {other:?}"),
+                }
+                let mut buf = [0u8; 64];
+                let (n, from) = timeout(Duration::from_secs(5), app.recv_from(&mut buf))
+                    .await
+                    .expect("the datagram after the malformed packets arrives")
+                    .expect("recv");
+                assert_eq!(&buf[..n], message);
+                assert_eq!(from, "203.0.113.2:5555".parse().expect("addr"));
+                assert!(!s.device.handle().is_closed(), "device still running");
+                let counters = s.device.counters().await.expect("counters");
+                assert_eq!(counters.rejected, 0, "{counters:?}");
+                // Cut short by its own length fields: dropped by the receive filter. The rest
+                // is written to the TUN device, where the kernel judges it.
+                assert_eq!(counters.invalid_inner_packets, 2, "{counters:?}");
+                assert_eq!(
+                    counters.tun_tx_packets,
+                    hostile.len() as u64 - 2 + 1,
+                    "{counters:?}"
+                );
+                s.device.shutdown().await;
+            });
+        });
+        if let Err(panic) = worker.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use weft_crypto::WgPublicKey;
 
 use super::allowed_ips::AllowedIps;
+use super::filter::{self, Refused};
 use super::gro::Coalescer;
 use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::peer::{DeviceKey, Peer};
@@ -537,7 +538,8 @@ impl State {
                 }
                 drain = true;
             }
-            TunnResult::WriteToTunnelV4(packet, src) => {
+            // The source boringtun reports is not used: the filter reads it from the packet.
+            TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
                 deliver(
                     tun,
                     &self.table,
@@ -545,18 +547,6 @@ impl State {
                     &mut bufs.gro,
                     *index,
                     packet,
-                    IpAddr::V4(src),
-                );
-            }
-            TunnResult::WriteToTunnelV6(packet, src) => {
-                deliver(
-                    tun,
-                    &self.table,
-                    &mut self.counters,
-                    &mut bufs.gro,
-                    *index,
-                    packet,
-                    IpAddr::V6(src),
                 );
             }
         }
@@ -752,9 +742,10 @@ enum Kind {
     Data,
 }
 
-/// Write a decrypted packet to the TUN device if its source belongs to the peer that sent
-/// it (cryptokey routing); otherwise drop and count it. On an offloading device the packet
-/// goes through the coalescer, which the caller flushes at the end of its batch.
+/// Write a decrypted packet to the TUN device if it passes the receive filter (a whole IP
+/// packet whose source belongs to the peer that sent it: cryptokey routing); otherwise drop
+/// and count it. On an offloading device the packet goes through the coalescer, which the
+/// caller flushes at the end of its batch.
 fn deliver(
     tun: &Tun,
     table: &AllowedIps<u32>,
@@ -762,11 +753,17 @@ fn deliver(
     gro: &mut Coalescer,
     index: u32,
     packet: &[u8],
-    src: IpAddr,
 ) {
-    if table.lookup(src) != Some(index) {
-        counters.bad_source += 1;
-        return;
+    match filter::check(table, index, packet) {
+        Ok(()) => {}
+        Err(Refused::Malformed) => {
+            counters.invalid_inner_packets += 1;
+            return;
+        }
+        Err(Refused::BadSource) => {
+            counters.bad_source += 1;
+            return;
+        }
     }
     counters.tun_tx_packets += 1;
     if tun.offload() {

@@ -13,7 +13,7 @@
 //! Nothing is held across a batch: the engine flushes at the end of every batch of
 //! datagrams, so coalescing adds no latency.
 
-use super::offload::{fold, sum, VNET_HDR_LEN};
+use super::offload::{fold, sum, VnetHdr, VNET_HDR_LEN};
 
 const F_NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;
@@ -21,7 +21,7 @@ const GSO_TCPV6: u8 = 4;
 const TCP: u8 = 6;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
-const TCP_CSUM_OFFSET: usize = 16;
+const TCP_CSUM_OFFSET: u16 = 16;
 /// IPv4 total length and IPv6 payload length are 16 bits; stay within both.
 const MAX_COALESCED: usize = 65_535 - 40;
 
@@ -166,49 +166,63 @@ impl Coalescer {
         };
         let pseudo = fold(sum(addrs, u64::from(TCP) + (len - t) as u64));
         packet[t + 16..t + 18].copy_from_slice(&pseudo.to_be_bytes());
-        let mut hdr = [0u8; VNET_HDR_LEN];
-        hdr[0] = F_NEEDS_CSUM;
-        hdr[1] = if head.v4 { GSO_TCPV4 } else { GSO_TCPV6 };
-        hdr[2..4].copy_from_slice(&(head.hdr_len as u16).to_ne_bytes());
-        hdr[4..6].copy_from_slice(&(self.gso_size as u16).to_ne_bytes());
-        hdr[6..8].copy_from_slice(&(t as u16).to_ne_bytes());
-        hdr[8..10].copy_from_slice(&(TCP_CSUM_OFFSET as u16).to_ne_bytes());
-        write(&hdr, packet);
+        // Header and segment sizes are below MAX_COALESCED: they fit 16 bits.
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if head.v4 { GSO_TCPV4 } else { GSO_TCPV6 },
+            hdr_len: head.hdr_len as u16,
+            gso_size: self.gso_size as u16,
+            csum_start: t as u16,
+            csum_offset: TCP_CSUM_OFFSET,
+        };
+        write(&hdr.encode(), packet);
     }
 }
 
 /// A TCP segment with payload, only ACK (and maybe PSH) set, no IP options, fragments or
-/// IPv6 extension headers, and a correct checksum.
+/// IPv6 extension headers, and correct checksums. Anything else, truncated or odd shapes
+/// included, is `None`: the packet is written as it came and the kernel judges it.
 fn mergeable(packet: &[u8]) -> Option<Segment> {
-    let (v4, ip_len, ip_total) = match packet.first()? >> 4 {
+    // The fixed-size header arrays below are indexed with constants, checked at compile time.
+    let (v4, ip_len) = match packet.first()? >> 4 {
         4 => {
-            let ihl = usize::from(packet[0] & 0x0f) * 4;
-            let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
-            let fragment = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x3fff;
-            if ihl != 20 || *packet.get(9)? != TCP || fragment != 0 {
+            let ip: &[u8; 20] = packet.get(..20)?.try_into().ok()?;
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
+            // IHL 5: no options. A wrong header checksum is the kernel's to drop.
+            if ip[0] & 0x0f != 5
+                || ip[9] != TCP
+                || fragment != 0
+                || total != packet.len()
+                || fold(sum(ip, 0)) != 0xffff
+            {
                 return None;
             }
-            (true, ihl, total)
+            (true, 20)
         }
         6 => {
-            let payload = usize::from(u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?]));
-            if *packet.get(6)? != TCP {
+            let ip: &[u8; 40] = packet.get(..40)?.try_into().ok()?;
+            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            if ip[6] != TCP || payload + 40 != packet.len() {
                 return None;
             }
-            (false, 40, payload + 40)
+            (false, 40)
         }
         _ => return None,
     };
-    if ip_total != packet.len() {
+    // Keeps every copy into the coalescing buffer in bounds (an IPv6 packet may be longer
+    // than an IPv4 one).
+    if packet.len() > MAX_COALESCED {
         return None;
     }
     let tcp = packet.get(ip_len..)?;
-    let doff = usize::from(*tcp.get(12)? >> 4) * 4;
-    let flags = tcp[13];
+    let fixed: &[u8; 20] = tcp.get(..20)?.try_into().ok()?;
+    let doff = usize::from(fixed[12] >> 4) * 4;
+    let flags = fixed[13];
     if doff < 20 || tcp.len() <= doff || flags & !TCP_PSH != TCP_ACK {
         return None;
     }
-    let addrs = if v4 { &packet[12..20] } else { &packet[8..40] };
+    let addrs = packet.get(if v4 { 12..20 } else { 8..40 })?;
     if fold(sum(tcp, sum(addrs, u64::from(TCP) + tcp.len() as u64))) != 0xffff {
         return None;
     }
@@ -216,14 +230,14 @@ fn mergeable(packet: &[u8]) -> Option<Segment> {
         v4,
         ip_len,
         hdr_len: ip_len + doff,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        seq: u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
         flags,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::offload::{segment, VnetHdr};
+    use super::super::offload::segment;
     use super::*;
 
     const SRC4: [u8; 4] = [192, 0, 2, 1];
@@ -424,6 +438,101 @@ mod tests {
         );
     }
 
+    /// Decrypted packets are whatever a peer chose to encrypt: every truncated or odd shape
+    /// is written as it came (the kernel drops it), none stops the coalescer, and a run
+    /// around them still merges.
+    #[test]
+    fn malformed_packets_pass_through_and_never_panic() {
+        let good = packet(true, SEQ, TCP_ACK, &data(100, 0), 40000);
+        let good6 = packet(false, SEQ, TCP_ACK, &data(100, 0), 40000);
+        let with_len = |mut p: Vec<u8>, total: usize| {
+            if let Some(field) = p.get_mut(2..4) {
+                field.copy_from_slice(&(total as u16).to_be_bytes());
+            }
+            p
+        };
+        let mut hostile = Vec::new();
+        // The packet: IPv4 "TCP", 33 bytes, total length 33 (13 bytes of TCP).
+        hostile.push(with_len(good[..33].to_vec(), 33));
+        // Every truncation of a valid IPv4 and IPv6 segment, its length field matching.
+        for cut in 0..good.len() {
+            hostile.push(with_len(good[..cut].to_vec(), cut));
+        }
+        for cut in 0..good6.len() {
+            let mut p = good6[..cut].to_vec();
+            if cut >= 6 {
+                p[4..6].copy_from_slice(&(cut.saturating_sub(40) as u16).to_be_bytes());
+            }
+            hostile.push(p);
+        }
+        // IHL beyond the packet, below 5, and with options; total length beyond the buffer.
+        for ihl in [0u8, 4, 6, 15] {
+            let mut p = good.clone();
+            p[0] = 0x40 | ihl;
+            hostile.push(p);
+        }
+        hostile.push(with_len(good.clone(), good.len() + 1));
+        hostile.push(with_len(good[..33].to_vec(), 65_535));
+        // Fragments (more-fragments, and an offset).
+        for frag in [[0x20, 0], [0, 1]] {
+            let mut p = good.clone();
+            p[6..8].copy_from_slice(&frag);
+            hostile.push(p);
+        }
+        // TCP data offset below 20 bytes and beyond the packet.
+        for doff in [0u8, 4, 15] {
+            let mut p = good.clone();
+            p[20 + 12] = doff << 4;
+            hostile.push(p);
+            let mut p = good6.clone();
+            p[40 + 12] = doff << 4;
+            hostile.push(p);
+        }
+        // IPv6 whose payload length says more than there is, and a short TCP header.
+        let mut p = good6.clone();
+        p[4..6].copy_from_slice(&1000u16.to_be_bytes());
+        hostile.push(p);
+        let mut p = good6[..53].to_vec();
+        p[4..6].copy_from_slice(&13u16.to_be_bytes());
+        hostile.push(p);
+        // Other versions.
+        for v in [0u8, 5, 15] {
+            let mut p = good.clone();
+            p[0] = v << 4 | 5;
+            hostile.push(p);
+        }
+
+        // With a valid IPv4 header checksum, so that the checks behind it are reached.
+        for p in &mut hostile {
+            if p.len() >= 20 && p[0] >> 4 == 4 {
+                p[10..12].fill(0);
+                let c = rfc1071(&[&p[..20]]);
+                p[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+        }
+
+        let mut sent = stream(true, 2, 1000, 1000, TCP_ACK);
+        sent.extend(hostile.iter().cloned());
+        // The same flow goes on afterwards.
+        for i in 2..4 {
+            let seq = SEQ.wrapping_add(i * 1000);
+            sent.push(packet(true, seq, TCP_ACK, &data(1000, 0), 40000));
+        }
+        let out = coalesce(&sent);
+        assert_eq!(
+            out.len(),
+            hostile.len() + 2,
+            "each odd packet alone, runs merged"
+        );
+        assert_eq!(out[0].0.gso_type, GSO_TCPV4);
+        assert_eq!(resplit(&out[0].0, &out[0].1).len(), 2);
+        for ((hdr, p), want) in out[1..=hostile.len()].iter().zip(&hostile) {
+            assert_eq!(hdr, &VnetHdr::parse(&PLAIN_HDR).expect("plain"));
+            assert_eq!(p, want, "written as it came");
+        }
+        assert_eq!(out[hostile.len() + 1].0.gso_type, GSO_TCPV4);
+    }
+
     #[test]
     fn the_merged_packet_never_exceeds_the_ip_length_limit() {
         let sent = stream(true, 60, 1368, 1368, TCP_ACK);
@@ -435,5 +544,118 @@ mod tests {
             total += resplit(hdr, p).len();
         }
         assert_eq!(total, 60, "every segment still there");
+    }
+
+    /// What the receiving stack ends up with: every write split again (plain ones as they
+    /// are), with the IPv4 ID and header checksum blanked (the split numbers IDs from the
+    /// first segment's). Split IPv4 headers must carry a valid checksum.
+    fn as_received(out: &[(VnetHdr, Vec<u8>)]) -> Vec<Vec<u8>> {
+        let plain = VnetHdr::parse(&PLAIN_HDR).expect("plain");
+        let mut packets = Vec::new();
+        for (hdr, p) in out {
+            assert!(p.len() <= 65_535, "an IP packet");
+            if *hdr == plain {
+                packets.push(p.clone());
+            } else {
+                for seg in resplit(hdr, p) {
+                    if seg[0] >> 4 == 4 {
+                        assert_eq!(rfc1071(&[&seg[..20]]), 0, "IPv4 header checksum");
+                    }
+                    packets.push(seg);
+                }
+            }
+        }
+        packets.into_iter().map(blank_v4_id).collect()
+    }
+
+    fn blank_v4_id(mut p: Vec<u8>) -> Vec<u8> {
+        if p.len() >= 20 && p[0] >> 4 == 4 {
+            p[4..6].fill(0);
+            p[10..12].fill(0);
+        }
+        p
+    }
+
+    /// One decrypted packet of a fuzzed arrival sequence.
+    #[derive(Debug, bolero::TypeGenerator)]
+    struct Arrival {
+        /// 0 and 1: IPv4 flows (two ports); 2: an IPv6 flow.
+        #[generator(0u8..3)]
+        flow: u8,
+        /// Payload length (modulo 1400); `None`: the flow's usual 1000 bytes.
+        len: Option<u16>,
+        /// 0: ACK PSH; 1: FIN; 2: a sequence gap; 3: a flipped byte; 4: cut short;
+        /// 5: an IPv4 ID of its own; else a plain ACK.
+        #[generator(0u8..12)]
+        kind: u8,
+        /// Where to flip or cut.
+        at: u16,
+    }
+
+    /// Build the packets of `arrivals`, each flow's sequence numbers running on.
+    fn arrivals(list: &[Arrival]) -> Vec<Vec<u8>> {
+        let mut next = [SEQ; 3];
+        list.iter()
+            .map(|a| {
+                let flow = usize::from(a.flow);
+                let len = a.len.map_or(1000, |l| usize::from(l % 1400));
+                let mut seq = next[flow];
+                if a.kind == 2 {
+                    seq = seq.wrapping_add(7);
+                }
+                next[flow] = seq.wrapping_add(len as u32);
+                let flags = match a.kind {
+                    0 => TCP_ACK | TCP_PSH,
+                    1 => TCP_ACK | 1,
+                    _ => TCP_ACK,
+                };
+                let port = 40000 + u16::from(a.flow);
+                let mut p = packet(flow < 2, seq, flags, &data(len, seq as usize), port);
+                let at = usize::from(a.at) % p.len();
+                match a.kind {
+                    3 => p[at] ^= 0x20,
+                    4 => p.truncate(at),
+                    5 if flow < 2 => {
+                        p[4] = a.at as u8;
+                        p[10..12].fill(0);
+                        let c = rfc1071(&[&p[..20]]);
+                        p[10..12].copy_from_slice(&c.to_be_bytes());
+                    }
+                    _ => {}
+                }
+                p
+            })
+            .collect()
+    }
+
+    /// Fuzz target: runs of TCP segments of a few flows, with gaps, pushes, FINs, damaged
+    /// and cut-short packets in between. Whatever the coalescer merges, the receiver gets
+    /// back exactly the packets that arrived, payload bytes in order.
+    #[test]
+    fn fuzz_coalesced_then_split_gives_back_what_arrived() {
+        bolero::check!()
+            .with_type::<Vec<Arrival>>()
+            .with_iterations(2000)
+            .for_each(|list| {
+                let sent = arrivals(list);
+                let out = coalesce(&sent);
+                assert!(out.len() <= sent.len());
+                let want: Vec<Vec<u8>> = sent.into_iter().map(blank_v4_id).collect();
+                assert_eq!(as_received(&out), want);
+            });
+    }
+
+    /// Fuzz target: any bytes as decrypted packets (the 33-byte packet is one such
+    /// input): never a panic, and the packets leave unchanged and in order.
+    #[test]
+    fn fuzz_any_bytes_pass_through() {
+        bolero::check!()
+            .with_type::<Vec<Vec<u8>>>()
+            .with_iterations(5000)
+            .for_each(|packets| {
+                let out = coalesce(packets);
+                let want: Vec<Vec<u8>> = packets.iter().cloned().map(blank_v4_id).collect();
+                assert_eq!(as_received(&out), want);
+            });
     }
 }

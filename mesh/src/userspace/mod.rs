@@ -15,6 +15,7 @@
 
 pub mod allowed_ips;
 mod engine;
+mod filter;
 mod gro;
 mod offload;
 mod peer;
@@ -84,6 +85,9 @@ pub struct Counters {
     pub rejected: u64,
     /// Decrypted packets whose inner source is not in the sending peer's allowed IPs.
     pub bad_source: u64,
+    /// Decrypted packets that are not a whole IPv4/IPv6 packet (header cut short by its
+    /// own length fields).
+    pub invalid_inner_packets: u64,
     /// Cookie replies sent to initiators while under load.
     pub cookies_sent: u64,
     pub send_errors: u64,

@@ -245,10 +245,12 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     );
     assert_eq!(reconcile(h, &second), Vec::new());
 
-    // A pod's interface (named as weft attach names them) and some other veth on the bridge.
+    // A pod's interface (named as weft attach names them, its other end in a container) and
+    // some other veth on the bridge.
+    let pod = bed.container().expect("container namespace");
     for (name, peer) in [("vw0123456789ab", "vp0123456789ab"), ("other0", "other1")] {
         h.run_ok(&[
-            "ip", "link", "add", name, "type", "veth", "peer", "name", peer,
+            "ip", "link", "add", name, "type", "veth", "peer", "name", peer, "netns", &pod,
         ])
         .expect("veth");
         // With the bridge's MTU, as `weft attach` makes them (a bridge whose MTU was not
@@ -300,11 +302,25 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     let ports = h
         .run_ok(&["ip", "-o", "link", "show", "master", "weft"])
         .expect("bridge ports");
-    assert!(ports.contains("vw0123456789ab@vp0123456789ab"), "{ports}");
+    assert!(ports.contains("vw0123456789ab@if"), "{ports}");
     assert!(
         !ports.contains("other0"),
         "a foreign veth was moved: {ports}"
     );
+    // One that `weft attach` is still setting up (both ends here) is left to it.
+    h.run_ok(&[
+        "ip",
+        "link",
+        "add",
+        "vwaaaaaaaaaaaa",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vpaaaaaaaaaaaa",
+    ])
+    .expect("veth");
+    assert_eq!(reconcile(h, &second), Vec::new());
     // The recreated bridge has the MAC derived from its gateway, as before the deletion.
     let link = h.run_ok(&["ip", "link", "show", "weft"]).expect("bridge");
     assert!(link.contains("link/ether 02:77:0a:20:01:01"), "{link}");

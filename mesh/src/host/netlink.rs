@@ -526,7 +526,9 @@ impl Netlink {
 }
 
 /// The pods' interfaces (host ends of their veths, see [`crate::attach::host_ifname`]) in
-/// `links` that are on no bridge.
+/// `links` that are on no bridge. Only veths whose other end is in another namespace count:
+/// `weft attach` puts a new one on the bridge right after moving its other end into the
+/// container, and the reconciler should not race it for one still being set up.
 pub fn loose_ports(links: &[LinkMessage]) -> BTreeSet<String> {
     links
         .iter()
@@ -541,7 +543,11 @@ pub fn loose_ports(links: &[LinkMessage]) -> BTreeSet<String> {
                 .attributes
                 .iter()
                 .any(|a| matches!(a, LinkAttribute::Controller(_)));
-            veth && !on_bridge
+            let peer_elsewhere = l
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+            veth && !on_bridge && peer_elsewhere
         })
         .filter_map(link_name)
         .filter(|name| crate::attach::is_host_ifname(name))

@@ -49,6 +49,22 @@ pub const TICK: Duration = Duration::from_secs(1);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// A device that stops sooner than this after it was made counts as a failed attempt, so a
+/// device that dies again and again (an engine panicking on some packet) is remade with
+/// backoff, not in a tight loop.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// The wait before attempt `failures + 1`: none after no failure, then [`RETRY_FIRST`]
+/// doubling up to [`RETRY_MAX`].
+fn backoff(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => RETRY_FIRST
+            .saturating_mul(2u32.saturating_pow(n - 1))
+            .min(RETRY_MAX),
+    }
+}
+
 /// Where IPv4 forwarding is switched on, in the daemon's network namespace.
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -181,6 +197,7 @@ async fn start(config: &DatapathConfig, nl: &Netlink) -> anyhow::Result<AnyBacke
 struct Device {
     backend: AnyBackend,
     _uapi: Option<UapiServer>,
+    made: Instant,
 }
 
 /// No working device: not made yet, or the last one stopped; when to try again.
@@ -204,6 +221,22 @@ impl Down {
         }
     }
 
+    /// The device stopped `uptime` after it was made, following `short_lived` devices that
+    /// each stopped within [`STABLE_AFTER`]: a new one is made at once, unless this one was
+    /// short-lived too, which waits as a failed attempt would.
+    fn after_stop(why: String, uptime: Duration, short_lived: u32, now: Instant) -> Self {
+        let failures = if uptime < STABLE_AFTER {
+            short_lived.saturating_add(1)
+        } else {
+            0
+        };
+        Down {
+            failures,
+            next_attempt: now + backoff(failures),
+            ..Down::new(Some(why), now)
+        }
+    }
+
     fn due(&self, now: Instant) -> bool {
         now >= self.next_attempt
     }
@@ -211,8 +244,7 @@ impl Down {
     /// An attempt failed: wait [`RETRY_FIRST`], doubling each time, at most [`RETRY_MAX`].
     fn failed(&mut self, now: Instant, error: String) {
         self.failures = self.failures.saturating_add(1);
-        let doubling = 2u32.saturating_pow(self.failures - 1);
-        self.next_attempt = now + RETRY_FIRST.saturating_mul(doubling).min(RETRY_MAX);
+        self.next_attempt = now + backoff(self.failures);
         self.error = Some(error);
     }
 
@@ -223,7 +255,8 @@ impl Down {
         match (&self.stopped, &self.error) {
             (None, Some(e)) => e.clone(),
             (None, None) => "starting".into(),
-            (Some(why), None) => format!("{why}: restarting the device"),
+            (Some(why), None) if wait == 0 => format!("{why}: restarting the device"),
+            (Some(why), None) => format!("{why}: restarting the device in {wait}s"),
             (Some(why), Some(e)) => format!(
                 "{why}; restarting the device failed {} times, next attempt in {wait}s: {e}",
                 self.failures
@@ -249,6 +282,8 @@ struct Datapath {
     drift: DriftLog,
     drift_repairs: BTreeMap<DriftKind, u64>,
     restarts: u64,
+    /// Devices in a row that stopped within [`STABLE_AFTER`] of being made.
+    short_lived: u32,
     drops: u64,
     /// The last round's error, logged when it first appears.
     last_error: Option<String>,
@@ -278,6 +313,7 @@ impl Datapath {
             drift: DriftLog::new(),
             drift_repairs: BTreeMap::new(),
             restarts: 0,
+            short_lived: 0,
             drops: 0,
             last_error: None,
         }
@@ -331,9 +367,12 @@ impl Datapath {
         if let Some(device) = &self.device {
             if let Some(why) = device.backend.stopped().await {
                 error!("{why}: restarting the device");
+                let uptime = now.saturating_duration_since(device.made);
+                let down = Down::after_stop(why.to_string(), uptime, self.short_lived, now);
+                self.short_lived = down.failures;
+                self.down = Some(down);
                 // Dropping it ends what is left of it (the engine task, the `wg` socket).
                 self.device = None;
-                self.down = Some(Down::new(Some(why.to_string()), now));
             }
         }
         let Some(down) = self.down.as_mut().filter(|d| d.due(now)) else {
@@ -350,6 +389,7 @@ impl Datapath {
                 self.device = Some(Device {
                     backend,
                     _uapi: uapi,
+                    made: now,
                 });
                 self.down = None;
                 // A new device has no peers and no routes through it: everything is set up
@@ -561,6 +601,25 @@ mod tests {
             "the engine stopped (panic: boom); restarting the device failed 9 times, \
              next attempt in 30s: no TUN"
         );
+        // A device that dies soon after it was made waits as a failed attempt would; one
+        // that ran a while is remade at once.
+        let why = || "the engine stopped (panic: boom)".to_string();
+        let quick = Down::after_stop(why(), Duration::from_secs(2), 0, t0);
+        assert_eq!(
+            (quick.failures, quick.next_attempt - t0),
+            (1, Duration::from_secs(1))
+        );
+        assert_eq!(
+            quick.describe(t0),
+            "the engine stopped (panic: boom): restarting the device in 1s"
+        );
+        let again = Down::after_stop(why(), Duration::from_secs(2), 3, t0);
+        assert_eq!(
+            (again.failures, again.next_attempt - t0),
+            (4, Duration::from_secs(8))
+        );
+        let stable = Down::after_stop(why(), STABLE_AFTER, 3, t0);
+        assert_eq!((stable.failures, stable.next_attempt), (0, t0));
         // The first start: its error as it is.
         let mut first = Down::new(None, t0);
         assert_eq!(first.describe(t0), "starting");

@@ -8,7 +8,8 @@
 //! - **Supervision.** A device that stopped working (the userspace engine ended: a panic, its
 //!   TUN interface deleted; the kernel interface deleted) is dropped and a new one made with
 //!   the same key and port; its peers and routes come back in the same round. A failed
-//!   attempt is retried after 1 s, doubling to 30 s, and the error shows in `weft status`.
+//!   attempt (or a device that dies soon after it was made) is retried after 1 s, doubling
+//!   to 30 s, and the error shows in `weft status`.
 //!   The fail-closed table is not touched meanwhile, so pod traffic is dropped, not leaked.
 //! - **Host.** The real state is read (a few netlink dumps and one `nft -j list table` per
 //!   round: cheap, and what lets a flushed ruleset or a deleted route or bridge come back

@@ -4,7 +4,9 @@
 //!
 //! Run one: `cargo test --test mesh NAME -- --nocapture` (as root).
 
+// Shared with tests/mesh_repair.rs; each uses part of it.
 #[path = "mesh/cluster.rs"]
+#[allow(dead_code)]
 mod cluster;
 
 use std::collections::BTreeMap;

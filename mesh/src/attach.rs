@@ -77,6 +77,13 @@ pub fn host_ifname(container: &str) -> String {
     format!("vw{:012x}", fnv1a(container) >> 16)
 }
 
+/// True for names [`host_ifname`] gives: `vw` and 12 lowercase hex digits.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.strip_prefix("vw").is_some_and(|hex| {
+        hex.len() == 12 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// The name the container side has while it is still on the host, before the move.
 fn transit_ifname(container: &str) -> String {
     format!("vp{:012x}", fnv1a(container) >> 16)
@@ -518,6 +525,16 @@ mod tests {
         assert_eq!(a.len(), 14);
         assert!(valid_ifname(&a));
         assert!(valid_ifname(&transit_ifname("container-a")));
+        assert!(is_host_ifname(&a) && is_host_ifname(&host_ifname("")));
+        for other in [
+            transit_ifname("container-a"),
+            "vw0123456789a".into(),
+            "vw0123456789abc".into(),
+            "vw0123456789AB".into(),
+            "veth0".into(),
+        ] {
+            assert!(!is_host_ifname(&other), "{other}");
+        }
         // Pinned: a new weft version must find the veths an older one made.
         assert_eq!(
             host_ifname(""),

@@ -22,8 +22,26 @@ use tracing::{debug, info};
 
 use crate::config::{DeviceConfig, DeviceStatus};
 use crate::kernel::{self, KernelDevice};
-use crate::userspace::{DeviceOptions, UserspaceDevice};
+use crate::userspace::{DeviceOptions, EngineExit, UserspaceDevice};
 use crate::{Error, Result};
+
+/// Why a device no longer works: it cannot be repaired, only replaced by a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// The userspace engine ended (a panic, its TUN interface deleted, ...).
+    Engine(EngineExit),
+    /// The kernel interface was deleted, or another link has its name now.
+    Deleted,
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stopped::Engine(exit) => write!(f, "the userspace WireGuard engine stopped ({exit})"),
+            Stopped::Deleted => f.write_str("the WireGuard interface was deleted"),
+        }
+    }
+}
 
 /// Which implementation runs a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,6 +81,10 @@ pub trait Backend: fmt::Debug + Send + Sync {
     fn delete(self) -> impl Future<Output = Result<()>> + Send
     where
         Self: Sized;
+
+    /// `Some` once the device no longer works. Cheap enough to ask every second; a question
+    /// that cannot be answered (a netlink error) counts as working.
+    fn stopped(&self) -> impl Future<Output = Option<Stopped>> + Send;
 }
 
 /// How a device is created (the MTU).
@@ -104,6 +126,13 @@ impl Backend for KernelDevice {
             .await
             .map_err(|e| Error::io("kernel backend call", std::io::Error::other(e)))?
     }
+
+    async fn stopped(&self) -> Option<Stopped> {
+        match self.blocking(|device| device.exists()).await {
+            Ok(false) => Some(Stopped::Deleted),
+            Ok(true) | Err(_) => None,
+        }
+    }
 }
 
 impl Backend for UserspaceDevice {
@@ -127,6 +156,10 @@ impl Backend for UserspaceDevice {
     async fn delete(self) -> Result<()> {
         self.shutdown().await;
         Ok(())
+    }
+
+    async fn stopped(&self) -> Option<Stopped> {
+        self.exit().map(Stopped::Engine)
     }
 }
 
@@ -201,6 +234,24 @@ impl Backend for AnyBackend {
         match self {
             Self::Kernel(device) => Backend::delete(device).await,
             Self::Userspace(device) => Backend::delete(device).await,
+        }
+    }
+
+    async fn stopped(&self) -> Option<Stopped> {
+        match self {
+            Self::Kernel(device) => device.stopped().await,
+            Self::Userspace(device) => device.stopped().await,
+        }
+    }
+}
+
+impl AnyBackend {
+    /// Resolves when a userspace device's engine ends, so a supervisor can react at once;
+    /// never for a kernel device (ask [`Backend::stopped`] for that).
+    pub async fn closed(&self) {
+        match self {
+            Self::Kernel(_) => std::future::pending().await,
+            Self::Userspace(device) => device.closed().await,
         }
     }
 }

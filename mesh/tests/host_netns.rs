@@ -245,8 +245,24 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     );
     assert_eq!(reconcile(h, &second), Vec::new());
 
+    // A pod's interface (named as weft attach names them, its other end in a container) and
+    // some other veth on the bridge.
+    let pod = bed.container().expect("container namespace");
+    for (name, peer) in [("vw0123456789ab", "vp0123456789ab"), ("other0", "other1")] {
+        h.run_ok(&[
+            "ip", "link", "add", name, "type", "veth", "peer", "name", peer, "netns", &pod,
+        ])
+        .expect("veth");
+        // With the bridge's MTU, as `weft attach` makes them (a bridge whose MTU was not
+        // changed after creation takes the smallest of its ports').
+        h.run_ok(&[
+            "ip", "link", "set", name, "mtu", "1420", "master", "weft", "up",
+        ])
+        .expect("on the bridge");
+    }
+
     // Someone deletes the bridge and one of weft's routes: the next reconcile puts back
-    // exactly those.
+    // exactly those, and the pod's interface back on the bridge.
     h.run_ok(&["ip", "link", "del", "weft"])
         .expect("ip link del");
     h.run_ok(&[
@@ -265,7 +281,8 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
         vec![
             Change::CreateBridge {
                 name: "weft".into(),
-                mtu: 1420
+                mtu: 1420,
+                mac: [0x02, 0x77, 10, 32, 1, 1],
             },
             Change::AddAddress {
                 link: "weft".into(),
@@ -274,10 +291,68 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
             Change::SetUp {
                 link: "weft".into()
             },
+            Change::AttachPort {
+                link: "vw0123456789ab".into(),
+                bridge: "weft".into()
+            },
             Change::AddRoute(peer_route(net("10.32.3.0/24"))),
         ]
     );
     assert_eq!(reconcile(h, &second), Vec::new());
+    let ports = h
+        .run_ok(&["ip", "-o", "link", "show", "master", "weft"])
+        .expect("bridge ports");
+    assert!(ports.contains("vw0123456789ab@if"), "{ports}");
+    assert!(
+        !ports.contains("other0"),
+        "a foreign veth was moved: {ports}"
+    );
+    // One that `weft attach` is still setting up (both ends here) is left to it.
+    h.run_ok(&[
+        "ip",
+        "link",
+        "add",
+        "vwaaaaaaaaaaaa",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vpaaaaaaaaaaaa",
+    ])
+    .expect("veth");
+    assert_eq!(reconcile(h, &second), Vec::new());
+    // The recreated bridge has the MAC derived from its gateway, as before the deletion.
+    let link = h.run_ok(&["ip", "link", "show", "weft"]).expect("bridge");
+    assert!(link.contains("link/ether 02:77:0a:20:01:01"), "{link}");
+
+    // The whole ruleset flushed: seen as a missing table (and counter), not as an error.
+    let observe = || {
+        netns::run_in(h.name(), || async {
+            let nl = Netlink::connect().expect("netlink");
+            host::observe(&nl, host::BRIDGE_NAME)
+                .await
+                .expect("observe")
+        })
+    };
+    let before = observe();
+    assert_eq!(
+        before.state.firewall,
+        host::FirewallState::Weft(second.fail_closed.clone())
+    );
+    assert!(before.fail_closed_drops.is_some());
+    assert!(before.state.loose_ports.is_empty(), "{before:?}");
+    h.run_ok(&["nft", "flush", "ruleset"]).expect("nft flush");
+    let flushed = observe();
+    assert_eq!(flushed.state.firewall, host::FirewallState::Missing);
+    assert_eq!(flushed.fail_closed_drops, None);
+    assert_eq!(
+        host::drift(&flushed.state, &second),
+        vec![host::Drift::FirewallMissing]
+    );
+    assert_eq!(
+        reconcile(h, &second),
+        vec![Change::ReplaceFirewall(second.fail_closed.clone())]
+    );
 
     // Foreign routes survived all of it.
     let main = h.run_ok(&["ip", "route", "show"]).expect("ip route");

@@ -110,6 +110,8 @@ mod tests {
             addresses_used: 5,
             addresses_free: 1019,
             fail_closed_drops: 0,
+            datapath_restarts: 0,
+            drift_repairs: Default::default(),
             gossip: GossipCounters {
                 sent: 10,
                 received: 9,

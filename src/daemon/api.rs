@@ -149,6 +149,13 @@ pub struct Status {
     /// the host by another interface than the tunnel (reset when the table is replaced).
     #[serde(default)]
     pub fail_closed_drops: u64,
+    /// Times the WireGuard device stopped working and was made anew, since start.
+    #[serde(default)]
+    pub datapath_restarts: u64,
+    /// Drift of weft's host state (a flushed ruleset, a deleted route or bridge) repaired
+    /// since start, by kind ("firewall", "bridge", "route", "rule").
+    #[serde(default)]
+    pub drift_repairs: BTreeMap<String, u64>,
 }
 
 /// Counters of the gossip transport, for metrics.

@@ -1,15 +1,25 @@
 //! The datapath task: keeps the WireGuard device and the host's bridge, routes and firewall
-//! in line with the latest [`MeshView`].
+//! in line with the latest [`MeshView`], and keeps them alive.
 //!
-//! On start it creates the device (kernel WireGuard if the host has it, else the userspace
-//! one), sets it up and turns on IP forwarding (pods and relayed traffic are forwarded). Then,
-//! on every view change and every [`TICK`]: it reads the device (handshakes, counters), lets
-//! [`Paths`] pick endpoints and relays, applies the peer changes, reconciles the host when the
-//! state it wants changed (or the last attempt failed), and publishes a [`DatapathReport`].
-//! Errors are reported and retried on the next round; nothing here panics on bad input.
-
-// Until the daemon wires it in.
-#![allow(dead_code)]
+//! It creates the device (kernel WireGuard if the host has it, else the userspace one), sets
+//! it up and turns on IP forwarding (pods and relayed traffic are forwarded). Then, on every
+//! view change and every [`TICK`], one round:
+//!
+//! - **Supervision.** A device that stopped working (the userspace engine ended: a panic, its
+//!   TUN interface deleted; the kernel interface deleted) is dropped and a new one made with
+//!   the same key and port; its peers and routes come back in the same round. A failed
+//!   attempt (or a device that dies soon after it was made) is retried after 1 s, doubling
+//!   to 30 s, and the error shows in `weft status`.
+//!   The fail-closed table is not touched meanwhile, so pod traffic is dropped, not leaked.
+//! - **Host.** The real state is read (a few netlink dumps and one `nft -j list table` per
+//!   round: cheap, and what lets a flushed ruleset or a deleted route or bridge come back
+//!   within a second) and diffed against the wanted state; what differs is repaired. A
+//!   difference the wanted state did not cause is drift: logged once, counted by kind.
+//! - **Peers.** The device is read (handshakes, counters), [`Paths`] picks endpoints and
+//!   relays, and the peer changes are applied.
+//!
+//! Each round publishes a [`DatapathReport`]. Errors are reported (logged once per new error)
+//! and retried on the next round; nothing here panics on bad input.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,10 +28,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use weft_crypto::{WgPrivateKey, WgPublicKey};
 use weft_mesh::backend::{self, AnyBackend, Backend, BackendKind, CreateOptions};
-use weft_mesh::host::{self, BridgeSpec, Change, HostState, Netlink, BRIDGE_NAME};
+use weft_mesh::host::{
+    self, BridgeSpec, Change, DriftEvent, DriftKind, DriftLog, HostState, Netlink, BRIDGE_NAME,
+};
 use weft_mesh::paths::{PathPeer, Paths, PERSISTENT_KEEPALIVE};
 use weft_mesh::uapi::UapiServer;
 use weft_mesh::DeviceConfig;
@@ -29,11 +41,30 @@ use weft_mesh::DeviceConfig;
 use super::api::PeerState;
 use super::view::{DatapathReport, MeshView, PeerLink};
 
-/// How often the device is read and paths are reconsidered without a view change.
+/// How often the device and the host are read and repaired, and paths reconsidered, without
+/// a view change.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// How often the fail-closed drop counter is read (it runs `nft`).
-const DROPS_EVERY: Duration = Duration::from_secs(5);
+/// The wait after the first failed attempt to make the device; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A device that stops sooner than this after it was made counts as a failed attempt, so a
+/// device that dies again and again (an engine panicking on some packet) is remade with
+/// backoff, not in a tight loop.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// The wait before attempt `failures + 1`: none after no failure, then [`RETRY_FIRST`]
+/// doubling up to [`RETRY_MAX`].
+fn backoff(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => RETRY_FIRST
+            .saturating_mul(2u32.saturating_pow(n - 1))
+            .min(RETRY_MAX),
+    }
+}
 
 /// Where IPv4 forwarding is switched on, in the daemon's network namespace.
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -62,26 +93,8 @@ pub async fn run(
     mut view: watch::Receiver<Option<MeshView>>,
     report: watch::Sender<DatapathReport>,
 ) -> anyhow::Result<()> {
-    let (device, nl) = loop {
-        match start(&config).await {
-            Ok(started) => break started,
-            Err(e) => {
-                warn!(error = format!("{e:#}"), "datapath start failed, retrying");
-                report.send_modify(|r| {
-                    r.ifname = config.ifname.clone();
-                    r.ready = false;
-                    r.error = Some(format!("{e:#}"));
-                });
-                tokio::select! {
-                    changed = view.changed() => if changed.is_err() { return Ok(()) },
-                    _ = tokio::time::sleep(TICK) => {}
-                }
-            }
-        }
-    };
-    // Held for as long as the device runs; dropping it removes the socket.
-    let _uapi = serve_uapi(&config, &device).await;
-    let mut datapath = Datapath::new(config, device, nl);
+    let nl = Netlink::connect().context("opening rtnetlink")?;
+    let mut datapath = Datapath::new(config, nl);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -91,6 +104,8 @@ pub async fn run(
                 return Ok(());
             },
             _ = tick.tick() => {}
+            // A userspace engine that ends is noticed at once, not at the next tick.
+            () = datapath.device_closed() => {}
         }
         let latest = view.borrow_and_update().clone();
         let next = datapath.round(latest.as_ref(), Instant::now()).await;
@@ -131,8 +146,7 @@ async fn serve_uapi(config: &DatapathConfig, device: &AnyBackend) -> Option<Uapi
 }
 
 /// Creates the device with its key and port, sets it up and turns on forwarding.
-async fn start(config: &DatapathConfig) -> anyhow::Result<(AnyBackend, Netlink)> {
-    let nl = Netlink::connect().context("opening rtnetlink")?;
+async fn start(config: &DatapathConfig, nl: &Netlink) -> anyhow::Result<AnyBackend> {
     let wanted = match config.backend.as_str() {
         "kernel" => BackendKind::Kernel,
         "userspace" => BackendKind::Userspace,
@@ -177,78 +191,220 @@ async fn start(config: &DatapathConfig) -> anyhow::Result<(AnyBackend, Netlink)>
     // On this thread, not the blocking pool: /proc/sys/net is the calling thread's namespace.
     std::fs::write(IP_FORWARD, "1\n").with_context(|| format!("writing {IP_FORWARD}"))?;
     info!(kind = %device.kind(), iface = %config.ifname, port = config.listen_port, "WireGuard device up");
-    Ok((device, nl))
+    Ok(device)
+}
+
+/// A running device and its configuration socket (dropped with it).
+struct Device {
+    backend: AnyBackend,
+    _uapi: Option<UapiServer>,
+    made: Instant,
+}
+
+/// No working device: not made yet, or the last one stopped; when to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Down {
+    /// Why the last device stopped; `None` before the first one.
+    stopped: Option<String>,
+    /// Failed attempts so far, and the last one's error.
+    failures: u32,
+    error: Option<String>,
+    next_attempt: Instant,
+}
+
+impl Down {
+    fn new(stopped: Option<String>, now: Instant) -> Self {
+        Down {
+            stopped,
+            failures: 0,
+            error: None,
+            next_attempt: now,
+        }
+    }
+
+    /// The device stopped `uptime` after it was made, following `short_lived` devices that
+    /// each stopped within [`STABLE_AFTER`]: a new one is made at once, unless this one was
+    /// short-lived too, which waits as a failed attempt would.
+    fn after_stop(why: String, uptime: Duration, short_lived: u32, now: Instant) -> Self {
+        let failures = if uptime < STABLE_AFTER {
+            short_lived.saturating_add(1)
+        } else {
+            0
+        };
+        Down {
+            failures,
+            next_attempt: now + backoff(failures),
+            ..Down::new(Some(why), now)
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now >= self.next_attempt
+    }
+
+    /// An attempt failed: wait [`RETRY_FIRST`], doubling each time, at most [`RETRY_MAX`].
+    fn failed(&mut self, now: Instant, error: String) {
+        self.failures = self.failures.saturating_add(1);
+        self.next_attempt = now + backoff(self.failures);
+        self.error = Some(error);
+    }
+
+    /// For `weft status`: the error of the first start as it is; after a stop, why and how
+    /// the restart goes.
+    fn describe(&self, now: Instant) -> String {
+        let wait = self.next_attempt.saturating_duration_since(now).as_secs();
+        match (&self.stopped, &self.error) {
+            (None, Some(e)) => e.clone(),
+            (None, None) => "starting".into(),
+            (Some(why), None) if wait == 0 => format!("{why}: restarting the device"),
+            (Some(why), None) => format!("{why}: restarting the device in {wait}s"),
+            (Some(why), Some(e)) => format!(
+                "{why}; restarting the device failed {} times, next attempt in {wait}s: {e}",
+                self.failures
+            ),
+        }
+    }
 }
 
 /// The running datapath: the device, rtnetlink, and what it has applied so far.
 struct Datapath {
     config: DatapathConfig,
     local_key: WgPublicKey,
-    device: AnyBackend,
     nl: Netlink,
+    device: Option<Device>,
+    /// The kind of the last device, reported while there is none.
+    kind: Option<BackendKind>,
+    /// Set while there is no working device.
+    down: Option<Down>,
     paths: Option<Paths>,
-    /// The host state last reconciled without error.
-    applied: Option<HostState>,
+    /// The host state the last round wanted: a round that wants another one applies an
+    /// update; one that wants the same and finds differences repairs drift.
+    wanted: Option<HostState>,
+    drift: DriftLog,
+    drift_repairs: BTreeMap<DriftKind, u64>,
+    restarts: u64,
+    /// Devices in a row that stopped within [`STABLE_AFTER`] of being made.
+    short_lived: u32,
     drops: u64,
-    drops_read: Option<Instant>,
+    /// The last round's error, logged when it first appears.
+    last_error: Option<String>,
 }
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Datapath")
             .field("ifname", &self.config.ifname)
-            .field("kind", &self.device.kind())
+            .field("kind", &self.kind)
+            .field("down", &self.down)
             .finish_non_exhaustive()
     }
 }
 
 impl Datapath {
-    fn new(config: DatapathConfig, device: AnyBackend, nl: Netlink) -> Self {
+    fn new(config: DatapathConfig, nl: Netlink) -> Self {
         Self {
             local_key: config.private_key.public_key(),
             config,
-            device,
             nl,
+            device: None,
+            kind: None,
+            down: Some(Down::new(None, Instant::now())),
             paths: None,
-            applied: None,
+            wanted: None,
+            drift: DriftLog::new(),
+            drift_repairs: BTreeMap::new(),
+            restarts: 0,
+            short_lived: 0,
             drops: 0,
-            drops_read: None,
+            last_error: None,
         }
     }
 
-    /// One reconcile round; the report says how it went.
+    /// Resolves when a userspace device's engine ends; pending without a device.
+    async fn device_closed(&self) {
+        match &self.device {
+            Some(device) => device.backend.closed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// One round; the report says how it went.
     async fn round(&mut self, view: Option<&MeshView>, now: Instant) -> DatapathReport {
+        self.supervise(now).await;
         let mut report = DatapathReport {
-            kind: self.device.kind().to_string(),
+            kind: self.kind.map(|k| k.to_string()).unwrap_or_default(),
             ifname: self.config.ifname.clone(),
+            restarts: self.restarts,
             ..DatapathReport::default()
         };
-        let Some(view) = view else {
-            // No view yet: the device is up, nothing else is known.
-            return report;
-        };
-        if let Err(e) = self.reconcile(view, now, &mut report).await {
-            warn!(
-                error = format!("{e:#}"),
-                "datapath reconcile failed, retrying"
-            );
-            report.error = Some(format!("{e:#}"));
-            self.applied = None;
-        } else {
-            report.ready = true;
-        }
-        if self
-            .drops_read
-            .is_none_or(|at| now.saturating_duration_since(at) >= DROPS_EVERY)
-        {
-            self.drops_read = Some(now);
-            match host::firewall::drops().await {
-                Ok(value) => self.drops = value.map_or(0, |v| v.packets),
-                Err(e) => debug!(error = %e, "reading the fail-closed counter"),
+        if let Some(down) = &self.down {
+            report.error = Some(down.describe(now));
+        } else if let Some(view) = view {
+            match self.reconcile(view, now, &mut report).await {
+                Ok(()) => {
+                    report.ready = true;
+                    if self.last_error.take().is_some() {
+                        info!("datapath reconciled again");
+                    }
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    if self.last_error.as_ref() != Some(&e) {
+                        warn!(error = %e, "datapath reconcile failed, retrying every round");
+                    }
+                    report.error = Some(e.clone());
+                    self.last_error = Some(e);
+                }
             }
         }
+        // Before a view the device is up and nothing else is known.
         report.fail_closed_drops = self.drops;
+        report.drift_repairs = self.drift_repairs.clone();
         report
+    }
+
+    /// Notices a device that stopped working and makes a new one when an attempt is due.
+    async fn supervise(&mut self, now: Instant) {
+        if let Some(device) = &self.device {
+            if let Some(why) = device.backend.stopped().await {
+                error!("{why}: restarting the device");
+                let uptime = now.saturating_duration_since(device.made);
+                let down = Down::after_stop(why.to_string(), uptime, self.short_lived, now);
+                self.short_lived = down.failures;
+                self.down = Some(down);
+                // Dropping it ends what is left of it (the engine task, the `wg` socket).
+                self.device = None;
+            }
+        }
+        let Some(down) = self.down.as_mut().filter(|d| d.due(now)) else {
+            return;
+        };
+        match start(&self.config, &self.nl).await {
+            Ok(backend) => {
+                if down.stopped.is_some() {
+                    self.restarts += 1;
+                    info!(restarts = self.restarts, "WireGuard device made anew");
+                }
+                self.kind = Some(backend.kind());
+                let uapi = serve_uapi(&self.config, &backend).await;
+                self.device = Some(Device {
+                    backend,
+                    _uapi: uapi,
+                    made: now,
+                });
+                self.down = None;
+                // A new device has no peers and no routes through it: everything is set up
+                // again, as at start (an update, not drift); paths start over too, since
+                // its counters start from zero.
+                self.paths = None;
+                self.wanted = None;
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                down.failed(now, e.clone());
+                warn!(error = %e, failures = down.failures, "making the WireGuard device failed, retrying");
+            }
+        }
     }
 
     async fn reconcile(
@@ -257,21 +413,70 @@ impl Datapath {
         now: Instant,
         report: &mut DatapathReport,
     ) -> anyhow::Result<()> {
+        let desired = desired_host(view, &self.config);
+        // Both halves run even if one fails: a broken `nft` must not hold up the peers.
+        let peers = self.reconcile_peers(view, &desired, now, report).await;
+        let host = self.reconcile_host(desired).await;
+        peers.and(host)
+    }
+
+    /// Reads the host, repairs what differs from `desired`, reports drift.
+    async fn reconcile_host(&mut self, desired: HostState) -> anyhow::Result<()> {
+        let observed = host::observe(&self.nl, desired.bridge_name())
+            .await
+            .context("reading bridge, routes and firewall")?;
+        self.drops = observed.fail_closed_drops.map_or(0, |c| c.packets);
+        let changes = host::plan(&observed.state, &desired);
+        let found = host::drift(&observed.state, &desired);
+        let update = self.wanted.as_ref() != Some(&desired);
+        let applied = self.nl.apply(&changes).await;
+        for event in self.drift.round(found, update, applied.is_ok()) {
+            match event {
+                DriftEvent::Repaired(d) => {
+                    warn!(kind = %d.kind(), "{d}: {}", d.repair());
+                    *self.drift_repairs.entry(d.kind()).or_default() += 1;
+                }
+                DriftEvent::Failing(d) => {
+                    let error = applied.as_ref().err().map(ToString::to_string);
+                    warn!(kind = %d.kind(), error, "{d}: repair failed, retrying every round");
+                }
+            }
+        }
+        if update && !changes.is_empty() && applied.is_ok() {
+            info!(
+                changes = changes.len(),
+                "host bridge, routes and firewall updated"
+            );
+        }
+        self.wanted = Some(desired);
+        applied.context("reconciling bridge, routes and firewall")
+    }
+
+    /// Reads the device, lets [`Paths`] decide, applies the peer changes, fills the report's
+    /// peers.
+    async fn reconcile_peers(
+        &mut self,
+        view: &MeshView,
+        desired: &HostState,
+        now: Instant,
+        report: &mut DatapathReport,
+    ) -> anyhow::Result<()> {
+        let Some(device) = &self.device else {
+            return Ok(());
+        };
         let paths = self
             .paths
             .get_or_insert_with(|| Paths::new(view.local.node_id));
-        let status = self
-            .device
+        let status = device
+            .backend
             .status()
             .await
             .context("reading the WireGuard device")?;
         let plan = paths.update(now, &path_peers(view), &status);
-
-        let desired = desired_host(view, &self.config);
         let change = host::plan_peers(
             &self.local_key,
             &plan.peers,
-            &desired,
+            desired,
             &status,
             Some(PERSISTENT_KEEPALIVE),
         );
@@ -280,22 +485,11 @@ impl Datapath {
                 changes = change.peers.len(),
                 "applying WireGuard peer changes"
             );
-            self.device
+            device
+                .backend
                 .apply(change)
                 .await
                 .context("configuring WireGuard peers")?;
-        }
-        if self.applied.as_ref() != Some(&desired) {
-            let changes = host::reconcile(&self.nl, &desired)
-                .await
-                .context("reconciling bridge, routes and firewall")?;
-            if !changes.is_empty() {
-                info!(
-                    changes = changes.len(),
-                    "host bridge, routes and firewall updated"
-                );
-            }
-            self.applied = Some(desired);
         }
 
         report.unreachable = plan.unreachable.clone();
@@ -381,6 +575,58 @@ fn desired_host(view: &MeshView, config: &DatapathConfig) -> HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_back_off_from_one_to_thirty_seconds_and_say_why() {
+        let t0 = Instant::now();
+        let mut down = Down::new(Some("the engine stopped (panic: boom)".into()), t0);
+        assert!(down.due(t0));
+        assert_eq!(
+            down.describe(t0),
+            "the engine stopped (panic: boom): restarting the device"
+        );
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for _ in 0..8 {
+            down.failed(now, "no TUN".into());
+            assert!(!down.due(now));
+            waits.push(down.next_attempt - now);
+            now = down.next_attempt;
+            assert!(down.due(now));
+        }
+        let secs: Vec<u64> = waits.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        down.failed(now, "no TUN".into());
+        assert_eq!(
+            down.describe(now),
+            "the engine stopped (panic: boom); restarting the device failed 9 times, \
+             next attempt in 30s: no TUN"
+        );
+        // A device that dies soon after it was made waits as a failed attempt would; one
+        // that ran a while is remade at once.
+        let why = || "the engine stopped (panic: boom)".to_string();
+        let quick = Down::after_stop(why(), Duration::from_secs(2), 0, t0);
+        assert_eq!(
+            (quick.failures, quick.next_attempt - t0),
+            (1, Duration::from_secs(1))
+        );
+        assert_eq!(
+            quick.describe(t0),
+            "the engine stopped (panic: boom): restarting the device in 1s"
+        );
+        let again = Down::after_stop(why(), Duration::from_secs(2), 3, t0);
+        assert_eq!(
+            (again.failures, again.next_attempt - t0),
+            (4, Duration::from_secs(8))
+        );
+        let stable = Down::after_stop(why(), STABLE_AFTER, 3, t0);
+        assert_eq!((stable.failures, stable.next_attempt), (0, t0));
+        // The first start: its error as it is.
+        let mut first = Down::new(None, t0);
+        assert_eq!(first.describe(t0), "starting");
+        first.failed(t0, "creating weft-wg: EPERM".into());
+        assert_eq!(first.describe(t0), "creating weft-wg: EPERM");
+    }
 
     #[test]
     fn gateway_is_the_first_address_with_the_space_prefix() {

@@ -1001,6 +1001,12 @@ impl Driver {
                     .collect(),
             },
             fail_closed_drops: report.fail_closed_drops,
+            datapath_restarts: report.restarts,
+            drift_repairs: report
+                .drift_repairs
+                .iter()
+                .map(|(kind, n)| (kind.to_string(), *n))
+                .collect(),
         }
     }
 

@@ -35,6 +35,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use weft_mesh::host::DriftKind;
+
 use super::api::{Peer, Query, Request, Response, Status};
 use super::slots::{Slot, Slots, Wake};
 
@@ -350,6 +352,22 @@ pub fn render(status: &Status, peers: &[Peer]) -> Result<String, std::fmt::Error
         "Cleartext pod packets the fail-closed firewall dropped before they left the host",
         counter(status.fail_closed_drops),
     );
+    let repairs = Family::<Labels, Counter>::default();
+    for kind in DriftKind::ALL.map(|k| k.as_str()) {
+        // Every kind has a sample, zero included.
+        let n = status.drift_repairs.get(kind).copied().unwrap_or(0);
+        repairs.get_or_create(&label("kind", kind)).inc_by(n);
+    }
+    registry.register(
+        "drift_repairs",
+        "Changes to weft's bridge, routes, rules or firewall made by someone else and undone",
+        repairs,
+    );
+    registry.register(
+        "datapath_restarts",
+        "Times the WireGuard device stopped working (engine panic, interface deleted) and was made anew",
+        counter(status.datapath_restarts),
+    );
     registry.register(
         "ipam_addresses_used",
         "Addresses in use in this node's address space",
@@ -401,6 +419,8 @@ mod tests {
             addresses_used: 5,
             addresses_free: 1019,
             fail_closed_drops: 3,
+            datapath_restarts: 2,
+            drift_repairs: [("firewall".to_string(), 1), ("route".to_string(), 4)].into(),
             gossip: GossipCounters {
                 sent: 10,
                 received: 9,
@@ -484,6 +504,11 @@ mod tests {
             "weft_ipam_addresses_used 5",
             "weft_ipam_addresses_free 1019",
             "weft_fail_closed_drops_total 3",
+            "weft_drift_repairs_total{kind=\"firewall\"} 1",
+            "weft_drift_repairs_total{kind=\"bridge\"} 0",
+            "weft_drift_repairs_total{kind=\"route\"} 4",
+            "weft_drift_repairs_total{kind=\"rule\"} 0",
+            "weft_datapath_restarts_total 2",
             "# TYPE weft_peer_rx_bytes counter",
             "# TYPE weft_peers gauge",
             "# EOF",

@@ -17,6 +17,7 @@ use ipnet::{Ipv4Net, Ipv4Subnets};
 use weft_crypto::{NodeId, WgPublicKey};
 use weft_gossip::ipam::RingEntry;
 use weft_gossip::{MemberInfo, MemberState, NodeRecord};
+use weft_mesh::host::DriftKind;
 
 use super::api::PeerState;
 
@@ -78,6 +79,12 @@ pub struct DatapathReport {
     pub unreachable: Vec<NodeId>,
     /// Packets the fail-closed firewall dropped (cleartext that would have left the host).
     pub fail_closed_drops: u64,
+    /// Times the WireGuard device stopped working (engine panic, interface deleted) and a new
+    /// one was made.
+    pub restarts: u64,
+    /// Drift repaired since start, by kind: weft's state on the host changed by someone else
+    /// (a flushed ruleset, a deleted route or bridge) and put back.
+    pub drift_repairs: BTreeMap<DriftKind, u64>,
 }
 
 /// The tunnel to one peer.

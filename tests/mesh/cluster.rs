@@ -188,6 +188,47 @@ impl Cluster {
         }
     }
 
+    /// Sends signal `name` ("USR2", ...) to node `i`'s daemon.
+    pub fn signal(&self, i: usize, name: &str) {
+        let proc = self.nodes[i].proc.as_ref().expect("node is running");
+        proc.signal(name).expect("signal");
+    }
+
+    /// Node `i`'s stderr (its log) of the current run.
+    pub fn log(&self, i: usize) -> String {
+        self.nodes[i]
+            .proc
+            .as_ref()
+            .and_then(|p| p.output().ok())
+            .map(|o| o.stderr)
+            .unwrap_or_default()
+    }
+
+    /// Node `i`'s `/metrics` (the body), from inside its host's namespace; empty if it does
+    /// not answer.
+    pub fn metrics(&self, i: usize) -> String {
+        let script = "exec 3<>/dev/tcp/127.0.0.1/6782 && \
+                      printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3";
+        let out = self
+            .bed
+            .host(self.nodes[i].host)
+            .run(&["bash", "-c", script]);
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The value of sample `name` (with its labels, as printed) in node `i`'s `/metrics`.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        self.metrics(i).lines().find_map(|l| {
+            let (sample, value) = l.rsplit_once(' ')?;
+            (sample == name).then(|| value.parse().ok())?
+        })
+    }
+
     /// The last `lines` lines of every node's stderr (every run), for failure messages.
     pub fn logs(&self, lines: usize) -> String {
         let mut out = String::new();

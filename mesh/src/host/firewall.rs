@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use super::model::FirewallSpec;
+use super::model::{FirewallSpec, FirewallState};
 use crate::{Error, Result};
 
 /// The nftables table (family `inet`) holding weft's fail-closed rules.
@@ -192,11 +192,29 @@ pub fn parse_table(listing: &Value) -> Option<FirewallSpec> {
     (self::rules(&spec) == parsed).then_some(spec)
 }
 
-/// Runs `nft` with `args`, feeding `input` on stdin; returns stdout.
-async fn nft(args: &[&str], input: Option<String>) -> Result<String> {
+/// Why an `nft` run failed.
+enum NftError {
+    /// nft ran and refused: its stderr.
+    Refused(Error, String),
+    Other(Error),
+}
+
+impl From<NftError> for Error {
+    fn from(e: NftError) -> Self {
+        match e {
+            NftError::Refused(e, _) | NftError::Other(e) => e,
+        }
+    }
+}
+
+/// Runs `nft` with `args`, feeding `input` on stdin; returns stdout. In the C locale, so its
+/// messages read the same everywhere (see [`is_missing_table`]).
+async fn nft(args: &[&str], input: Option<String>) -> std::result::Result<String, NftError> {
     let context = format!("nft {}", args.join(" "));
+    let io = |e| NftError::Other(Error::io(context.clone(), e));
     let mut child = tokio::process::Command::new("nft")
         .args(args)
+        .env("LC_ALL", "C")
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
@@ -206,25 +224,26 @@ async fn nft(args: &[&str], input: Option<String>) -> Result<String> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::io(context.clone(), e))?;
+        .map_err(io)?;
     if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(input.as_bytes())
-            .await
-            .map_err(|e| Error::io(context.clone(), e))?;
+        stdin.write_all(input.as_bytes()).await.map_err(io)?;
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| Error::io(context.clone(), e))?;
+    let out = child.wait_with_output().await.map_err(io)?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::io(
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        let error = Error::io(
             context,
-            std::io::Error::other(format!("{}: {}", out.status, stderr.trim())),
-        ));
+            std::io::Error::other(format!("{}: {stderr}", out.status)),
+        );
+        return Err(NftError::Refused(error, stderr));
     }
-    String::from_utf8(out.stdout).map_err(|e| Error::io(context, std::io::Error::other(e)))
+    String::from_utf8(out.stdout).map_err(|e| io(std::io::Error::other(e)))
+}
+
+/// True if nft's error output says the table it was asked to list does not exist
+/// ("Error: No such file or directory; did you mean table ...").
+fn is_missing_table(stderr: &str) -> bool {
+    stderr.contains("No such file or directory")
 }
 
 async fn run_batch(batch: Value) -> Result<()> {
@@ -232,21 +251,15 @@ async fn run_batch(batch: Value) -> Result<()> {
     Ok(())
 }
 
-async fn table_exists() -> Result<bool> {
-    let out = nft(&["-j", "list", "tables", "inet"], None).await?;
-    let listing: Value = serde_json::from_str(&out)
-        .map_err(|e| Error::io("parsing nft -j list tables", std::io::Error::other(e)))?;
-    Ok(listing
-        .get("nftables")
-        .and_then(Value::as_array)
-        .is_some_and(|objects| {
-            objects.iter().any(|o| {
-                o.get("table")
-                    .and_then(|t| t.get("name"))
-                    .and_then(Value::as_str)
-                    == Some(NFT_TABLE)
-            })
-        }))
+/// `nft -j list table inet weft`, parsed; `None` if there is no such table. One nft run.
+async fn list_table() -> Result<Option<Value>> {
+    match nft(&["-j", "list", "table", "inet", NFT_TABLE], None).await {
+        Ok(out) => serde_json::from_str(&out)
+            .map(Some)
+            .map_err(|e| Error::io("parsing nft -j list table", std::io::Error::other(e))),
+        Err(NftError::Refused(_, stderr)) if is_missing_table(&stderr) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Replaces the table with `spec` in one transaction.
@@ -254,15 +267,24 @@ pub async fn apply(spec: &FirewallSpec) -> Result<()> {
     run_batch(replace_batch(spec)).await
 }
 
+/// The table and its drop counter, from one listing (one `nft` run: the daemon calls this
+/// every second to notice a flushed or edited table).
+pub async fn observe() -> Result<(FirewallState, Option<CounterValue>)> {
+    Ok(match list_table().await? {
+        None => (FirewallState::Missing, None),
+        Some(listing) => (
+            parse_table(&listing).map_or(FirewallState::Other, FirewallState::Weft),
+            parse_counter(&listing),
+        ),
+    })
+}
+
 /// Reads the table back; `None` if it is missing or not exactly what weft writes.
 pub async fn read() -> Result<Option<FirewallSpec>> {
-    if !table_exists().await? {
-        return Ok(None);
-    }
-    let out = nft(&["-j", "list", "table", "inet", NFT_TABLE], None).await?;
-    let listing: Value = serde_json::from_str(&out)
-        .map_err(|e| Error::io("parsing nft -j list table", std::io::Error::other(e)))?;
-    Ok(parse_table(&listing))
+    Ok(match observe().await?.0 {
+        FirewallState::Weft(spec) => Some(spec),
+        FirewallState::Missing | FirewallState::Other => None,
+    })
 }
 
 /// Deletes the table (on `weft reset`); not an error if it is missing.
@@ -270,19 +292,9 @@ pub async fn remove() -> Result<()> {
     run_batch(remove_batch()).await
 }
 
-/// The drop counter, `None` if the table is missing.
+/// The drop counter, `None` if the table (or the counter in it) is missing.
 pub async fn drops() -> Result<Option<CounterValue>> {
-    if !table_exists().await? {
-        return Ok(None);
-    }
-    let out = nft(
-        &["-j", "list", "counter", "inet", NFT_TABLE, DROP_COUNTER],
-        None,
-    )
-    .await?;
-    let listing: Value = serde_json::from_str(&out)
-        .map_err(|e| Error::io("parsing nft -j list counter", std::io::Error::other(e)))?;
-    Ok(parse_counter(&listing))
+    Ok(observe().await?.1)
 }
 
 /// Finds weft's drop counter in an nft JSON listing.
@@ -367,6 +379,21 @@ mod tests {
         let rule = objects.remove(3); // the allow-oif rule, moved behind the drops
         objects.push(rule);
         assert_eq!(parse_table(&listing), None, "wrong order");
+    }
+
+    #[test]
+    fn a_missing_table_is_told_from_other_nft_errors() {
+        // nft 1.0.6, `nft -j list table inet weft` without such a table.
+        assert!(is_missing_table(
+            "Error: No such file or directory\nlist table inet weft\n                 ^^^^"
+        ));
+        assert!(is_missing_table(
+            "Error: No such file or directory; did you mean table \u{2018}weft\u{2019} in family ip?"
+        ));
+        assert!(!is_missing_table(
+            "Error: Could not process rule: Operation not permitted"
+        ));
+        assert!(!is_missing_table(""));
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! WireGuard interface (in weft's own table, tagged with weft's route protocol), the `ip rule`
 //! for that table, and the fail-closed nftables table.
 //!
-//! [`model`] is the pure desired state and diff, [`peers`] the pure diff of WireGuard peers; [`netlink`] and [`firewall`] are the drivers.
+//! [`model`] is the pure desired state and diff, [`drift`] names what someone else changed,
+//! [`peers`] the pure diff of WireGuard peers; [`netlink`] and [`firewall`] are the drivers.
 //! [`reconcile`] reads, plans and applies; it is idempotent and, after a restart, removes what
-//! is stale and keeps what is right. [`reset`] removes everything weft put on the host.
+//! is stale and keeps what is right. [`observe`] is its read half, for a caller that wants to
+//! see the drift too. [`reset`] removes everything weft put on the host.
 //!
 //! Everything acts on the network namespace of the calling thread.
 //!
@@ -32,30 +34,54 @@
 //! here. The nftables table is replaced only when its rules change, which resets the drop
 //! counter (a counter reset, as Prometheus understands it).
 
+pub mod drift;
 pub mod firewall;
 pub mod model;
 pub mod netlink;
 pub mod peers;
 
+pub use drift::{drift, Drift, DriftEvent, DriftKind, DriftLog};
 pub use firewall::{CounterValue, DROP_COUNTER, NFT_CHAIN, NFT_TABLE};
 pub use model::{
-    plan, BridgeSpec, BridgeState, Change, CurrentState, Family, FirewallSpec, HostState,
-    RouteSpec, RuleSpec, BRIDGE_NAME, DEFAULT_MTU, ROUTE_PROTOCOL, ROUTE_TABLE, RULE_PRIORITY,
+    plan, BridgeSpec, BridgeState, Change, CurrentState, Family, FirewallSpec, FirewallState,
+    HostState, RouteSpec, RuleSpec, BRIDGE_NAME, DEFAULT_MTU, ROUTE_PROTOCOL, ROUTE_TABLE,
+    RULE_PRIORITY,
 };
 pub use netlink::Netlink;
 pub use peers::{plan_peers, NodePeer};
 
 use crate::Result;
 
-/// Reads what weft has on the host now: the link named `bridge`, weft's routes and rules,
-/// and the nftables table.
-pub async fn current(nl: &Netlink, bridge: &str) -> Result<CurrentState> {
-    Ok(CurrentState {
-        bridge: nl.bridge(bridge).await?,
-        routes: nl.weft_routes().await?,
-        rules: nl.weft_rules().await?,
-        firewall: firewall::read().await?,
+/// What [`observe`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub state: CurrentState,
+    /// The fail-closed drop counter, read with the table; `None` when the table is missing.
+    pub fail_closed_drops: Option<CounterValue>,
+}
+
+/// Reads what weft has on the host now: the link named `bridge` and its addresses, weft's
+/// routes and rules, pods' interfaces off any bridge, and the nftables table with its drop
+/// counter. Costs a handful of netlink dumps (links, addresses of one link, routes, rules)
+/// and one `nft` run.
+pub async fn observe(nl: &Netlink, bridge: &str) -> Result<Observed> {
+    let links = nl.links().await?;
+    let (firewall, fail_closed_drops) = firewall::observe().await?;
+    Ok(Observed {
+        state: CurrentState {
+            bridge: nl.bridge(bridge).await?,
+            routes: nl.weft_routes_with(&links).await?,
+            rules: nl.weft_rules().await?,
+            firewall,
+            loose_ports: netlink::loose_ports(&links),
+        },
+        fail_closed_drops,
     })
+}
+
+/// Reads what weft has on the host now (see [`observe`]).
+pub async fn current(nl: &Netlink, bridge: &str) -> Result<CurrentState> {
+    Ok(observe(nl, bridge).await?.state)
 }
 
 /// Brings the host to `desired` and returns the changes it made (empty when the host already

@@ -64,6 +64,24 @@ pub struct BridgeSpec {
     pub mtu: u32,
 }
 
+impl BridgeSpec {
+    /// The MAC address a new bridge gets: locally administered unicast, `02:77` ("w") and the
+    /// gateway's last four bytes. Fixed, because without an address of its own a bridge takes
+    /// its lowest port's and changes it when that port leaves; derived from the gateway, so a
+    /// bridge recreated after it was deleted has the address the pods' ARP caches hold.
+    /// It only has to be unique on the bridge's own segment, which no other node shares.
+    pub fn mac(&self) -> [u8; 6] {
+        let tail = match self.gateway.addr() {
+            IpAddr::V4(a) => a.octets(),
+            IpAddr::V6(a) => {
+                let o = a.octets();
+                [o[12], o[13], o[14], o[15]]
+            }
+        };
+        [0x02, 0x77, tail[0], tail[1], tail[2], tail[3]]
+    }
+}
+
 /// A route to another node's address space, through the WireGuard interface.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteSpec {
@@ -276,7 +294,8 @@ impl HostState {
             }),
             routes: self.routes.clone(),
             rules: self.rules(),
-            firewall: Some(self.fail_closed.clone()),
+            firewall: FirewallState::Weft(self.fail_closed.clone()),
+            loose_ports: BTreeSet::new(),
         }
     }
 }
@@ -291,15 +310,29 @@ pub struct BridgeState {
     pub addresses: BTreeSet<IpNet>,
 }
 
+/// The nftables table `inet weft` as read back from the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FirewallState {
+    /// No such table (never made, or flushed with the whole ruleset).
+    #[default]
+    Missing,
+    /// A table by that name that is not exactly what weft writes (edited by hand).
+    Other,
+    /// weft's table, holding these rules.
+    Weft(FirewallSpec),
+}
+
 /// What weft finds of its own on the host. Drivers only report things with weft's marks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CurrentState {
     pub bridge: Option<BridgeState>,
     pub routes: BTreeSet<RouteSpec>,
     pub rules: BTreeSet<RuleSpec>,
-    /// The fail-closed rule set as read back from the kernel, `None` if the table is missing
-    /// or not exactly what weft writes.
-    pub firewall: Option<FirewallSpec>,
+    pub firewall: FirewallState,
+    /// Pods' interfaces (the host ends of their veths, named by
+    /// [`crate::attach::host_ifname`]) that are on no bridge: a deleted bridge lets its
+    /// ports go, and they must join the new one.
+    pub loose_ports: BTreeSet<String>,
 }
 
 /// One step towards the desired state. [`plan`] orders them so that the firewall is in place
@@ -315,6 +348,12 @@ pub enum Change {
     CreateBridge {
         name: String,
         mtu: u32,
+        mac: [u8; 6],
+    },
+    /// Put a pod's interface (back) on the bridge.
+    AttachPort {
+        link: String,
+        bridge: String,
     },
     SetMtu {
         link: String,
@@ -342,7 +381,8 @@ impl fmt::Display for Change {
         match self {
             Change::ReplaceFirewall(_) => write!(f, "replace nftables table"),
             Change::DeleteLink { name } => write!(f, "delete link {name}"),
-            Change::CreateBridge { name, mtu } => write!(f, "create bridge {name} mtu {mtu}"),
+            Change::CreateBridge { name, mtu, .. } => write!(f, "create bridge {name} mtu {mtu}"),
+            Change::AttachPort { link, bridge } => write!(f, "attach {link} to bridge {bridge}"),
             Change::SetMtu { link, mtu } => write!(f, "set {link} mtu {mtu}"),
             Change::DelAddress { link, addr } => write!(f, "del address {addr} dev {link}"),
             Change::AddAddress { link, addr } => write!(f, "add address {addr} dev {link}"),
@@ -368,12 +408,16 @@ impl fmt::Display for Change {
 pub fn plan(current: &CurrentState, desired: &HostState) -> Vec<Change> {
     let mut changes = Vec::new();
 
-    if current.firewall.as_ref() != Some(&desired.fail_closed) {
+    if !matches!(&current.firewall, FirewallState::Weft(spec) if *spec == desired.fail_closed) {
         changes.push(Change::ReplaceFirewall(desired.fail_closed.clone()));
     }
 
     if let Some(bridge) = &desired.bridge {
         plan_bridge(current.bridge.as_ref(), bridge, &mut changes);
+        changes.extend(current.loose_ports.iter().map(|port| Change::AttachPort {
+            link: port.clone(),
+            bridge: bridge.name.clone(),
+        }));
     }
 
     let rules = desired.rules();
@@ -444,6 +488,7 @@ fn plan_bridge(current: Option<&BridgeState>, bridge: &BridgeSpec, changes: &mut
             changes.push(Change::CreateBridge {
                 name: link(),
                 mtu: bridge.mtu,
+                mac: bridge.mac(),
             });
             changes.push(Change::AddAddress {
                 link: link(),
@@ -503,7 +548,8 @@ mod tests {
                 Change::ReplaceFirewall(d.fail_closed.clone()),
                 Change::CreateBridge {
                     name: "weft".into(),
-                    mtu: DEFAULT_MTU
+                    mtu: DEFAULT_MTU,
+                    mac: [0x02, 0x77, 10, 32, 1, 1],
                 },
                 Change::AddAddress {
                     link: "weft".into(),
@@ -608,10 +654,61 @@ mod tests {
                 },
                 Change::CreateBridge {
                     name: "weft".into(),
-                    mtu: DEFAULT_MTU
+                    mtu: DEFAULT_MTU,
+                    mac: [0x02, 0x77, 10, 32, 1, 1],
                 }
             ]
         );
+    }
+
+    #[test]
+    fn deleted_bridge_is_recreated_with_its_address_and_gets_its_pods_back() {
+        let d = desired(&["10.32.2.0/24"]);
+        let mut current = d.as_applied();
+        current.bridge = None;
+        current.loose_ports = BTreeSet::from(["vw0123456789ab".to_string()]);
+        let changes = plan(&current, &d);
+        assert_eq!(
+            changes,
+            vec![
+                Change::CreateBridge {
+                    name: "weft".into(),
+                    mtu: DEFAULT_MTU,
+                    mac: [0x02, 0x77, 10, 32, 1, 1],
+                },
+                Change::AddAddress {
+                    link: "weft".into(),
+                    addr: net("10.32.1.1/24")
+                },
+                Change::SetUp {
+                    link: "weft".into()
+                },
+                Change::AttachPort {
+                    link: "vw0123456789ab".into(),
+                    bridge: "weft".into()
+                },
+            ]
+        );
+        // Without a bridge of its own (no space yet), weft leaves loose ports alone.
+        let mut bare = HostState::without_bridge(BRIDGE_NAME, "weft-wg", [net("10.32.0.0/12")]);
+        bare.add_peer_space(net("10.32.2.0/24")).expect("valid");
+        let mut current = bare.as_applied();
+        current.loose_ports = BTreeSet::from(["vw0123456789ab".to_string()]);
+        assert_eq!(plan(&current, &bare), Vec::new());
+    }
+
+    #[test]
+    fn bridge_mac_is_local_unicast_and_follows_the_gateway() {
+        let bridge = |gateway: &str| BridgeSpec {
+            name: BRIDGE_NAME.into(),
+            gateway: net(gateway),
+            mtu: DEFAULT_MTU,
+        };
+        let mac = bridge("10.40.0.0/13").mac();
+        assert_eq!(mac, [0x02, 0x77, 10, 40, 0, 0]);
+        assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
+        assert_eq!(bridge("fd32::1:2/64").mac(), [0x02, 0x77, 0, 1, 0, 2]);
+        assert_ne!(bridge("10.32.1.0/24").mac(), bridge("10.32.2.0/24").mac());
     }
 
     #[test]

@@ -179,19 +179,15 @@ impl Netlink {
         }
     }
 
-    async fn link_names(&self) -> Result<HashMap<u32, String>> {
-        let links: Vec<LinkMessage> = self
-            .handle
+    /// Every link (one dump).
+    pub async fn links(&self) -> Result<Vec<LinkMessage>> {
+        self.handle
             .link()
             .get()
             .execute()
             .try_collect()
             .await
-            .map_err(|e| nl_error("listing links", e))?;
-        Ok(links
-            .iter()
-            .filter_map(|l| Some((l.header.index, link_name(l)?.to_owned())))
-            .collect())
+            .map_err(|e| nl_error("listing links", e))
     }
 
     async fn addresses(&self, index: u32) -> Result<Vec<AddressMessage>> {
@@ -279,7 +275,15 @@ impl Netlink {
 
     /// Every route in weft's table that carries weft's protocol number.
     pub async fn weft_routes(&self) -> Result<BTreeSet<RouteSpec>> {
-        let names = self.link_names().await?;
+        self.weft_routes_with(&self.links().await?).await
+    }
+
+    /// Like [`Netlink::weft_routes`], naming devices from `links` (a [`Netlink::links`] dump).
+    pub async fn weft_routes_with(&self, links: &[LinkMessage]) -> Result<BTreeSet<RouteSpec>> {
+        let names: HashMap<u32, &str> = links
+            .iter()
+            .filter_map(|l| Some((l.header.index, link_name(l)?)))
+            .collect();
         let mut routes = BTreeSet::new();
         for msg in self.route_messages().await? {
             let table = table_of_route(&msg);
@@ -294,7 +298,7 @@ impl Netlink {
             };
             routes.insert(RouteSpec {
                 dst,
-                dev: dev.clone(),
+                dev: (*dev).to_owned(),
                 table,
                 protocol,
                 src: route_src(&msg),
@@ -364,13 +368,10 @@ impl Netlink {
         match change {
             Change::ReplaceFirewall(spec) => super::firewall::apply(spec).await,
             Change::DeleteLink { name } => self.delete_link(name).await,
-            Change::CreateBridge { name, mtu } => {
-                // A fixed address: without one the bridge takes its lowest port's MAC and
-                // changes it when that port leaves, and every container's ARP entry for the
-                // gateway goes stale.
+            Change::CreateBridge { name, mtu, mac } => {
                 let msg = LinkBridge::new(name)
                     .mtu(*mtu)
-                    .address(bridge_mac().to_vec())
+                    .address(mac.to_vec())
                     .build();
                 tolerate(
                     self.handle.link().add(msg).execute().await,
@@ -381,6 +382,20 @@ impl Netlink {
             Change::SetMtu { link, mtu } => {
                 let index = self.link_index(link).await?;
                 let msg = LinkUnspec::new_with_index(index).mtu(*mtu).build();
+                self.handle
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| nl_error(context, e))
+            }
+            Change::AttachPort { link, bridge } => {
+                let index = self.link_index(link).await?;
+                let bridge = self.link_index(bridge).await?;
+                let msg = LinkUnspec::new_with_index(index)
+                    .controller(bridge)
+                    .up()
+                    .build();
                 self.handle
                     .link()
                     .set(msg)
@@ -486,7 +501,9 @@ impl Netlink {
         let mut first_error = None;
         for change in changes {
             if let Err(e) = self.apply_one(change).await {
-                tracing::warn!(%change, error = %e, "host change failed");
+                // The caller reports the (first) error, once; a warning per change and round
+                // would repeat every second while it lasts.
+                tracing::debug!(%change, error = %e, "host change failed");
                 first_error.get_or_insert(e);
             } else {
                 tracing::debug!(%change, "host change applied");
@@ -508,20 +525,32 @@ impl Netlink {
     }
 }
 
-/// A random, locally administered, unicast MAC address.
-fn bridge_mac() -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut mac);
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    mac
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn bridge_mac_is_local_unicast_and_varies() {
-        let a = super::bridge_mac();
-        assert_eq!(a[0] & 0x03, 0x02, "locally administered unicast: {a:02x?}");
-        assert_ne!(a, super::bridge_mac());
-    }
+/// The pods' interfaces (host ends of their veths, see [`crate::attach::host_ifname`]) in
+/// `links` that are on no bridge. Only veths whose other end is in another namespace count:
+/// `weft attach` puts a new one on the bridge right after moving its other end into the
+/// container, and the reconciler should not race it for one still being set up.
+pub fn loose_ports(links: &[LinkMessage]) -> BTreeSet<String> {
+    links
+        .iter()
+        .filter(|l| {
+            let veth = l.attributes.iter().any(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+                _ => false,
+            });
+            let on_bridge = l
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(_)));
+            let peer_elsewhere = l
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
+            veth && !on_bridge && peer_elsewhere
+        })
+        .filter_map(link_name)
+        .filter(|name| crate::attach::is_host_ifname(name))
+        .map(str::to_owned)
+        .collect()
 }

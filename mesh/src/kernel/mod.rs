@@ -98,6 +98,16 @@ impl KernelDevice {
         parse_device(&replies)
     }
 
+    /// False once the interface this device was opened on is gone (deleted, or another link
+    /// has its name now).
+    pub fn exists(&self) -> Result<bool> {
+        match link::find(&self.name) {
+            Ok(found) => Ok(found.index == self.index && found.is_wireguard),
+            Err(e) if e.errno() == libc::ENODEV => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes the interface.
     pub fn delete(self) -> Result<()> {
         link::delete(self.index, &self.name)

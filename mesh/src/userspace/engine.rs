@@ -14,7 +14,7 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 use weft_crypto::WgPublicKey;
 
@@ -24,7 +24,7 @@ use super::gro::Coalescer;
 use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::peer::{DeviceKey, Peer};
 use super::sockets::{self, Sockets, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
-use super::Counters;
+use super::{Counters, EngineExit};
 use crate::config::{DeviceConfig, DeviceStatus, PeerConfig};
 use crate::tun::Tun;
 use crate::Result;
@@ -53,6 +53,9 @@ pub(crate) enum Command {
     Status(oneshot::Sender<DeviceStatus>),
     Counters(oneshot::Sender<Counters>),
     Shutdown,
+    /// Tests only: panic, as a bug in the engine would.
+    #[cfg(any(test, feature = "fault-injection"))]
+    Panic,
 }
 
 struct Io {
@@ -169,27 +172,27 @@ impl Engine {
     }
 
     /// Run until the interface disappears, a `Shutdown` arrives or every handle is gone.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, closed: watch::Sender<bool>) {
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> EngineExit {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let io = &mut self.io;
         let state = &mut self.state;
         let bufs = &mut self.bufs;
-        loop {
+        let exit = loop {
             tokio::select! {
                 ready = io.tun.ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR) => {
                     let mut guard = match ready {
                         Ok(guard) => guard,
                         Err(e) => {
                             warn!(parent: &state.span, error = %e, "TUN device failed; stopping");
-                            break;
+                            break EngineExit::InterfaceGone(e.to_string());
                         }
                     };
                     match read_tun(&mut guard, &io.sockets, state, bufs) {
                         Ok(()) => {}
                         Err(e) => {
                             info!(parent: &state.span, error = %e, "interface gone; stopping");
-                            break;
+                            break EngineExit::InterfaceGone(e.to_string());
                         }
                     }
                 }
@@ -214,12 +217,14 @@ impl Engine {
                     Some(Command::Counters(reply)) => {
                         let _ = reply.send(state.counters);
                     }
-                    Some(Command::Shutdown) | None => break,
+                    Some(Command::Shutdown) | None => break EngineExit::Shutdown,
+                    #[cfg(any(test, feature = "fault-injection"))]
+                    Some(Command::Panic) => panic!("fault injection: engine panic requested"),
                 },
             }
-        }
+        };
         info!(parent: &state.span, counters = ?state.counters, "engine stopped");
-        let _ = closed.send(true);
+        exit
     }
 }
 

@@ -21,8 +21,10 @@ mod offload;
 mod peer;
 mod sockets;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -95,12 +97,49 @@ pub struct Counters {
     pub tun_write_errors: u64,
 }
 
+/// Why a device's engine stopped. Any of them leaves the device dead: the TUN interface
+/// goes with the engine, and a new device must be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineExit {
+    /// Asked to: [`DeviceHandle::shutdown`], or every handle dropped.
+    Shutdown,
+    /// The TUN interface was deleted (from outside) or failed.
+    InterfaceGone(String),
+    /// The engine panicked (a bug); the panic's message.
+    Panicked(String),
+    /// The engine's task was cancelled (its [`UserspaceDevice`] dropped).
+    Aborted,
+}
+
+impl std::fmt::Display for EngineExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineExit::Shutdown => f.write_str("shut down"),
+            EngineExit::InterfaceGone(e) => write!(f, "interface gone: {e}"),
+            EngineExit::Panicked(msg) => write!(f, "panic: {msg}"),
+            EngineExit::Aborted => f.write_str("task cancelled"),
+        }
+    }
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
 /// A cheap, cloneable way to talk to a running device (the UAPI server holds one).
 #[derive(Debug, Clone)]
 pub struct DeviceHandle {
     name: Arc<str>,
     commands: mpsc::Sender<Command>,
-    closed: watch::Receiver<bool>,
+    /// Set once when the engine ends, however it ends.
+    exit: watch::Receiver<Option<EngineExit>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -110,6 +149,8 @@ impl std::fmt::Debug for Command {
             Command::Status(_) => "Status",
             Command::Counters(_) => "Counters",
             Command::Shutdown => "Shutdown",
+            #[cfg(any(test, feature = "fault-injection"))]
+            Command::Panic => "Panic",
         })
     }
 }
@@ -149,14 +190,34 @@ impl DeviceHandle {
         answer.await.map_err(|_| Error::Closed)
     }
 
-    /// Resolves once the device has stopped (interface deleted, or shut down).
+    /// Resolves once the device has stopped (interface deleted, shut down, or the engine
+    /// panicked).
     pub async fn closed(&self) {
-        let mut closed = self.closed.clone();
-        let _ = closed.wait_for(|&c| c).await;
+        let mut exit = self.exit.clone();
+        let _ = exit.wait_for(Option::is_some).await;
     }
 
     pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
+        self.exit().is_some()
+    }
+
+    /// Why the engine stopped, `None` while it runs: a supervisor checks this (or awaits
+    /// [`DeviceHandle::closed`]) and makes a new device.
+    pub fn exit(&self) -> Option<EngineExit> {
+        if let Some(exit) = self.exit.borrow().clone() {
+            return Some(exit);
+        }
+        // The task that reports the exit is gone without a word: it was cancelled.
+        self.exit
+            .has_changed()
+            .is_err()
+            .then_some(EngineExit::Aborted)
+    }
+
+    /// Tests only: makes the engine panic, as a bug in it would.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub async fn inject_panic(&self) {
+        let _ = self.commands.send(Command::Panic).await;
     }
 
     /// Ask the engine to stop.
@@ -189,19 +250,25 @@ impl UserspaceDevice {
         let span = tracing::info_span!("wg", iface = %name);
         let engine = Engine::new(tun, span.clone(), options.offload, options.mtu)?;
         let (commands, receiver) = mpsc::channel(16);
-        let (closed_tx, closed) = watch::channel(false);
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            engine.run(receiver, closed_tx),
-            span,
-        ));
-        Ok(Self {
-            handle: DeviceHandle {
-                name: name.into(),
-                commands,
-                closed,
-            },
-            task,
-        })
+        let (exit_tx, exit) = watch::channel(None);
+        // A panic in the engine is caught here and reported like any other end, so whoever
+        // holds the device learns that it is dead (and why) instead of finding a silent task.
+        let run = tracing::Instrument::instrument(engine.run(receiver), span);
+        let task = tokio::spawn(async move {
+            let exit = match AssertUnwindSafe(run).catch_unwind().await {
+                Ok(exit) => exit,
+                Err(panic) => EngineExit::Panicked(panic_message(panic.as_ref())),
+            };
+            let _ = exit_tx.send(Some(exit));
+        });
+        let handle = DeviceHandle {
+            name: name.into(),
+            commands,
+            exit,
+        };
+        #[cfg(feature = "fault-injection")]
+        fault::panic_on_sigusr2(handle.clone());
+        Ok(Self { handle, task })
     }
 
     pub fn handle(&self) -> DeviceHandle {
@@ -228,6 +295,11 @@ impl UserspaceDevice {
         self.handle.closed().await
     }
 
+    /// Why the engine stopped, `None` while it runs (see [`DeviceHandle::exit`]).
+    pub fn exit(&self) -> Option<EngineExit> {
+        self.handle.exit()
+    }
+
     /// Stop the engine and wait for it.
     pub async fn shutdown(self) {
         self.handle.shutdown().await;
@@ -237,5 +309,148 @@ impl UserspaceDevice {
 impl Drop for UserspaceDevice {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The integration tests' way to make a running daemon's engine panic: with the
+/// `fault-injection` feature (which `cargo test` turns on through weft's dev-dependencies,
+/// never a release build), SIGUSR2 makes every userspace engine in the process panic.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    use super::DeviceHandle;
+
+    pub(super) fn panic_on_sigusr2(handle: DeviceHandle) {
+        let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                Some(()) = usr2.recv() => {
+                    tracing::warn!(iface = handle.name(), "SIGUSR2 (fault injection): making the engine panic");
+                    handle.inject_panic().await;
+                }
+                () = handle.closed() => {}
+            }
+        });
+    }
+}
+
+/// A device's engine ending, seen from outside, in a test host's namespace (needs root).
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weft_testbed::TestBed;
+
+    use super::*;
+
+    /// Runs `body` on a thread inside host 0's namespace of a new test bed.
+    fn in_test_host<F, Fut>(test: &str, body: F)
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        if !weft_testbed::require_root(test) {
+            return;
+        }
+        let bed = TestBed::new(1).expect("test bed");
+        let name = bed.host(0).name().to_owned();
+        let path = format!("/run/netns/{name}");
+        let thread = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(body(name));
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    async fn wait_closed(device: &UserspaceDevice) {
+        tokio::time::timeout(Duration::from_secs(5), device.closed())
+            .await
+            .expect("the device reports its end");
+    }
+
+    fn link_exists(ns: &str, name: &str) -> bool {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "ip", "link", "show", name])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    #[test]
+    fn a_panic_in_the_engine_is_reported_and_the_interface_goes() {
+        in_test_host(
+            "a_panic_in_the_engine_is_reported_and_the_interface_goes",
+            |ns| async move {
+                let device = UserspaceDevice::create("wp0", DeviceOptions::default())
+                    .await
+                    .expect("device");
+                assert_eq!(device.exit(), None);
+                assert!(link_exists(&ns, "wp0"));
+                device.handle().inject_panic().await;
+                wait_closed(&device).await;
+                assert_eq!(
+                    device.exit(),
+                    Some(EngineExit::Panicked(
+                        "fault injection: engine panic requested".into()
+                    ))
+                );
+                assert!(device.handle().is_closed());
+                assert!(matches!(device.status().await, Err(Error::Closed)));
+                assert!(
+                    !link_exists(&ns, "wp0"),
+                    "the TUN interface outlived its engine"
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn a_deleted_interface_ends_the_engine() {
+        in_test_host("a_deleted_interface_ends_the_engine", |ns| async move {
+            let device = UserspaceDevice::create("wp1", DeviceOptions::default())
+                .await
+                .expect("device");
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "ip", "link", "del", "wp1"])
+                .output()
+                .expect("ip link del");
+            assert!(out.status.success(), "{out:?}");
+            wait_closed(&device).await;
+            assert!(
+                matches!(device.exit(), Some(EngineExit::InterfaceGone(_))),
+                "{:?}",
+                device.exit()
+            );
+        });
+    }
+
+    #[test]
+    fn shutdown_and_drop_are_told_apart() {
+        in_test_host("shutdown_and_drop_are_told_apart", |_| async move {
+            let device = UserspaceDevice::create("wp2", DeviceOptions::default())
+                .await
+                .expect("device");
+            let handle = device.handle();
+            handle.shutdown().await;
+            assert_eq!(handle.exit(), Some(EngineExit::Shutdown));
+            let device = UserspaceDevice::create("wp3", DeviceOptions::default())
+                .await
+                .expect("device");
+            let handle = device.handle();
+            drop(device);
+            tokio::time::timeout(Duration::from_secs(5), handle.closed())
+                .await
+                .expect("a dropped device reports its end");
+            assert_eq!(handle.exit(), Some(EngineExit::Aborted));
+        });
     }
 }

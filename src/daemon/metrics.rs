@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, warn};
 
-use super::api::{Peer, Query, Request, Response, Status};
+use super::api::{Peer, PeerState, Query, Request, Response, Status};
 
 /// The default listen address of the metrics endpoint.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:6782";
@@ -206,9 +206,9 @@ pub fn render(status: &Status, peers: &[Peer]) -> Result<String, std::fmt::Error
     );
 
     let by_state = Family::<Labels, Gauge>::default();
-    for state in ["alive", "suspect", "failed", "left"] {
+    for state in PeerState::ALL {
         // Every state has a sample, zero included, so series do not come and go.
-        drop(by_state.get_or_create(&label("state", state)));
+        drop(by_state.get_or_create(&label("state", state.as_str())));
     }
     let age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let rx = Family::<Labels, Counter>::default();
@@ -304,7 +304,7 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
-    use crate::daemon::api::{GossipCounters, MemberCounts, PeerLinkInfo, PeerState};
+    use crate::daemon::api::{GossipCounters, MemberCounts, PeerLinkInfo};
 
     fn status(ready: bool) -> Status {
         Status {
@@ -319,7 +319,8 @@ mod tests {
                 suspect: 1,
                 failed: 0,
                 left: 0,
-                total: 4,
+                stopped: 1,
+                total: 5,
             },
             datapath: "userspace".into(),
             uptime_secs: 42,
@@ -381,6 +382,7 @@ mod tests {
             peer("n1", PeerState::Alive, false, Some(direct)),
             peer("n2", PeerState::Alive, false, Some(relayed)),
             peer("n3", PeerState::Suspect, false, None),
+            peer("n4", PeerState::Stopped, false, None),
         ]
     }
 
@@ -399,6 +401,7 @@ mod tests {
             "weft_peers{state=\"suspect\"} 1",
             "weft_peers{state=\"failed\"} 0",
             "weft_peers{state=\"left\"} 0",
+            "weft_peers{state=\"stopped\"} 1",
             "weft_peer_handshake_age_seconds{peer=\"n1\"} 12.5",
             "weft_peer_handshake_age_seconds{peer=\"n2\"} 3.0",
             "weft_peer_rx_bytes_total{peer=\"n1\"} 2048",

@@ -1,13 +1,14 @@
 //! The node's answers to API requests (`weft status`, `peers`, `ipam`, `attach`, `forget`,
 //! `connect`), from the cores and the datapath's last report.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use ipnet::Ipv4Net;
 use tracing::info;
 use weft_gossip::ipam::{self, Store};
-use weft_gossip::{MemberInfo, MemberState, NodeId};
+use weft_gossip::{MemberInfo, NodeId};
 
 use super::{Node, BRIDGE, GATEWAY_ID};
 use crate::daemon::api::{
@@ -15,10 +16,6 @@ use crate::daemon::api::{
     Status,
 };
 use crate::daemon::view;
-
-/// A peer counts as up when its last handshake is at most this old (WireGuard rekeys every
-/// two minutes while traffic flows).
-const PEER_UP_WITHIN: Duration = Duration::from_secs(180);
 
 impl<S: Store> Node<S> {
     /// Answer an API request. `wall` is the wall clock, for the age of handshakes.
@@ -49,10 +46,24 @@ impl<S: Store> Node<S> {
         response
     }
 
+    /// The IPAM core's report, with the name of every node this node knows beside it.
     fn ipam_report(&self) -> Result<Response, String> {
-        serde_json::to_value(self.ipam.report())
-            .map(|ipam| Response::Ipam { ok: true, ipam })
-            .map_err(|e| format!("cannot encode the IPAM report: {e}"))
+        let mut ipam = serde_json::to_value(self.ipam.report())
+            .map_err(|e| format!("cannot encode the IPAM report: {e}"))?;
+        let local = self.core.local_record();
+        let names: serde_json::Map<String, serde_json::Value> =
+            std::iter::once((local.node_id, local.name.clone()))
+                .chain(
+                    self.core
+                        .members()
+                        .map(|m| (m.record.node_id, m.record.name.clone())),
+                )
+                .map(|(id, name)| (id.to_string(), serde_json::Value::String(name)))
+                .collect();
+        if let serde_json::Value::Object(map) = &mut ipam {
+            map.insert("names".into(), serde_json::Value::Object(names));
+        }
+        Ok(Response::Ipam { ok: true, ipam })
     }
 
     fn allocate(&mut self, now: Instant, container: &str) -> Result<Response, String> {
@@ -191,19 +202,13 @@ impl<S: Store> Node<S> {
     /// `weft status`. The transport's own counters (`gossip.sent`, `gossip.send_failures`)
     /// are the loop's to fill in.
     fn status(&self, now: Instant, wall: SystemTime) -> Status {
-        let mut members = MemberCounts {
-            alive: 1,
-            total: 1,
-            ..MemberCounts::default()
-        };
+        let mut members = MemberCounts::default();
+        members.add(PeerState::Alive);
+        let mut states = HashMap::with_capacity(self.core.num_members());
         for m in self.core.members() {
-            members.total += 1;
-            match m.state {
-                MemberState::Alive => members.alive += 1,
-                MemberState::Suspect => members.suspect += 1,
-                MemberState::Dead => members.failed += 1,
-                MemberState::Left => members.left += 1,
-            }
+            let state = view::peer_state(&m);
+            members.add(state);
+            states.insert(m.record.node_id, state);
         }
         let record = self.core.local_record();
         let report = &self.report;
@@ -222,16 +227,8 @@ impl<S: Store> Node<S> {
         };
         let space = self.ipam.owned_cidrs();
         let joined = self.config.seeds.is_empty() || self.core.num_members() > 0;
-        let peers_total = self.published.as_ref().map_or(0, |v| v.peers.len());
-        let peers_up = report
-            .peers
-            .values()
-            .filter(|l| {
-                l.last_handshake
-                    .and_then(|t| wall.duration_since(t).ok())
-                    .is_some_and(|age| age <= PEER_UP_WITHIN)
-            })
-            .count();
+        // The view's peers: every member that has not left for good.
+        let peers_total = states.values().filter(|s| **s != PeerState::Left).count();
         Status {
             name: record.name.clone(),
             node_id: record.node_id.to_string(),
@@ -245,10 +242,10 @@ impl<S: Store> Node<S> {
             ready: joined
                 && !space.is_empty()
                 && (self.config.datapath_off || (report.ready && failed.is_none())),
-            peers_up,
+            peers_up: view::peers_up(&states, &report.peers, wall),
             peers_total,
             address_space: space.iter().map(ToString::to_string).collect(),
-            addresses_used: self.ipam.allocations().len() as u64,
+            addresses_used: self.addresses_used(),
             addresses_free: self.ipam.free_addresses(),
             gossip: GossipCounters {
                 sent: 0,
@@ -258,6 +255,16 @@ impl<S: Store> Node<S> {
             },
             fail_closed_drops: report.fail_closed_drops,
         }
+    }
+
+    /// Containers' addresses only: the gateway's reservation (which only a node that did not
+    /// start the cluster holds) is not one.
+    fn addresses_used(&self) -> u64 {
+        self.ipam
+            .allocations()
+            .iter()
+            .filter(|(c, _)| c != GATEWAY_ID)
+            .count() as u64
     }
 
     fn peers(&self, now: Instant, wall: SystemTime) -> Vec<Peer> {

@@ -14,6 +14,7 @@ use weft_gossip::{NodeRecord, VerifiedRecord};
 use super::*;
 use crate::daemon::api::{Allocation, PeerState, Request, Response, Status};
 use crate::daemon::members::Liveness;
+use crate::daemon::view::PeerLink;
 
 const RANGE: &str = "10.40.0.0/16";
 /// One-way delay of every message.
@@ -289,6 +290,29 @@ impl Net {
                     })
                 })
         })
+    }
+
+    /// A datapath report of node `index`: a link per `(peer, relay, handshake age)`.
+    fn report(&self, links: &[(u8, Option<u8>, Option<Duration>)]) -> DatapathReport {
+        let wall = self.wall();
+        DatapathReport {
+            kind: "userspace".into(),
+            ifname: "weft-wg".into(),
+            ready: true,
+            peers: links
+                .iter()
+                .map(|&(peer, via, age)| {
+                    let link = PeerLink {
+                        endpoint: via.is_none().then(|| wg_endpoint(peer)),
+                        via: via.map(|v| self.id(v)),
+                        last_handshake: age.map(|a| wall - a),
+                        ..PeerLink::default()
+                    };
+                    (self.id(peer), link)
+                })
+                .collect(),
+            ..DatapathReport::default()
+        }
     }
 
     fn give_report(&mut self, index: u8, report: DatapathReport) {
@@ -597,6 +621,171 @@ fn reset_hands_the_space_over_and_leaves() {
         );
         assert_eq!(status.peers_total, 1);
     }
+}
+
+#[test]
+fn a_failed_member_is_counted_failed_and_never_up() {
+    let mut net = Net::cluster(3);
+    let fresh = Some(Duration::from_secs(5));
+    let report = net.report(&[(2, None, fresh), (3, None, fresh)]);
+    net.give_report(1, report);
+    let status = net.status(1);
+    assert_eq!((status.peers_up, status.peers_total), (2, 2));
+    assert_eq!(status.members.alive, 3);
+
+    net.n(3).down = true;
+    let suspected = net.run_until(Duration::from_secs(30), |net| {
+        net.status(1).members.suspect == 1
+    });
+    assert!(suspected, "n3 never suspected");
+    // Its last handshake is recent, but the membership doubts it.
+    assert_eq!(net.status(1).peers_up, 1, "a suspect peer counted up");
+    let failed = net.run_until(Duration::from_secs(60), |net| {
+        net.status(1).members.failed == 1
+    });
+    assert!(failed, "n3 never declared failed");
+    // The datapath's report still says n3's handshake is recent (it was, when it failed).
+    let report = net.report(&[(2, None, fresh), (3, None, fresh)]);
+    net.give_report(1, report);
+    let status = net.status(1);
+    assert_eq!(
+        (
+            status.members.alive,
+            status.members.failed,
+            status.members.total
+        ),
+        (2, 1, 3)
+    );
+    assert_eq!(status.peers_up, 1, "a failed peer counted up: {status:?}");
+    assert_eq!(status.peers_total, 2, "a failed peer stays in the view");
+}
+
+#[test]
+fn a_stopped_member_is_counted_stopped_everywhere_and_never_up() {
+    let mut net = Net::cluster(3);
+    let now = net.now;
+    net.n(3).node.leave(now, LeaveReason::Stopping);
+    net.pump(3);
+    net.run_until_done(3);
+    net.n(3).down = true;
+    let stopped = net.run_until(Duration::from_secs(10), |net| {
+        net.status(1).members.stopped == 1
+    });
+    assert!(stopped, "n3 not stopped on n1: {:?}", net.status(1).members);
+    let fresh = Some(Duration::from_secs(1));
+    let report = net.report(&[(2, None, fresh), (3, None, fresh)]);
+    net.give_report(1, report);
+    let status = net.status(1);
+    assert_eq!(
+        (
+            status.members.alive,
+            status.members.stopped,
+            status.members.left,
+            status.members.total
+        ),
+        (2, 1, 0, 3),
+        "stopped is not left"
+    );
+    assert_eq!((status.peers_up, status.peers_total), (1, 2));
+    let peers = match net.ask(1, Request::Peers) {
+        Response::Peers { ok: true, peers } => peers,
+        other => panic!("{other:?}"),
+    };
+    let n3 = peers.iter().find(|p| p.name == "n3").expect("n3 listed");
+    assert_eq!(n3.state, PeerState::Stopped);
+    // The metrics count it the same way.
+    let metrics = crate::daemon::metrics::render(&status, &peers).expect("render");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "weft_peers{state=\"stopped\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "weft_peers{state=\"left\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_relayed_peer_is_up_while_its_relay_is() {
+    let mut net = Net::cluster(3);
+    let report = net.report(&[(2, None, Some(Duration::from_secs(30))), (3, Some(2), None)]);
+    net.give_report(1, report);
+    assert_eq!(net.status(1).peers_up, 2);
+    // The relay's tunnel is older than WireGuard accepts: neither is up.
+    let report = net.report(&[
+        (2, None, Some(Duration::from_secs(181))),
+        (3, Some(2), None),
+    ]);
+    net.give_report(1, report);
+    assert_eq!(net.status(1).peers_up, 0);
+}
+
+#[test]
+fn the_node_that_started_the_cluster_counts_used_addresses_like_a_joiner() {
+    let mut net = Net::cluster(2);
+    allocate(&mut net, 1, "c1");
+    allocate(&mut net, 2, "c2");
+    let (genesis, joiner) = (net.status(1), net.status(2));
+    assert_eq!(genesis.addresses_used, 1, "{genesis:?}");
+    assert_eq!(joiner.addresses_used, 1, "{joiner:?}");
+    // On both, used and free add up to the space less the gateway (a reservation on the
+    // joiner, the range's network address on the node that started the cluster) and the
+    // range's broadcast address where it lies.
+    for (s, i) in [(&genesis, 1), (&joiner, 2)] {
+        let owned = net.nodes[&i].node.ipam.owned_cidrs();
+        let size: u64 = owned.iter().map(|c| 1u64 << (32 - c.prefix_len())).sum();
+        let broadcast = owned.iter().any(|c| c.contains(&range().broadcast()));
+        assert_eq!(
+            s.addresses_used + s.addresses_free + 1 + u64::from(broadcast),
+            size,
+            "{s:?}"
+        );
+    }
+    // `weft ipam`: each node's row reads the same on itself as on the other node (the node
+    // that started the cluster left its network and broadcast addresses out of its own),
+    // once the records with the allocations have spread.
+    net.run_for(Duration::from_secs(2));
+    let reports: Vec<serde_json::Value> = [1, 2]
+        .iter()
+        .map(|&i| match net.ask(i, Request::Ipam) {
+            Response::Ipam { ok: true, ipam } => ipam,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for i in [1, 2] {
+        let id = net.id(i).to_string();
+        let used: Vec<&serde_json::Value> = reports
+            .iter()
+            .map(|r| {
+                let rows = r["nodes"].as_array().expect("nodes");
+                let row = rows.iter().find(|n| n["node"] == id.as_str());
+                &row.expect("a row for every node")["used"]
+            })
+            .collect();
+        assert_eq!(used[0], used[1], "n{i}'s used addresses, on n1 and n2");
+    }
+}
+
+#[test]
+fn the_ipam_report_names_every_node() {
+    let mut net = Net::cluster(2);
+    let ipam = match net.ask(1, Request::Ipam) {
+        Response::Ipam { ok: true, ipam } => ipam,
+        other => panic!("{other:?}"),
+    };
+    let (a, b) = (net.id(1).to_string(), net.id(2).to_string());
+    assert_eq!(ipam["names"][&a], "n1", "{ipam}");
+    assert_eq!(ipam["names"][&b], "n2", "{ipam}");
+    assert!(
+        ipam["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .all(|n| ipam["names"][n["node"].as_str().expect("id")].is_string()),
+        "{ipam}"
+    );
 }
 
 #[test]

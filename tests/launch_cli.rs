@@ -94,6 +94,12 @@ fn operator_commands_and_metrics_against_running_daemons() {
     for label in ["peers:", "datapath:", "address space:", "addresses:"] {
         assert!(text.contains(label), "no {label:?} in\n{text}");
     }
+    assert!(text.contains(" 0 stopped, 0 left"), "{text}");
+    // n1 is up once it is alive and its tunnel has a handshake.
+    let up = wait_until(Duration::from_secs(20), || {
+        json(h0, &nodes[0], &["status"]).is_some_and(|s| s["peers_up"] == 1)
+    });
+    assert!(up, "n1 never up on n0\n{}", dump(&[&p0, &p1]));
 
     // peers: the new columns, n1's row.
     let (code, text, err) = weft(h0, &nodes[0], &["peers"]);
@@ -103,7 +109,12 @@ fn operator_commands_and_metrics_against_running_daemons() {
         assert!(header.contains(col), "no {col} in\n{text}");
     }
     assert!(text.lines().any(|l| l.starts_with("n1 ")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("n0 (self)")), "{text}");
+    // Every row shows a WireGuard endpoint, this node's own included.
+    let own = text
+        .lines()
+        .find(|l| l.starts_with("n0 (self)"))
+        .unwrap_or_else(|| panic!("no row for n0\n{text}"));
+    assert!(own.contains(&format!("{}:6784", h0.public_ip())), "{text}");
 
     // ipam: the table names both owners and the report's JSON is the daemon's.
     let (code, text, err) = weft(h0, &nodes[0], &["ipam"]);
@@ -172,6 +183,16 @@ fn operator_commands_and_metrics_against_running_daemons() {
         })
     });
     assert!(left, "n0 does not see n1 as left\n{}", dump(&[&p0]));
+    let status = json(h0, &nodes[0], &["status"]).expect("status");
+    assert_eq!(
+        (
+            &status["members"]["left"],
+            &status["members"]["stopped"],
+            &status["peers_up"]
+        ),
+        (&Value::from(1), &Value::from(0), &Value::from(0)),
+        "{status}"
+    );
 
     // reset with no daemon: says so and cleans the host anyway.
     let (code, out, err) = weft(h1, &nodes[1], &["reset"]);

@@ -25,12 +25,16 @@ pub fn show(daemon: Daemon, format: OutputFormat) -> anyhow::Result<()> {
     }
     let report: Report =
         serde_json::from_value(report).context("the daemon's IPAM report is not valid")?;
-    // Names make the table readable; without them (an older daemon, a failed query) node ids do.
-    let peers = match daemon.ask(Request::Peers) {
-        Ok(Response::Peers { peers, .. }) => peers,
-        _ => Vec::new(),
+    // The daemon names every node it knows in the report; an older one does not, and then
+    // its peers list does. Without either, short node ids still identify the nodes.
+    let names = if report.names.is_empty() {
+        match daemon.ask(Request::Peers) {
+            Ok(Response::Peers { peers, .. }) => Names::new(&peers),
+            _ => Names::from_report(&report),
+        }
+    } else {
+        Names::from_report(&report)
     };
-    let names = Names::new(&peers);
     let mut out = std::io::stdout().lock();
     write_report(&mut out, &report, &names)?;
     out.flush()?;
@@ -53,6 +57,9 @@ struct Report {
     conflicts: Vec<Conflict>,
     clashes: Vec<Clash>,
     waiting_for: Option<String>,
+    /// Node id to name, for every node the daemon knows (added by the daemon beside the
+    /// IPAM core's report).
+    names: HashMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,10 +114,22 @@ struct Clash {
     owners: Vec<String>,
 }
 
-/// Node ids (base64) to `name (short id)`, from the peers list.
+/// Node ids (base64) to `name (short id)`.
 struct Names(HashMap<String, String>);
 
 impl Names {
+    /// From the names in the report.
+    fn from_report(report: &Report) -> Names {
+        Names(
+            report
+                .names
+                .iter()
+                .map(|(id, name)| (id.clone(), format!("{name} ({})", short(id))))
+                .collect(),
+        )
+    }
+
+    /// From the peers list.
     fn new(peers: &[Peer]) -> Names {
         Names(
             peers
@@ -128,9 +147,14 @@ impl Names {
     fn of(&self, node: &str) -> String {
         match self.0.get(node) {
             Some(label) => label.clone(),
-            None => node.chars().take(8).collect(),
+            None => short(node),
         }
     }
+}
+
+/// A node id's short form (as `NodeId::short`).
+fn short(node: &str) -> String {
+    node.chars().take(8).collect()
 }
 
 fn yes_no(b: bool) -> String {
@@ -365,6 +389,30 @@ mod tests {
             conflict.contains("n0 (AAAAAAAA)") && conflict.contains("n1 (BBBBBBBB)"),
             "conflict does not name both sides: {text}"
         );
+    }
+
+    #[test]
+    fn owners_are_named_from_the_names_in_the_report() {
+        let mut value = report();
+        value["names"] = serde_json::json!({A: "n0", C: "n2"});
+        let parsed: Report = serde_json::from_value(value).expect("report parses");
+        let mut out = Vec::new();
+        write_report(&mut out, &parsed, &Names::from_report(&parsed)).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no line starting {start:?}\n{text}"))
+                .to_string()
+        };
+        assert!(
+            line("10.40.0.0-10.47.255.255").contains("n2 (CCCCCCCC)"),
+            "{text}"
+        );
+        assert!(line("n2 (CCCCCCCC)").contains("active"), "{text}");
+        assert!(line("this node:").contains("n0 (AAAAAAAA)"), "{text}");
+        // A node the daemon has no name for: its short id.
+        assert!(line("CONFLICT:").contains("started by BBBBBBBB"), "{text}");
     }
 
     #[test]

@@ -36,8 +36,9 @@ const HEADER: [&str; 8] = [
     "TX",
 ];
 
-/// One row: the WireGuard endpoint in use (else the first one the peer advertises), the path
-/// (`direct` or `via RELAY`), the age of the last handshake, and bytes each way.
+/// One row: a WireGuard endpoint on every row (the one in use, else the first one the member
+/// advertises, this node's own included), the path (`direct` or `via RELAY`), the age of the
+/// last handshake, and bytes each way.
 fn row(p: &Peer) -> Vec<String> {
     let name = if p.is_self {
         format!("{} (self)", p.name)
@@ -45,17 +46,13 @@ fn row(p: &Peer) -> Vec<String> {
         p.name.clone()
     };
     let dash = || "-".to_string();
+    let advertised = || {
+        p.wireguard_endpoints
+            .first()
+            .map_or_else(dash, ToString::to_string)
+    };
     let (endpoint, path, handshake, rx, tx) = match (&p.link, p.is_self) {
-        (_, true) => (p.endpoint.to_string(), dash(), dash(), dash(), dash()),
-        (None, false) => (
-            p.wireguard_endpoints
-                .first()
-                .map_or_else(dash, ToString::to_string),
-            dash(),
-            dash(),
-            dash(),
-            dash(),
-        ),
+        (_, true) | (None, false) => (advertised(), dash(), dash(), dash(), dash()),
         (Some(link), false) => (
             link.endpoint
                 .or_else(|| p.wireguard_endpoints.first().copied())
@@ -99,7 +96,11 @@ mod tests {
             node_id_short: "AAAAAAAA".into(),
             is_self,
             endpoint: "192.0.2.1:6783".parse().expect("addr"),
-            wireguard_endpoints: vec!["192.0.2.1:6784".parse().expect("addr")],
+            wireguard_endpoints: vec![if is_self {
+                "192.0.2.9:6784".parse().expect("addr")
+            } else {
+                "192.0.2.1:6784".parse().expect("addr")
+            }],
             wireguard_public_key: "k".into(),
             state,
             incarnation: 7,
@@ -148,7 +149,9 @@ mod tests {
         }
         assert_eq!(col(lines[2], "alive"), state, "{text}");
         assert!(lines[1].starts_with("a (self)"), "{text}");
-        assert!(lines[1].contains("192.0.2.1:6783"), "{text}");
+        // Its WireGuard endpoint, like every other row, not its gossip address.
+        assert!(lines[1].contains("192.0.2.9:6784"), "{text}");
+        assert!(!lines[1].contains(":6783"), "{text}");
         assert!(
             lines[2].contains("198.51.100.7:6784")
                 && lines[2].contains("direct")

@@ -24,8 +24,8 @@ impl Report for Status {
             (
                 "members",
                 format!(
-                    "{} total: {} alive, {} suspect, {} failed, {} left",
-                    m.total, m.alive, m.suspect, m.failed, m.left
+                    "{} total: {} alive, {} suspect, {} failed, {} stopped, {} left",
+                    m.total, m.alive, m.suspect, m.failed, m.stopped, m.left
                 ),
             ),
             (
@@ -98,8 +98,9 @@ mod tests {
                 alive: 3,
                 suspect: 1,
                 failed: 0,
-                left: 0,
-                total: 4,
+                left: 1,
+                stopped: 2,
+                total: 7,
             },
             datapath: "userspace".into(),
             uptime_secs: 42,
@@ -131,6 +132,7 @@ mod tests {
         let text = String::from_utf8(out).expect("utf-8");
         for line in [
             "ready:          yes",
+            "members:        7 total: 3 alive, 1 suspect, 0 failed, 2 stopped, 1 left",
             "peers:          2 up of 3",
             "datapath:       userspace",
             "address space:  10.32.0.0/14, 10.40.0.0/13",

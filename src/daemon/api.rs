@@ -130,16 +130,25 @@ pub struct Status {
     /// datapath matches the view (`/readyz`).
     #[serde(default)]
     pub ready: bool,
-    /// Peers with a completed handshake in the last 3 minutes (direct or relayed) / peers.
+    /// Peers that are up: alive in the membership (suspect, failed, stopped and left ones
+    /// never count) and with a working tunnel: a direct one with a handshake in the last
+    /// 180 s (WireGuard's reject-after time), or a relayed one whose relay is itself up.
     #[serde(default)]
     pub peers_up: usize,
+    /// Peers in the view: every other member that has not left for good.
     #[serde(default)]
     pub peers_total: usize,
-    /// This node's address space (CIDRs) and addresses in use / free in it.
+    /// This node's address space (CIDRs).
     #[serde(default)]
     pub address_space: Vec<String>,
+    /// Addresses held by containers in this node's space: the same count on every node.
+    /// This node's gateway is not counted (a joiner holds it as a reservation, the node
+    /// that started the cluster uses the range's network address, which is never handed
+    /// out), nor the range's network and broadcast addresses.
     #[serde(default)]
     pub addresses_used: u64,
+    /// Addresses in this node's space that a container could still get (the gateway and
+    /// the reserved addresses are not free either).
     #[serde(default)]
     pub addresses_free: u64,
     /// Gossip messages sent and received, and sends that failed, since start.
@@ -173,14 +182,33 @@ pub struct GossipCounters {
     pub connections_refused: BTreeMap<String, u64>,
 }
 
-/// Members by state, this node included (as alive).
+/// Members by state (as [`PeerState`] has them, the same states `weft peers` and the
+/// metrics show), this node included (as alive).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberCounts {
     pub alive: usize,
     pub suspect: usize,
     pub failed: usize,
+    /// Left for good.
     pub left: usize,
+    /// Stopped for now (SIGTERM, restart): expected back. Counted apart from `left`.
+    #[serde(default)]
+    pub stopped: usize,
     pub total: usize,
+}
+
+impl MemberCounts {
+    /// Count one more member in `state`.
+    pub fn add(&mut self, state: PeerState) {
+        self.total += 1;
+        match state {
+            PeerState::Alive => self.alive += 1,
+            PeerState::Suspect => self.suspect += 1,
+            PeerState::Failed => self.failed += 1,
+            PeerState::Left => self.left += 1,
+            PeerState::Stopped => self.stopped += 1,
+        }
+    }
 }
 
 /// Liveness of a member as this node sees it.
@@ -197,6 +225,15 @@ pub enum PeerState {
 }
 
 impl PeerState {
+    /// Every state, in the order status and metrics list them.
+    pub const ALL: [PeerState; 5] = [
+        PeerState::Alive,
+        PeerState::Suspect,
+        PeerState::Failed,
+        PeerState::Stopped,
+        PeerState::Left,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PeerState::Alive => "alive",
@@ -217,7 +254,7 @@ pub struct Peer {
     /// True for the node answering the request.
     #[serde(rename = "self")]
     pub is_self: bool,
-    /// The member's gossip address.
+    /// The member's gossip address (`weft peers` shows a WireGuard endpoint instead).
     pub endpoint: SocketAddr,
     /// WireGuard endpoints from its record (configured, local, observed).
     pub wireguard_endpoints: Vec<SocketAddr>,

@@ -19,8 +19,12 @@
 //! Reading stops at the first incomplete or unknown frame (a torn tail after a crash) and
 //! the file is cut there; every record is verified again, so a damaged or planted record is
 //! dropped, never trusted. The file is rewritten (compacted) from the live view when the
-//! journal has grown to a few times the number of members, and after a failed write (which
-//! may have left a partial frame that would garble every frame after it).
+//! journal has grown to a few times the number of members ([`compaction_due`]), and after a
+//! failed write (which may have left a partial frame that would garble every frame after it).
+//!
+//! What to write is the node's decision (`node::Node::poll_journal` yields [`JournalWrite`]s);
+//! this module only does the file IO ([`MembersJournal::apply`]), driven by the daemon's loop,
+//! which hands the result back to the node before the node lets the IPAM core act.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -46,7 +50,7 @@ const GONE: u8 = 3;
 const LEFT: u8 = 4;
 const LEFT_LEN: usize = 32 + 8 + 1 + SIGNATURE_LEN;
 const SIGNATURE_LEN: usize = 64;
-/// Compact once this many frames beyond twice the members were appended.
+/// Compact once this many writes beyond twice the members were appended.
 const COMPACT_SLACK: usize = 256;
 /// The most read back at start (a compacted journal of 10,000 members is ~12 MiB); what lies
 /// beyond is treated like a torn tail.
@@ -73,21 +77,45 @@ impl Liveness {
     }
 }
 
-/// A member as the journal last described it.
+/// A member as the journal describes it: read back at start, or written whole by a rewrite.
 #[derive(Debug, Clone)]
-pub struct Restored {
+pub struct JournalEntry {
     pub record: Arc<VerifiedRecord>,
     pub live: bool,
-    /// Its signed leave, if it left (not yet verified: `Membership::restore_leaves` does).
+    /// Its signed leave, if it left (not yet verified when read back:
+    /// `Membership::restore_leaves` does).
     pub leave: Option<SignedLeave>,
+}
+
+/// One write to the journal, as the node decided it.
+#[derive(Debug, Clone)]
+pub enum JournalWrite {
+    /// What changed about a member: its newer record (`None` when only its liveness
+    /// changed), and whether it is live, down, or left (with its signed leave; a member that
+    /// left without one is noted down).
+    Member {
+        id: NodeId,
+        record: Option<Arc<VerifiedRecord>>,
+        liveness: Liveness,
+        leave: Option<SignedLeave>,
+    },
+    /// The member was forgotten: drop it.
+    Gone(NodeId),
+    /// Replace the whole file with exactly these members (compaction, or after a failed
+    /// write).
+    Rewrite(Vec<JournalEntry>),
+}
+
+/// Whether a journal that had `appended` writes since it was last written whole should be
+/// rewritten from a view of `members` members.
+pub fn compaction_due(appended: usize, members: usize) -> bool {
+    appended > 2 * members + COMPACT_SLACK
 }
 
 #[derive(Debug)]
 pub struct MembersJournal {
     path: PathBuf,
     file: File,
-    /// Frames appended since the file was last written whole.
-    appended: usize,
     /// A write failed: the file may end in a partial frame, and what follows it would be
     /// misread. Nothing more is appended until the caller rewrites the file whole.
     broken: bool,
@@ -96,7 +124,7 @@ pub struct MembersJournal {
 impl MembersJournal {
     /// Open (or create) the journal in `state_dir` and read back what it holds: the latest
     /// verified record of each member and whether it was live.
-    pub fn open(state_dir: &Path) -> anyhow::Result<(Self, Vec<Restored>)> {
+    pub fn open(state_dir: &Path) -> anyhow::Result<(Self, Vec<JournalEntry>)> {
         let path = state_dir.join(JOURNAL_FILE);
         let mut bytes = Vec::new();
         match File::open(&path) {
@@ -124,25 +152,47 @@ impl MembersJournal {
                 "members journal: damaged or torn tail cut off"
             );
         }
-        let restored: Vec<Restored> = parsed.members.into_values().collect();
+        let restored: Vec<JournalEntry> = parsed.members.into_values().collect();
         let mut journal = Self {
             file: open_append(&path)?,
             path,
-            appended: 0,
             broken: false,
         };
         // Start from a clean file holding exactly what was read: drops a torn tail and
         // superseded frames in one go.
-        journal.rewrite(
-            restored
-                .iter()
-                .map(|r| (r.record.signed(), r.live, r.leave.as_ref())),
-        )?;
+        journal.rewrite(&restored)?;
         Ok((journal, restored))
     }
 
+    /// Do one write the node decided on.
+    pub fn apply(&mut self, write: &JournalWrite) -> anyhow::Result<()> {
+        match write {
+            JournalWrite::Member {
+                id,
+                record,
+                liveness,
+                leave,
+            } => {
+                match record {
+                    Some(r) => self.record(r.signed(), *liveness == Liveness::Live)?,
+                    None if *liveness == Liveness::Down => self.down(id)?,
+                    None => {}
+                }
+                if *liveness == Liveness::Left {
+                    match leave {
+                        Some(leave) => self.left(leave)?,
+                        None => self.down(id)?,
+                    }
+                }
+                Ok(())
+            }
+            JournalWrite::Gone(id) => self.gone(id),
+            JournalWrite::Rewrite(members) => self.rewrite(members),
+        }
+    }
+
     /// Note a member's (newer) record; `live` false also notes it down.
-    pub fn record(&mut self, signed: &SignedRecord, live: bool) -> anyhow::Result<()> {
+    fn record(&mut self, signed: &SignedRecord, live: bool) -> anyhow::Result<()> {
         let mut frame = Vec::with_capacity(3 + signed.body().len() + SIGNATURE_LEN + 33);
         encode_record(&mut frame, signed);
         if !live {
@@ -155,54 +205,45 @@ impl MembersJournal {
     }
 
     /// Note that a member is down (its record unchanged).
-    pub fn down(&mut self, id: &NodeId) -> anyhow::Result<()> {
+    fn down(&mut self, id: &NodeId) -> anyhow::Result<()> {
         let mut frame = vec![DOWN];
         frame.extend_from_slice(&id.0);
         self.append(&frame)
     }
 
     /// Note that a member left, with its signed leave.
-    pub fn left(&mut self, leave: &SignedLeave) -> anyhow::Result<()> {
+    fn left(&mut self, leave: &SignedLeave) -> anyhow::Result<()> {
         let mut frame = Vec::with_capacity(1 + LEFT_LEN);
         encode_leave(&mut frame, leave);
         self.append(&frame)
     }
 
     /// Note that a member was forgotten.
-    pub fn gone(&mut self, id: &NodeId) -> anyhow::Result<()> {
+    fn gone(&mut self, id: &NodeId) -> anyhow::Result<()> {
         let mut frame = vec![GONE];
         frame.extend_from_slice(&id.0);
         self.append(&frame)
     }
 
-    /// Whether the caller should `rewrite` the file from its view: enough was appended, or
-    /// a write failed.
-    pub fn wants_compaction(&self, members: usize) -> bool {
-        self.broken || self.appended > 2 * members + COMPACT_SLACK
-    }
-
     /// Replace the file with exactly `members` (atomically: temporary file, sync, rename).
-    pub fn rewrite<'a>(
-        &mut self,
-        members: impl IntoIterator<Item = (&'a SignedRecord, bool, Option<&'a SignedLeave>)>,
-    ) -> anyhow::Result<()> {
+    pub fn rewrite(&mut self, members: &[JournalEntry]) -> anyhow::Result<()> {
         let mut bytes = MAGIC.to_vec();
-        for (signed, live, leave) in members {
+        for m in members {
+            let signed = m.record.signed();
             encode_record(&mut bytes, signed);
-            if !live {
+            if !m.live {
                 if let Ok((id, _)) = signed.peek() {
                     bytes.push(DOWN);
                     bytes.extend_from_slice(&id.0);
                 }
             }
-            if let Some(leave) = leave {
+            if let Some(leave) = &m.leave {
                 encode_leave(&mut bytes, leave);
             }
         }
         self.broken = true;
         write_atomically(&self.path, &bytes)?;
         self.file = open_append(&self.path)?;
-        self.appended = 0;
         self.broken = false;
         Ok(())
     }
@@ -218,7 +259,6 @@ impl MembersJournal {
             self.broken = true;
             return Err(e).with_context(|| format!("appending to {}", self.path.display()));
         }
-        self.appended += 1;
         Ok(())
     }
 }
@@ -251,7 +291,7 @@ fn encode_record(out: &mut Vec<u8>, signed: &SignedRecord) {
 
 #[derive(Debug, Default)]
 struct Parsed {
-    members: HashMap<NodeId, Restored>,
+    members: HashMap<NodeId, JournalEntry>,
     /// Bytes up to the end of the last complete, known frame.
     valid_len: usize,
     bad_records: usize,
@@ -287,7 +327,7 @@ fn parse(bytes: &[u8]) -> Parsed {
                         if newer {
                             out.members.insert(
                                 id,
-                                Restored {
+                                JournalEntry {
                                     record: Arc::new(v),
                                     live: true,
                                     leave: None,
@@ -368,7 +408,7 @@ mod tests {
         (key.node_id(), record.sign(&key).expect("signs"))
     }
 
-    fn by_id(restored: &[Restored]) -> HashMap<NodeId, (u64, bool)> {
+    fn by_id(restored: &[JournalEntry]) -> HashMap<NodeId, (u64, bool)> {
         restored
             .iter()
             .map(|r| (*r.record.node_id(), (r.record.version(), r.live)))
@@ -478,6 +518,14 @@ mod tests {
         assert!(restored.is_empty());
     }
 
+    fn entry(signed: SignedRecord, live: bool, leave: Option<SignedLeave>) -> JournalEntry {
+        JournalEntry {
+            record: Arc::new(VerifiedRecord::verify(signed, None).expect("verifies")),
+            live,
+            leave,
+        }
+    }
+
     #[test]
     fn compaction_keeps_exactly_the_view_it_is_given() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -487,10 +535,13 @@ mod tests {
         for _ in 0..(3 + COMPACT_SLACK) {
             j.record(&a1, true).expect("append");
         }
-        assert!(j.wants_compaction(1));
-        j.rewrite([(&a1, true, None), (&b1, false, None)])
-            .expect("rewrite");
-        assert!(!j.wants_compaction(1));
+        assert!(compaction_due(3 + COMPACT_SLACK, 1));
+        assert!(!compaction_due(2 + COMPACT_SLACK, 1));
+        j.apply(&JournalWrite::Rewrite(vec![
+            entry(a1, true, None),
+            entry(b1, false, None),
+        ]))
+        .expect("rewrite");
         let len = std::fs::metadata(dir.path().join(JOURNAL_FILE))
             .expect("exists")
             .len();
@@ -501,5 +552,70 @@ mod tests {
             by_id(&restored),
             HashMap::from([(a, (1, true)), (b, (2, false))])
         );
+    }
+
+    #[test]
+    fn member_writes_read_back_as_the_node_decided_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = IdentityKey::from_seed(&[1; 32]);
+        let (a, a1) = signed(1, 4);
+        let (b, b1) = signed(2, 5);
+        let (c, c1) = signed(3, 6);
+        let (d, d1) = signed(4, 7);
+        let record = |s: SignedRecord| Some(entry(s, true, None).record);
+        let leave = SignedLeave::sign(&key, 4, LeaveReason::Stopping);
+        {
+            let (mut j, _) = MembersJournal::open(dir.path()).expect("opens");
+            for write in [
+                JournalWrite::Member {
+                    id: a,
+                    record: record(a1),
+                    liveness: Liveness::Left,
+                    leave: Some(leave.clone()),
+                },
+                JournalWrite::Member {
+                    id: b,
+                    record: record(b1),
+                    liveness: Liveness::Live,
+                    leave: None,
+                },
+                // Only its liveness changed.
+                JournalWrite::Member {
+                    id: b,
+                    record: None,
+                    liveness: Liveness::Down,
+                    leave: None,
+                },
+                JournalWrite::Member {
+                    id: c,
+                    record: record(c1),
+                    liveness: Liveness::Live,
+                    leave: None,
+                },
+                JournalWrite::Gone(c),
+                // Left without a signed leave at hand: down.
+                JournalWrite::Member {
+                    id: d,
+                    record: record(d1),
+                    liveness: Liveness::Left,
+                    leave: None,
+                },
+            ] {
+                j.apply(&write).expect("write");
+            }
+        }
+        let (_, restored) = MembersJournal::open(dir.path()).expect("reopens");
+        assert_eq!(
+            by_id(&restored),
+            HashMap::from([(a, (4, false)), (b, (5, false)), (d, (7, false))])
+        );
+        let of = |id: NodeId| {
+            restored
+                .iter()
+                .find(|r| *r.record.node_id() == id)
+                .expect("restored")
+        };
+        assert_eq!(of(a).leave.as_ref(), Some(&leave));
+        assert_eq!(of(d).leave, None);
     }
 }

@@ -37,7 +37,7 @@ use tracing::{debug, warn};
 
 use weft_mesh::host::DriftKind;
 
-use super::api::{Peer, Query, Request, Response, Status};
+use super::api::{Peer, PeerState, Query, Request, Response, Status};
 use super::slots::{Slot, Slots, Wake};
 
 /// The default listen address of the metrics endpoint.
@@ -261,9 +261,9 @@ pub fn render(status: &Status, peers: &[Peer]) -> Result<String, std::fmt::Error
     );
 
     let by_state = Family::<Labels, Gauge>::default();
-    for state in ["alive", "suspect", "failed", "left"] {
+    for state in PeerState::ALL {
         // Every state has a sample, zero included, so series do not come and go.
-        drop(by_state.get_or_create(&label("state", state)));
+        drop(by_state.get_or_create(&label("state", state.as_str())));
     }
     let age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let rx = Family::<Labels, Counter>::default();
@@ -389,7 +389,7 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
-    use crate::daemon::api::{GossipCounters, MemberCounts, PeerLinkInfo, PeerState};
+    use crate::daemon::api::{GossipCounters, MemberCounts, PeerLinkInfo};
 
     fn status(ready: bool) -> Status {
         Status {
@@ -404,7 +404,8 @@ mod tests {
                 suspect: 1,
                 failed: 0,
                 left: 0,
-                total: 4,
+                stopped: 1,
+                total: 5,
             },
             datapath: "userspace".into(),
             uptime_secs: 42,
@@ -471,6 +472,7 @@ mod tests {
             peer("n1", PeerState::Alive, false, Some(direct)),
             peer("n2", PeerState::Alive, false, Some(relayed)),
             peer("n3", PeerState::Suspect, false, None),
+            peer("n4", PeerState::Stopped, false, None),
         ]
     }
 
@@ -489,6 +491,7 @@ mod tests {
             "weft_peers{state=\"suspect\"} 1",
             "weft_peers{state=\"failed\"} 0",
             "weft_peers{state=\"left\"} 0",
+            "weft_peers{state=\"stopped\"} 1",
             "weft_peer_handshake_age_seconds{peer=\"n1\"} 12.5",
             "weft_peer_handshake_age_seconds{peer=\"n2\"} 3.0",
             "weft_peer_rx_bytes_total{peer=\"n1\"} 2048",

@@ -1,6 +1,7 @@
 //! The weft daemon (`weft launch`): keys and secret from disk, the gossip transport, the
-//! membership and IPAM driver, the WireGuard datapath task that follows the driver's view,
-//! the local API socket and the metrics endpoint.
+//! sans-IO node (membership and IPAM cores, journal decisions, API answers) and the IO loop
+//! that drives it (`driver`), the WireGuard datapath task that follows the node's view, the
+//! local API socket and the metrics endpoint.
 
 mod addrs;
 pub mod api;
@@ -9,6 +10,7 @@ pub mod datapath;
 mod driver;
 mod members;
 pub mod metrics;
+mod node;
 pub mod preflight;
 mod slots;
 mod state;
@@ -29,8 +31,9 @@ use weft_gossip::{Membership, NodeRecord};
 use api::{ApiSocket, Response};
 use config::LaunchConfig;
 use datapath::DatapathConfig;
-use driver::{DatapathLink, Driver, Exit, NodeInfo};
+use driver::{DatapathLink, Driver, Exit};
 use members::MembersJournal;
+use node::{Node, NodeConfig};
 use state::VersionFile;
 use view::DatapathReport;
 
@@ -142,29 +145,15 @@ async fn run(
         rng_seed: rand::random(),
         ..weft_gossip::Config::default()
     };
-    let mut core = Membership::new(gossip_config, core_identity, record, now)
+    let core = Membership::new(gossip_config, core_identity, record, now)
         .context("building the node record")?;
-    // Start from the view this node had: live members are probed again, down ones keep
-    // their records (and address space) known and passed on.
     let (journal, restored) = MembersJournal::open(&config.state_dir)?;
-    let (live, down): (Vec<_>, Vec<_>) = restored.into_iter().partition(|r| r.live);
-    if !live.is_empty() || !down.is_empty() {
-        info!(
-            live = live.len(),
-            down = down.len(),
-            "members restored from the journal"
-        );
-    }
-    core.restore(now, live.into_iter().map(|r| r.record));
-    let leaves: Vec<_> = down.iter().filter_map(|r| r.leave.clone()).collect();
-    core.restore_down(now, down.into_iter().map(|r| r.record));
-    core.restore_leaves(now, leaves);
-    let node = core.local_id();
-    info!(node = %node, name = %config.name, %gossip_addr, version = core.local_version(), "node started");
+    let node_id = core.local_id();
+    info!(node = %node_id, name = %config.name, %gossip_addr, version = core.local_version(), "node started");
     eprintln!(
         "weft: node {} ({}) gossiping on {gossip_addr} (bound {bound}), WireGuard port {}, API at {}",
         config.name,
-        node.short(),
+        node_id.short(),
         config.wg_port,
         config.api_socket.display()
     );
@@ -207,7 +196,7 @@ async fn run(
         }
     });
 
-    let info = NodeInfo {
+    let node_config = NodeConfig {
         listen: bound,
         range: config.range,
         started: now,
@@ -215,23 +204,15 @@ async fn run(
         mtu: config.mtu,
         wg_local,
         datapath_off,
+        seeds: config.seeds.clone(),
     };
+    let node = Node::new(node_config, core, ipam, restored, now);
     let link = DatapathLink {
         view: view_tx,
         report: report_rx,
         failed: failed_rx,
     };
-    let driver = Driver::new(
-        core,
-        ipam,
-        transport,
-        config.seeds.clone(),
-        version,
-        journal,
-        info,
-        link,
-        now,
-    );
+    let driver = Driver::new(node, transport, journal, version, link);
     let shutdown = async move {
         let name = tokio::select! {
             _ = sigterm.recv() => "SIGTERM",

@@ -9,9 +9,9 @@
 //!
 //! Both are plain data: each side can be tested without the other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ipnet::{Ipv4Net, Ipv4Subnets};
 use weft_crypto::{NodeId, WgPublicKey};
@@ -114,7 +114,41 @@ pub fn spaces_by_owner(ring: &[RingEntry], range: Ipv4Net) -> BTreeMap<NodeId, V
     out
 }
 
-/// How a member's liveness shows in the view and in `weft peers`.
+/// A tunnel whose last handshake is older than this carries nothing: WireGuard's
+/// REJECT_AFTER_TIME (it rekeys every two minutes while traffic flows).
+pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
+
+/// The peers that are up, for `weft status`: a peer is up when it is [`PeerState::Alive`]
+/// (suspect ones are not: the membership already doubts them) and its tunnel works: a
+/// direct one with a handshake at most [`HANDSHAKE_FRESH`] old at `wall`, or a relayed one
+/// whose relay is itself up directly. A failed, stopped or left member is never up, however
+/// fresh its last handshake.
+pub fn peers_up(
+    states: &HashMap<NodeId, PeerState>,
+    links: &BTreeMap<NodeId, PeerLink>,
+    wall: SystemTime,
+) -> usize {
+    let alive = |id: &NodeId| states.get(id) == Some(&PeerState::Alive);
+    let fresh = |l: &PeerLink| {
+        l.last_handshake
+            .is_some_and(|t| wall.duration_since(t).unwrap_or(Duration::ZERO) <= HANDSHAKE_FRESH)
+    };
+    let direct_up =
+        |id: &NodeId| alive(id) && links.get(id).is_some_and(|l| l.via.is_none() && fresh(l));
+    links
+        .iter()
+        .filter(|(id, link)| {
+            alive(id)
+                && match link.via {
+                    None => fresh(link),
+                    Some(relay) => relay != **id && direct_up(&relay),
+                }
+        })
+        .count()
+}
+
+/// How a member's liveness shows everywhere: the view, `weft peers`, `weft status`'s counts
+/// and the metrics (which read `weft peers`).
 pub fn peer_state(m: &MemberInfo<'_>) -> PeerState {
     match m.state {
         MemberState::Alive => PeerState::Alive,
@@ -235,6 +269,52 @@ mod tests {
             |n: &NodeId| -> Vec<String> { spaces[n].iter().map(ToString::to_string).collect() };
         assert_eq!(show(&b), ["10.32.1.0/24", "10.32.2.0/24"]);
         assert_eq!(show(&a), ["10.32.0.0/24", "10.32.3.0/31", "10.32.3.2/32"]);
+    }
+
+    #[test]
+    fn a_peer_is_up_when_alive_with_a_fresh_direct_tunnel_or_an_up_relay() {
+        let id = |seed: u8| IdentityKey::from_seed(&[seed; 32]).node_id();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let direct = |age: u64| PeerLink {
+            last_handshake: Some(wall - Duration::from_secs(age)),
+            ..PeerLink::default()
+        };
+        let via = |relay: NodeId| PeerLink {
+            via: Some(relay),
+            ..PeerLink::default()
+        };
+        let states: HashMap<NodeId, PeerState> = [
+            (id(1), PeerState::Alive),
+            (id(2), PeerState::Alive),
+            (id(3), PeerState::Suspect),
+            (id(4), PeerState::Failed),
+            (id(5), PeerState::Stopped),
+            (id(6), PeerState::Alive),
+            (id(7), PeerState::Alive),
+            (id(8), PeerState::Alive),
+        ]
+        .into();
+        let up = |links: Vec<(u8, PeerLink)>| {
+            let links = links.into_iter().map(|(n, l)| (id(n), l)).collect();
+            peers_up(&states, &links, wall)
+        };
+        // Fresh up to WireGuard's reject-after time, and not after.
+        assert_eq!(up(vec![(1, direct(180)), (2, direct(181))]), 1);
+        // Suspect, failed and stopped members are never up, however fresh the handshake.
+        assert_eq!(up(vec![(3, direct(1)), (4, direct(1)), (5, direct(1))]), 0);
+        // Never a handshake: not up.
+        assert_eq!(up(vec![(1, PeerLink::default())]), 0);
+        // Relayed: up while the relay is up directly.
+        assert_eq!(up(vec![(1, direct(10)), (6, via(id(1)))]), 2);
+        assert_eq!(up(vec![(1, direct(200)), (6, via(id(1)))]), 0);
+        // A relay that is down, relayed itself, unknown, or the peer itself: not up.
+        assert_eq!(up(vec![(5, direct(1)), (6, via(id(5)))]), 0);
+        assert_eq!(
+            up(vec![(1, direct(1)), (7, via(id(1))), (8, via(id(7)))]),
+            2
+        );
+        assert_eq!(up(vec![(6, via(id(9)))]), 0);
+        assert_eq!(up(vec![(6, via(id(6)))]), 0);
     }
 
     #[test]

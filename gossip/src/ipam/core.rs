@@ -1339,7 +1339,14 @@ impl<S: Store> Ipam<S> {
             node: self.me.to_string(),
             status: self.status,
             owned: self.pool.owned().iter().map(|p| u64::from(p.len())).sum(),
-            used: self.pool.used_count(),
+            // Counted as in this node's claims, which every other node reports it from: the
+            // range's network and broadcast addresses are not free, so they count as used.
+            used: self
+                .pool
+                .owned()
+                .iter()
+                .map(|p| u64::from(self.pool.unavailable_in(p.start, p.end)))
+                .sum(),
             reachable: true,
         }];
         let mut unreachable_free = 0;

@@ -67,10 +67,6 @@ impl Pool {
         self.by_container.len()
     }
 
-    pub(crate) fn used_count(&self) -> u64 {
-        self.used.len() as u64
-    }
-
     /// Addresses this node could still hand out.
     pub(crate) fn free_count(&self) -> u64 {
         let mut free: u64 = self.owned.iter().map(|p| u64::from(p.len())).sum();

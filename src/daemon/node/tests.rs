@@ -1,0 +1,947 @@
+//! Nodes driven by hand, without sockets: a small network with a virtual clock carries
+//! transmits between them (like quinn's `Pair` and `weft_gossip::sim`), the members journal
+//! is a list, the IPAM cores keep their state in memory.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use weft_crypto::{IdentityKey, WgPublicKey};
+use weft_gossip::ipam::{IpamConfig, MemoryStore};
+use weft_gossip::{NodeRecord, VerifiedRecord};
+
+use super::*;
+use crate::daemon::api::{Allocation, PeerState, Request, Response, Status};
+use crate::daemon::members::Liveness;
+use crate::daemon::view::PeerLink;
+
+const RANGE: &str = "10.40.0.0/16";
+/// One-way delay of every message.
+const LATENCY: Duration = Duration::from_millis(5);
+
+fn range() -> Ipv4Net {
+    RANGE.parse().expect("range")
+}
+
+/// What a node handed out, in order.
+#[derive(Debug, Clone)]
+enum Output {
+    Journal(JournalWrite),
+    Transmit(Channel),
+}
+
+#[derive(Debug)]
+struct TestNode {
+    node: Node<MemoryStore>,
+    id: NodeId,
+    addr: SocketAddr,
+    /// The IPAM store, shared with the core: a restart starts from it.
+    store: MemoryStore,
+    outputs: Vec<Output>,
+    view: Option<MeshView>,
+    /// Crashed or cut off: nothing in, nothing out, no timers.
+    down: bool,
+    /// Journal writes stay queued until the test answers them.
+    hold_journal: bool,
+}
+
+#[derive(Debug)]
+struct Net {
+    start: Instant,
+    now: Instant,
+    wall_start: SystemTime,
+    nodes: BTreeMap<u8, TestNode>,
+    /// (delivery time, sender address, sender id, destination, bytes), in send order.
+    in_flight: Vec<(Instant, SocketAddr, NodeId, SocketAddr, Vec<u8>)>,
+}
+
+fn addr(index: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, index)), 6783)
+}
+
+fn wg_endpoint(index: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, index)), 6784)
+}
+
+/// Node `index`'s parts: its core (version `version`) and IPAM core on `store`.
+fn parts(
+    index: u8,
+    version: u64,
+    store: MemoryStore,
+    now: Instant,
+) -> (Membership, Ipam<MemoryStore>) {
+    let key = IdentityKey::from_seed(&[index; 32]);
+    let mut record = NodeRecord::new(
+        key.node_id(),
+        version,
+        format!("n{index}"),
+        WgPublicKey([index; 32]),
+        addr(index),
+    );
+    record.endpoints.local = vec![wg_endpoint(index)];
+    let gossip = weft_gossip::Config {
+        rng_seed: u64::from(index),
+        ..weft_gossip::Config::default()
+    };
+    let core = Membership::new(gossip, key, record, now).expect("core");
+    let identity = Arc::new(IdentityKey::from_seed(&[index; 32]));
+    let ipam =
+        Ipam::open(identity, IpamConfig::new(range()), store, u64::from(index)).expect("ipam");
+    (core, ipam)
+}
+
+fn config(index: u8, seeds: Vec<SocketAddr>, now: Instant) -> NodeConfig {
+    NodeConfig {
+        listen: addr(index),
+        range: range(),
+        started: now,
+        wg_port: 6784,
+        mtu: 1420,
+        wg_local: vec![wg_endpoint(index)],
+        datapath_off: false,
+        seeds,
+    }
+}
+
+impl Net {
+    fn new() -> Self {
+        let start = Instant::now();
+        Net {
+            start,
+            now: start,
+            wall_start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            nodes: BTreeMap::new(),
+            in_flight: Vec::new(),
+        }
+    }
+
+    fn wall(&self) -> SystemTime {
+        self.wall_start + (self.now - self.start)
+    }
+
+    /// Start node `index`, joining through the nodes in `seeds` (none: it starts the
+    /// cluster).
+    fn add(&mut self, index: u8, seeds: &[u8]) {
+        let store = MemoryStore::new();
+        let (core, ipam) = parts(index, 1, store.clone(), self.now);
+        let seeds = seeds.iter().map(|s| addr(*s)).collect();
+        let mut node = Node::new(
+            config(index, seeds, self.now),
+            core,
+            ipam,
+            Vec::new(),
+            self.now,
+        );
+        node.start(self.now);
+        let id = node.core.local_id();
+        self.nodes.insert(
+            index,
+            TestNode {
+                node,
+                id,
+                addr: addr(index),
+                store,
+                outputs: Vec::new(),
+                view: None,
+                down: false,
+                hold_journal: false,
+            },
+        );
+        self.pump(index);
+    }
+
+    fn n(&mut self, index: u8) -> &mut TestNode {
+        self.nodes.get_mut(&index).expect("node")
+    }
+
+    fn id(&self, index: u8) -> NodeId {
+        self.nodes[&index].id
+    }
+
+    /// Carry out what node `index` asks for, as the IO loop does.
+    fn pump(&mut self, index: u8) {
+        let now = self.now;
+        let t = self.nodes.get_mut(&index).expect("node");
+        if t.down {
+            return;
+        }
+        loop {
+            if t.hold_journal {
+                break;
+            }
+            let Some(write) = t.node.poll_journal() else {
+                break;
+            };
+            t.outputs.push(Output::Journal(write));
+            t.node.handle_journal_result(now, Ok(()));
+        }
+        while let Some(tx) = t.node.poll_transmit() {
+            let (channel, _) = frame::unframe(&tx.bytes).expect("framed");
+            t.outputs.push(Output::Transmit(channel));
+            self.in_flight
+                .push((now + LATENCY, t.addr, t.id, tx.dst, tx.bytes));
+        }
+        if let Some(view) = t.node.poll_view() {
+            t.view = Some(view);
+        }
+    }
+
+    fn pump_all(&mut self) {
+        let indexes: Vec<u8> = self.nodes.keys().copied().collect();
+        for i in indexes {
+            self.pump(i);
+        }
+    }
+
+    /// Jump to the next delivery or timer, and handle what is due.
+    fn step(&mut self) {
+        self.pump_all();
+        let next_delivery = self.in_flight.iter().map(|m| m.0).min();
+        let next_timer = self
+            .nodes
+            .values()
+            .filter(|t| !t.down)
+            .map(|t| t.node.poll_timeout())
+            .min();
+        let next = [next_delivery, next_timer]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.now + Duration::from_secs(1));
+        self.now = self.now.max(next);
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .partition(|m| m.0 <= now);
+        self.in_flight = later;
+        for (_, from, sender, to, bytes) in due {
+            if let Some(t) = self.nodes.values_mut().find(|t| t.addr == to && !t.down) {
+                t.node.handle_message(now, from, sender, &bytes);
+            }
+        }
+        for t in self.nodes.values_mut().filter(|t| !t.down) {
+            if t.node.poll_timeout() <= now {
+                t.node.handle_timeout(now);
+            }
+        }
+        self.pump_all();
+    }
+
+    /// Step until `done` holds, for at most `limit` of virtual time.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Net) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    fn ask(&mut self, index: u8, request: Request) -> Response {
+        let (now, wall) = (self.now, self.wall());
+        let response = self.n(index).node.handle_request(now, wall, request);
+        self.pump(index);
+        response
+    }
+
+    fn status(&mut self, index: u8) -> Status {
+        match self.ask(index, Request::Status) {
+            Response::Status { ok: true, status } => status,
+            other => panic!("expected a status, got {other:?}"),
+        }
+    }
+
+    /// A cluster of `n` nodes joined through node 1, each owning space, each seeing every
+    /// other one alive with its space.
+    fn cluster(n: u8) -> Net {
+        let mut net = Net::new();
+        net.add(1, &[]);
+        for i in 2..=n {
+            net.add(i, &[1]);
+        }
+        let converged = net.run_until(Duration::from_secs(60), |net| net.converged());
+        assert!(converged, "no convergence: {net:#?}");
+        net
+    }
+
+    /// Every node up sees every other one alive in its view, with the space it owns.
+    fn converged(&self) -> bool {
+        let up: Vec<&TestNode> = self.nodes.values().filter(|t| !t.down).collect();
+        up.iter().all(|t| {
+            let Some(view) = &t.view else { return false };
+            let owned = t.node.ipam.owned_cidrs();
+            !owned.is_empty()
+                && view.local.spaces == owned
+                && up.iter().filter(|o| o.id != t.id).all(|o| {
+                    view.peers.iter().any(|p| {
+                        p.node_id == o.id
+                            && p.state == PeerState::Alive
+                            && p.spaces == o.node.ipam.owned_cidrs()
+                    })
+                })
+        })
+    }
+
+    /// A datapath report of node `index`: a link per `(peer, relay, handshake age)`.
+    fn report(&self, links: &[(u8, Option<u8>, Option<Duration>)]) -> DatapathReport {
+        let wall = self.wall();
+        DatapathReport {
+            kind: "userspace".into(),
+            ifname: "weft-wg".into(),
+            ready: true,
+            peers: links
+                .iter()
+                .map(|&(peer, via, age)| {
+                    let link = PeerLink {
+                        endpoint: via.is_none().then(|| wg_endpoint(peer)),
+                        via: via.map(|v| self.id(v)),
+                        last_handshake: age.map(|a| wall - a),
+                        ..PeerLink::default()
+                    };
+                    (self.id(peer), link)
+                })
+                .collect(),
+            ..DatapathReport::default()
+        }
+    }
+
+    fn give_report(&mut self, index: u8, report: DatapathReport) {
+        let now = self.now;
+        self.n(index).node.handle_report(now, report);
+        self.pump(index);
+    }
+
+    /// Run the network until node `index`'s hand-over or leave is done.
+    fn run_until_done(&mut self, index: u8) {
+        let done = self.run_until(Duration::from_secs(10), |net| {
+            let now = net.now;
+            net.nodes[&index].node.done(now)
+        });
+        assert!(done, "n{index} never finished");
+    }
+}
+
+fn allocation(r: Response) -> Allocation {
+    match r {
+        Response::Allocation {
+            ok: true,
+            allocation,
+        } => allocation,
+        other => panic!("expected an allocation, got {other:?}"),
+    }
+}
+
+fn ok_message(r: Response) -> String {
+    match r {
+        Response::Done { ok: true, message } => message,
+        other => panic!("expected done, got {other:?}"),
+    }
+}
+
+fn error_text(r: Response) -> String {
+    match r {
+        Response::Error { ok: false, error } => error,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn allocate(net: &mut Net, index: u8, container: &str) -> Allocation {
+    allocation(net.ask(
+        index,
+        Request::Allocate {
+            container: container.into(),
+        },
+    ))
+}
+
+#[test]
+fn a_seed_starts_the_space_and_answers_every_request() {
+    let mut net = Net::new();
+    net.add(1, &[]);
+    let view = net.nodes[&1].view.clone().expect("a view is published");
+    assert_eq!(view.local.spaces, vec![range()]);
+    assert_eq!(view.local.wg_port, 6784);
+    assert!(view.peers.is_empty());
+    let record = net.nodes[&1].node.core.local_record();
+    assert!(!record.ipam.is_empty(), "the IPAM record is not published");
+    assert_eq!(record.endpoints.local, vec![wg_endpoint(1)]);
+
+    let a = allocate(&mut net, 1, "c1");
+    assert!(range().contains(&a.address.addr()), "{a:?}");
+    assert_eq!(a.address.prefix_len(), 16);
+    assert_eq!(a.gateway, range().network());
+    assert_ne!(a.address.addr(), a.gateway);
+    assert_eq!(
+        (a.bridge.as_str(), a.mtu, a.cluster_range),
+        ("weft", 1420, range())
+    );
+    let again = allocate(&mut net, 1, "c1");
+    assert_eq!(again.address, a.address, "same id, same address");
+    let other = allocate(&mut net, 1, "c2");
+    assert_ne!(other.address, a.address);
+    let reserved = error_text(net.ask(
+        1,
+        Request::Allocate {
+            container: GATEWAY_ID.into(),
+        },
+    ));
+    assert!(reserved.contains("reserved"), "{reserved}");
+
+    let msg = ok_message(net.ask(
+        1,
+        Request::Release {
+            container: "c1".into(),
+        },
+    ));
+    assert!(msg.contains(&a.address.addr().to_string()), "{msg}");
+    let msg = ok_message(net.ask(
+        1,
+        Request::Release {
+            container: "c1".into(),
+        },
+    ));
+    assert!(msg.contains("no address"), "{msg}");
+
+    let e = error_text(net.ask(1, Request::Forget { node: "n1".into() }));
+    assert!(e.contains("this node"), "{e}");
+    let e = error_text(net.ask(
+        1,
+        Request::Forget {
+            node: "nobody".into(),
+        },
+    ));
+    assert!(e.contains("no member"), "{e}");
+    let e = error_text(net.ask(
+        1,
+        Request::Connect {
+            addr: "somewhere".into(),
+        },
+    ));
+    assert!(e.contains("ip:port"), "{e}");
+    let msg = ok_message(net.ask(
+        1,
+        Request::Connect {
+            addr: "127.0.0.1:9".into(),
+        },
+    ));
+    assert!(msg.contains("127.0.0.1:9"), "{msg}");
+    // The connect goes out as a push-pull to that address.
+    assert!(net
+        .in_flight
+        .iter()
+        .any(|m| m.3 == "127.0.0.1:9".parse().expect("addr")));
+
+    match net.ask(1, Request::Ipam) {
+        Response::Ipam { ok: true, ipam } => {
+            assert!(ipam["genesis"].is_object(), "{ipam}");
+            assert_eq!(ipam["range"], RANGE);
+        }
+        other => panic!("{other:?}"),
+    }
+    let status = net.status(1);
+    assert_eq!(status.address_space, vec![RANGE.to_string()]);
+    assert_eq!(status.addresses_used, 1, "c2 only");
+    assert_eq!(status.datapath, "starting");
+    assert!(!status.ready, "ready before the datapath is");
+    net.give_report(
+        1,
+        DatapathReport {
+            kind: "userspace".into(),
+            ready: true,
+            ..DatapathReport::default()
+        },
+    );
+    let status = net.status(1);
+    assert!(status.ready, "{status:?}");
+    assert_eq!(status.datapath, "userspace");
+
+    // The allocations survive a restart (same store).
+    let store = net.nodes[&1].store.clone();
+    let now = net.now;
+    let (core, ipam) = parts(1, 2, store, now);
+    let mut node = Node::new(config(1, Vec::new(), now), core, ipam, Vec::new(), now);
+    node.start(now);
+    let back = allocation(node.handle_request(
+        now,
+        net.wall(),
+        Request::Allocate {
+            container: "c2".into(),
+        },
+    ));
+    assert_eq!(back.address, other.address);
+}
+
+#[test]
+fn a_joiner_gets_space_and_never_hands_out_its_gateway() {
+    let mut net = Net::new();
+    net.add(1, &[]);
+    // Its seed is not there yet.
+    net.add(2, &[9]);
+    assert!(
+        net.nodes[&2].node.ipam.genesis().is_none(),
+        "a node with seeds started its own space"
+    );
+    let e = error_text(net.ask(
+        2,
+        Request::Allocate {
+            container: "early".into(),
+        },
+    ));
+    assert!(
+        e.starts_with("no address space reachable: try again later"),
+        "{e}"
+    );
+    // Now it finds the cluster.
+    let r = net.ask(
+        2,
+        Request::Connect {
+            addr: addr(1).to_string(),
+        },
+    );
+    ok_message(r);
+    let got = net.run_until(Duration::from_secs(30), |net| {
+        !net.nodes[&2].node.ipam.owned().is_empty()
+    });
+    assert!(got, "n2 got no space");
+    let space = net.nodes[&2].node.ipam.owned_cidrs();
+    let gateway = space[0].network();
+    assert!(
+        net.nodes[&2]
+            .node
+            .ipam
+            .allocations()
+            .iter()
+            .any(|(c, addr)| c == GATEWAY_ID && *addr == gateway),
+        "gateway {gateway} not reserved: {:?}",
+        net.nodes[&2].node.ipam.allocations()
+    );
+    let c = allocate(&mut net, 2, "c");
+    assert_eq!(c.gateway, gateway);
+    assert_ne!(c.address.addr(), gateway);
+    let block = space
+        .iter()
+        .find(|n| n.contains(&c.address.addr()))
+        .expect("address in n2's space");
+    assert_eq!(c.address.prefix_len(), block.prefix_len());
+    let a_space = net.nodes[&1].node.ipam.owned_cidrs();
+    assert!(
+        a_space.iter().all(|n| !n.contains(&c.address.addr())),
+        "n2 allocated from n1's space"
+    );
+}
+
+#[test]
+fn three_nodes_join_and_every_view_lists_the_other_two_with_their_space() {
+    let net = Net::cluster(3);
+    let mut all_space: Vec<Ipv4Net> = Vec::new();
+    for t in net.nodes.values() {
+        let view = t.view.as_ref().expect("view");
+        assert_eq!(view.peers.len(), 2, "{view:?}");
+        for p in &view.peers {
+            let other = net
+                .nodes
+                .values()
+                .find(|o| o.id == p.node_id)
+                .expect("peer");
+            assert_eq!(p.name, other.node.core.local_record().name);
+            assert_eq!(p.endpoints, vec![other.node.config.wg_local[0]]);
+            assert!(!p.spaces.is_empty());
+        }
+        all_space.extend(t.node.ipam.owned_cidrs());
+    }
+    // Nobody's space overlaps another's.
+    for (i, a) in all_space.iter().enumerate() {
+        for b in &all_space[i + 1..] {
+            assert!(!a.contains(b) && !b.contains(a), "{a} and {b} overlap");
+        }
+    }
+}
+
+#[test]
+fn reset_hands_the_space_over_and_leaves() {
+    let mut net = Net::cluster(3);
+    allocate(&mut net, 3, "c");
+    let space = net.nodes[&3].node.ipam.owned_cidrs();
+    let now = net.now;
+    let summary = net.n(3).node.hand_over(now);
+    assert!(
+        summary.starts_with("handed its address space to n"),
+        "{summary}"
+    );
+    net.pump(3);
+    net.run_until_done(3);
+    assert!(net.nodes[&3].node.ipam_left());
+    let receiver: u8 = summary
+        .trim_start_matches("handed its address space to n")
+        .parse()
+        .expect("a node's name");
+    // The receiver acknowledged before the hand-over wait ran out.
+    let owned = net.nodes[&receiver].node.ipam.owned_cidrs();
+    for net_piece in &space {
+        assert!(
+            owned.iter().any(|o| o.contains(net_piece)),
+            "{net_piece} not with n{receiver}: {owned:?}"
+        );
+    }
+    let now = net.now;
+    net.n(3).node.leave(now, LeaveReason::Leaving);
+    net.pump(3);
+    net.run_until_done(3);
+    net.n(3).down = true;
+    let gone = net.run_until(Duration::from_secs(10), |net| {
+        [1, 2].iter().all(|&i| {
+            net.nodes[&i]
+                .view
+                .as_ref()
+                .is_some_and(|v| v.peers.len() == 1)
+        })
+    });
+    assert!(gone, "n3 still in a view");
+    for i in [1, 2] {
+        let status = net.status(i);
+        assert_eq!(
+            (
+                status.members.alive,
+                status.members.left,
+                status.members.total
+            ),
+            (2, 1, 3),
+            "n{i}: {:?}",
+            status.members
+        );
+        assert_eq!(status.peers_total, 1);
+    }
+}
+
+#[test]
+fn a_failed_member_is_counted_failed_and_never_up() {
+    let mut net = Net::cluster(3);
+    let fresh = Some(Duration::from_secs(5));
+    let report = net.report(&[(2, None, fresh), (3, None, fresh)]);
+    net.give_report(1, report);
+    let status = net.status(1);
+    assert_eq!((status.peers_up, status.peers_total), (2, 2));
+    assert_eq!(status.members.alive, 3);
+
+    net.n(3).down = true;
+    let suspected = net.run_until(Duration::from_secs(30), |net| {
+        net.status(1).members.suspect == 1
+    });
+    assert!(suspected, "n3 never suspected");
+    // Its last handshake is recent, but the membership doubts it.
+    assert_eq!(net.status(1).peers_up, 1, "a suspect peer counted up");
+    let failed = net.run_until(Duration::from_secs(60), |net| {
+        net.status(1).members.failed == 1
+    });
+    assert!(failed, "n3 never declared failed");
+    // The datapath's report still says n3's handshake is recent (it was, when it failed).
+    let report = net.report(&[(2, None, fresh), (3, None, fresh)]);
+    net.give_report(1, report);
+    let status = net.status(1);
+    assert_eq!(
+        (
+            status.members.alive,
+            status.members.failed,
+            status.members.total
+        ),
+        (2, 1, 3)
+    );
+    assert_eq!(status.peers_up, 1, "a failed peer counted up: {status:?}");
+    assert_eq!(status.peers_total, 2, "a failed peer stays in the view");
+}
+
+#[test]
+fn a_stopped_member_is_counted_stopped_everywhere_and_never_up() {
+    let mut net = Net::cluster(3);
+    let now = net.now;
+    net.n(3).node.leave(now, LeaveReason::Stopping);
+    net.pump(3);
+    net.run_until_done(3);
+    net.n(3).down = true;
+    let stopped = net.run_until(Duration::from_secs(10), |net| {
+        net.status(1).members.stopped == 1
+    });
+    assert!(stopped, "n3 not stopped on n1: {:?}", net.status(1).members);
+    let fresh = Some(Duration::from_secs(1));
+    let report = net.report(&[(2, None, fresh), (3, None, fresh)]);
+    net.give_report(1, report);
+    let status = net.status(1);
+    assert_eq!(
+        (
+            status.members.alive,
+            status.members.stopped,
+            status.members.left,
+            status.members.total
+        ),
+        (2, 1, 0, 3),
+        "stopped is not left"
+    );
+    assert_eq!((status.peers_up, status.peers_total), (1, 2));
+    let peers = match net.ask(1, Request::Peers) {
+        Response::Peers { ok: true, peers } => peers,
+        other => panic!("{other:?}"),
+    };
+    let n3 = peers.iter().find(|p| p.name == "n3").expect("n3 listed");
+    assert_eq!(n3.state, PeerState::Stopped);
+    // The metrics count it the same way.
+    let metrics = crate::daemon::metrics::render(&status, &peers).expect("render");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "weft_peers{state=\"stopped\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "weft_peers{state=\"left\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_relayed_peer_is_up_while_its_relay_is() {
+    let mut net = Net::cluster(3);
+    let report = net.report(&[(2, None, Some(Duration::from_secs(30))), (3, Some(2), None)]);
+    net.give_report(1, report);
+    assert_eq!(net.status(1).peers_up, 2);
+    // The relay's tunnel is older than WireGuard accepts: neither is up.
+    let report = net.report(&[
+        (2, None, Some(Duration::from_secs(181))),
+        (3, Some(2), None),
+    ]);
+    net.give_report(1, report);
+    assert_eq!(net.status(1).peers_up, 0);
+}
+
+#[test]
+fn the_node_that_started_the_cluster_counts_used_addresses_like_a_joiner() {
+    let mut net = Net::cluster(2);
+    allocate(&mut net, 1, "c1");
+    allocate(&mut net, 2, "c2");
+    let (genesis, joiner) = (net.status(1), net.status(2));
+    assert_eq!(genesis.addresses_used, 1, "{genesis:?}");
+    assert_eq!(joiner.addresses_used, 1, "{joiner:?}");
+    // On both, used and free add up to the space less the gateway (a reservation on the
+    // joiner, the range's network address on the node that started the cluster) and the
+    // range's broadcast address where it lies.
+    for (s, i) in [(&genesis, 1), (&joiner, 2)] {
+        let owned = net.nodes[&i].node.ipam.owned_cidrs();
+        let size: u64 = owned.iter().map(|c| 1u64 << (32 - c.prefix_len())).sum();
+        let broadcast = owned.iter().any(|c| c.contains(&range().broadcast()));
+        assert_eq!(
+            s.addresses_used + s.addresses_free + 1 + u64::from(broadcast),
+            size,
+            "{s:?}"
+        );
+    }
+    // `weft ipam`: each node's row reads the same on itself as on the other node (the node
+    // that started the cluster left its network and broadcast addresses out of its own),
+    // once the records with the allocations have spread.
+    net.run_for(Duration::from_secs(2));
+    let reports: Vec<serde_json::Value> = [1, 2]
+        .iter()
+        .map(|&i| match net.ask(i, Request::Ipam) {
+            Response::Ipam { ok: true, ipam } => ipam,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for i in [1, 2] {
+        let id = net.id(i).to_string();
+        let used: Vec<&serde_json::Value> = reports
+            .iter()
+            .map(|r| {
+                let rows = r["nodes"].as_array().expect("nodes");
+                let row = rows.iter().find(|n| n["node"] == id.as_str());
+                &row.expect("a row for every node")["used"]
+            })
+            .collect();
+        assert_eq!(used[0], used[1], "n{i}'s used addresses, on n1 and n2");
+    }
+}
+
+#[test]
+fn the_ipam_report_names_every_node() {
+    let mut net = Net::cluster(2);
+    let ipam = match net.ask(1, Request::Ipam) {
+        Response::Ipam { ok: true, ipam } => ipam,
+        other => panic!("{other:?}"),
+    };
+    let (a, b) = (net.id(1).to_string(), net.id(2).to_string());
+    assert_eq!(ipam["names"][&a], "n1", "{ipam}");
+    assert_eq!(ipam["names"][&b], "n2", "{ipam}");
+    assert!(
+        ipam["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .all(|n| ipam["names"][n["node"].as_str().expect("id")].is_string()),
+        "{ipam}"
+    );
+}
+
+#[test]
+fn a_newer_record_is_journaled_before_the_ipam_core_sees_it() {
+    let mut net = Net::new();
+    net.add(1, &[]);
+    net.add(2, &[1]);
+    net.n(2).hold_journal = true;
+    let a = net.id(1);
+    // n2 learns n1's record (with the genesis in its IPAM bytes) and must journal it first.
+    let queued = net.run_until(Duration::from_secs(10), |net| {
+        !net.nodes[&2].node.journal.settled()
+    });
+    assert!(queued, "n2 never wanted to journal n1");
+    net.run_for(Duration::from_secs(2));
+    assert!(
+        net.nodes[&2].node.ipam.genesis().is_none(),
+        "the IPAM core acted on a record not yet journaled"
+    );
+    let now = net.now;
+    let t = net.n(2);
+    let mut writes = Vec::new();
+    while let Some(w) = t.node.poll_journal() {
+        writes.push(w);
+    }
+    let first = writes.first().expect("a write");
+    match first {
+        JournalWrite::Member {
+            id,
+            record: Some(r),
+            liveness: Liveness::Live,
+            ..
+        } => {
+            assert_eq!(*id, a);
+            assert!(
+                !r.record().ipam.is_empty(),
+                "n1's record has its IPAM bytes"
+            );
+        }
+        other => panic!("unexpected first write {other:?}"),
+    }
+    assert!(
+        !t.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Transmit(Channel::Ipam))),
+        "an IPAM message went out before the journal write"
+    );
+    for (i, w) in writes.iter().enumerate() {
+        t.outputs.push(Output::Journal(w.clone()));
+        t.node.handle_journal_result(now, Ok(()));
+        let last = i + 1 == writes.len();
+        assert_eq!(
+            t.node.ipam.genesis().is_some(),
+            last,
+            "the IPAM core must act once every write is done, not before"
+        );
+    }
+    t.hold_journal = false;
+    // It asks for space at its next turn (it learned of a reachable owner just now).
+    net.run_for(Duration::from_secs(1));
+    // The order of n2's outputs: n1's record into the journal, then the space request.
+    let outputs = &net.nodes[&2].outputs;
+    let journaled = outputs
+        .iter()
+        .position(|o| matches!(o, Output::Journal(JournalWrite::Member { id, .. }) if *id == a))
+        .expect("journaled");
+    let asked = outputs
+        .iter()
+        .position(|o| matches!(o, Output::Transmit(Channel::Ipam)))
+        .expect("an IPAM message (the request for space)");
+    assert!(journaled < asked, "{outputs:?}");
+}
+
+#[test]
+fn a_failed_journal_write_is_followed_by_a_rewrite_of_the_whole_view() {
+    let mut net = Net::cluster(3);
+    net.n(1).hold_journal = true;
+    // A member changes: n3 stops.
+    let now = net.now;
+    net.n(3).node.leave(now, LeaveReason::Stopping);
+    net.pump(3);
+    let queued = net.run_until(Duration::from_secs(10), |net| {
+        !net.nodes[&1].node.journal.settled()
+    });
+    assert!(queued);
+    let now = net.now;
+    let t = net.n(1);
+    let write = t.node.poll_journal().expect("a write");
+    assert!(
+        matches!(
+            &write,
+            JournalWrite::Member {
+                liveness: Liveness::Left,
+                leave: Some(_),
+                ..
+            }
+        ),
+        "{write:?}"
+    );
+    t.outputs.push(Output::Journal(write));
+    t.node
+        .handle_journal_result(now, Err("disk full".to_string()));
+    let failed_at = t.outputs.len();
+    t.hold_journal = false;
+    net.run_for(Duration::from_secs(2));
+    // The next scan rewrites the file whole: every member, n3 down with its signed leave.
+    let rewrite = net.nodes[&1].outputs[failed_at..]
+        .iter()
+        .find_map(|o| match o {
+            Output::Journal(JournalWrite::Rewrite(members)) => Some(members.clone()),
+            _ => None,
+        })
+        .expect("a rewrite after the failed write");
+    let names: std::collections::BTreeSet<&str> = rewrite
+        .iter()
+        .map(|e| e.record.record().name.as_str())
+        .collect();
+    assert_eq!(names, ["n2", "n3"].into(), "{rewrite:?}");
+    let n3 = rewrite
+        .iter()
+        .find(|e| e.record.record().name == "n3")
+        .expect("n3 in the rewrite");
+    assert!(!n3.live && n3.leave.is_some(), "{n3:?}");
+    // A failed write costs only the view after a restart: the IPAM core got the news.
+    let n3_id = net.id(3).to_string();
+    let report = serde_json::to_value(net.nodes[&1].node.ipam.report()).expect("report");
+    let row = report["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["node"] == n3_id.as_str())
+        .expect("n3 in the IPAM report")
+        .clone();
+    assert_eq!(row["reachable"], false, "{row}");
+}
+
+#[test]
+fn a_restarted_node_starts_from_the_journaled_view() {
+    let net = Net::cluster(2);
+    let b = net.id(2);
+    let record: Arc<VerifiedRecord> = net.nodes[&1].node.core.verified_record(&b).expect("n2");
+    let now = net.now;
+    let (core, ipam) = parts(1, 5, net.nodes[&1].store.clone(), now);
+    let entries = vec![JournalEntry {
+        record,
+        live: false,
+        leave: None,
+    }];
+    let mut node = Node::new(config(1, Vec::new(), now), core, ipam, entries, now);
+    node.start(now);
+    // Known (down) from the journal, so nothing to write about it again.
+    assert!(node.poll_journal().is_none());
+    match node.handle_request(now, net.wall(), Request::Status) {
+        Response::Status { status, .. } => {
+            assert_eq!((status.members.failed, status.members.total), (1, 2))
+        }
+        other => panic!("{other:?}"),
+    }
+}

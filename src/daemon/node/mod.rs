@@ -252,10 +252,13 @@ impl<S: Store> Node<S> {
                 .core
                 .handle_message(now, from, payload)
                 .map_err(|e| e.to_string()),
-            Ok((Channel::Ipam, payload)) => self
-                .ipam
-                .handle_message(now, node, payload)
-                .map_err(|e| e.to_string()),
+            Ok((Channel::Ipam, payload)) => {
+                // The IPAM core knows members by id only: its warnings get the name here.
+                let _member = self.member_span(&node).entered();
+                self.ipam
+                    .handle_message(now, node, payload)
+                    .map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = result {
@@ -478,6 +481,8 @@ impl<S: Store> Node<S> {
             listed.insert(id);
             if !m.record.ipam.is_empty() && self.fed.get(&id) < Some(&m.record.version) {
                 self.fed.insert(id, m.record.version);
+                let _member =
+                    info_span!("peer", node = %id.short(), name = %m.record.name).entered();
                 if let Err(e) = self.ipam.handle_record(now, id, &m.record.ipam) {
                     match e {
                         ipam::Error::GenesisConflict(_) => {
@@ -648,12 +653,16 @@ impl<S: Store> Node<S> {
             .map_or_else(|| id.short(), |r| r.name.clone())
     }
 
+    /// A span naming member `id` (short id and name), for log lines about it.
+    fn member_span(&self, id: &NodeId) -> tracing::Span {
+        let name = self.core.record(id).map_or("", |r| r.name.as_str());
+        info_span!("peer", node = %id.short(), name)
+    }
+
     fn log_event(&self, event: Event) {
         let id = *event.node();
         let member = self.core.member(&id);
-        let name = member.map_or("", |m| m.record.name.as_str());
-        let span = info_span!("peer", node = %id.short(), name);
-        let _entered = span.enter();
+        let _entered = self.member_span(&id).entered();
         let version = member.map_or(0, |m| m.record.version);
         let addr = member.map_or_else(String::new, |m| m.record.gossip_addr.to_string());
         match event {

@@ -9,6 +9,7 @@ pub mod datapath;
 mod driver;
 mod members;
 pub mod metrics;
+pub mod pods;
 mod state;
 pub mod view;
 
@@ -38,13 +39,14 @@ pub const WG_IFNAME: &str = "weft-wg";
 const REPLY_GRACE: Duration = Duration::from_millis(300);
 
 /// The files a node keeps in its state directory, removed by `weft reset` once it left.
-const STATE_FILES: [&str; 6] = [
+const STATE_FILES: [&str; 7] = [
     weft_crypto::IDENTITY_KEY_FILE,
     weft_crypto::WIREGUARD_KEY_FILE,
     state::VERSION_FILE,
     FileStore::SNAPSHOT,
     FileStore::JOURNAL,
     members::JOURNAL_FILE,
+    pods::PODS_FILE,
 ];
 
 /// Remove the node's files (only those) from `state_dir`; missing ones are fine.
@@ -175,7 +177,16 @@ async fn run(
             }
         })
     });
-    let api_task = tokio::spawn(async move { api.serve(queries_tx).await });
+    // The API goes through the pods layer (CNI attachments and their identity); so do the
+    // releases the CNI plugin kept while the daemon was down.
+    let pod_table = pods::PodTable::open(&config.state_dir)?;
+    let (pods_tx, pods_rx) = mpsc::channel(16);
+    let pods_task = tokio::spawn(pods::serve(pod_table, pods_rx, queries_tx));
+    let spool_task = tokio::spawn(pods::apply_releases(
+        config.state_dir.clone(),
+        pods_tx.clone(),
+    ));
+    let api_task = tokio::spawn(async move { api.serve(pods_tx).await });
 
     let (view_tx, view_rx) = watch::channel(None);
     let (report_tx, report_rx) = watch::channel(DatapathReport::default());
@@ -286,5 +297,9 @@ async fn run(
     // Dropping the server drops the socket, which removes its file.
     api_task.abort();
     let _ = api_task.await;
+    spool_task.abort();
+    let _ = spool_task.await;
+    pods_task.abort();
+    let _ = pods_task.await;
     result
 }

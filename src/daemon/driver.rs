@@ -786,6 +786,10 @@ impl Driver {
             Request::Connect { addr } => self.connect(now, &addr),
             // Handled by the loop: it ends the driver.
             Request::Reset => Err("reset is handled by the driver loop".into()),
+            // The pods layer (pods.rs) answers these before they reach the driver.
+            Request::Pods | Request::AllocatePod(_) | Request::ReleasePod { .. } => {
+                Err("CNI requests are handled by the pods layer".into())
+            }
         };
         result.unwrap_or_else(|error| Response::Error { ok: false, error })
     }

@@ -85,6 +85,10 @@ pub enum Command {
     /// is unreachable, from the running daemon.
     Ipam(ApiArgs),
 
+    /// List the pods the CNI plugin attached on this node: container id, interface, address,
+    /// pod namespace and name, labels, from the running daemon.
+    Pods(ApiArgs),
+
     /// Declare a node gone for good (it will not come back) and take back its address space.
     /// Refused while the node is reachable.
     Forget(ForgetArgs),

@@ -10,6 +10,7 @@ mod ipam;
 mod keys;
 mod launch;
 mod peers;
+mod pods;
 mod reset;
 mod secret;
 mod status;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::show(&args.api_socket, global.output),
         Command::Peers(args) => peers::show(&args.api_socket, global.output),
         Command::Ipam(args) => ipam::show(&args.api_socket, global.output),
+        Command::Pods(args) => pods::show(&args.api_socket, global.output),
         Command::Forget(args) => forget::run(&args, global.output),
         Command::Connect(args) => connect::run(&args, global.output),
         Command::Reset(args) => reset::run(&args, global.output),

@@ -300,19 +300,10 @@ impl Plugin<'_> {
                 gateway: Some(gw),
                 interface: Some(1),
             }],
-            routes: std::iter::once((plan.cluster_range, plan.gateway))
-                .chain(
-                    plan.extra_routes
-                        .iter()
-                        .copied()
-                        .filter(|(d, _)| d.prefix_len() > 0),
-                )
-                .map(|(dst, via)| Route::via(IpNet::V4(dst), Some(IpAddr::V4(via))))
-                .chain(
-                    attached
-                        .default_route
-                        .then(|| Route::via(IpNet::V4(Ipv4Net::default()), Some(gw))),
-                )
+            routes: attached
+                .routes
+                .iter()
+                .map(|(dst, via)| Route::via(IpNet::V4(*dst), Some(IpAddr::V4(*via))))
                 .collect(),
             dns: if self.conf.dns.is_empty() {
                 plan.dns.clone()

@@ -98,9 +98,10 @@ pub struct Link {
 pub struct Attached {
     pub host: Link,
     pub container: Link,
-    /// True if the container's default route is the one through the gateway on this
-    /// interface (false when it had another default before).
-    pub default_route: bool,
+    /// The routes through the gateway the container has from this attachment: the cluster
+    /// range (unless the address's own subnet covers it), the extra routes, and the default
+    /// route unless the container had another one before.
+    pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
 }
 
 /// A route in the container's main table.
@@ -393,10 +394,10 @@ async fn attach_with(spec: &Attachment, exclusive: bool) -> Result<Attached> {
     result
 }
 
-/// The container end configured: its index and whether the default route is ours.
+/// The container end configured: its index and its routes through the gateway.
 struct Configured {
     index: u32,
-    default_route: bool,
+    routes: Vec<(Ipv4Net, Ipv4Addr)>,
 }
 
 impl Configured {
@@ -416,7 +417,7 @@ impl Configured {
         Ok(Attached {
             host: link_of(&host_end),
             container: link_of(&container),
-            default_route: self.default_route,
+            routes: self.routes,
         })
     }
 }
@@ -535,11 +536,17 @@ async fn inside_config(inside: &Netlink, index: u32, spec: &Attachment) -> Resul
         format!("adding route {gw}/32 dev {ifname}"),
     )
     .await?;
-    let routes = std::iter::once((spec.cluster_range, gw)).chain(spec.extra_routes.iter().copied());
-    for (dst, via) in routes {
-        if dst.prefix_len() == 0 {
-            continue; // the default route is handled below
+    let mut routes = Vec::new();
+    let wanted = std::iter::once((spec.cluster_range, gw)).chain(spec.extra_routes.iter().copied());
+    for (dst, via) in wanted {
+        // The default route is handled below; the address's own subnet is on-link already.
+        if dst.prefix_len() == 0
+            || spec.address.trunc().contains(&dst)
+            || routes.iter().any(|(d, _)| *d == dst)
+        {
+            continue;
         }
+        routes.push((dst, via));
         add_route(
             inside,
             RouteMessageBuilder::<Ipv4Addr>::new()
@@ -556,7 +563,7 @@ async fn inside_config(inside: &Netlink, index: u32, spec: &Attachment) -> Resul
         .into_iter()
         .filter(|r| r.dst.prefix_len() == 0)
         .collect();
-    let default_route = if defaults.is_empty() {
+    let ours = if defaults.is_empty() {
         add_route(
             inside,
             RouteMessageBuilder::<Ipv4Addr>::new()
@@ -572,10 +579,10 @@ async fn inside_config(inside: &Netlink, index: u32, spec: &Attachment) -> Resul
             .iter()
             .any(|r| r.gateway == Some(gw) && r.oif == Some(index))
     };
-    Ok(Configured {
-        index,
-        default_route,
-    })
+    if ours {
+        routes.push((Ipv4Net::default(), gw));
+    }
+    Ok(Configured { index, routes })
 }
 
 /// Unplugs `container`: deletes the host side of its veth (the container side, its address

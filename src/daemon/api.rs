@@ -738,6 +738,77 @@ mod tests {
         }
     }
 
+    /// A request line made of the API's own keys and values of every JSON type.
+    fn line(fields: &[(u8, u8, String)]) -> Vec<u8> {
+        const KEYS: [&str; 10] = [
+            "cmd",
+            "container",
+            "ifname",
+            "netns",
+            "network",
+            "pod_namespace",
+            "pod_name",
+            "labels",
+            "node",
+            "addr",
+        ];
+        const CMDS: [&str; 5] = ["allocate", "release", "pods", "status", "x"];
+        let mut map = serde_json::Map::new();
+        map.insert("cmd".into(), CMDS[fields.len() % CMDS.len()].into());
+        for (k, kind, s) in fields {
+            let v = match kind % 5 {
+                0 => serde_json::json!(s),
+                1 => serde_json::json!({ s.clone(): s }),
+                2 => serde_json::json!(s.len()),
+                3 => serde_json::json!([s]),
+                _ => serde_json::Value::Null,
+            };
+            map.insert(KEYS[usize::from(*k) % KEYS.len()].into(), v);
+        }
+        serde_json::Value::Object(map).to_string().into_bytes()
+    }
+
+    /// What an accepted CNI request must be: a key with exactly one '/', fields in bounds.
+    fn accepted_pod_request_is_sound(request: &Request) {
+        match request {
+            Request::AllocatePod(p) => {
+                assert_eq!(p.key().matches('/').count(), 1, "{p:?}");
+                assert!(p.ifname.len() <= 15 && !p.container.is_empty());
+                assert!(p.labels.len() <= MAX_LABELS);
+            }
+            Request::ReleasePod { container, ifname } => {
+                assert!(!container.contains('/') && !ifname.contains('/'));
+            }
+            _ => {}
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn request_lines_parse_or_are_refused_whole(
+            fields in proptest::collection::vec((proptest::prelude::any::<u8>(), proptest::prelude::any::<u8>(), "[ -~]{0,20}"), 0..6),
+        ) {
+            if let Ok(r) = parse_request(&line(&fields)) {
+                accepted_pod_request_is_sound(&r);
+            }
+        }
+    }
+
+    /// Fuzz target: any bytes, and lines built from the API's keys, give a request or a refusal,
+    /// never a panic (`cargo bolero test --bin weft daemon::api::tests::fuzz_parse_request`).
+    #[test]
+    fn fuzz_parse_request() {
+        bolero::check!()
+            .with_type::<(Vec<(u8, u8, String)>, Vec<u8>)>()
+            .for_each(|(fields, raw)| {
+                for bytes in [line(fields), raw.clone()] {
+                    if let Ok(r) = parse_request(&bytes) {
+                        accepted_pod_request_is_sound(&r);
+                    }
+                }
+            });
+    }
+
     #[test]
     fn responses_round_trip_and_carry_ok() {
         let err = serde_json::to_value(Response::error("nope")).expect("serialize");

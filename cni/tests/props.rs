@@ -245,3 +245,26 @@ proptest! {
         prop_assert_eq!(call.conf.valid_attachments, Some(want));
     }
 }
+
+/// deploy/cni/10-weft.conflist: each version it names gives a config the plugin takes, the way
+/// a runtime derives it (the plugin object with the list's name and the chosen version).
+#[test]
+fn the_example_conflist_is_accepted() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/cni/10-weft.conflist"
+    );
+    let list: Value =
+        serde_json::from_slice(&std::fs::read(path).expect("conflist")).expect("JSON");
+    let versions = list["cniVersions"].as_array().expect("cniVersions");
+    assert!(versions.contains(&list["cniVersion"]));
+    for v in versions {
+        let mut plugin = list["plugins"][0].clone();
+        plugin["name"] = list["name"].clone();
+        plugin["cniVersion"] = v.clone();
+        match parse_conf(&plugin) {
+            Ok(Request::Call(call)) => assert_eq!(call.conf.plugin_type, "weft"),
+            other => panic!("{v}: {other:?}"),
+        }
+    }
+}

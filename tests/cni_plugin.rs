@@ -314,6 +314,25 @@ fn every_error_path_gives_its_code_and_changes_nothing() {
     node.run("DEL", "c2", &ctr, &node.conf("1.0.0")).ok();
     assert_eq!(node.footprint(), before);
 
+    // A retried ADD gets the address the daemon already holds for the attachment (as after
+    // a plugin killed between the allocation and the veth).
+    let ctr = node.bed.container().expect("container");
+    let held = api(
+        &node.files,
+        &json!({"cmd": "allocate", "container": "retry", "ifname": "eth0", "network": "weft"}),
+    )
+    .expect("allocate");
+    let added = node
+        .run("ADD", "retry", &ctr, &node.conf("1.0.0"))
+        .ok()
+        .json();
+    assert_eq!(
+        added["ips"][0]["address"], held["allocation"]["address"],
+        "{added}"
+    );
+    node.run("DEL", "retry", &ctr, &node.conf("1.0.0")).ok();
+    assert_eq!(node.footprint(), before);
+
     // VERSION needs nothing but the version; STATUS is fine with a ready daemon.
     let v = exec_plugin(
         &node.host,

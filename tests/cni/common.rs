@@ -179,6 +179,23 @@ fn outcome(out: std::process::Output) -> Outcome {
 /// The libcni driver in the host namespace `host` (a CNI runtime runs there):
 /// `driver OP CONFLIST ARGS...`.
 pub fn driver(host: &str, cni: &CniDir, op: &str, conflist: &Path, args: &[&str]) -> Outcome {
+    driver_with(host, cni, op, conflist, args, &Value::Null)
+}
+
+/// [`driver`] with the runtime's capability arguments (`portMappings`, `bandwidth`, ...).
+pub fn driver_with(
+    host: &str,
+    cni: &CniDir,
+    op: &str,
+    conflist: &Path,
+    args: &[&str],
+    caps: &Value,
+) -> Outcome {
+    let caps = if caps.is_null() {
+        String::new()
+    } else {
+        caps.to_string()
+    };
     let out = Command::new("ip")
         .args(["netns", "exec", host])
         .arg(driver_bin())
@@ -187,6 +204,7 @@ pub fn driver(host: &str, cni: &CniDir, op: &str, conflist: &Path, args: &[&str]
         .args(args)
         .env("CNI_PATH", cni.cni_path())
         .env("CNI_CACHE_DIR", cni.cache.path())
+        .env("CNI_CAPABILITY_ARGS", caps)
         .output()
         .expect("run the driver");
     outcome(out)

@@ -12,7 +12,8 @@
 //	OP: add (prints the result), check, del, version PLUGIN, gc VALID (id/ifname,...; "" for
 //	none), status.
 //
-// CNI_PATH (the plugin directories, ':'-separated) and CNI_CACHE_DIR (libcni's result cache)
+// CNI_PATH (the plugin directories, ':'-separated), CNI_CACHE_DIR (libcni's result cache) and
+// CNI_CAPABILITY_ARGS (JSON: the runtime's capability arguments, e.g. portMappings, bandwidth)
 // come from the environment. A failure prints the CNI error as JSON ({"code","msg","details"})
 // on stdout and exits 1.
 package main
@@ -59,6 +60,11 @@ func args(n int) {
 func runtimeConf() *libcni.RuntimeConf {
 	args(6)
 	rt := &libcni.RuntimeConf{ContainerID: os.Args[3], IfName: os.Args[4], NetNS: os.Args[5]}
+	if caps := os.Getenv("CNI_CAPABILITY_ARGS"); caps != "" {
+		if err := json.Unmarshal([]byte(caps), &rt.CapabilityArgs); err != nil {
+			fail(err)
+		}
+	}
 	if len(os.Args) > 6 && os.Args[6] != "" {
 		for _, kv := range strings.Split(os.Args[6], ";") {
 			parts := strings.SplitN(kv, "=", 2)

@@ -44,7 +44,9 @@ use std::path::{Path, PathBuf};
 use futures_util::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -138,7 +140,7 @@ pub fn host_ifname(container: &str) -> String {
     format!("vw{:012x}", fnv1a(container) >> 16)
 }
 
-/// The name the container side has while it is still on the host, before the move.
+/// The name an older weft gave the container side while it was still on the host.
 fn transit_ifname(container: &str) -> String {
     format!("vp{:012x}", fnv1a(container) >> 16)
 }
@@ -371,16 +373,17 @@ async fn attach_with(spec: &Attachment, exclusive: bool) -> Result<Attached> {
     if inside.link(&spec.ifname).await?.is_some() {
         return Err(exists());
     }
-    let transit = transit_ifname(&spec.container);
-    host.delete_link(&transit).await?;
-    let veth = LinkVeth::new(&host_name, &transit).mtu(spec.mtu).build();
-    host.handle()
-        .link()
-        .add(veth)
-        .execute()
-        .await
-        .map_err(|e| nl_error(format!("creating veth {host_name}"), e))?;
-    let result = match plug(&host, &inside, &ns, bridge.header.index, spec).await {
+    // Left over by an older weft, which made the container end on the host and moved it.
+    host.delete_link(&transit_ifname(&spec.container)).await?;
+    // The container end is made in the container's namespace, under its final name: moving
+    // a device between namespaces waits for an RCU grace period (~20 ms per attachment).
+    let veth = veth_message(&host_name, spec, &ns);
+    match host.handle().link().add(veth).execute().await {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(libc::EEXIST) => return Err(exists()),
+        Err(e) => return Err(nl_error(format!("creating veth {host_name}"), e)),
+    }
+    let result = match plug(&host, &inside, bridge.header.index, spec).await {
         Ok(done) => done.finish(&host, &inside, spec).await,
         Err(e) => Err(e),
     };
@@ -389,9 +392,27 @@ async fn attach_with(spec: &Attachment, exclusive: bool) -> Result<Attached> {
         if let Err(e) = host.delete_link(&host_name).await {
             tracing::warn!(link = %host_name, error = %e, "undoing a failed attach");
         }
-        let _ = host.delete_link(&transit).await;
     }
     result
+}
+
+/// A veth pair: `host_name` here, `spec.ifname` in the namespace `ns`, both with `spec.mtu`.
+fn veth_message(host_name: &str, spec: &Attachment, ns: &File) -> LinkMessage {
+    let peer = LinkUnspec::new_with_name(&spec.ifname)
+        .mtu(spec.mtu)
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    let mut msg = LinkVeth::new(host_name, &spec.ifname).mtu(spec.mtu).build();
+    for attr in &mut msg.attributes {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos {
+                if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) = info {
+                    *p = peer.clone();
+                }
+            }
+        }
+    }
+    msg
 }
 
 /// The container end configured: its index and its routes through the gateway.
@@ -422,47 +443,26 @@ impl Configured {
     }
 }
 
-/// The steps after the veth exists: move, rename, address, routes, up.
+/// The steps after the veth exists: the host end on the bridge, the container end's
+/// address, routes, up.
 async fn plug(
     host: &Netlink,
     inside: &Netlink,
-    ns: &File,
     bridge: u32,
     spec: &Attachment,
 ) -> Result<Configured> {
     let host_name = host_ifname(&spec.container);
-    let transit = transit_ifname(&spec.container);
     let missing = |name: &str| Error::Netlink(format!("link {name} vanished while attaching"));
-    let peer = host
-        .link(&transit)
-        .await?
-        .ok_or_else(|| missing(&transit))?;
-    set(
-        host,
-        LinkUnspec::new_with_index(peer.header.index)
-            .setns_by_fd(ns.as_raw_fd())
-            .build(),
-        "moving the veth into the container's namespace",
-    )
-    .await?;
-    let moved = inside
-        .link(&transit)
-        .await?
-        .ok_or_else(|| missing(&transit))?;
-    set(
-        inside,
-        LinkUnspec::new_with_index(moved.header.index)
-            .name(spec.ifname.clone())
-            .build(),
-        &format!("renaming {transit} to {}", spec.ifname),
-    )
-    .await?;
     let ours = host
         .link(&host_name)
         .await?
         .ok_or_else(|| missing(&host_name))?;
+    let inner = inside
+        .link(&spec.ifname)
+        .await?
+        .ok_or_else(|| missing(&spec.ifname))?;
     host_side(host, &ours, bridge, spec).await?;
-    inside_config(inside, moved.header.index, spec).await
+    inside_config(inside, inner.header.index, spec).await
 }
 
 /// The host end: on the bridge, MTU, up.

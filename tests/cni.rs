@@ -742,3 +742,56 @@ fn chained_with_portmap_and_bandwidth() {
         .expect("iptables-save");
     assert!(!nat.contains("18080"), "portmap's rules stayed: {nat}");
 }
+
+#[test]
+fn launch_writes_a_conflist_that_libcni_uses() {
+    if !require_root("launch_writes_a_conflist_that_libcni_uses") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = write_secret(secrets.path(), "cluster.secret");
+    let files = NodeFiles::new();
+    let net_d = tempfile::tempdir().expect("tempdir");
+    let conf_dir = net_d.path().join("net.d");
+    let dir = conf_dir.to_str().expect("utf-8").to_string();
+    let more = ["--cni-conf-dir", dir.as_str()];
+    let proc = launch_with(
+        bed.host(0),
+        "n0",
+        &secret,
+        &files,
+        &[],
+        "10.53.0.0/16",
+        &more,
+    );
+    wait_ready(&files, &proc);
+    let written = conf_dir.join("10-weft.conflist");
+    let meta = std::fs::metadata(&written).expect("conflist written");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o644
+    );
+    let list: Value =
+        serde_json::from_slice(&std::fs::read(&written).expect("read")).expect("JSON");
+    assert_eq!(list["plugins"][0]["apiSocket"], json!(files.socket));
+    assert_eq!(list["plugins"][0]["stateDir"], json!(files.state));
+    // Debian's libcni 1.1 runs a list at its cniVersion (1.1.0) and cannot read 1.1.0 results;
+    // a runtime of that age picks 1.0.0 from cniVersions, as here.
+    let mut at_1_0 = list.clone();
+    at_1_0["cniVersion"] = json!("1.0.0");
+    let cni = CniDir::new();
+    let file = cni.conflist("written.conflist", &at_1_0);
+    let host = bed.host(0).name().to_string();
+    let ctr = bed.container().expect("container");
+    let ns = netns_path(&ctr);
+    let r = driver(&host, &cni, "add", &file, &["w1", "eth0", &ns, ""])
+        .ok()
+        .json();
+    assert_eq!(eth0(&bed, &ctr).0, address_of(&r));
+    driver(&host, &cni, "del", &file, &["w1", "eth0", &ns, ""]).ok();
+    // STATUS and GC run at the written version, 1.1.0.
+    driver(&host, &cni, "status", &written, &[]).ok();
+    driver(&host, &cni, "gc", &written, &[""]).ok();
+    assert!(pods(&files).is_empty());
+}

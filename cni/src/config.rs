@@ -11,7 +11,7 @@
 //! decoded value that makes no sense is an invalid config (7); a key weft does not support
 //! with a value it cannot honour is error 2. Unknown keys are ignored: runtimes add their own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -28,6 +28,25 @@ pub const DEFAULT_API_SOCKET: &str = "/run/weft/weft.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
 /// The bridge the daemon keeps; the only one weft-cni attaches to.
 pub const BRIDGE: &str = "weft";
+
+/// The file name `weft launch --cni-conf-dir` writes. Runtimes take the first file of the
+/// directory in name order as the default network.
+pub const CONFLIST_FILE: &str = "10-weft.conflist";
+
+/// The network config (conflist) of the `weft` network for the daemon at `api_socket` with
+/// state in `state_dir`: what `weft launch --cni-conf-dir` writes.
+pub fn conflist(api_socket: &Path, state_dir: &Path) -> Value {
+    serde_json::json!({
+        "cniVersion": "1.1.0",
+        "cniVersions": ["0.4.0", "1.0.0", "1.1.0"],
+        "name": "weft",
+        "plugins": [{
+            "type": "weft",
+            "apiSocket": api_socket,
+            "stateDir": state_dir,
+        }],
+    })
+}
 
 /// A plugin configuration, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -256,6 +256,17 @@ fn the_example_conflist_is_accepted() {
     );
     let list: Value =
         serde_json::from_slice(&std::fs::read(path).expect("conflist")).expect("JSON");
+    accepted_in_every_version(&list);
+    // And what `weft launch --cni-conf-dir` writes.
+    let written = weft_cni::config::conflist(
+        std::path::Path::new("/run/x/weft.sock"),
+        std::path::Path::new("/var/lib/x"),
+    );
+    accepted_in_every_version(&written);
+    assert_eq!(written["plugins"][0]["apiSocket"], "/run/x/weft.sock");
+}
+
+fn accepted_in_every_version(list: &Value) {
     let versions = list["cniVersions"].as_array().expect("cniVersions");
     assert!(versions.contains(&list["cniVersion"]));
     for v in versions {

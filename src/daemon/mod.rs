@@ -62,6 +62,30 @@ fn forget_state(state_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes weft-cni's conflist into `dir` (created if missing), whole or not at all, mode 0644
+/// (runtimes read it).
+fn write_cni_conflist(dir: &std::path::Path, config: &LaunchConfig) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let list = weft_cni::config::conflist(&config.api_socket, &config.state_dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(weft_cni::config::CONFLIST_FILE);
+    let tmp = dir.join(format!(".{}.tmp", weft_cni::config::CONFLIST_FILE));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(serde_json::to_string_pretty(&list)?.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    info!(file = %path.display(), "wrote the CNI network config");
+    Ok(())
+}
+
 /// Run the daemon in the foreground until SIGTERM or SIGINT (or `weft reset`).
 pub fn launch(config: LaunchConfig) -> anyhow::Result<()> {
     let keys = KeyStore::open_or_create(&config.state_dir).context("loading the node's keys")?;
@@ -89,6 +113,9 @@ async fn run(
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
 
     let api = ApiSocket::bind(&config.api_socket).context("opening the API socket")?;
+    if let Some(dir) = &config.cni_conf_dir {
+        write_cni_conflist(dir, &config)?;
+    }
     // Bound here so that a port in use fails the launch with a clear message.
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {

@@ -267,7 +267,20 @@ pub fn launch(
     seeds: &[&Host],
     range: &str,
 ) -> Proc {
-    let extra = [
+    launch_with(host, name, secret, files, seeds, range, &[])
+}
+
+/// [`launch`] with more options.
+pub fn launch_with(
+    host: &Host,
+    name: &str,
+    secret: &Path,
+    files: &NodeFiles,
+    seeds: &[&Host],
+    range: &str,
+    more: &[&str],
+) -> Proc {
+    let mut extra = vec![
         "-v",
         "--datapath",
         "userspace",
@@ -276,6 +289,7 @@ pub fn launch(
         "--range",
         range,
     ];
+    extra.extend_from_slice(more);
     launch::launch(host, name, secret, files, seeds, &extra)
 }
 

@@ -86,6 +86,10 @@ pub enum Command {
     /// is unreachable, from the running daemon.
     Ipam(ApiArgs),
 
+    /// List the pods the CNI plugin attached on this node: container id, interface, address,
+    /// pod namespace and name, labels, from the running daemon.
+    Pods(ApiArgs),
+
     /// Declare a node gone for good (it will not come back) and take back its address space.
     /// Refused while the node is reachable.
     Forget(ForgetArgs),
@@ -216,9 +220,14 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "PATH|off")]
     pub wg_socket: Option<String>,
 
+    /// Write the CNI network config for weft-cni (`10-weft.conflist`, naming this daemon's
+    /// API socket and state directory) into DIR at start, e.g. /etc/cni/net.d [default: off].
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+
     /// TOML file with any of the keys name, listen, secret_file, state_dir, range,
-    /// api_socket, peers, wg_port, metrics_addr, datapath, mtu, wg_socket. Options on the
-    /// command line win; unknown keys are refused.
+    /// api_socket, peers, wg_port, metrics_addr, datapath, mtu, wg_socket, cni_conf_dir.
+    /// Options on the command line win; unknown keys are refused.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }

@@ -38,6 +38,7 @@ fn spec(container: &str, netns: &str, address: &str) -> Attachment {
         cluster_range: "10.32.0.0/12".parse().expect("range"),
         bridge: "weft".into(),
         mtu: 1420,
+        extra_routes: Vec::new(),
     }
 }
 

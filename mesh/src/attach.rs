@@ -1,10 +1,13 @@
-//! Containers on the bridge: [`attach`] plugs a network namespace into this host's bridge with
-//! a veth pair and gives it its address and routes; [`detach`] unplugs it.
+//! Containers on the bridge, for `weft attach` and the CNI plugin alike: [`attach`] plugs a
+//! network namespace into this host's bridge with a veth pair and gives it its address and
+//! routes; [`detach`] unplugs it; [`inspect`] and [`host_end`] read back what is there (CNI
+//! CHECK).
 //!
-//! The host side of the pair is named after the container id ([`host_ifname`]), so attaching
-//! again finds it, and detaching needs nothing but the id. Inside the namespace the interface
-//! gets the allocated address, an on-link route to the gateway (the bridge's address), the
-//! cluster range through the gateway, and a default route through it unless one exists.
+//! The host side of the pair is named after the attachment's id ([`host_ifname`]), so
+//! attaching again finds it, and detaching needs nothing but the id. Inside the namespace the
+//! interface gets the allocated address, an on-link route to the gateway (the bridge's
+//! address), the cluster range and any extra routes through the gateway, and a default route
+//! through it unless one exists.
 //!
 //! Everything on the host side happens in the network namespace of the calling thread; the
 //! container side is reached through a netlink socket opened by a short-lived thread that
@@ -22,8 +25,10 @@
 //!     cluster_range: "10.32.0.0/12".parse().unwrap(),
 //!     bridge: "weft".into(),
 //!     mtu: 1420,
+//!     extra_routes: Vec::new(),
 //! };
-//! attach::attach(&spec).await?; // again: no change
+//! let attached = attach::attach(&spec).await?; // again: no change
+//! println!("{} in the container", attached.container.name);
 //! attach::detach("c1").await?;
 //! # Ok(())
 //! # }
@@ -37,23 +42,29 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{RouteMessage, RouteScope};
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use tokio::task::JoinHandle;
+use netlink_packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use crate::host::netlink::{errno, nl_error, table_of_route, tolerate};
+use crate::host::netlink::{
+    errno, nl_error, route_dst, route_oif, table_of_route, tolerate, Netlink,
+};
 use crate::{Error, Result};
 
 /// Longest interface name the kernel takes (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
+const MAIN_TABLE: u32 = 254;
+const GONE: &[i32] = &[libc::ENOENT, libc::ESRCH, libc::ENODEV];
 
 /// What to plug in where: the container's namespace and interface, and the allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
-    /// Container or pod id; names the host side of the veth pair.
+    /// The attachment's id (a container id, or `ID/IFNAME` for the CNI plugin); names the
+    /// host side of the veth pair.
     pub container: String,
     /// The container's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`, ...).
     pub netns: PathBuf,
@@ -69,10 +80,62 @@ pub struct Attachment {
     pub bridge: String,
     /// MTU of both ends.
     pub mtu: u32,
+    /// More routes in the container: destination and next hop (a delegated IPAM plugin's).
+    pub extra_routes: Vec<(Ipv4Net, Ipv4Addr)>,
 }
 
-/// The host-side interface name of `container`'s veth: `vw` and 12 hex digits of a stable
-/// hash (FNV-1a) of the id, so the same id always gets the same name.
+/// One end of the pair, as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    /// The index in the end's own namespace.
+    pub index: u32,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+}
+
+/// An attachment in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub host: Link,
+    pub container: Link,
+    /// The routes through the gateway the container has from this attachment: the cluster
+    /// range (unless the address's own subnet covers it), the extra routes, and the default
+    /// route unless the container had another one before.
+    pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
+}
+
+/// A route in the container's main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub dst: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    /// Index of the output interface.
+    pub oif: Option<u32>,
+    /// 0 global, 253 link, 254 host.
+    pub scope: u8,
+}
+
+/// An interface in a container, with its addresses and the namespace's routes (CNI CHECK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub link: Link,
+    pub addresses: Vec<Ipv4Net>,
+    /// Every IPv4 route of the namespace's main table (not only this interface's).
+    pub routes: Vec<RouteInfo>,
+}
+
+/// The host side of an attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEnd {
+    pub link: Link,
+    /// The bridge it is a port of.
+    pub bridge: Option<String>,
+}
+
+/// The host-side interface name of attachment `container`: `vw` and 12 hex digits of a
+/// stable hash (FNV-1a) of the id, so the same id always gets the same name.
 pub fn host_ifname(container: &str) -> String {
     format!("vw{:012x}", fnv1a(container) >> 16)
 }
@@ -84,7 +147,7 @@ pub fn is_host_ifname(name: &str) -> bool {
     })
 }
 
-/// The name the container side has while it is still on the host, before the move.
+/// The name an older weft gave the container side while it was still on the host.
 fn transit_ifname(container: &str) -> String {
     format!("vp{:012x}", fnv1a(container) >> 16)
 }
@@ -143,140 +206,24 @@ impl Attachment {
     }
 }
 
-/// An rtnetlink connection whose task is aborted on drop.
-struct Conn {
-    handle: Handle,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Conn {
-    /// A connection in the calling thread's namespace.
-    fn here() -> Result<Conn> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|e| Error::io("opening rtnetlink socket", e))?;
-        Ok(Conn {
-            handle,
-            task: tokio::spawn(connection),
-        })
-    }
-
-    /// A connection in the network namespace `ns`. The socket is opened by a thread that
-    /// entered the namespace (a socket stays in the namespace it was made in); its task runs
-    /// on the caller's runtime.
-    fn inside(ns: &File, path: &Path) -> Result<Conn> {
-        let runtime = tokio::runtime::Handle::current();
-        let opened = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        Error::io(
-                            format!("entering network namespace {}", path.display()),
-                            e.into(),
-                        )
-                    })?;
-                    let _entered = runtime.enter();
-                    rtnetlink::new_connection().map_err(|e| {
-                        Error::io(format!("opening rtnetlink socket in {}", path.display()), e)
-                    })
-                })
-                .join()
-        });
-        let (connection, handle, _) =
-            opened.map_err(|_| Error::Netlink("namespace thread panicked".into()))??;
-        Ok(Conn {
-            handle,
-            task: tokio::spawn(connection),
-        })
-    }
-
-    async fn link(&self, name: &str) -> Result<Option<LinkMessage>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        match links.try_next().await {
-            Ok(link) => Ok(link),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(nl_error(format!("looking up link {name}"), e)),
+fn link_of(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        name: String::new(),
+        index: msg.header.index,
+        mac: None,
+        mtu: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+            LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+            _ => {}
         }
     }
-
-    async fn set(&self, msg: LinkMessage, context: &str) -> Result<()> {
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| nl_error(context, e))
-    }
-
-    async fn delete(&self, name: &str) -> Result<()> {
-        let Some(link) = self.link(name).await? else {
-            return Ok(());
-        };
-        tolerate(
-            self.handle.link().del(link.header.index).execute().await,
-            GONE,
-            format!("deleting link {name}"),
-        )
-    }
-
-    async fn v4_addresses(&self, index: u32) -> Result<Vec<Ipv4Net>> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_error("listing addresses", e))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.index == index)
-            .filter_map(|m| {
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                })?;
-                Ipv4Net::new(ip, m.header.prefix_len).ok()
-            })
-            .collect())
-    }
-
-    async fn has_default_v4(&self) -> Result<bool> {
-        let routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_error("listing routes", e))?;
-        Ok(routes
-            .iter()
-            .any(|r| table_of_route(r) == MAIN_TABLE && r.header.destination_prefix_length == 0))
-    }
-
-    async fn add_route(&self, msg: RouteMessage, context: String) -> Result<()> {
-        tolerate(
-            self.handle.route().add(msg).execute().await,
-            &[libc::EEXIST],
-            context,
-        )
-    }
+    link
 }
-
-const MAIN_TABLE: u32 = 254;
-const GONE: &[i32] = &[libc::ENOENT, libc::ESRCH, libc::ENODEV];
 
 /// The peer's ifindex of a veth (in the peer's namespace).
 fn peer_index(link: &LinkMessage) -> Option<u32> {
@@ -293,30 +240,124 @@ fn controller(link: &LinkMessage) -> Option<u32> {
     })
 }
 
+async fn set(nl: &Netlink, msg: LinkMessage, context: &str) -> Result<()> {
+    nl.handle()
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| nl_error(context, e))
+}
+
+async fn v4_addresses(nl: &Netlink, index: u32) -> Result<Vec<Ipv4Net>> {
+    let msgs: Vec<AddressMessage> = nl
+        .handle()
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_error("listing addresses", e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.header.index == index)
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            Ipv4Net::new(ip, m.header.prefix_len).ok()
+        })
+        .collect())
+}
+
+/// The IPv4 routes of the main table.
+async fn main_routes(nl: &Netlink) -> Result<Vec<RouteInfo>> {
+    let msgs: Vec<RouteMessage> = nl
+        .handle()
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_error("listing routes", e))?;
+    Ok(msgs
+        .iter()
+        .filter(|m| table_of_route(m) == MAIN_TABLE)
+        .filter_map(|m| {
+            let Some(IpNet::V4(dst)) = route_dst(m) else {
+                return None;
+            };
+            let gateway = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            });
+            Some(RouteInfo {
+                dst,
+                gateway,
+                oif: route_oif(m),
+                scope: u8::from(m.header.scope),
+            })
+        })
+        .collect())
+}
+
+async fn add_route(nl: &Netlink, msg: RouteMessage, context: String) -> Result<()> {
+    tolerate(
+        nl.handle().route().add(msg).execute().await,
+        &[libc::EEXIST],
+        context,
+    )
+}
+
+fn open_netns(path: &Path) -> Result<(File, Netlink)> {
+    let ns = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let inside = Netlink::connect_in(&ns, path)?;
+    Ok((ns, inside))
+}
+
 /// Plugs `spec.netns` into the bridge (see the module docs). Attaching again with the same
-/// container id and address changes nothing; the same id with another address, or a
-/// namespace that already has an interface called `spec.ifname` that is not ours, is refused.
-/// On error nothing of a new attachment is left behind.
-pub async fn attach(spec: &Attachment) -> Result<()> {
+/// id and address changes nothing; the same id with another address, or a namespace that
+/// already has an interface called `spec.ifname` that is not ours, is refused. On error
+/// nothing of a new attachment is left behind.
+pub async fn attach(spec: &Attachment) -> Result<Attached> {
+    attach_with(spec, false).await
+}
+
+/// Like [`attach`], but an interface called `spec.ifname` in the namespace is refused with
+/// [`Error::Exists`] even if it is this attachment's (CNI ADD: "if an interface of the
+/// requested name already exists in the container, the plugin must return an error").
+pub async fn attach_new(spec: &Attachment) -> Result<Attached> {
+    attach_with(spec, true).await
+}
+
+async fn attach_with(spec: &Attachment, exclusive: bool) -> Result<Attached> {
     spec.validate()?;
-    let host = Conn::here()?;
+    let host = Netlink::connect()?;
     let Some(bridge) = host.link(&spec.bridge).await? else {
         return Err(Error::InvalidConfig(format!(
             "bridge {} does not exist on this host: is the weft daemon running?",
             spec.bridge
         )));
     };
-    let ns = File::open(&spec.netns)
-        .map_err(|e| Error::io(format!("opening {}", spec.netns.display()), e))?;
-    let inside = Conn::inside(&ns, &spec.netns)?;
+    let (ns, inside) = open_netns(&spec.netns)?;
     let host_name = host_ifname(&spec.container);
+    let exists = || {
+        Error::Exists(format!(
+            "{} already has an interface called {}",
+            spec.netns.display(),
+            spec.ifname
+        ))
+    };
 
     if let Some(existing) = host.link(&host_name).await? {
         match inside.link(&spec.ifname).await? {
+            Some(_) if exclusive => return Err(exists()),
             Some(ours) if peer_index(&existing) == Some(ours.header.index) => {
                 // Attached before: make sure it is all there (nothing is undone on error:
                 // the attachment predates this call).
-                let addrs = inside.v4_addresses(ours.header.index).await?;
+                let addrs = v4_addresses(&inside, ours.header.index).await?;
                 if let Some(other) = addrs.iter().find(|a| **a != spec.address) {
                     return Err(Error::InvalidConfig(format!(
                         "container {} is attached with address {other}, not {}",
@@ -324,86 +365,127 @@ pub async fn attach(spec: &Attachment) -> Result<()> {
                     )));
                 }
                 host_side(&host, &existing, bridge.header.index, spec).await?;
-                return inside_config(&inside, ours.header.index, spec).await;
+                return inside_config(&inside, ours.header.index, spec)
+                    .await?
+                    .finish(&host, &inside, spec)
+                    .await;
             }
             _ => {
                 // Left over from an attachment whose namespace is gone or was never finished.
                 tracing::debug!(link = %host_name, "removing a stale container veth");
-                host.delete(&host_name).await?;
+                host.delete_link(&host_name).await?;
             }
         }
     }
     if inside.link(&spec.ifname).await?.is_some() {
-        return Err(Error::InvalidConfig(format!(
-            "{} already has an interface called {}",
-            spec.netns.display(),
-            spec.ifname
-        )));
+        return Err(exists());
     }
-    let transit = transit_ifname(&spec.container);
-    host.delete(&transit).await?;
-    let veth = LinkVeth::new(&host_name, &transit).mtu(spec.mtu).build();
-    host.handle
-        .link()
-        .add(veth)
-        .execute()
-        .await
-        .map_err(|e| nl_error(format!("creating veth {host_name}"), e))?;
-    let result = plug(&host, &inside, &ns, bridge.header.index, spec).await;
+    // Left over by an older weft, which made the container end on the host and moved it.
+    host.delete_link(&transit_ifname(&spec.container)).await?;
+    // The container end is made in the container's namespace, under its final name: moving
+    // a device between namespaces waits for an RCU grace period (~20 ms per attachment).
+    let veth = veth_message(&host_name, spec, &ns);
+    match host.handle().link().add(veth).execute().await {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(libc::EEXIST) => return Err(exists()),
+        Err(e) => return Err(nl_error(format!("creating veth {host_name}"), e)),
+    }
+    let result = match plug(&host, &inside, bridge.header.index, spec).await {
+        Ok(done) => done.finish(&host, &inside, spec).await,
+        Err(e) => Err(e),
+    };
     if result.is_err() {
         // Deleting one end removes the other, wherever it is, with its addresses and routes.
-        if let Err(e) = host.delete(&host_name).await {
+        if let Err(e) = host.delete_link(&host_name).await {
             tracing::warn!(link = %host_name, error = %e, "undoing a failed attach");
         }
-        let _ = host.delete(&transit).await;
     }
     result
 }
 
-/// The steps after the veth exists: move, rename, address, routes, up.
-async fn plug(host: &Conn, inside: &Conn, ns: &File, bridge: u32, spec: &Attachment) -> Result<()> {
+/// A veth pair: `host_name` here, `spec.ifname` in the namespace `ns`, both with `spec.mtu`.
+fn veth_message(host_name: &str, spec: &Attachment, ns: &File) -> LinkMessage {
+    let peer = LinkUnspec::new_with_name(&spec.ifname)
+        .mtu(spec.mtu)
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    let mut msg = LinkVeth::new(host_name, &spec.ifname).mtu(spec.mtu).build();
+    for attr in &mut msg.attributes {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos {
+                if let LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) = info {
+                    *p = peer.clone();
+                }
+            }
+        }
+    }
+    msg
+}
+
+/// The container end configured: its index and its routes through the gateway.
+struct Configured {
+    index: u32,
+    routes: Vec<(Ipv4Net, Ipv4Addr)>,
+}
+
+impl Configured {
+    /// Reads both ends back for the caller.
+    async fn finish(self, host: &Netlink, inside: &Netlink, spec: &Attachment) -> Result<Attached> {
+        let host_name = host_ifname(&spec.container);
+        let missing = |name: &str| Error::Netlink(format!("link {name} vanished while attaching"));
+        let host_end = host
+            .link(&host_name)
+            .await?
+            .ok_or_else(|| missing(&host_name))?;
+        let container = inside
+            .link(&spec.ifname)
+            .await?
+            .filter(|l| l.header.index == self.index)
+            .ok_or_else(|| missing(&spec.ifname))?;
+        Ok(Attached {
+            host: link_of(&host_end),
+            container: link_of(&container),
+            routes: self.routes,
+        })
+    }
+}
+
+/// The steps after the veth exists: the host end on the bridge, the container end's
+/// address, routes, up.
+async fn plug(
+    host: &Netlink,
+    inside: &Netlink,
+    bridge: u32,
+    spec: &Attachment,
+) -> Result<Configured> {
     let host_name = host_ifname(&spec.container);
-    let transit = transit_ifname(&spec.container);
     let missing = |name: &str| Error::Netlink(format!("link {name} vanished while attaching"));
-    let peer = host
-        .link(&transit)
-        .await?
-        .ok_or_else(|| missing(&transit))?;
-    host.set(
-        LinkUnspec::new_with_index(peer.header.index)
-            .setns_by_fd(ns.as_raw_fd())
-            .build(),
-        "moving the veth into the container's namespace",
-    )
-    .await?;
-    let moved = inside
-        .link(&transit)
-        .await?
-        .ok_or_else(|| missing(&transit))?;
-    inside
-        .set(
-            LinkUnspec::new_with_index(moved.header.index)
-                .name(spec.ifname.clone())
-                .build(),
-            &format!("renaming {transit} to {}", spec.ifname),
-        )
-        .await?;
     let ours = host
         .link(&host_name)
         .await?
         .ok_or_else(|| missing(&host_name))?;
+    let inner = inside
+        .link(&spec.ifname)
+        .await?
+        .ok_or_else(|| missing(&spec.ifname))?;
     host_side(host, &ours, bridge, spec).await?;
-    inside_config(inside, moved.header.index, spec).await
+    inside_config(inside, inner.header.index, spec).await
 }
 
 /// The host end: on the bridge, MTU, up.
-async fn host_side(host: &Conn, link: &LinkMessage, bridge: u32, spec: &Attachment) -> Result<()> {
+async fn host_side(
+    host: &Netlink,
+    link: &LinkMessage,
+    bridge: u32,
+    spec: &Attachment,
+) -> Result<()> {
     let name = host_ifname(&spec.container);
     let mut msg = LinkUnspec::new_with_index(link.header.index).mtu(spec.mtu);
     if controller(link) != Some(bridge) {
         msg = msg.controller(bridge);
     }
-    host.set(
+    set(
+        host,
         msg.up().build(),
         &format!("putting {name} on {}", spec.bridge),
     )
@@ -411,17 +493,17 @@ async fn host_side(host: &Conn, link: &LinkMessage, bridge: u32, spec: &Attachme
 }
 
 /// The container end (already named `spec.ifname`): MTU, address, up, lo up, routes.
-async fn inside_config(inside: &Conn, index: u32, spec: &Attachment) -> Result<()> {
+async fn inside_config(inside: &Netlink, index: u32, spec: &Attachment) -> Result<Configured> {
     let ifname = &spec.ifname;
-    inside
-        .set(
-            LinkUnspec::new_with_index(index).mtu(spec.mtu).build(),
-            &format!("setting the MTU of {ifname}"),
-        )
-        .await?;
-    if !inside.v4_addresses(index).await?.contains(&spec.address) {
+    set(
+        inside,
+        LinkUnspec::new_with_index(index).mtu(spec.mtu).build(),
+        &format!("setting the MTU of {ifname}"),
+    )
+    .await?;
+    if !v4_addresses(inside, index).await?.contains(&spec.address) {
         match inside
-            .handle
+            .handle()
             .address()
             .add(
                 index,
@@ -436,68 +518,151 @@ async fn inside_config(inside: &Conn, index: u32, spec: &Attachment) -> Result<(
             Err(e) => return Err(nl_error(format!("adding {} to {ifname}", spec.address), e)),
         }
     }
-    inside
-        .set(
-            LinkUnspec::new_with_index(index).up().build(),
-            &format!("setting {ifname} up"),
+    set(
+        inside,
+        LinkUnspec::new_with_index(index).up().build(),
+        &format!("setting {ifname} up"),
+    )
+    .await?;
+    if let Some(lo) = inside.link("lo").await? {
+        set(
+            inside,
+            LinkUnspec::new_with_index(lo.header.index).up().build(),
+            "setting lo up",
         )
         .await?;
-    if let Some(lo) = inside.link("lo").await? {
-        inside
-            .set(
-                LinkUnspec::new_with_index(lo.header.index).up().build(),
-                "setting lo up",
-            )
-            .await?;
     }
     let gw = spec.gateway;
-    inside
-        .add_route(
+    add_route(
+        inside,
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(gw, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build(),
+        format!("adding route {gw}/32 dev {ifname}"),
+    )
+    .await?;
+    let mut routes = Vec::new();
+    let wanted = std::iter::once((spec.cluster_range, gw)).chain(spec.extra_routes.iter().copied());
+    for (dst, via) in wanted {
+        // The default route is handled below; the address's own subnet is on-link already.
+        if dst.prefix_len() == 0
+            || spec.address.trunc().contains(&dst)
+            || routes.iter().any(|(d, _)| *d == dst)
+        {
+            continue;
+        }
+        routes.push((dst, via));
+        add_route(
+            inside,
             RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(gw, 32)
+                .destination_prefix(dst.network(), dst.prefix_len())
+                .gateway(via)
                 .output_interface(index)
-                .scope(RouteScope::Link)
                 .build(),
-            format!("adding route {gw}/32 dev {ifname}"),
+            format!("adding route {dst} via {via}"),
         )
         .await?;
-    let range = spec.cluster_range;
-    inside
-        .add_route(
+    }
+    let defaults: Vec<RouteInfo> = main_routes(inside)
+        .await?
+        .into_iter()
+        .filter(|r| r.dst.prefix_len() == 0)
+        .collect();
+    let ours = if defaults.is_empty() {
+        add_route(
+            inside,
             RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(range.network(), range.prefix_len())
                 .gateway(gw)
                 .output_interface(index)
                 .build(),
-            format!("adding route {range} via {gw}"),
+            format!("adding default route via {gw}"),
         )
         .await?;
-    if !inside.has_default_v4().await? {
-        inside
-            .add_route(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(gw)
-                    .output_interface(index)
-                    .build(),
-                format!("adding default route via {gw}"),
-            )
-            .await?;
+        true
+    } else {
+        defaults
+            .iter()
+            .any(|r| r.gateway == Some(gw) && r.oif == Some(index))
+    };
+    if ours {
+        routes.push((Ipv4Net::default(), gw));
     }
-    Ok(())
+    Ok(Configured { index, routes })
 }
 
 /// Unplugs `container`: deletes the host side of its veth (the container side, its address
 /// and routes go with it). Not an error if it is not attached.
 pub async fn detach(container: &str) -> Result<()> {
-    let host = Conn::here()?;
-    host.delete(&host_ifname(container)).await?;
-    host.delete(&transit_ifname(container)).await
+    let host = Netlink::connect()?;
+    host.delete_link(&host_ifname(container)).await?;
+    host.delete_link(&transit_ifname(container)).await
 }
 
 /// True if `container` has a veth on this host.
 pub async fn is_attached(container: &str) -> Result<bool> {
-    let host = Conn::here()?;
+    let host = Netlink::connect()?;
     Ok(host.link(&host_ifname(container)).await?.is_some())
+}
+
+/// True if the namespace at `netns` has an interface called `ifname`. Errors if the
+/// namespace cannot be entered.
+pub async fn interface_exists(netns: &Path, ifname: &str) -> Result<bool> {
+    let (_ns, inside) = open_netns(netns)?;
+    Ok(inside.link(ifname).await?.is_some())
+}
+
+/// The interface `ifname` in the namespace at `netns` with its addresses, and the
+/// namespace's routes; `None` if there is no such interface. Errors if the namespace cannot
+/// be entered.
+pub async fn inspect(netns: &Path, ifname: &str) -> Result<Option<Observed>> {
+    let (_ns, inside) = open_netns(netns)?;
+    let Some(msg) = inside.link(ifname).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Observed {
+        link: link_of(&msg),
+        addresses: v4_addresses(&inside, msg.header.index).await?,
+        routes: main_routes(&inside).await?,
+    }))
+}
+
+/// The host side of attachment `container`, if it has one.
+pub async fn host_end(container: &str) -> Result<Option<HostEnd>> {
+    let host = Netlink::connect()?;
+    let Some(msg) = host.link(&host_ifname(container)).await? else {
+        return Ok(None);
+    };
+    let bridge = match controller(&msg) {
+        Some(index) => {
+            let mut links = host.handle().link().get().match_index(index).execute();
+            match links.try_next().await {
+                Ok(Some(b)) => Some(link_of(&b).name),
+                Ok(None) => None,
+                Err(e) if GONE.contains(&errno(&e).unwrap_or(0)) => None,
+                Err(e) => return Err(nl_error("looking up the bridge", e)),
+            }
+        }
+        None => None,
+    };
+    Ok(Some(HostEnd {
+        link: link_of(&msg),
+        bridge,
+    }))
+}
+
+/// The bridge's IPv4 address (the gateway, with its prefix) and MTU, if the bridge exists
+/// and has one.
+pub async fn bridge_gateway(bridge: &str) -> Result<Option<(Ipv4Net, u32)>> {
+    let host = Netlink::connect()?;
+    let Some(state) = host.bridge(bridge).await? else {
+        return Ok(None);
+    };
+    Ok(state.addresses.iter().find_map(|a| match a {
+        IpNet::V4(v4) => Some((*v4, state.mtu)),
+        IpNet::V6(_) => None,
+    }))
 }
 
 #[cfg(test)]
@@ -514,6 +679,7 @@ mod tests {
             cluster_range: "10.32.0.0/12".parse().expect("net"),
             bridge: "weft".into(),
             mtu: 1420,
+            extra_routes: Vec::new(),
         }
     }
 
@@ -522,6 +688,7 @@ mod tests {
         let a = host_ifname("container-a");
         assert_eq!(a, host_ifname("container-a"));
         assert_ne!(a, host_ifname("container-b"));
+        assert_ne!(host_ifname("c/eth0"), host_ifname("c/eth1"));
         assert_eq!(a.len(), 14);
         assert!(valid_ifname(&a));
         assert!(valid_ifname(&transit_ifname("container-a")));

@@ -35,6 +35,9 @@ pub enum Error {
     /// The device was closed (interface deleted or shut down).
     #[error("device closed")]
     Closed,
+    /// Something to be created exists already (an interface name taken in a container).
+    #[error("{0}")]
+    Exists(String),
 }
 
 impl Error {
@@ -56,6 +59,7 @@ impl Error {
             Self::Closed => libc::ENODEV,
             Self::Netlink(_) => libc::EPROTO,
             Self::NotWireGuard(_) => libc::ENODEV,
+            Self::Exists(_) => libc::EEXIST,
         }
     }
 }

@@ -88,5 +88,6 @@ fn attachment(allocation: &Allocation, netns: &Path, ifname: &str) -> Attachment
         cluster_range: allocation.cluster_range,
         bridge: allocation.bridge.clone(),
         mtu: allocation.mtu,
+        extra_routes: Vec::new(),
     }
 }

@@ -19,6 +19,7 @@ pub fn run(args: LaunchArgs, secret_file: Option<PathBuf>) -> anyhow::Result<()>
         datapath: args.datapath,
         mtu: args.mtu,
         wg_socket: args.wg_socket,
+        cni_conf_dir: args.cni_conf_dir,
     };
     let file = match &args.config {
         Some(path) => Settings::from_file(path)?,

@@ -11,6 +11,7 @@ mod ipam;
 mod keys;
 mod launch;
 mod peers;
+mod pods;
 mod reset;
 mod secret;
 mod status;
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),
         Command::Peers(args) => peers::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),
         Command::Ipam(args) => ipam::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),
+        Command::Pods(args) => pods::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),
         Command::Forget(args) => forget::run(&args, global.output),
         Command::Connect(args) => connect::run(&args, global.output),
         Command::Reset(args) => reset::run(&args, global.output),

@@ -2,10 +2,14 @@
 //!
 //! A client writes one request per line (`{"cmd":"status"}`, `{"cmd":"peers"}`,
 //! `{"cmd":"ipam"}`, `{"cmd":"allocate","container":"ID"}`, `{"cmd":"release","container":"ID"}`,
-//! `{"cmd":"forget","node":"NODE"}`, `{"cmd":"connect","addr":"ADDR"}`, `{"cmd":"reset"}`)
-//! and reads one response line per request: `{"ok":true,"status":{...}}`,
+//! `{"cmd":"forget","node":"NODE"}`, `{"cmd":"connect","addr":"ADDR"}`, `{"cmd":"reset"}`,
+//! `{"cmd":"pods"}`) and reads one response line per request: `{"ok":true,"status":{...}}`,
 //! `{"ok":true,"peers":[...]}`, `{"ok":true,"ipam":{...}}`, `{"ok":true,"allocation":{...}}`,
-//! `{"ok":true,"message":"..."}`, or `{"ok":false,"error":"..."}`. A request that is too long, not JSON or unknown gets the
+//! `{"ok":true,"pods":[...]}`, `{"ok":true,"message":"..."}`, or `{"ok":false,"error":"..."}`.
+//!
+//! The CNI plugin's `allocate` and `release` add `"ifname"`: the address is then keyed by
+//! container id and interface, and `allocate` may carry the pod's identity (`netns`,
+//! `network`, `pod_namespace`, `pod_name`, `labels`), kept for `weft pods` (see `pods.rs`). A request that is too long, not JSON or unknown gets the
 //! error response and the connection is closed; nothing in the daemon changes.
 //!
 //! Each client is served in its own task, at most [`MAX_CLIENTS`] at once (`slots`): a new
@@ -83,6 +87,51 @@ pub enum Request {
     /// Leave the cluster for good: hand the address space back, tell the others, remove
     /// weft's interfaces, routes and rules from the host, and exit (`weft reset`).
     Reset,
+    /// The CNI attachments this node holds addresses for, with their pods (`weft pods`).
+    Pods,
+    /// `allocate` with `ifname` (the CNI plugin): an address keyed by container and interface,
+    /// with the pod's identity. Read by [`parse_request`] only, never written.
+    #[serde(skip)]
+    AllocatePod(PodAllocate),
+    /// `release` with `ifname`. Read by [`parse_request`] only, never written.
+    #[serde(skip)]
+    ReleasePod {
+        container: String,
+        ifname: String,
+    },
+}
+
+/// A CNI attachment's `allocate`: the address is held under [`PodAllocate::key`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodAllocate {
+    /// `CNI_CONTAINERID`.
+    pub container: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// The pod's network namespace path.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// The CNI network's name (GC releases only its own network's attachments).
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub pod_namespace: Option<String>,
+    #[serde(default)]
+    pub pod_name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The allocation key of a CNI attachment: neither part holds a `/`.
+pub fn pod_key(container: &str, ifname: &str) -> String {
+    format!("{container}/{ifname}")
+}
+
+impl PodAllocate {
+    pub fn key(&self) -> String {
+        pod_key(&self.container, &self.ifname)
+    }
 }
 
 /// A response line. `ok` tells success from failure without knowing every field.
@@ -92,16 +141,38 @@ pub enum Request {
 // status would change the type every client matches on.
 #[allow(clippy::large_enum_variant)]
 pub enum Response {
-    Status { ok: bool, status: Status },
-    Peers { ok: bool, peers: Vec<Peer> },
-    Ipam { ok: bool, ipam: serde_json::Value },
-    Allocation { ok: bool, allocation: Allocation },
-    Done { ok: bool, message: String },
-    Error { ok: bool, error: String },
+    Status {
+        ok: bool,
+        status: Status,
+    },
+    Peers {
+        ok: bool,
+        peers: Vec<Peer>,
+    },
+    Ipam {
+        ok: bool,
+        ipam: serde_json::Value,
+    },
+    Allocation {
+        ok: bool,
+        allocation: Allocation,
+    },
+    Pods {
+        ok: bool,
+        pods: Vec<super::pods::Pod>,
+    },
+    Done {
+        ok: bool,
+        message: String,
+    },
+    Error {
+        ok: bool,
+        error: String,
+    },
 }
 
 impl Response {
-    fn error(message: impl Into<String>) -> Self {
+    pub(crate) fn error(message: impl Into<String>) -> Self {
         Response::Error {
             ok: false,
             error: message.into(),
@@ -506,9 +577,21 @@ async fn refuse_busy(mut stream: UnixStream) {
 /// Longest string field of a request (container id, node, address).
 pub const MAX_FIELD_LEN: usize = 256;
 
+/// Most labels an `allocate` may carry.
+pub const MAX_LABELS: usize = 64;
+/// Optional fields of the CNI plugin's `allocate` (all need `ifname`).
+const POD_FIELDS: [&str; 6] = [
+    "ifname",
+    "netns",
+    "network",
+    "pod_namespace",
+    "pod_name",
+    "labels",
+];
+
 /// Parse one request line (the newline is optional at end of input).
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"allocate","container":"ID"}, ... (commands: status, peers, ipam, allocate, release, forget, connect, reset)"#;
+    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"allocate","container":"ID"}, ... (commands: status, peers, ipam, allocate, release, forget, connect, reset, pods)"#;
     let text = std::str::from_utf8(line).map_err(|_| "bad request: not UTF-8".to_string())?;
     let text = text.trim();
     if text.is_empty() {
@@ -524,7 +607,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         return Err(format!("bad request: no \"cmd\" string ({EXPECTED})"));
     };
     let field = match cmd.as_str() {
-        "status" | "peers" | "ipam" | "reset" => None,
+        "status" | "peers" | "ipam" | "reset" | "pods" => None,
         "allocate" | "release" => Some("container"),
         "forget" => Some("node"),
         "connect" => Some("addr"),
@@ -535,8 +618,13 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             ))
         }
     };
+    let optional: &[&str] = match cmd.as_str() {
+        "allocate" => &POD_FIELDS,
+        "release" => &POD_FIELDS[..1],
+        _ => &[],
+    };
     for key in map.keys() {
-        if key != "cmd" && Some(key.as_str()) != field {
+        if key != "cmd" && Some(key.as_str()) != field && !optional.contains(&key.as_str()) {
             return Err(format!(
                 "bad request: unknown field {:?} for {cmd:?}",
                 key.chars().take(64).collect::<String>()
@@ -545,18 +633,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     }
     if let Some(field) = field {
         match map.get(field) {
-            Some(serde_json::Value::String(v)) => {
-                if v.is_empty() || v.len() > MAX_FIELD_LEN {
-                    return Err(format!(
-                        "bad request: {field:?} must be 1 to {MAX_FIELD_LEN} bytes"
-                    ));
-                }
-                if v.chars().any(char::is_control) {
-                    return Err(format!(
-                        "bad request: {field:?} contains control characters"
-                    ));
-                }
-            }
+            Some(serde_json::Value::String(v)) => check_string(field, v)?,
             _ => {
                 return Err(format!(
                     "bad request: {cmd:?} needs a string field {field:?}"
@@ -564,7 +641,85 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
             }
         }
     }
+    if optional.iter().any(|k| map.contains_key(*k)) {
+        return pod_request(cmd, map);
+    }
     serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))
+}
+
+/// A string field: 1 to [`MAX_FIELD_LEN`] bytes, no control characters.
+fn check_string(field: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > MAX_FIELD_LEN {
+        return Err(format!(
+            "bad request: {field:?} must be 1 to {MAX_FIELD_LEN} bytes"
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!(
+            "bad request: {field:?} contains control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// The CNI plugin's `allocate` or `release` (they have `ifname`).
+fn pod_request(
+    cmd: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Request, String> {
+    let string = |key: &str| -> Result<Option<String>, String> {
+        match map.get(key) {
+            None => Ok(None),
+            Some(serde_json::Value::String(v)) => check_string(key, v).map(|()| Some(v.clone())),
+            Some(_) => Err(format!("bad request: {key:?} must be a string")),
+        }
+    };
+    let container = string("container")?.unwrap_or_default();
+    let Some(ifname) = string("ifname")? else {
+        return Err("bad request: the pod fields need \"ifname\"".into());
+    };
+    if container.contains('/') {
+        return Err("bad request: \"container\" of a pod must not contain '/'".into());
+    }
+    if ifname.len() > 15 || ifname.contains('/') || !ifname.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "bad request: \"ifname\" {:?} is not an interface name",
+            ifname.chars().take(64).collect::<String>()
+        ));
+    }
+    if cmd == "release" {
+        return Ok(Request::ReleasePod { container, ifname });
+    }
+    let mut labels = BTreeMap::new();
+    match map.get("labels") {
+        None => {}
+        Some(serde_json::Value::Object(l)) if l.len() <= MAX_LABELS => {
+            for (k, v) in l {
+                let serde_json::Value::String(v) = v else {
+                    return Err("bad request: label values must be strings".into());
+                };
+                check_string("labels", k)?;
+                if !v.is_empty() {
+                    check_string("labels", v)?;
+                }
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+        Some(_) => {
+            return Err(format!(
+                "bad request: \"labels\" must be an object of at most {MAX_LABELS} strings"
+            ))
+        }
+    }
+    Ok(Request::AllocatePod(PodAllocate {
+        container,
+        ifname,
+        netns: string("netns")?,
+        network: string("network")?,
+        pod_namespace: string("pod_namespace")?,
+        pod_name: string("pod_name")?,
+        labels,
+    }))
 }
 
 /// Resolve a `connect` address before it reaches the driver, which must not wait on DNS.
@@ -652,6 +807,135 @@ mod tests {
         ] {
             assert!(parse_request(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn the_cni_plugins_requests_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_request(br#"{"cmd":"pods"}"#), Ok(Request::Pods));
+        let full = br#"{"cmd":"allocate","container":"c1","ifname":"eth0","netns":"/run/netns/c1","network":"weft","pod_namespace":"default","pod_name":"web-0","labels":{"app":"web","empty":""}}"#;
+        match parse_request(full) {
+            Ok(Request::AllocatePod(p)) => {
+                assert_eq!(p.key(), "c1/eth0");
+                assert_eq!(p.pod_name.as_deref(), Some("web-0"));
+                assert_eq!(p.labels.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_request(br#"{"cmd":"allocate","container":"c1","ifname":"eth0"}"#),
+            Ok(Request::AllocatePod(_))
+        ));
+        assert_eq!(
+            parse_request(br#"{"cmd":"release","container":"c1","ifname":"eth0"}"#),
+            Ok(Request::ReleasePod {
+                container: "c1".into(),
+                ifname: "eth0".into()
+            })
+        );
+        // Without ifname, allocate and release are what they always were.
+        assert_eq!(
+            parse_request(br#"{"cmd":"allocate","container":"c1"}"#),
+            Ok(Request::Allocate {
+                container: "c1".into()
+            })
+        );
+        let many: String = (0..=MAX_LABELS)
+            .map(|i| format!(r#""k{i}":"v""#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let too_many =
+            format!(r#"{{"cmd":"allocate","container":"c1","ifname":"eth0","labels":{{{many}}}}}"#);
+        for bad in [
+            &br#"{"cmd":"allocate","container":"c1","pod_name":"x"}"#[..],
+            br#"{"cmd":"allocate","container":"c/1","ifname":"eth0"}"#,
+            br#"{"cmd":"allocate","container":"c1","ifname":"eth/0"}"#,
+            br#"{"cmd":"allocate","container":"c1","ifname":"a-name-far-too-long"}"#,
+            br#"{"cmd":"allocate","container":"c1","ifname":7}"#,
+            br#"{"cmd":"allocate","container":"c1","ifname":"eth0","labels":["a"]}"#,
+            br#"{"cmd":"allocate","container":"c1","ifname":"eth0","labels":{"a":1}}"#,
+            br#"{"cmd":"allocate","container":"c1","ifname":"eth0","pod_name":""}"#,
+            br#"{"cmd":"allocate","container":"c1","ifname":"eth0","other":"x"}"#,
+            br#"{"cmd":"release","container":"c1","ifname":"eth0","pod_name":"x"}"#,
+            br#"{"cmd":"pods","container":"c1"}"#,
+            too_many.as_bytes(),
+        ] {
+            assert!(
+                parse_request(bad).is_err(),
+                "{} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// A request line made of the API's own keys and values of every JSON type.
+    fn line(fields: &[(u8, u8, String)]) -> Vec<u8> {
+        const KEYS: [&str; 10] = [
+            "cmd",
+            "container",
+            "ifname",
+            "netns",
+            "network",
+            "pod_namespace",
+            "pod_name",
+            "labels",
+            "node",
+            "addr",
+        ];
+        const CMDS: [&str; 5] = ["allocate", "release", "pods", "status", "x"];
+        let mut map = serde_json::Map::new();
+        map.insert("cmd".into(), CMDS[fields.len() % CMDS.len()].into());
+        for (k, kind, s) in fields {
+            let v = match kind % 5 {
+                0 => serde_json::json!(s),
+                1 => serde_json::json!({ s.clone(): s }),
+                2 => serde_json::json!(s.len()),
+                3 => serde_json::json!([s]),
+                _ => serde_json::Value::Null,
+            };
+            map.insert(KEYS[usize::from(*k) % KEYS.len()].into(), v);
+        }
+        serde_json::Value::Object(map).to_string().into_bytes()
+    }
+
+    /// What an accepted CNI request must be: a key with exactly one '/', fields in bounds.
+    fn accepted_pod_request_is_sound(request: &Request) {
+        match request {
+            Request::AllocatePod(p) => {
+                assert_eq!(p.key().matches('/').count(), 1, "{p:?}");
+                assert!(p.ifname.len() <= 15 && !p.container.is_empty());
+                assert!(p.labels.len() <= MAX_LABELS);
+            }
+            Request::ReleasePod { container, ifname } => {
+                assert!(!container.contains('/') && !ifname.contains('/'));
+            }
+            _ => {}
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn request_lines_parse_or_are_refused_whole(
+            fields in proptest::collection::vec((proptest::prelude::any::<u8>(), proptest::prelude::any::<u8>(), "[ -~]{0,20}"), 0..6),
+        ) {
+            if let Ok(r) = parse_request(&line(&fields)) {
+                accepted_pod_request_is_sound(&r);
+            }
+        }
+    }
+
+    /// Fuzz target: any bytes, and lines built from the API's keys, give a request or a refusal,
+    /// never a panic (`cargo bolero test --bin weft daemon::api::tests::fuzz_parse_request`).
+    #[test]
+    fn fuzz_parse_request() {
+        bolero::check!()
+            .with_type::<(Vec<(u8, u8, String)>, Vec<u8>)>()
+            .for_each(|(fields, raw)| {
+                for bytes in [line(fields), raw.clone()] {
+                    if let Ok(r) = parse_request(&bytes) {
+                        accepted_pod_request_is_sound(&r);
+                    }
+                }
+            });
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Settings {
     pub mtu: Option<u32>,
     /// Path of the userspace datapath's WireGuard configuration socket, or "off".
     pub wg_socket: Option<String>,
+    /// Directory to write the CNI network config for weft-cni into (`/etc/cni/net.d`).
+    pub cni_conf_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -90,6 +92,7 @@ impl Settings {
             datapath: self.datapath.or(fallback.datapath),
             mtu: self.mtu.or(fallback.mtu),
             wg_socket: self.wg_socket.or(fallback.wg_socket),
+            cni_conf_dir: self.cni_conf_dir.or(fallback.cni_conf_dir),
         }
     }
 }
@@ -113,6 +116,8 @@ pub struct LaunchConfig {
     pub mtu: u32,
     /// The userspace datapath's WireGuard configuration socket; `None` when turned off.
     pub wg_socket: Option<PathBuf>,
+    /// Where to write weft-cni's conflist at start; `None`: nowhere (the default).
+    pub cni_conf_dir: Option<PathBuf>,
 }
 
 impl LaunchConfig {
@@ -198,6 +203,7 @@ impl LaunchConfig {
             datapath,
             mtu,
             wg_socket,
+            cni_conf_dir: settings.cni_conf_dir,
         })
     }
 }
@@ -288,6 +294,7 @@ mod tests {
             datapath = "userspace"
             mtu = 1380
             wg_socket = "off"
+            cni_conf_dir = "/etc/cni/net.d"
             "#,
         )
         .expect("parse");
@@ -303,6 +310,7 @@ mod tests {
         assert_eq!(c.datapath, "userspace");
         assert_eq!(c.mtu, 1400, "the flag wins over the file");
         assert_eq!(c.wg_socket, None);
+        assert_eq!(c.cni_conf_dir, Some(PathBuf::from("/etc/cni/net.d")));
 
         let base = || Settings {
             secret_file: Some("/s".into()),

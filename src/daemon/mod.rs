@@ -11,6 +11,7 @@ mod driver;
 mod members;
 pub mod metrics;
 mod node;
+pub mod pods;
 pub mod preflight;
 mod slots;
 mod state;
@@ -43,13 +44,14 @@ pub const WG_IFNAME: &str = "weft-wg";
 const REPLY_GRACE: Duration = Duration::from_millis(300);
 
 /// The files a node keeps in its state directory, removed by `weft reset` once it left.
-const STATE_FILES: [&str; 6] = [
+const STATE_FILES: [&str; 7] = [
     weft_crypto::IDENTITY_KEY_FILE,
     weft_crypto::WIREGUARD_KEY_FILE,
     state::VERSION_FILE,
     FileStore::SNAPSHOT,
     FileStore::JOURNAL,
     members::JOURNAL_FILE,
+    pods::PODS_FILE,
 ];
 
 /// Remove the node's files (only those) from `state_dir`; missing ones are fine.
@@ -62,6 +64,30 @@ fn forget_state(state_dir: &std::path::Path) -> anyhow::Result<()> {
             Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
         }
     }
+    Ok(())
+}
+
+/// Writes weft-cni's conflist into `dir` (created if missing), whole or not at all, mode 0644
+/// (runtimes read it).
+fn write_cni_conflist(dir: &std::path::Path, config: &LaunchConfig) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let list = weft_cni::config::conflist(&config.api_socket, &config.state_dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(weft_cni::config::CONFLIST_FILE);
+    let tmp = dir.join(format!(".{}.tmp", weft_cni::config::CONFLIST_FILE));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(serde_json::to_string_pretty(&list)?.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    info!(file = %path.display(), "wrote the CNI network config");
     Ok(())
 }
 
@@ -93,6 +119,9 @@ async fn run(
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
 
     let api = ApiSocket::bind(&config.api_socket).context("opening the API socket")?;
+    if let Some(dir) = &config.cni_conf_dir {
+        write_cni_conflist(dir, &config)?;
+    }
     // Bound here so that a port in use fails the launch with a clear message.
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -167,7 +196,16 @@ async fn run(
             }
         })
     });
-    let api_task = tokio::spawn(async move { api.serve(queries_tx).await });
+    // The API goes through the pods layer (CNI attachments and their identity); so do the
+    // releases the CNI plugin kept while the daemon was down.
+    let pod_table = pods::PodTable::open(&config.state_dir)?;
+    let (pods_tx, pods_rx) = mpsc::channel(16);
+    let pods_task = tokio::spawn(pods::serve(pod_table, pods_rx, queries_tx));
+    let spool_task = tokio::spawn(pods::apply_releases(
+        config.state_dir.clone(),
+        pods_tx.clone(),
+    ));
+    let api_task = tokio::spawn(async move { api.serve(pods_tx).await });
 
     let (view_tx, view_rx) = watch::channel(None);
     let (report_tx, report_rx) = watch::channel(DatapathReport::default());
@@ -270,5 +308,9 @@ async fn run(
     // Dropping the server drops the socket, which removes its file.
     api_task.abort();
     let _ = api_task.await;
+    spool_task.abort();
+    let _ = spool_task.await;
+    pods_task.abort();
+    let _ = pods_task.await;
     result
 }

@@ -105,7 +105,7 @@ fn family_of(af: AddressFamily) -> Option<Family> {
 }
 
 /// The destination prefix of a route message.
-fn route_dst(msg: &RouteMessage) -> Option<IpNet> {
+pub(crate) fn route_dst(msg: &RouteMessage) -> Option<IpNet> {
     let len = msg.header.destination_prefix_length;
     let addr = msg.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
@@ -130,7 +130,7 @@ fn route_src(msg: &RouteMessage) -> Option<IpAddr> {
     })
 }
 
-fn route_oif(msg: &RouteMessage) -> Option<u32> {
+pub(crate) fn route_oif(msg: &RouteMessage) -> Option<u32> {
     msg.attributes.iter().find_map(|a| match a {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,
@@ -152,6 +152,39 @@ impl Netlink {
             rtnetlink::new_connection().map_err(|e| Error::io("opening rtnetlink socket", e))?;
         let connection = tokio::spawn(connection);
         Ok(Netlink { handle, connection })
+    }
+
+    /// A connection in the network namespace `ns` (opened from `path`, named in errors). The
+    /// socket is opened by a short-lived thread that entered the namespace (a socket stays in
+    /// the namespace it was made in; the caller's threads never change namespace); its task
+    /// runs on the caller's runtime.
+    pub fn connect_in(ns: &std::fs::File, path: &std::path::Path) -> Result<Netlink> {
+        let runtime = tokio::runtime::Handle::current();
+        let opened = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        Error::io(
+                            format!("entering network namespace {}", path.display()),
+                            e.into(),
+                        )
+                    })?;
+                    let _entered = runtime.enter();
+                    rtnetlink::new_connection().map_err(|e| {
+                        Error::io(format!("opening rtnetlink socket in {}", path.display()), e)
+                    })
+                })
+                .join()
+        });
+        let (connection, handle, _) =
+            opened.map_err(|_| Error::Netlink("namespace thread panicked".into()))??;
+        let connection = tokio::spawn(connection);
+        Ok(Netlink { handle, connection })
+    }
+
+    /// The connection's handle, for requests this driver does not wrap (`attach` uses it).
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     /// The link named `name`, if it exists.

@@ -39,6 +39,10 @@ impl<S: Store> Node<S> {
             Request::Forget { node } => self.forget(now, &node),
             Request::Connect { addr } => self.connect(now, &addr),
             Request::Reset => Err("reset is handled by the driver loop".into()),
+            // The pods layer (pods.rs) answers these before they reach the node.
+            Request::Pods | Request::AllocatePod(_) | Request::ReleasePod { .. } => {
+                Err("CNI requests are handled by the pods layer".into())
+            }
         };
         let response = result.unwrap_or_else(|error| Response::Error { ok: false, error });
         // An allocation or a forget changes the IPAM record and the ring.

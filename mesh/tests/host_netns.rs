@@ -610,3 +610,52 @@ fn no_bridge_before_space_then_the_bridge_and_a_route_for_a_second_piece() {
         "second reconcile changed something"
     );
 }
+
+/// The state of a node owning `spaces` (the first holds the gateway) with one peer.
+fn owning(spaces: &[&str]) -> HostState {
+    let gateway = net(spaces[0]);
+    let mut state = HostState::new(
+        BridgeSpec {
+            name: host::BRIDGE_NAME.into(),
+            gateway,
+            mtu: 1420,
+        },
+        WG,
+        [net("10.32.0.0/12")],
+        spaces.iter().map(|s| net(s)),
+    );
+    for s in &spaces[1..] {
+        state.add_local_space_route(net(s)).expect("own piece");
+    }
+    state.add_peer_space(net("10.32.2.0/24")).expect("valid");
+    state
+}
+
+#[test]
+fn giving_away_the_gateways_piece_keeps_the_other_local_routes() {
+    if !weft_testbed::require_root("giving_away_the_gateways_piece_keeps_the_other_local_routes") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let h = bed.host(0);
+    add_stand_in_wg(h);
+    reconcile(
+        h,
+        &owning(&["10.32.1.0/24", "10.32.8.0/24", "10.32.9.0/24"]),
+    );
+    // The piece with the gateway goes to another node: the bridge's address moves to the
+    // next piece. A bridge left without any IPv4 address for a moment loses every route
+    // through it, 10.32.9.0/24 included, which the next round would call drift.
+    let after = owning(&["10.32.8.0/24", "10.32.9.0/24"]);
+    reconcile(h, &after);
+    let table = weft_table(h);
+    assert!(table.contains("10.32.9.0/24 dev weft proto 119"), "{table}");
+    let found = netns::run_in(h.name(), || async {
+        let nl = Netlink::connect().expect("netlink");
+        let observed = host::observe(&nl, host::BRIDGE_NAME)
+            .await
+            .expect("observe");
+        host::drift(&observed.state, &after)
+    });
+    assert_eq!(found, Vec::new(), "{table}");
+}

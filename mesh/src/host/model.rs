@@ -463,6 +463,15 @@ fn plan_bridge(current: Option<&BridgeState>, bridge: &BridgeSpec, changes: &mut
                     mtu: bridge.mtu,
                 });
             }
+            // The new address goes on before the old ones go: when a bridge loses its last
+            // IPv4 address the kernel flushes every route through it, including the routes
+            // of further local spaces that this plan believes are still there.
+            if !state.addresses.contains(&bridge.gateway) {
+                changes.push(Change::AddAddress {
+                    link: link(),
+                    addr: bridge.gateway,
+                });
+            }
             for addr in &state.addresses {
                 if *addr != bridge.gateway {
                     changes.push(Change::DelAddress {
@@ -470,12 +479,6 @@ fn plan_bridge(current: Option<&BridgeState>, bridge: &BridgeSpec, changes: &mut
                         addr: *addr,
                     });
                 }
-            }
-            if !state.addresses.contains(&bridge.gateway) {
-                changes.push(Change::AddAddress {
-                    link: link(),
-                    addr: bridge.gateway,
-                });
             }
             if !state.up {
                 changes.push(Change::SetUp { link: link() });

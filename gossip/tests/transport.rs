@@ -645,3 +645,39 @@ async fn logs_name_the_peer_and_never_the_secret() {
     }
     assert!(!text.contains(a_identity.to_base64_secret().as_str()));
 }
+
+/// A node behind NAT is reachable only over the connection it opened: its own address (in
+/// its record) is not. Sent to that unreachable address with its node id, a message takes
+/// the live connection; without the id it would dial the dead address and fail.
+#[tokio::test]
+async fn a_node_is_reached_over_the_connection_it_opened_when_its_address_is_not() {
+    let secret = ClusterSecret::generate();
+    let (a, a_addr) = bind([127, 0, 0, 1], config(&secret));
+    let (b, _) = bind([127, 0, 0, 1], config(&secret));
+    b.send_datagram(a_addr, Bytes::from_static(b"hello from b"))
+        .await
+        .expect("b→a datagram");
+    let got = next(&a).await;
+    assert_eq!(got.node, b.node_id());
+
+    // The address B's record would name, unreachable from A (TEST-NET-1, nothing there).
+    let unreachable: SocketAddr = "192.0.2.1:6783".parse().expect("address");
+    for kind in [Kind::Datagram, Kind::Stream] {
+        timeout(
+            WAIT,
+            a.send_to(
+                unreachable,
+                Some(b.node_id()),
+                kind,
+                Bytes::from_static(b"to b"),
+            ),
+        )
+        .await
+        .expect("no dial to the unreachable address")
+        .expect("a→b over b's connection");
+        let got = next(&b).await;
+        assert_eq!((got.node, got.kind), (a.node_id(), kind));
+        assert_eq!(&got.bytes[..], b"to b");
+    }
+    assert_eq!(a.open_connections(), 1, "A dialled nothing new");
+}

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
+use weft_crypto::NodeId;
 use weft_gossip::ipam::FileStore;
 use weft_gossip::transport::{self, Transport};
 use weft_gossip::{LeaveReason, TransmitKind};
@@ -175,7 +176,7 @@ impl Driver {
             self.node.handle_journal_result(Instant::now(), result);
         }
         while let Some(t) = self.node.poll_transmit() {
-            self.spawn_send(t.dst, t.kind, t.bytes);
+            self.spawn_send(t.dst, t.node, t.kind, t.bytes);
         }
         if let Err(e) = self.version.save(self.node.local_version()) {
             warn!(error = %format!("{e:#}"), "cannot persist the record version");
@@ -233,7 +234,13 @@ impl Driver {
         }
     }
 
-    fn spawn_send(&self, dst: SocketAddr, kind: TransmitKind, bytes: Vec<u8>) {
+    fn spawn_send(
+        &self,
+        dst: SocketAddr,
+        node: Option<NodeId>,
+        kind: TransmitKind,
+        bytes: Vec<u8>,
+    ) {
         let kind = match kind {
             TransmitKind::Datagram => transport::Kind::Datagram,
             TransmitKind::Stream => transport::Kind::Stream,
@@ -246,7 +253,7 @@ impl Driver {
         let transport = self.transport.clone();
         let counters = self.counters.clone();
         tokio::spawn(async move {
-            match transport.send(dst, kind, Bytes::from(bytes)).await {
+            match transport.send_to(dst, node, kind, Bytes::from(bytes)).await {
                 Ok(()) => {
                     counters.sent.fetch_add(1, Ordering::Relaxed);
                 }

@@ -363,15 +363,32 @@ impl Transport {
     /// Send `bytes` to the peer at `to` as a datagram or on a stream: what a driver calls for
     /// each transmit of the gossip core.
     pub async fn send(&self, to: SocketAddr, kind: Kind, bytes: Bytes) -> Result<()> {
+        self.send_to(to, None, kind, bytes).await
+    }
+
+    /// [`Transport::send`] to node `node`, known to be at `to`: when there is no live
+    /// connection to `to` but one to `node` from another address (the node is behind NAT
+    /// and dialled us; its own address is not reachable from here), that one carries it.
+    pub async fn send_to(
+        &self,
+        to: SocketAddr,
+        node: Option<NodeId>,
+        kind: Kind,
+        bytes: Bytes,
+    ) -> Result<()> {
         match kind {
-            Kind::Datagram => self.send_datagram(to, bytes).await,
-            Kind::Stream => self.send_stream(to, bytes).await,
+            Kind::Datagram => self.datagram(to, node, bytes).await,
+            Kind::Stream => self.stream(to, node, bytes).await,
         }
     }
 
     /// Send one datagram to the peer at `to`, connecting (and admitting) first if needed.
     /// Delivery is not guaranteed. At most [`MAX_DATAGRAM_LEN`] bytes.
     pub async fn send_datagram(&self, to: SocketAddr, bytes: Bytes) -> Result<()> {
+        self.datagram(to, None, bytes).await
+    }
+
+    async fn datagram(&self, to: SocketAddr, node: Option<NodeId>, bytes: Bytes) -> Result<()> {
         let len = bytes.len();
         if len > MAX_DATAGRAM_LEN {
             return Err(Error::DatagramTooLarge {
@@ -379,7 +396,7 @@ impl Transport {
                 max: MAX_DATAGRAM_LEN,
             });
         }
-        let peer = self.handle.shared.connection_to(to).await?;
+        let peer = self.handle.shared.connection_to(to, node).await?;
         peer.conn.send_datagram(bytes).map_err(|e| match e {
             quinn::SendDatagramError::TooLarge => Error::DatagramTooLarge {
                 len,
@@ -394,6 +411,10 @@ impl Transport {
     /// first if needed. Returns once the message is handed to QUIC, which retransmits it
     /// until the peer has it or the connection is lost.
     pub async fn send_stream(&self, to: SocketAddr, bytes: Bytes) -> Result<()> {
+        self.stream(to, None, bytes).await
+    }
+
+    async fn stream(&self, to: SocketAddr, node: Option<NodeId>, bytes: Bytes) -> Result<()> {
         let shared = &self.handle.shared;
         let max = shared.limits.max_stream_len;
         if bytes.len() > max {
@@ -402,7 +423,7 @@ impl Transport {
                 max,
             });
         }
-        let peer = shared.connection_to(to).await?;
+        let peer = shared.connection_to(to, node).await?;
         timeout(
             shared.limits.stream_timeout,
             write_message(&peer.conn, bytes),
@@ -561,11 +582,21 @@ impl Shared {
     /// the same address share one dial. The dial runs in its own task, so a caller that gives
     /// up waiting does not abort the admission half-way (which the peer would count as a
     /// failed admission and back off from).
-    async fn connection_to(self: &Arc<Self>, addr: SocketAddr) -> Result<Peer> {
+    async fn connection_to(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        node: Option<NodeId>,
+    ) -> Result<Peer> {
         let addr = canonical(addr);
         loop {
-            if let Some(peer) = lock(&self.peers).live(addr) {
-                return Ok(peer);
+            {
+                let peers = lock(&self.peers);
+                if let Some(peer) = peers.live(addr) {
+                    return Ok(peer);
+                }
+                if let Some(peer) = node.and_then(|n| peers.live_node(&n)) {
+                    return Ok(peer);
+                }
             }
             if lock(&self.inbox).is_none() {
                 return Err(Error::Closed);

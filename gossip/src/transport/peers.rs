@@ -94,6 +94,15 @@ impl Peers {
         self.by_addr.get(&addr).filter(|p| p.is_live()).cloned()
     }
 
+    /// A live connection to node `node` at whatever address it came from: a node behind NAT
+    /// is reachable only over the connection it opened, not at the address in its record.
+    pub(crate) fn live_node(&self, node: &NodeId) -> Option<Peer> {
+        self.by_addr
+            .values()
+            .find(|p| p.node == *node && p.is_live())
+            .cloned()
+    }
+
     pub(crate) fn place(&mut self, new: Peer) -> Placement {
         let old = match self.by_addr.get(&new.addr) {
             Some(old) if old.is_live() => old.clone(),

@@ -85,6 +85,9 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     pub dst: SocketAddr,
+    /// The member at `dst`, when known: the loop may reach it over a connection it opened
+    /// from another address (behind NAT, `dst` itself may be unreachable from here).
+    pub node: Option<NodeId>,
     pub kind: TransmitKind,
     pub bytes: Vec<u8>,
 }
@@ -422,8 +425,14 @@ impl<S: Store> Node<S> {
         }
         self.sync_record(now);
         while let Some(t) = self.core.poll_transmit(now) {
+            let node = self
+                .core
+                .members()
+                .find(|m| m.record.gossip_addr == t.dst)
+                .map(|m| m.record.node_id);
             self.transmits.push_back(Transmit {
                 dst: t.dst,
+                node,
                 kind: t.kind,
                 bytes: frame::frame(Channel::Membership, &t.bytes),
             });
@@ -617,6 +626,7 @@ impl<S: Store> Node<S> {
         };
         self.transmits.push_back(Transmit {
             dst: record.gossip_addr,
+            node: Some(t.to),
             kind: TransmitKind::Stream,
             bytes: frame::frame(Channel::Ipam, &t.bytes),
         });

@@ -392,15 +392,37 @@ fn table(rows: &[Row], settings: &Settings, notes: &[String]) -> String {
     let ratio = |value: f64, pick: fn(&Row) -> f64| {
         reference.map_or("-".to_owned(), |r| format!("{:.2}x", value / pick(r)))
     };
+    // Each run measures every path back to back, so the ratio within one run is the fairest
+    // comparison when the machine's load changes between runs: median and range over runs.
+    let run_ratios = |row: &Row| -> String {
+        let Some(go) = reference else {
+            return "-".to_owned();
+        };
+        let mut ratios: Vec<f64> = row
+            .single_runs
+            .iter()
+            .zip(&go.single_runs)
+            .filter(|(_, g)| **g > 0.0)
+            .map(|(v, g)| v / g)
+            .collect();
+        if ratios.is_empty() {
+            return "-".to_owned();
+        }
+        let (lo, hi) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        format!("{:.2}x [{lo:.2}-{hi:.2}]", median(&mut ratios))
+    };
     let mut out = format!(
         "datapath: 2 test-bed hosts over veth, nproc={nproc}, median of {} runs, iperf3 -t {}\n\n",
         settings.runs, settings.secs
     );
     out.push_str(&format!(
-        "{:<16} {:>12} {:>8} {:>13} {:>8} {:>10} {:>8} {:>10}  {}\n",
+        "{:<16} {:>12} {:>8} {:>22} {:>13} {:>8} {:>10} {:>8} {:>10}  {}\n",
         "path",
         "TCP 1 (Gb/s)",
         "vs go",
+        "per-run vs go [range]",
         "TCP -P4 Gb/s",
         "vs go",
         "RTT (ms)",
@@ -413,10 +435,11 @@ fn table(rows: &[Row], settings: &Settings, notes: &[String]) -> String {
             .cpu_s_per_gb
             .map_or("-".to_owned(), |c| format!("{c:.2}"));
         out.push_str(&format!(
-            "{:<16} {:>12.2} {:>8} {:>13.2} {:>8} {:>10.3} {:>8} {:>10}  {}\n",
+            "{:<16} {:>12.2} {:>8} {:>22} {:>13.2} {:>8} {:>10.3} {:>8} {:>10}  {}\n",
             row.name,
             row.single_gbps,
             ratio(row.single_gbps, |r| r.single_gbps),
+            run_ratios(row),
             row.multi_gbps,
             ratio(row.multi_gbps, |r| r.multi_gbps),
             row.rtt_ms,

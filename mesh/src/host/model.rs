@@ -626,13 +626,14 @@ mod tests {
                     link: "weft".into(),
                     mtu: DEFAULT_MTU
                 },
-                Change::DelAddress {
-                    link: "weft".into(),
-                    addr: net("10.32.7.1/24")
-                },
+                // The new address first: a bridge without any loses its routes.
                 Change::AddAddress {
                     link: "weft".into(),
                     addr: net("10.32.1.1/24")
+                },
+                Change::DelAddress {
+                    link: "weft".into(),
+                    addr: net("10.32.7.1/24")
                 },
                 Change::SetUp {
                     link: "weft".into()

@@ -622,6 +622,41 @@ mod tests {
         assert!(!is_missing_table(""));
     }
 
+    proptest::proptest! {
+        /// Any spec weft writes reads back as itself, with or without masquerading, and one
+        /// rule of it lost reads as something else.
+        #[test]
+        fn any_spec_parses_back(
+            ranges in proptest::collection::btree_set((0u8..=255, 8u8..=16), 1..4),
+            locals in proptest::collection::btree_set(0u8..=255, 0..4),
+            masquerade: bool,
+            drop in 0usize..16,
+        ) {
+            let spec = FirewallSpec {
+                cluster_ranges: ranges
+                    .iter()
+                    .map(|(a, len)| IpNet::new(Ipv4Addr::new(10, *a, 0, 0).into(), *len)
+                        .expect("prefix").trunc())
+                    .collect(),
+                local_space: locals
+                    .iter()
+                    .map(|b| IpNet::new(Ipv4Addr::new(10, 32, *b, 0).into(), 24).expect("prefix"))
+                    .collect(),
+                wg_ifname: "weft-wg".into(),
+                bridge: "weft".into(),
+                masquerade,
+            };
+            let listing = as_listing(&replace_batch(&spec));
+            proptest::prop_assert_eq!(parse_table(&listing), Some(spec.clone()));
+            let mut cut = listing.clone();
+            let objects = cut["nftables"].as_array_mut().expect("array");
+            let rules: Vec<usize> = (0..objects.len()).filter(|i| objects[*i].get("rule").is_some()).collect();
+            let gone = rules[drop % rules.len()];
+            objects.remove(gone);
+            proptest::prop_assert_ne!(parse_table(&cut), Some(spec));
+        }
+    }
+
     #[test]
     fn counter_parses_large_values() {
         let listing = json!({"nftables": [{"metainfo": {}}, {"counter": {

@@ -225,8 +225,15 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "DIR")]
     pub cni_conf_dir: Option<PathBuf>,
 
+    /// Do not masquerade pod traffic to destinations outside the cluster range (by default
+    /// it leaves with the host's address, so pods reach the host's network and the
+    /// internet; traffic between pods is never NATed). `masquerade = false` in the file.
+    #[arg(long)]
+    pub no_masquerade: bool,
+
     /// TOML file with any of the keys name, listen, secret_file, state_dir, range,
-    /// api_socket, peers, wg_port, metrics_addr, datapath, mtu, wg_socket, cni_conf_dir.
+    /// api_socket, peers, wg_port, metrics_addr, datapath, mtu, wg_socket, cni_conf_dir,
+    /// masquerade.
     /// Options on the command line win; unknown keys are refused.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

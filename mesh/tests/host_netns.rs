@@ -124,6 +124,7 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
     // First apply: everything is created. Dual stack: an IPv6 cluster range and peer space.
     let with_v6 = |mut state: HostState| {
         state.fail_closed.cluster_ranges.insert(net("fd32::/48"));
+        state.set_masquerade(true);
         state
             .add_peer_space(net("fd32:0:0:2::/64"))
             .expect("valid peer space");
@@ -192,6 +193,20 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
         chain.contains(r#"ip daddr 10.32.0.0/12 counter name "fail_closed_drops" drop"#),
         "{chain}"
     );
+
+    let nat = h
+        .run_ok(&["nft", "list", "chain", "inet", "weft", host::NAT_CHAIN])
+        .expect("nft NAT chain");
+    assert!(
+        nat.contains("type nat hook postrouting priority srcnat"),
+        "{nat}"
+    );
+    for rule in [
+        r#"ip saddr 10.32.0.0/12 ip daddr != { 10.32.0.0/12, 224.0.0.0/4 } oifname != { "lo", "weft", "weft-wg" } masquerade"#,
+        r#"ip6 saddr fd32::/48 ip6 daddr != { fd32::/48, ff00::/8 } oifname != { "lo", "weft", "weft-wg" } masquerade"#,
+    ] {
+        assert!(nat.contains(rule), "{rule} not in\n{nat}");
+    }
 
     // Second apply: nothing to do.
     assert_eq!(reconcile(h, &first), Vec::new());
@@ -353,6 +368,18 @@ fn host_state_is_applied_idempotently_diffed_and_reset() {
         reconcile(h, &second),
         vec![Change::ReplaceFirewall(second.fail_closed.clone())]
     );
+    // Only the masquerading chain deleted: named as such, and put back.
+    h.run_ok(&["nft", "delete", "chain", "inet", "weft", host::NAT_CHAIN])
+        .expect("nft delete chain");
+    assert_eq!(
+        host::drift(&observe().state, &second),
+        vec![host::Drift::MasqueradeMissing]
+    );
+    assert_eq!(
+        reconcile(h, &second),
+        vec![Change::ReplaceFirewall(second.fail_closed.clone())]
+    );
+    assert_eq!(reconcile(h, &second), Vec::new());
 
     // Foreign routes survived all of it.
     let main = h.run_ok(&["ip", "route", "show"]).expect("ip route");
@@ -658,4 +685,81 @@ fn giving_away_the_gateways_piece_keeps_the_other_local_routes() {
         host::drift(&observed.state, &after)
     });
     assert_eq!(found, Vec::new(), "{table}");
+}
+
+/// A pod on A's bridge sends UDP to B's underlay address: with masquerading B sees A's
+/// underlay address as the source (and its answer comes back to the pod); without, the pod's.
+#[test]
+fn masquerading_gives_pod_traffic_leaving_the_cluster_the_host_address() {
+    if !weft_testbed::require_root(
+        "masquerading_gives_pod_traffic_leaving_the_cluster_the_host_address",
+    ) {
+        return;
+    }
+    let bed = TestBed::new(2).expect("test bed");
+    let (a, b) = (bed.host(0), bed.host(1));
+    add_stand_in_wg(a);
+    let mut state = desired(&[]);
+    state.set_masquerade(true);
+    reconcile(a, &state);
+    a.run_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .expect("forwarding");
+    let pod = bed.container().expect("pod namespace");
+    a.run_ok(&[
+        "ip", "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", &pod,
+    ])
+    .expect("pod veth");
+    a.run_ok(&["ip", "link", "set", "vpod", "master", "weft", "up"])
+        .expect("pod veth on bridge");
+    for args in [
+        &["ip", "addr", "add", "10.32.1.5/24", "dev", "eth0"][..],
+        &["ip", "link", "set", "eth0", "up"],
+        &["ip", "route", "add", "default", "via", "10.32.1.1"],
+    ] {
+        bed.run_ok_in(&pod, args).expect("pod setup");
+    }
+    let pod_addr: Ipv4Addr = "10.32.1.5".parse().expect("address");
+    let sources = |payload: &[u8]| {
+        let capture = bed.capture(1, "udp port 9999").expect("capture on B");
+        send_udp(&pod, b.underlay_ip(), payload);
+        let seen = capture
+            .wait_for(Duration::from_secs(3), |p| p.contains(payload))
+            .expect("capture");
+        let packets = capture.finish().expect("capture");
+        assert!(seen, "the pod's datagram did not reach B");
+        packets
+            .iter()
+            .filter(|p| p.contains(payload))
+            .filter_map(|p| p.src())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        sources(b"weft-masq-on"),
+        vec![std::net::IpAddr::V4(a.underlay_ip())]
+    );
+    // B answers A's address; the answer finds its way back to the pod.
+    assert!(
+        weft_testbed::wait_until(Duration::from_secs(5), || bed
+            .run_in(
+                &pod,
+                &["ping", "-c", "1", "-W", "1", &b.underlay_ip().to_string()]
+            )
+            .is_ok_and(|o| o.status.success())),
+        "the pod gets no answer from B"
+    );
+
+    state.set_masquerade(false);
+    reconcile(a, &state);
+    assert!(
+        a.run(&["nft", "list", "chain", "inet", "weft", host::NAT_CHAIN])
+            .expect("nft")
+            .status
+            .code()
+            != Some(0),
+        "the NAT chain stayed with masquerading off"
+    );
+    assert_eq!(
+        sources(b"weft-masq-off"),
+        vec![std::net::IpAddr::V4(pod_addr)]
+    );
 }

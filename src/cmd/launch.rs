@@ -20,6 +20,7 @@ pub fn run(args: LaunchArgs, secret_file: Option<PathBuf>) -> anyhow::Result<()>
         mtu: args.mtu,
         wg_socket: args.wg_socket,
         cni_conf_dir: args.cni_conf_dir,
+        masquerade: args.no_masquerade.then_some(false),
     };
     let file = match &args.config {
         Some(path) => Settings::from_file(path)?,

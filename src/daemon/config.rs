@@ -50,6 +50,8 @@ pub struct Settings {
     pub wg_socket: Option<String>,
     /// Directory to write the CNI network config for weft-cni into (`/etc/cni/net.d`).
     pub cni_conf_dir: Option<PathBuf>,
+    /// Masquerade pod traffic that leaves the cluster range (on unless `false`).
+    pub masquerade: Option<bool>,
 }
 
 impl Settings {
@@ -93,6 +95,7 @@ impl Settings {
             mtu: self.mtu.or(fallback.mtu),
             wg_socket: self.wg_socket.or(fallback.wg_socket),
             cni_conf_dir: self.cni_conf_dir.or(fallback.cni_conf_dir),
+            masquerade: self.masquerade.or(fallback.masquerade),
         }
     }
 }
@@ -118,6 +121,8 @@ pub struct LaunchConfig {
     pub wg_socket: Option<PathBuf>,
     /// Where to write weft-cni's conflist at start; `None`: nowhere (the default).
     pub cni_conf_dir: Option<PathBuf>,
+    /// Masquerade pod traffic to destinations outside the cluster range (the default).
+    pub masquerade: bool,
 }
 
 impl LaunchConfig {
@@ -204,6 +209,7 @@ impl LaunchConfig {
             mtu,
             wg_socket,
             cni_conf_dir: settings.cni_conf_dir,
+            masquerade: settings.masquerade.unwrap_or(true),
         })
     }
 }
@@ -282,6 +288,34 @@ mod tests {
             c.wg_socket,
             Some(PathBuf::from("/var/run/wireguard/weft-wg.sock")),
             "where `wg` looks"
+        );
+        assert!(c.masquerade, "masquerading is on by default");
+    }
+
+    #[test]
+    fn masquerading_is_turned_off_by_flag_or_file() {
+        let base = || Settings {
+            secret_file: Some("/s".into()),
+            name: Some("n".into()),
+            ..Settings::default()
+        };
+        let file = Settings::parse("masquerade = false").expect("parse");
+        assert_eq!(file.masquerade, Some(false));
+        let c = LaunchConfig::resolve(base().or(file)).expect("resolve");
+        assert!(!c.masquerade);
+        let flag = Settings {
+            masquerade: Some(false),
+            ..base()
+        };
+        let on_in_file = Settings::parse("masquerade = true").expect("parse");
+        assert!(
+            !LaunchConfig::resolve(flag.or(on_in_file))
+                .expect("resolve")
+                .masquerade
+        );
+        assert!(
+            Settings::parse("masquerade = \"no\"").is_err(),
+            "not a boolean"
         );
     }
 

@@ -2,8 +2,8 @@
 //! in line with the latest [`MeshView`], and keeps them alive.
 //!
 //! It creates the device (kernel WireGuard if the host has it, else the userspace one), sets
-//! it up and turns on IP forwarding (pods and relayed traffic are forwarded). Then, on every
-//! view change and every [`TICK`], one round:
+//! it up and turns on IP forwarding if it is off (pods, relayed and masqueraded traffic are
+//! forwarded). Then, on every view change and every [`TICK`], one round:
 //!
 //! - **Supervision.** A device that stopped working (the userspace engine ended: a panic, its
 //!   TUN interface deleted; the kernel interface deleted) is dropped and a new one made with
@@ -11,7 +11,9 @@
 //!   attempt (or a device that dies soon after it was made) is retried after 1 s, doubling
 //!   to 30 s, and the error shows in `weft status`.
 //!   The fail-closed table is not touched meanwhile, so pod traffic is dropped, not leaked.
-//! - **Host.** The real state is read (a few netlink dumps and one `nft -j list table` per
+//! - **Host.** The bridge, routes, rules and the nftables table (fail-closed rules and,
+//!   unless `--no-masquerade`, masquerading of pod traffic leaving the cluster range). The
+//!   real state is read (a few netlink dumps and one `nft -j list table` per
 //!   round: cheap, and what lets a flushed ruleset or a deleted route or bridge come back
 //!   within a second) and diffed against the wanted state; what differs is repaired. A
 //!   difference the wanted state did not cause is drift: logged once, counted by kind.
@@ -83,6 +85,8 @@ pub struct DatapathConfig {
     pub backend: String,
     /// Where the userspace device serves `wg` (the kernel one is reached over netlink).
     pub wg_socket: Option<PathBuf>,
+    /// Masquerade pod traffic that leaves the cluster range.
+    pub masquerade: bool,
 }
 
 /// Run until dropped (aborted): follow `view`, publish on `report`. On SIGTERM the daemon
@@ -188,10 +192,22 @@ async fn start(config: &DatapathConfig, nl: &Netlink) -> anyhow::Result<AnyBacke
     }])
     .await
     .with_context(|| format!("setting {} up", config.ifname))?;
-    // On this thread, not the blocking pool: /proc/sys/net is the calling thread's namespace.
-    std::fs::write(IP_FORWARD, "1\n").with_context(|| format!("writing {IP_FORWARD}"))?;
+    enable_forwarding()?;
     info!(kind = %device.kind(), iface = %config.ifname, port = config.listen_port, "WireGuard device up");
     Ok(device)
+}
+
+/// Turns IPv4 forwarding on if it is off (pods' traffic, relayed traffic and masquerading
+/// need it); leaves the sysctl alone when it is already on. On this thread, not the blocking
+/// pool: /proc/sys/net is the calling thread's namespace.
+fn enable_forwarding() -> anyhow::Result<()> {
+    let now =
+        std::fs::read_to_string(IP_FORWARD).with_context(|| format!("reading {IP_FORWARD}"))?;
+    if now.trim() != "1" {
+        std::fs::write(IP_FORWARD, "1\n").with_context(|| format!("writing {IP_FORWARD}"))?;
+        info!("IPv4 forwarding was off: turned on (net.ipv4.ip_forward = 1)");
+    }
+    Ok(())
 }
 
 /// A running device and its configuration socket (dropped with it).
@@ -534,7 +550,8 @@ fn gateway(space: &Ipv4Net) -> IpNet {
     IpNet::V4(Ipv4Net::new(space.network(), space.prefix_len()).unwrap_or(*space))
 }
 
-/// The host state the view asks for: the fail-closed firewall for the cluster range; once
+/// The host state the view asks for: the fail-closed firewall for the cluster range (and
+/// masquerading of pod traffic leaving it, unless turned off); once
 /// the node owns space, the bridge with its gateway and routes for its further pieces; a
 /// route to every other node's space through WireGuard (spaces a record should not claim,
 /// such as one overlapping ours, are left out).
@@ -562,6 +579,7 @@ fn desired_host(view: &MeshView, config: &DatapathConfig) -> HostState {
         }
         None => HostState::without_bridge(BRIDGE_NAME, config.ifname.clone(), cluster),
     };
+    state.set_masquerade(config.masquerade);
     for peer in &view.peers {
         for space in &peer.spaces {
             if let Err(e) = state.add_peer_space(IpNet::V4(*space)) {
@@ -693,6 +711,7 @@ mod netns_tests {
             mtu: 1420,
             backend: "userspace".into(),
             wg_socket: None,
+            masquerade: true,
         };
         let (view_tx, view_rx) = watch::channel(None);
         let (report_tx, report_rx) = watch::channel(DatapathReport::default());

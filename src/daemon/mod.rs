@@ -217,6 +217,7 @@ async fn run(
         mtu: config.mtu,
         backend: config.datapath.clone(),
         wg_socket: config.wg_socket.clone(),
+        masquerade: config.masquerade,
     };
     let datapath_off = config.datapath == "off";
     let datapath_task = tokio::spawn(async move {

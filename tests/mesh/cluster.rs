@@ -37,6 +37,8 @@ pub struct Node {
     pub secret: PathBuf,
     /// Host indices it seeds from.
     pub seeds: Vec<usize>,
+    /// More `weft launch` options (`--no-masquerade`, ...).
+    pub extra_args: Vec<String>,
     proc: Option<Proc>,
     /// stderr of earlier runs (before a kill or restart), for the logs on failure.
     old_logs: Vec<String>,
@@ -116,6 +118,7 @@ impl Cluster {
                 wg_socket: dir.path().join(format!("n{i}/wireguard/weft-wg.sock")),
                 secret: secret.clone(),
                 seeds: Vec::new(),
+                extra_args: Vec::new(),
                 proc: None,
                 old_logs: Vec::new(),
             })
@@ -173,6 +176,7 @@ impl Cluster {
             "127.0.0.1:6782",
             "-v",
         ];
+        args.extend(node.extra_args.iter().map(String::as_str));
         args.extend(seeds.iter().map(String::as_str));
         let host = self.bed.host(node.host);
         let proc = host.spawn(&args).expect("spawn weft launch");

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::model::{CurrentState, FirewallState, HostState, RouteSpec, RuleSpec, ROUTE_TABLE};
-use super::NFT_TABLE;
+use super::{NAT_CHAIN, NFT_TABLE};
 
 /// What a drift is about, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,6 +58,10 @@ pub enum Drift {
     FirewallMissing,
     /// The nftables table is there but holds other rules.
     FirewallAltered,
+    /// The table is weft's, but its masquerading chain is gone (masquerading wanted).
+    MasqueradeMissing,
+    /// The table is weft's, with a masquerading chain weft does not want.
+    MasqueradeStray,
     /// The bridge is gone.
     BridgeMissing(String),
     /// Another kind of link has the bridge's name.
@@ -77,7 +81,10 @@ pub enum Drift {
 impl Drift {
     pub fn kind(&self) -> DriftKind {
         match self {
-            Drift::FirewallMissing | Drift::FirewallAltered => DriftKind::Firewall,
+            Drift::FirewallMissing
+            | Drift::FirewallAltered
+            | Drift::MasqueradeMissing
+            | Drift::MasqueradeStray => DriftKind::Firewall,
             Drift::BridgeMissing(_)
             | Drift::BridgeReplaced(_)
             | Drift::BridgeAltered(_)
@@ -92,12 +99,13 @@ impl Drift {
         match self {
             Drift::FirewallMissing
             | Drift::FirewallAltered
+            | Drift::MasqueradeMissing
             | Drift::BridgeAltered(_)
             | Drift::RouteMissing(_)
             | Drift::RuleMissing(_) => "restored",
             Drift::BridgeMissing(_) | Drift::BridgeReplaced(_) => "recreated",
             Drift::PortLoose(_) => "put back on the bridge",
-            Drift::RouteStray(_) | Drift::RuleStray(_) => "removed",
+            Drift::MasqueradeStray | Drift::RouteStray(_) | Drift::RuleStray(_) => "removed",
         }
     }
 }
@@ -107,6 +115,12 @@ impl fmt::Display for Drift {
         match self {
             Drift::FirewallMissing => write!(f, "nftables table inet {NFT_TABLE} missing"),
             Drift::FirewallAltered => write!(f, "nftables table inet {NFT_TABLE} altered"),
+            Drift::MasqueradeMissing => {
+                write!(f, "nftables chain inet {NFT_TABLE} {NAT_CHAIN} missing")
+            }
+            Drift::MasqueradeStray => {
+                write!(f, "unexpected nftables chain inet {NFT_TABLE} {NAT_CHAIN}")
+            }
             Drift::BridgeMissing(name) => write!(f, "bridge {name} deleted"),
             Drift::BridgeReplaced(name) => write!(f, "link {name} is not a bridge"),
             Drift::BridgeAltered(name) => {
@@ -136,6 +150,16 @@ pub fn drift(current: &CurrentState, desired: &HostState) -> Vec<Drift> {
     match &current.firewall {
         FirewallState::Weft(spec) if *spec == desired.fail_closed => {}
         FirewallState::Missing => out.push(Drift::FirewallMissing),
+        // Only the masquerading chain differs: say so (someone deleted that chain).
+        FirewallState::Weft(spec)
+            if spec.with_masquerade(desired.fail_closed.masquerade) == desired.fail_closed =>
+        {
+            out.push(if desired.fail_closed.masquerade {
+                Drift::MasqueradeMissing
+            } else {
+                Drift::MasqueradeStray
+            });
+        }
         FirewallState::Weft(_) | FirewallState::Other => out.push(Drift::FirewallAltered),
     }
     if let Some(bridge) = &desired.bridge {
@@ -272,6 +296,7 @@ mod tests {
             [net("10.32.0.0/12")],
             [net("10.32.1.0/24")],
         );
+        state.set_masquerade(true);
         for p in ["10.32.2.0/24", "10.32.3.0/24"] {
             state.add_peer_space(net(p)).expect("valid peer space");
         }
@@ -358,6 +383,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_deleted_masquerade_chain_is_named_apart_from_the_table() {
+        let d = desired();
+        let mut current = d.as_applied();
+        // `nft delete chain inet weft masquerading`: the rest of the table is weft's.
+        current.firewall = FirewallState::Weft(d.fail_closed.with_masquerade(false));
+        let found = drift(&current, &d);
+        assert_eq!(found, vec![Drift::MasqueradeMissing]);
+        assert_eq!(
+            format!("{}: {}", found[0], found[0].repair()),
+            "nftables chain inet weft masquerading missing: restored"
+        );
+        assert_eq!(found[0].kind(), DriftKind::Firewall);
+        assert_eq!(
+            plan(&current, &d),
+            vec![crate::host::Change::ReplaceFirewall(d.fail_closed.clone())]
+        );
+        // Masquerading turned off, the chain still there: stray, removed.
+        let mut off = d.clone();
+        off.set_masquerade(false);
+        let found = drift(&d.as_applied(), &off);
+        assert_eq!(found, vec![Drift::MasqueradeStray]);
+        assert_eq!(
+            format!("{}: {}", found[0], found[0].repair()),
+            "unexpected nftables chain inet weft masquerading: removed"
+        );
+        // Another change besides (a cluster range): the table as a whole is altered.
+        let mut other = d.fail_closed.with_masquerade(false);
+        other.local_space.clear();
+        current.firewall = FirewallState::Weft(other);
+        assert_eq!(drift(&current, &d), vec![Drift::FirewallAltered]);
+    }
+
     fn log_round(log: &mut DriftLog, found: &[&Drift], update: bool, ok: bool) -> Vec<DriftEvent> {
         log.round(found.iter().map(|d| (*d).clone()).collect(), update, ok)
     }
@@ -438,7 +496,7 @@ mod tests {
 
     fn disturbance() -> impl Strategy<Value = Disturb> {
         prop_oneof![
-            (0u8..2).prop_map(Disturb::Firewall),
+            (0u8..3).prop_map(Disturb::Firewall),
             (0u8..5).prop_map(Disturb::Bridge),
             any::<u8>().prop_map(Disturb::LoosePort),
             (0usize..4).prop_map(Disturb::DropRoute),
@@ -451,7 +509,12 @@ mod tests {
     fn disturb(current: &mut CurrentState, d: &HostState, how: &Disturb) {
         match how {
             Disturb::Firewall(0) => current.firewall = FirewallState::Missing,
-            Disturb::Firewall(_) => current.firewall = FirewallState::Other,
+            Disturb::Firewall(1) => current.firewall = FirewallState::Other,
+            Disturb::Firewall(_) => {
+                if let FirewallState::Weft(spec) = &current.firewall {
+                    current.firewall = FirewallState::Weft(spec.with_masquerade(false));
+                }
+            }
             Disturb::Bridge(n) => match (n, current.bridge.as_mut()) {
                 (0, _) => current.bridge = None,
                 (1, Some(b)) => b.is_bridge = false,

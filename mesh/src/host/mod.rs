@@ -1,7 +1,8 @@
 //! Host-side plumbing the daemon reconciles from the gossip view: the bridge `weft` holding
 //! this node's gateway address, routes to the other nodes' address spaces through the
 //! WireGuard interface (in weft's own table, tagged with weft's route protocol), the `ip rule`
-//! for that table, and the fail-closed nftables table.
+//! for that table, and the nftables table: fail-closed rules and masquerading of pod traffic
+//! that leaves the cluster range.
 //!
 //! [`model`] is the pure desired state and diff, [`drift`] names what someone else changed,
 //! [`peers`] the pure diff of WireGuard peers; [`netlink`] and [`firewall`] are the drivers.
@@ -21,6 +22,7 @@
 //!     ["10.32.0.0/12".parse().unwrap()], // cluster range
 //!     ["10.32.1.0/24".parse().unwrap()], // this node's space
 //! );
+//! desired.set_masquerade(true); // pods reach the host's network with the host's address
 //! desired.add_peer_space("10.32.2.0/24".parse().unwrap())?; // one per other node
 //! let changes = host::reconcile(&nl, &desired).await?; // again: empty
 //! let drops = host::firewall::drops().await?; // for metrics
@@ -30,8 +32,8 @@
 //! # }
 //! ```
 //!
-//! The host must forward IP (`net.ipv4.ip_forward`) for pod traffic; that sysctl is not set
-//! here. The nftables table is replaced only when its rules change, which resets the drop
+//! The host must forward IP (`net.ipv4.ip_forward`) for pod traffic, masqueraded or not;
+//! that sysctl is not set here (the daemon's datapath turns it on when it is off). The nftables table is replaced only when its rules change, which resets the drop
 //! counter (a counter reset, as Prometheus understands it).
 
 pub mod drift;
@@ -41,7 +43,7 @@ pub mod netlink;
 pub mod peers;
 
 pub use drift::{drift, Drift, DriftEvent, DriftKind, DriftLog};
-pub use firewall::{CounterValue, DROP_COUNTER, NFT_CHAIN, NFT_TABLE};
+pub use firewall::{CounterValue, DROP_COUNTER, NAT_CHAIN, NFT_CHAIN, NFT_TABLE};
 pub use model::{
     plan, BridgeSpec, BridgeState, Change, CurrentState, Family, FirewallSpec, FirewallState,
     HostState, RouteSpec, RuleSpec, BRIDGE_NAME, DEFAULT_MTU, ROUTE_PROTOCOL, ROUTE_TABLE,

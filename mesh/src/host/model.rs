@@ -145,12 +145,28 @@ impl RuleSpec {
 
 /// The fail-closed rules: a packet to the cluster range, outside this node's own space, that
 /// would leave by any interface other than WireGuard (or the bridge, or loopback) is dropped.
+/// With `masquerade`, pod traffic leaving the cluster range is also source-NATed to the
+/// host's address (see [`super::firewall`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallSpec {
     pub cluster_ranges: BTreeSet<IpNet>,
     pub local_space: BTreeSet<IpNet>,
     pub wg_ifname: String,
     pub bridge: String,
+    /// Masquerade packets from the cluster range to anywhere outside it (and outside
+    /// multicast) that leave by neither WireGuard nor the bridge: pods reach the host's
+    /// network and beyond with the host's address; traffic between pods keeps its source.
+    pub masquerade: bool,
+}
+
+impl FirewallSpec {
+    /// The same rules with masquerading set to `on`.
+    pub fn with_masquerade(&self, on: bool) -> FirewallSpec {
+        FirewallSpec {
+            masquerade: on,
+            ..self.clone()
+        }
+    }
 }
 
 /// Everything weft keeps on a host, as the reconciler wants it.
@@ -165,8 +181,9 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// The state of a node alone in its cluster: bridge and firewall, no routes yet. Add one
-    /// route per other node's address space with [`HostState::add_peer_space`].
+    /// The state of a node alone in its cluster: bridge and firewall (without masquerading:
+    /// see [`HostState::set_masquerade`]), no routes yet. Add one route per other node's
+    /// address space with [`HostState::add_peer_space`].
     pub fn new(
         bridge: BridgeSpec,
         wg_ifname: impl Into<String>,
@@ -179,6 +196,7 @@ impl HostState {
             local_space: local_space.into_iter().map(|n| n.trunc()).collect(),
             wg_ifname: wg_ifname.clone(),
             bridge: bridge.name.clone(),
+            masquerade: false,
         };
         HostState {
             bridge: Some(bridge),
@@ -205,8 +223,15 @@ impl HostState {
                 local_space: BTreeSet::new(),
                 wg_ifname,
                 bridge: bridge_name.into(),
+                masquerade: false,
             },
         }
+    }
+
+    /// Turns masquerading of pod traffic that leaves the cluster range on or off (off in a
+    /// new state; `weft launch` turns it on unless told not to).
+    pub fn set_masquerade(&mut self, on: bool) {
+        self.fail_closed.masquerade = on;
     }
 
     /// The name of weft's bridge (whether or not this state has one).
@@ -727,6 +752,23 @@ mod tests {
                 Change::AddRule(RuleSpec::weft(Family::V6)),
             ]
         );
+    }
+
+    #[test]
+    fn masquerading_is_part_of_the_firewall_and_off_until_set() {
+        let mut d = desired(&["10.32.2.0/24"]);
+        assert!(!d.fail_closed.masquerade, "off in a new state");
+        let before = d.as_applied();
+        d.set_masquerade(true);
+        // Only the table changes; the bridge, routes and rules stay.
+        assert_eq!(
+            plan(&before, &d),
+            vec![Change::ReplaceFirewall(d.fail_closed.clone())]
+        );
+        assert_eq!(plan(&d.as_applied(), &d), Vec::new());
+        let mut bare = HostState::without_bridge(BRIDGE_NAME, "weft-wg", [net("10.32.0.0/12")]);
+        bare.set_masquerade(true);
+        assert!(bare.fail_closed.masquerade, "no space needed to masquerade");
     }
 
     #[test]

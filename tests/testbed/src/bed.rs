@@ -312,6 +312,12 @@ impl TestBed {
         Capture::start(&self.shared, &host.name, &host.underlay_if, bpf_filter)
     }
 
+    /// Starts tcpdump on `interface` inside any namespace of this bed (a container's `eth0`,
+    /// a host's bridge) and returns once it is capturing.
+    pub fn capture_in(&self, netns: &str, interface: &str, bpf_filter: &str) -> Result<Capture> {
+        Capture::start(&self.shared, netns, interface, bpf_filter)
+    }
+
     /// Starts tcpdump on the outside leg (`eth0`) of host `i`'s NAT router: what the
     /// underlay sees of a NATed host.
     pub fn capture_router(&self, i: usize, bpf_filter: &str) -> Result<Capture> {

@@ -2,11 +2,23 @@
 //! namespaces plugged into it; they ping each other and the gateway, re-attaching changes
 //! nothing, a failed attach leaves nothing behind, and detach removes the veth.
 //! The attach code runs in-process on a thread that entered the host's namespace.
+//!
+//! Then `weft attach` and `weft detach` against real daemons (`weft launch` in test-bed
+//! hosts), with the CLI run in the test's own (root) network namespace, outside the
+//! daemon's: by namespace path and by PID, the same id twice, `--ip`, labels, detach.
+
+#[path = "mesh/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
 
 use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
 
+use cluster::{Cluster, BIN};
+use serde_json::Value;
 use weft_mesh::attach::{self, Attachment};
 use weft_testbed::TestBed;
 
@@ -242,4 +254,210 @@ fn a_failed_attach_leaves_nothing_behind() {
         before,
         "a veth was left on the host"
     );
+}
+
+/// `weft ARGS -o json --api-socket SOCKET`, run here (the root network namespace, not the
+/// daemon's): its stdout on success, its stderr on failure.
+fn weft(socket: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--api-socket")
+        .arg(socket)
+        .output()
+        .expect("run weft");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `weft pods -o json` of node `i`.
+fn pods(c: &Cluster, i: usize) -> Vec<Value> {
+    let text = weft(&c.nodes[i].socket, &["pods", "-o", "json"]).expect("weft pods");
+    serde_json::from_str::<Value>(&text)
+        .expect("pods json")
+        .as_array()
+        .cloned()
+        .expect("a list")
+}
+
+/// The address `weft attach -o json` answered.
+fn address_of(json: &str) -> Ipv4Addr {
+    let v: Value = serde_json::from_str(json).expect("attach json");
+    let net: ipnet::Ipv4Net = v["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("cidr");
+    net.addr()
+}
+
+/// The weft veths in a test host's namespace.
+fn weft_veths(c: &Cluster, host: usize) -> Vec<String> {
+    c.bed
+        .host(host)
+        .run_ok(&["ip", "-o", "link", "show"])
+        .expect("ip link")
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| attach::is_host_ifname(n))
+        .collect()
+}
+
+#[test]
+fn attach_from_outside_the_daemons_namespace_by_path_and_pid_then_detach() {
+    if !weft_testbed::require_root(
+        "attach_from_outside_the_daemons_namespace_by_path_and_pid_then_detach",
+    ) {
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.launch_chain();
+    c.wait_full_mesh(&[0, 1], Duration::from_secs(60));
+    c.wait_space(&[0, 1], Duration::from_secs(60));
+    let remote = c.attach(1, "remote");
+    let socket = c.nodes[0].socket.clone();
+
+    // By namespace path, from the root namespace; the container keeps an interface it had.
+    let a = c.bed.container().expect("container a");
+    c.bed
+        .run_ok_in(
+            &a,
+            &[
+                "ip", "link", "add", "keep0", "type", "veth", "peer", "name", "keep1",
+            ],
+        )
+        .expect("a second interface");
+    let path = format!("/run/netns/{a}");
+    let first = weft(
+        &socket,
+        &[
+            "attach", &path, "--label", "app=web", "--label", "tier=", "-o", "json",
+        ],
+    )
+    .expect("weft attach by path");
+    let addr_a = address_of(&first);
+    assert_eq!(c.container_addr(&a), Some(addr_a), "eth0 has the address");
+    assert!(
+        c.bed
+            .run_ok_in(&a, &["ip", "link", "show", "keep0"])
+            .is_ok(),
+        "the container lost its other interface"
+    );
+    // The same id again (a retry): the same address, nothing new on the host.
+    let veths = weft_veths(&c, 0);
+    let again = weft(&socket, &["attach", &path, "-o", "json"]).expect("again");
+    assert_eq!(
+        address_of(&again),
+        addr_a,
+        "a retried attach moved the address"
+    );
+    assert_eq!(weft_veths(&c, 0), veths);
+    // It reaches a container on the other node through the mesh.
+    let ca = cluster::Container {
+        netns: a.clone(),
+        id: "a".into(),
+        node: 0,
+        addr: addr_a,
+    };
+    c.wait_ping(&ca, &remote, Duration::from_secs(20));
+    let listed = pods(&c, 0);
+    let pod = listed
+        .iter()
+        .find(|p| {
+            p["address"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{addr_a}/")))
+        })
+        .unwrap_or_else(|| panic!("attached container not in weft pods: {listed:?}"));
+    assert_eq!(pod["source"], "attach", "{pod}");
+    assert_eq!(pod["name"], a.as_str(), "{pod}");
+    assert_eq!(pod["labels"]["app"], "web", "{pod}");
+    assert_eq!(pod["labels"]["tier"], "", "{pod}");
+    let id_a = pod["container"].as_str().expect("id").to_string();
+    assert!(id_a.starts_with("netns-"), "{id_a}");
+
+    // By PID (a process in another namespace), the same twice.
+    let b = c.bed.container().expect("container b");
+    let sleeper = c.bed.spawn_in(&b, &["sleep", "300"]).expect("a process");
+    let pid = sleeper.pid().to_string();
+    let addr_b = address_of(&weft(&socket, &["attach", &pid, "-o", "json"]).expect("by pid"));
+    assert_eq!(c.container_addr(&b), Some(addr_b));
+    assert_ne!(addr_a, addr_b);
+    let addr_b2 = address_of(&weft(&socket, &["attach", &pid, "-o", "json"]).expect("again"));
+    assert_eq!(addr_b, addr_b2, "the same PID twice got two addresses");
+
+    // --ip taken: a clear error, and nothing left (no veth, no pod, no eth0).
+    let d = c.bed.container().expect("container d");
+    let veths = weft_veths(&c, 0);
+    let before = pods(&c, 0).len();
+    let err = weft(
+        &socket,
+        &[
+            "attach",
+            &format!("/run/netns/{d}"),
+            "--ip",
+            &addr_a.to_string(),
+        ],
+    )
+    .expect_err("a taken address");
+    assert!(
+        err.contains(&format!("address {addr_a} is in use")),
+        "unclear error: {err}"
+    );
+    assert_eq!(weft_veths(&c, 0), veths, "a veth was left behind");
+    assert_eq!(pods(&c, 0).len(), before, "a pod was left behind");
+    assert!(c.container_addr(&d).is_none());
+    // --ip outside this node's space: refused, saying so.
+    let err = weft(
+        &socket,
+        &["attach", &format!("/run/netns/{d}"), "--ip", "192.0.2.9"],
+    )
+    .expect_err("outside the range");
+    assert!(
+        err.contains("not in the cluster range"),
+        "unclear error: {err}"
+    );
+
+    // Detach a: its interface goes, weft pods no longer lists it, its address is free again
+    // (another container may take it with --ip), and the container keeps keep0.
+    let veth_a = attach::host_ifname(&format!("{id_a}/eth0"));
+    assert!(weft_veths(&c, 0).contains(&veth_a));
+    let out = weft(&socket, &["detach", &path]).expect("weft detach");
+    assert!(out.contains(&addr_a.to_string()), "{out}");
+    assert!(!weft_veths(&c, 0).contains(&veth_a), "veth left behind");
+    assert!(c.container_addr(&a).is_none(), "eth0 left in the container");
+    assert!(c
+        .bed
+        .run_ok_in(&a, &["ip", "link", "show", "keep0"])
+        .is_ok());
+    assert!(
+        !pods(&c, 0).iter().any(|p| p["container"] == id_a.as_str()),
+        "weft pods still lists a detached container"
+    );
+    weft(&socket, &["detach", &path]).expect("detach twice is fine");
+    let addr_d = address_of(
+        &weft(
+            &socket,
+            &[
+                "attach",
+                &format!("/run/netns/{d}"),
+                "--ip",
+                &addr_a.to_string(),
+                "-o",
+                "json",
+            ],
+        )
+        .expect("the freed address"),
+    );
+    assert_eq!(addr_d, addr_a);
+    assert_eq!(c.container_addr(&d), Some(addr_a));
+
+    // Detach by PID.
+    weft(&socket, &["detach", &pid]).expect("detach by pid");
+    assert!(c.container_addr(&b).is_none());
+    drop(sleeper);
+    c.assert_no_warnings();
 }

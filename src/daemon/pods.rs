@@ -350,8 +350,15 @@ async fn attach(
         netns: Some(a.netns.clone()),
         pod_namespace: None,
         pod_name: None,
-        labels: a.labels.clone(),
-        name: a.name.clone(),
+        // Attached again without labels or a name: it keeps those it had.
+        labels: match (&before, a.labels.is_empty()) {
+            (Some(b), true) => b.labels.clone(),
+            _ => a.labels.clone(),
+        },
+        name: a
+            .name
+            .clone()
+            .or_else(|| before.as_ref().and_then(|b| b.name.clone())),
         source: Source::Attach,
     };
     if let Err(e) = table.put(key.clone(), Some(pod.clone())) {
@@ -668,9 +675,10 @@ mod tests {
             .await
             .expect("attach");
         // Retried, from another namespace path even: the same address.
-        let again = attached(&api, attach_request("c1", "/proc/7/ns/net"))
-            .await
-            .expect("again");
+        let mut bare = attach_request("c1", "/proc/7/ns/net");
+        bare.labels.clear();
+        bare.name = None;
+        let again = attached(&api, bare).await.expect("again");
         assert_eq!(a, again);
         let pods = pods_of(&api).await;
         assert_eq!(pods.len(), 1, "{pods:?}");

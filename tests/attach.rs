@@ -14,6 +14,7 @@ mod cluster;
 use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -455,9 +456,237 @@ fn attach_from_outside_the_daemons_namespace_by_path_and_pid_then_detach() {
     assert_eq!(addr_d, addr_a);
     assert_eq!(c.container_addr(&d), Some(addr_a));
 
-    // Detach by PID.
+    // Detach by PID; then the last one: the bridge keeps its MTU without ports (the kernel
+    // resets it to 1500 unless weft set it after making the bridge), and no drift is logged.
+    let mtu = |c: &Cluster| {
+        let link = c
+            .bed
+            .host(0)
+            .run_ok(&["ip", "-o", "link", "show", "weft"])
+            .expect("bridge");
+        link.split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .map(str::to_string)
+            .expect("mtu")
+    };
+    let bridge_mtu = mtu(&c);
     weft(&socket, &["detach", &pid]).expect("detach by pid");
     assert!(c.container_addr(&b).is_none());
     drop(sleeper);
+    weft(&socket, &["detach", &format!("/run/netns/{d}")]).expect("detach the last");
+    assert!(weft_veths(&c, 0).is_empty(), "{:?}", weft_veths(&c, 0));
+    std::thread::sleep(Duration::from_millis(2500)); // two reconcile rounds
+    assert_eq!(
+        mtu(&c),
+        bridge_mtu,
+        "the bridge's MTU changed with its last port gone"
+    );
+    c.assert_no_warnings();
+}
+
+/// A Podman set-up of its own: storage, run and events under a temporary directory, a busybox
+/// root filesystem (no image, no registry), its containers in a cgroup parent of their own.
+/// Dropping it removes the containers and the cgroups.
+struct Podman {
+    dir: tempfile::TempDir,
+    cgroup_parent: String,
+    names: Vec<String>,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        let bin = p.join("rootfs/bin");
+        std::fs::create_dir_all(&bin).expect("rootfs");
+        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static");
+        std::os::unix::fs::symlink("busybox", bin.join("sleep")).expect("symlink");
+        std::os::unix::fs::symlink("busybox", bin.join("sh")).expect("symlink");
+        std::fs::write(
+            p.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\nrunroot = \"{0}/run\"\ngraphroot = \"{0}/root\"\n",
+                p.display()
+            ),
+        )
+        .expect("storage.conf");
+        std::fs::write(
+            p.join("containers.conf"),
+            format!(
+                "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{0}/events.log\"\ntmp_dir = \"{0}/tmp\"\n",
+                p.display()
+            ),
+        )
+        .expect("containers.conf");
+        Podman {
+            dir,
+            cgroup_parent: format!("/weft-test-{}", std::process::id()),
+            names: Vec::new(),
+        }
+    }
+
+    /// A command that uses this set-up (podman, or weft looking containers up with it).
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env(
+            "CONTAINERS_STORAGE_CONF",
+            self.dir.path().join("storage.conf"),
+        )
+        .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+        .env_remove("DOCKER_HOST");
+        cmd
+    }
+
+    /// `podman run -d --network none` of `sleep`, inside test host `netns`; its PID.
+    fn run(&mut self, netns: &str, name: &str) -> u32 {
+        let rootfs = self.dir.path().join("rootfs");
+        let out = self
+            .command("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .args(["podman", "run", "-d", "--name", name, "--network", "none"])
+            // Lower than the defaults: this machine may not raise limits.
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .args(["--cgroup-parent", &self.cgroup_parent, "--rootfs"])
+            .arg(&rootfs)
+            .args(["/bin/sleep", "300"])
+            .output()
+            .expect("run podman");
+        self.names.push(name.to_string());
+        assert!(out.status.success(), "podman run: {out:?}");
+        let out = self
+            .command("podman")
+            .args([
+                "inspect",
+                "--type",
+                "container",
+                "--format",
+                "{{.State.Pid}}",
+                name,
+            ])
+            .output()
+            .expect("podman inspect");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a PID")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = self
+                .command("podman")
+                .args(["rm", "-f", "-t", "0", name])
+                .output();
+        }
+        // The cgroups podman made under our parent (cgroup v1: one per controller), deepest
+        // first, once conmon has left them.
+        let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|controllers| {
+                controllers
+                    .flatten()
+                    .map(|c| c.path().join(self.cgroup_parent.trim_start_matches('/')))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for _ in 0..50 {
+            let left: Vec<&PathBuf> = roots.iter().filter(|r| r.exists()).collect();
+            if left.is_empty() {
+                return;
+            }
+            for root in left {
+                let _ = Command::new("find")
+                    .arg(root)
+                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                    .output();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("cgroups left under {}", self.cgroup_parent);
+    }
+}
+
+#[test]
+fn attach_a_podman_container_by_name() {
+    if !weft_testbed::require_root("attach_a_podman_container_by_name") {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("WEFT_REQUIRE_NETNS").is_none(),
+            "podman is not installed (.ci/run installs it)"
+        );
+        eprintln!("skipped attach_a_podman_container_by_name: no podman");
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.launch_chain();
+    c.wait_full_mesh(&[0, 1], Duration::from_secs(60));
+    c.wait_space(&[0, 1], Duration::from_secs(60));
+    let remote = c.attach(1, "remote");
+    let socket = c.nodes[0].socket.clone();
+    let host = c.bed.host(0).name().to_string();
+
+    let mut podman = Podman::new();
+    let name = format!("weft-test-{}", std::process::id());
+    let pid = podman.run(&host, &name);
+    let attach = |args: &[&str]| {
+        let out = podman
+            .command(BIN)
+            .args(args)
+            .arg("--api-socket")
+            .arg(&socket)
+            .output()
+            .expect("run weft");
+        assert!(out.status.success(), "weft {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // By name, from the root namespace (podman's lookup with this set-up's configuration).
+    let addr = address_of(&attach(&[
+        "attach", &name, "--label", "app=db", "-o", "json",
+    ]));
+    let in_ctr = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(args)
+            .output()
+            .expect("nsenter")
+    };
+    let shown =
+        String::from_utf8_lossy(&in_ctr(&["ip", "-4", "-o", "addr", "show", "eth0"]).stdout)
+            .into_owned();
+    assert!(shown.contains(&format!("inet {addr}/")), "{shown}");
+    let ping = in_ctr(&["ping", "-n", "-c", "3", "-W", "2", &remote.addr.to_string()]);
+    assert!(
+        ping.status.success(),
+        "no ping to the other node's container: {ping:?}"
+    );
+    let pod = pods(&c, 0)
+        .into_iter()
+        .find(|p| p["name"] == name.as_str())
+        .expect("weft pods lists the container by its name");
+    let id = pod["container"].as_str().expect("id").to_string();
+    assert_eq!(id.len(), 64, "podman's full id: {id}");
+    assert_eq!(pod["labels"]["app"], "db");
+    // Again: the same address; by its id: the same container.
+    assert_eq!(address_of(&attach(&["attach", &name, "-o", "json"])), addr);
+    assert_eq!(
+        address_of(&attach(&["attach", &id[..12], "-o", "json"])),
+        addr
+    );
+
+    attach(&["detach", &name]);
+    let gone = in_ctr(&["ip", "link", "show", "eth0"]);
+    assert!(!gone.status.success(), "eth0 left in the container");
+    assert!(!pods(&c, 0).iter().any(|p| p["container"] == id.as_str()));
+    drop(podman);
     c.assert_no_warnings();
 }

@@ -473,6 +473,13 @@ fn attach_from_outside_the_daemons_namespace_by_path_and_pid_then_detach() {
     let bridge_mtu = mtu(&c);
     weft(&socket, &["detach", &pid]).expect("detach by pid");
     assert!(c.container_addr(&b).is_none());
+    // Attached again after a detach: its old address, still free, comes back.
+    let back = address_of(&weft(&socket, &["attach", &pid, "-o", "json"]).expect("again"));
+    assert_eq!(
+        back, addr_b,
+        "re-attached after detach with another address"
+    );
+    weft(&socket, &["detach", &pid]).expect("detach by pid");
     drop(sleeper);
     weft(&socket, &["detach", &format!("/run/netns/{d}")]).expect("detach the last");
     assert!(weft_veths(&c, 0).is_empty(), "{:?}", weft_veths(&c, 0));

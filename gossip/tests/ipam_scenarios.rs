@@ -633,3 +633,81 @@ fn the_final_record_of_a_node_that_left_still_shows_where_its_space_went() {
         "the hand-over is gone from the final record: {last:?}"
     );
 }
+
+fn cidrs(sim: &mut Sim, i: usize) -> Vec<String> {
+    sim.ipam(i)
+        .expect("up")
+        .owned_cidrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Space moves in CIDR-aligned blocks, so each node's space is one prefix (one route, one
+/// allowed IP, one netmask for its containers). Before, the second node of a cluster got
+/// 10.40.0.0-10.47.255.254 (19 prefixes) because the range's broadcast address stayed with
+/// the first.
+#[test]
+fn space_is_handed_out_in_aligned_blocks() {
+    let mut sim = cluster(2, IpamConfig::DEFAULT_RANGE);
+    allocate(&mut sim, 0, "pod-a").expect("seed has space");
+    let b = allocate(&mut sim, 1, "pod-b").expect("joiner gets space");
+    assert_eq!(cidrs(&mut sim, 1), ["10.40.0.0/13"]);
+    assert_eq!(cidrs(&mut sim, 0), ["10.32.0.0/13"]);
+    assert_eq!(b, "10.40.0.0".parse::<std::net::Ipv4Addr>().expect("addr"));
+    sim.run(10);
+    sim.check_agreement().expect("agree");
+
+    // Two more: each gets one block, and the givers keep one each.
+    sim.add_node();
+    sim.add_node();
+    sim.run(10);
+    allocate(&mut sim, 2, "pod-c").expect("space");
+    allocate(&mut sim, 3, "pod-d").expect("space");
+    sim.run(10);
+    for i in 0..4 {
+        assert_eq!(
+            cidrs(&mut sim, i).len(),
+            1,
+            "node {i}: {:?}",
+            cidrs(&mut sim, i)
+        );
+    }
+    sim.check_agreement().expect("agree");
+
+    // A leaver hands its block to the node whose block it merges with: still one each.
+    sim.leave(3).expect("leave").expect("handed over");
+    sim.run(20);
+    sim.check_safety().expect("safe");
+    sim.check_agreement().expect("agree");
+    for i in 0..3 {
+        assert_eq!(
+            cidrs(&mut sim, i).len(),
+            1,
+            "node {i}: {:?}",
+            cidrs(&mut sim, i)
+        );
+    }
+
+    // A forgotten node's block goes to the forgetter, which gives it away whole to the next
+    // node that asks it: nobody keeps more than two prefixes, the newcomer has one.
+    sim.crash(2);
+    sim.run(10);
+    sim.forget(0, 2).expect("forget");
+    sim.run(10);
+    assert!(cidrs(&mut sim, 0).len() <= 2, "{:?}", cidrs(&mut sim, 0));
+    let n = sim.add_node();
+    sim.run(10);
+    allocate(&mut sim, n, "pod-e").expect("space");
+    sim.run(10);
+    sim.check_safety().expect("safe");
+    sim.check_agreement().expect("agree");
+    assert_eq!(cidrs(&mut sim, n).len(), 1, "{:?}", cidrs(&mut sim, n));
+    for i in [0, 1] {
+        assert!(
+            cidrs(&mut sim, i).len() <= 2,
+            "node {i}: {:?}",
+            cidrs(&mut sim, i)
+        );
+    }
+}

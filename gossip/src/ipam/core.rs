@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use weft_crypto::{IdentityKey, NodeId};
 
 use super::error::{Error, GenesisConflict, GenesisSide, Result};
-use super::pool::Pool;
+use super::pool::{prefix_count, Pool};
 use super::record::{Claim, Message, Record, Status};
 use super::statement::{address_at, Genesis, GenesisId, Piece, Reclaim, Transfer};
 use super::store::{Accepted, JournalOp, PersistedState, PersistedStatus, Store, STATE_FORMAT};
@@ -392,14 +392,16 @@ impl<S: Store> Ipam<S> {
         self.pool.owned()
     }
 
-    /// The pieces as CIDR blocks (for routes to this node's containers).
+    /// The pieces as CIDR blocks (for routes to this node's containers): the main block
+    /// first (the largest one with addresses in use, else the largest: where allocation
+    /// looks first, so containers share its prefix), then the others in address order.
     pub fn owned_cidrs(&self) -> Vec<Ipv4Net> {
         let range = self.range();
         self.pool
-            .owned()
-            .iter()
-            .flat_map(|p| {
-                ipnet::Ipv4Subnets::new(address_at(range, p.start), address_at(range, p.end - 1), 0)
+            .blocks_by_preference()
+            .into_iter()
+            .filter_map(|(start, len)| {
+                Ipv4Net::new(address_at(range, start), 32 - len.trailing_zeros() as u8).ok()
             })
             .collect()
     }
@@ -511,31 +513,68 @@ impl<S: Store> Ipam<S> {
             return Ok(address_at(range, offset));
         }
         if let Some(offset) = self.pool.allocate_new(container) {
-            let op = JournalOp::Allocate {
-                container: Cow::Borrowed(container),
-                offset,
-            };
-            if let Err(e) = self.store.append(&op) {
-                self.pool.release(container);
-                return Err(e);
-            }
-            self.journal_len += 1;
-            // Rewriting the snapshot costs O(allocations): doing it after twice as many
-            // journal lines keeps an allocation O(1) amortised.
-            if self.journal_len
-                >= self
-                    .config
-                    .compact_journal_after
-                    .max(2 * self.pool.allocation_count())
-            {
-                self.save()?;
-            }
-            self.bump();
+            self.journal_allocation(container, offset)?;
             return Ok(address_at(range, offset));
         }
         self.wants_space = true;
         let donor = self.request_space(now)?;
         Err(Error::SpaceRequested { donor })
+    }
+
+    /// Allocates `address` itself to `container` (the daemon holds its gateway this way: the
+    /// first address of its main block). Refused unless the address lies in this node's
+    /// space, is not the range's network or broadcast address, and is free; a container
+    /// that holds another address releases it first.
+    pub fn allocate_address(
+        &mut self,
+        _now: Instant,
+        container: &str,
+        address: Ipv4Addr,
+    ) -> Result<Ipv4Addr> {
+        self.check_active()?;
+        if self.genesis.is_none() {
+            return Err(Error::NoGenesis);
+        }
+        let range = self.range();
+        if !range.contains(&address) {
+            return Err(Error::NotInRange(address));
+        }
+        let offset = u32::from(address) - u32::from(range.network());
+        match self.pool.allocated(container) {
+            Some(o) if o == offset => return Ok(address),
+            Some(_) => return Err(Error::AddressUnavailable(address)),
+            None => {}
+        }
+        if !self.pool.restore(container.to_owned(), offset) {
+            return Err(Error::AddressUnavailable(address));
+        }
+        self.journal_allocation(container, offset)?;
+        Ok(address)
+    }
+
+    /// Journals an allocation the pool just made (undone if the journal write fails).
+    fn journal_allocation(&mut self, container: &str, offset: u32) -> Result<()> {
+        let op = JournalOp::Allocate {
+            container: Cow::Borrowed(container),
+            offset,
+        };
+        if let Err(e) = self.store.append(&op) {
+            self.pool.release(container);
+            return Err(e);
+        }
+        self.journal_len += 1;
+        // Rewriting the snapshot costs O(allocations): doing it after twice as many
+        // journal lines keeps an allocation O(1) amortised.
+        if self.journal_len
+            >= self
+                .config
+                .compact_journal_after
+                .max(2 * self.pool.allocation_count())
+        {
+            self.save()?;
+        }
+        self.bump();
+        Ok(())
     }
 
     /// Releases the address of `container`, if it has one.
@@ -601,8 +640,8 @@ impl<S: Store> Ipam<S> {
         Ok(donor)
     }
 
-    /// Leaves for good: hands every owned piece to one reachable node (preferring the owner of
-    /// the neighbouring piece, so the ring stays compact) and drops all allocations.
+    /// Leaves for good: hands every owned piece to one reachable node (the one whose space
+    /// it adds the fewest prefixes to, so the ring stays compact) and drops all allocations.
     pub fn leave(&mut self, now: Instant) -> Result<Option<NodeId>> {
         self.check_active()?;
         let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
@@ -625,13 +664,31 @@ impl<S: Store> Ipam<S> {
         let receiver = if self.pool.owned().is_empty() {
             None
         } else {
+            // The node whose space, with ours added, takes the fewest more prefixes (the
+            // owner of a neighbouring aligned block merges with ours); on a tie the owner of
+            // the piece before ours, then the lowest id.
             let neighbour = self.pool.owned().first().and_then(|first| {
                 let ring = self.ownership();
                 ring.iter().find(|e| e.end == first.start).map(|e| e.owner)
             });
-            let chosen = neighbour
-                .filter(|n| candidates.contains(n))
-                .or_else(|| candidates.first().copied());
+            let ours: Vec<(u32, u32)> =
+                self.pool.owned().iter().map(|p| (p.start, p.end)).collect();
+            let chosen = candidates.iter().copied().min_by_key(|id| {
+                let theirs: Vec<(u32, u32)> = self
+                    .peers
+                    .get(id)
+                    .and_then(|p| p.record.as_ref())
+                    .map(|r| {
+                        r.claims
+                            .iter()
+                            .map(|c| (c.piece.start, c.piece.end))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let before = prefix_count(theirs.iter().copied());
+                let after = prefix_count(theirs.into_iter().chain(ours.iter().copied()));
+                (after.saturating_sub(before), Some(*id) != neighbour)
+            });
             Some(chosen.ok_or(Error::NoPeerToHandTo)?)
         };
         let pieces: Vec<Piece> = self
@@ -1088,7 +1145,8 @@ impl<S: Store> Ipam<S> {
         }
     }
 
-    /// Answers a request for space: half of this node's largest free run, from its top end.
+    /// Answers a request for space: one CIDR-aligned block free of allocations (see
+    /// `Pool::gift`), typically the upper half of this node's largest free block.
     fn give(&mut self, to: NodeId, id: u64) -> Result<()> {
         let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
             return Err(Error::NoGenesis);
@@ -1113,17 +1171,16 @@ impl<S: Store> Ipam<S> {
                 return Ok(());
             }
         }
-        let run = if self.status == Status::Active {
-            self.pool.largest_free_run()
+        let gift = if self.status == Status::Active {
+            self.pool.gift()
         } else {
             None
         };
-        let Some((start, end)) = run else {
+        let Some((start, end)) = gift else {
             self.send(to, Message::Deny { genesis, id });
             return Ok(());
         };
-        let give = (end - start).div_ceil(2);
-        let pieces = self.pool.take(end - give, end);
+        let pieces = self.pool.take(start, end);
         let t = self.make_transfer(genesis, to, pieces);
         self.outgoing.push(t.clone());
         self.granted.insert(to, (id, t.seq));

@@ -607,6 +607,17 @@ impl Sim {
         Ok(())
     }
 
+    /// The most CIDR prefixes any live node's space takes now (what every other node routes
+    /// to it and puts in its WireGuard allowed IPs).
+    pub fn max_prefixes(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| !n.gone)
+            .filter_map(|n| Some(n.ipam.as_ref()?.owned_cidrs().len()))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Largest record any live node publishes now.
     pub fn max_record_len(&self) -> usize {
         self.nodes

@@ -87,9 +87,10 @@ impl<S: Store> Node<S> {
             Err(e) => return Err(e.to_string()),
         };
         let cidrs = self.ipam.owned_cidrs();
-        let (Some(first), Some(block)) =
-            (cidrs.first(), cidrs.iter().find(|c| c.contains(&address)))
-        else {
+        let (Some(main), Some(block)) = (
+            self.main_space(),
+            cidrs.iter().find(|c| c.contains(&address)),
+        ) else {
             return Err(format!(
                 "address {address} is not in this node's space (internal error)"
             ));
@@ -101,7 +102,7 @@ impl<S: Store> Node<S> {
             allocation: Allocation {
                 container: container.to_string(),
                 address,
-                gateway: first.network(),
+                gateway: main.network(),
                 cluster_range: self.config.range,
                 bridge: BRIDGE.to_string(),
                 mtu: self.config.mtu,

@@ -513,13 +513,45 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// This node's gateway (the first address of its first piece) must never go to a
-    /// container: hold it under [`GATEWAY_ID`]. The allocator is next-fit from the lowest
-    /// owned address, so the first allocation in fresh space is the gateway. The range's
-    /// network address (the gateway of the node that started the cluster) is never handed
-    /// out anyway, so it is not held.
+    /// The block of this node's space that holds its gateway (the bridge's address and
+    /// prefix): the one the gateway is already the first address of, so that it does not
+    /// move under running pods when other space comes or goes, else the core's main block
+    /// (the largest one in use: where allocation looks first, so pods share its netmask).
+    pub(super) fn main_space(&self) -> Option<Ipv4Net> {
+        let cidrs = self.ipam.owned_cidrs();
+        self.gateway
+            .and_then(|g| cidrs.iter().find(|c| c.network() == g))
+            .or(cidrs.first())
+            .copied()
+    }
+
+    /// This node's space as CIDR blocks, the gateway's block first (the datapath puts the
+    /// gateway on the bridge from the first one and routes the others).
+    fn local_spaces(&self) -> Vec<Ipv4Net> {
+        let mut cidrs = self.ipam.owned_cidrs();
+        if let Some(main) = self.main_space() {
+            if let Some(i) = cidrs.iter().position(|c| *c == main) {
+                cidrs[..=i].rotate_right(1);
+            }
+        }
+        cidrs
+    }
+
+    /// This node's gateway (the first address of its main block, see [`Node::main_space`])
+    /// must never go to a container: hold it under [`GATEWAY_ID`]. The range's network
+    /// address (the gateway of the node that started the cluster) is never handed out
+    /// anyway, so it is not held.
     fn reserve_gateway(&mut self, now: Instant) {
-        let Some(gateway) = self.ipam.owned_cidrs().first().map(Ipv4Net::network) else {
+        if self.gateway.is_none() {
+            // After a restart: the gateway held before, if any, stays the gateway.
+            self.gateway = self
+                .ipam
+                .allocations()
+                .into_iter()
+                .find(|(c, _)| c == GATEWAY_ID)
+                .map(|(_, a)| a);
+        }
+        let Some(gateway) = self.main_space().map(|s| s.network()) else {
             return;
         };
         if self.gateway == Some(gateway) {
@@ -541,14 +573,10 @@ impl<S: Store> Node<S> {
                 warn!(%gateway, container = other, "this node's gateway address is held by a container")
             }
             None => {
-                // A gateway held for an older first piece is given back first.
+                // A gateway held for an older main block is given back first.
                 let _ = self.ipam.release(GATEWAY_ID);
-                match self.ipam.allocate(now, GATEWAY_ID) {
-                    Ok(a) if a == gateway => debug!(%gateway, "gateway address reserved"),
-                    Ok(a) => {
-                        warn!(%gateway, got = %a, "could not reserve the gateway address");
-                        let _ = self.ipam.release(GATEWAY_ID);
-                    }
+                match self.ipam.allocate_address(now, GATEWAY_ID, gateway) {
+                    Ok(_) => debug!(%gateway, "gateway address reserved"),
                     Err(e) => warn!(%gateway, error = %e, "could not reserve the gateway address"),
                 }
             }
@@ -637,7 +665,7 @@ impl<S: Store> Node<S> {
             node_id: record.node_id,
             name: record.name.clone(),
             wg_port: self.config.wg_port,
-            spaces: self.ipam.owned_cidrs(),
+            spaces: self.local_spaces(),
         };
         view::build(
             local,

@@ -514,6 +514,17 @@ fn a_joiner_gets_space_and_never_hands_out_its_gateway() {
     });
     assert!(got, "n2 got no space");
     let space = net.nodes[&2].node.ipam.owned_cidrs();
+    // Aligned blocks: the second node's space is one prefix, the upper half of the range,
+    // and the first node keeps the lower half (before: 19 prefixes, because the range's
+    // broadcast address stayed with the first node).
+    let half = |n: u32| Ipv4Net::new(std::net::Ipv4Addr::from(n), range().prefix_len() + 1);
+    let base = u32::from(range().network());
+    let upper = half(base + (1 << (31 - u32::from(range().prefix_len())))).expect("net");
+    assert_eq!(space, [upper]);
+    assert_eq!(
+        net.nodes[&1].node.ipam.owned_cidrs(),
+        [half(base).expect("net")]
+    );
     let gateway = space[0].network();
     assert!(
         net.nodes[&2]
@@ -533,6 +544,7 @@ fn a_joiner_gets_space_and_never_hands_out_its_gateway() {
         .find(|n| n.contains(&c.address.addr()))
         .expect("address in n2's space");
     assert_eq!(c.address.prefix_len(), block.prefix_len());
+    assert_eq!(c.address.prefix_len(), upper.prefix_len());
     let a_space = net.nodes[&1].node.ipam.owned_cidrs();
     assert!(
         a_space.iter().all(|n| !n.contains(&c.address.addr())),

@@ -10,7 +10,7 @@
 //! at a *version*. A node allocates single addresses from its own pieces, locally (no network
 //! round trip), and journals each allocation before returning it. A node without free space
 //! asks the reachable node with the most free space (as its record says); that owner gives
-//! half of its largest free run by a signed [`Transfer`]. Ownership only ever moves by the
+//! one CIDR-aligned block of its free space (see "Aligned blocks") by a signed [`Transfer`]. Ownership only ever moves by the
 //! current owner's own act; there is no concurrent claim, so there is nothing to resolve.
 //!
 //! Each node publishes in its (signed) gossip record: the genesis, a record sequence number,
@@ -66,8 +66,9 @@
 //!   describe went down with the machine (the store tells a reboot from a daemon crash by
 //!   the boot id; see `store`).
 //! * Leaving ([`Ipam::leave`], `weft reset`) hands every piece to one reachable node — the
-//!   owner of the neighbouring piece when it can, so the ring stays compact — by one signed
-//!   transfer, and drops the allocations.
+//!   one whose space it adds the fewest CIDR prefixes to (the owner of the buddy block, when
+//!   there is one), so the ring stays compact — by one signed transfer, and drops the
+//!   allocations.
 //! * A node gone for good without leaving is the one an operator *forgets*
 //!   ([`Ipam::forget`], `weft forget NODE`, run on any live node): it signs a [`Reclaim`] of
 //!   every piece the ring gives the dead node (including transfers still in flight to it)
@@ -154,6 +155,22 @@
 //! key (not a member key), and ownership certificates whose history is cut by periodic
 //! checkpoints of the ring signed by that key.
 
+//! # Aligned blocks
+//!
+//! Every node's space is routed (one route and one WireGuard allowed IP per CIDR prefix on
+//! every other node) and its containers get the netmask of the prefix their address is in,
+//! so space moves in CIDR-aligned blocks and a node's space stays a few prefixes. A giver
+//! gives one aligned block that holds no allocation: a whole block other than its main one
+//! (the largest block in use; space it was handed by a leaver or took back by a forget)
+//! when one is free and at least a quarter of the alternative; otherwise the largest free
+//! aligned block inside its space (the highest on a tie), or the upper half of its main
+//! block when that is wholly free. The range's network and broadcast addresses do not split
+//! blocks: they are never handed out, by whoever owns them. Adjacent pieces merge in the
+//! pool, so buddies given back merge into the larger block. Allocation fills the main block
+//! first, and [`Ipam::owned_cidrs`] lists it first (the daemon puts its gateway there). The
+//! second node of a `/12` cluster owns the upper `/13`, the first keeps the lower one; in the
+//! 1,000-node simulation with joins, leaves and forgets, gossip/README.md has the numbers.
+//!
 //! # Compactness
 //!
 //! Pieces are merged with their neighbours (the merged piece takes the highest version: only

@@ -5,7 +5,74 @@ use std::time::Instant;
 
 use weft_crypto::IdentityKey;
 use weft_gossip::ipam::sim::Sim;
-use weft_gossip::ipam::{Error, FileStore, Ipam, IpamConfig, MemoryStore, Status};
+use weft_gossip::ipam::{Error, FileStore, Ipam, IpamConfig, MemoryStore, Status, Store};
+
+/// The core and its store, written after every command as the daemon does before it
+/// answers (the core itself does no IO).
+#[derive(Debug)]
+struct Durable<S: Store> {
+    ipam: Ipam,
+    store: S,
+}
+
+impl<S: Store> Durable<S> {
+    fn open(
+        identity: Arc<IdentityKey>,
+        config: IpamConfig,
+        mut store: S,
+        seed: u64,
+    ) -> weft_gossip::ipam::Result<Self> {
+        let ipam = Ipam::open_store(identity, config, &mut store, seed)?;
+        Ok(Self { ipam, store })
+    }
+
+    fn sync(&mut self) {
+        self.ipam.persist_to(&mut self.store).expect("persist");
+    }
+
+    fn init_genesis(&mut self, now: Instant) -> weft_gossip::ipam::Result<()> {
+        self.ipam.init_genesis(now)?;
+        self.sync();
+        Ok(())
+    }
+
+    fn allocate(
+        &mut self,
+        now: Instant,
+        container: &str,
+    ) -> weft_gossip::ipam::Result<std::net::Ipv4Addr> {
+        let a = self.ipam.allocate(now, container);
+        self.sync();
+        a
+    }
+
+    fn release(
+        &mut self,
+        container: &str,
+    ) -> weft_gossip::ipam::Result<Option<std::net::Ipv4Addr>> {
+        let a = self.ipam.release(container);
+        self.sync();
+        a
+    }
+
+    fn poll_transmit(&mut self) -> Option<weft_gossip::ipam::Transmit> {
+        self.sync();
+        self.ipam.poll_transmit()
+    }
+}
+
+impl<S: Store> std::ops::Deref for Durable<S> {
+    type Target = Ipam;
+    fn deref(&self) -> &Ipam {
+        &self.ipam
+    }
+}
+
+impl<S: Store> std::ops::DerefMut for Durable<S> {
+    fn deref_mut(&mut self) -> &mut Ipam {
+        &mut self.ipam
+    }
+}
 
 fn range(s: &str) -> ipnet::Ipv4Net {
     s.parse().expect("valid range")
@@ -237,7 +304,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
     let mut first = Vec::new();
     let seq_before;
     {
-        let mut ipam = Ipam::open(
+        let mut ipam = Durable::open(
             identity.clone(),
             config.clone(),
             FileStore::new(dir.path()),
@@ -251,7 +318,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
         ipam.release("c5").expect("release");
         seq_before = ipam.record_seq();
     } // the daemon dies here: nothing else is written
-    let mut ipam = Ipam::open(
+    let mut ipam = Durable::open(
         identity.clone(),
         config.clone(),
         FileStore::new(dir.path()),
@@ -282,7 +349,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
     text.push_str("{\"op\":\"allo");
     std::fs::write(&journal, &text).expect("write");
     drop(ipam);
-    Ipam::open(
+    Durable::open(
         identity.clone(),
         config.clone(),
         FileStore::new(dir.path()),
@@ -290,7 +357,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
     )
     .expect("torn tail is tolerated");
     std::fs::write(&journal, format!("garbage\n{text}")).expect("write");
-    let err = Ipam::open(
+    let err = Durable::open(
         identity.clone(),
         config.clone(),
         FileStore::new(dir.path()),
@@ -302,7 +369,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
     // State of another node is refused.
     let other = Arc::new(IdentityKey::from_seed(&[8; 32]));
     std::fs::write(&journal, "").expect("write");
-    let err = Ipam::open(other, config, FileStore::new(dir.path()), 5).expect_err("not ours");
+    let err = Durable::open(other, config, FileStore::new(dir.path()), 5).expect_err("not ours");
     assert!(err.to_string().contains("belongs to node"), "{err}");
 }
 
@@ -310,8 +377,8 @@ fn open_in(
     dir: &std::path::Path,
     boot: &str,
     seed: u64,
-) -> weft_gossip::ipam::Result<Ipam<FileStore>> {
-    Ipam::open(
+) -> weft_gossip::ipam::Result<Durable<FileStore>> {
+    Durable::open(
         Arc::new(IdentityKey::from_seed(&[9; 32])),
         IpamConfig::new(range("10.32.0.0/24")),
         FileStore::with_boot_id(dir, boot),
@@ -393,7 +460,7 @@ fn an_over_claim_is_reported_by_the_owner_it_robs() {
     let now = Instant::now();
     let config = IpamConfig::new(range("10.32.0.0/24"));
     let open = |seed: u8| {
-        Ipam::open(
+        Durable::open(
             Arc::new(IdentityKey::from_seed(&[seed; 32])),
             config.clone(),
             MemoryStore::new(),
@@ -488,7 +555,7 @@ fn garbage_records_and_messages_change_nothing() {
     let identity = Arc::new(IdentityKey::from_seed(&[1; 32]));
     let peer = IdentityKey::from_seed(&[2; 32]).node_id();
     let now = Instant::now();
-    let mut ipam = Ipam::open(
+    let mut ipam = Durable::open(
         identity,
         IpamConfig::new(range("10.32.0.0/20")),
         MemoryStore::new(),
@@ -575,7 +642,7 @@ fn the_final_record_of_a_node_that_left_still_shows_where_its_space_went() {
     let open = |seed: u8| {
         let key = Arc::new(IdentityKey::from_seed(&[seed; 32]));
         let id = key.node_id();
-        let ipam = Ipam::open(key, IpamConfig::new(r), MemoryStore::new(), u64::from(seed))
+        let ipam = Durable::open(key, IpamConfig::new(r), MemoryStore::new(), u64::from(seed))
             .expect("opens");
         (id, ipam)
     };
@@ -586,7 +653,7 @@ fn the_final_record_of_a_node_that_left_still_shows_where_its_space_went() {
     a.set_reachable(now, b_id, true);
     b.set_reachable(now, a_id, true);
     // Deliver everything each has to say to the other, records and messages, until quiet.
-    let exchange = |a: &mut Ipam<MemoryStore>, b: &mut Ipam<MemoryStore>| {
+    let exchange = |a: &mut Durable<MemoryStore>, b: &mut Durable<MemoryStore>| {
         for _ in 0..10 {
             if let Some(rec) = a.record() {
                 b.handle_record(now, a_id, &rec).expect("record of a");
@@ -710,4 +777,73 @@ fn space_is_handed_out_in_aligned_blocks() {
             cidrs(&mut sim, i)
         );
     }
+}
+
+/// The core does no IO: a giver's grant, and the receiver's acknowledgement, go out only
+/// once the driver wrote the state they follow from, and the record (which carries the
+/// transfer too) is not to be published before either.
+#[test]
+fn a_grant_and_its_ack_go_out_only_once_persisted() {
+    use weft_gossip::ipam::PersistOp;
+    let now = Instant::now();
+    let config = IpamConfig::new(range("10.32.0.0/24"));
+    let key = |b: u8| Arc::new(IdentityKey::from_seed(&[b; 32]));
+    let (ida, idb) = (key(1).node_id(), key(2).node_id());
+    let mut store_a = MemoryStore::new();
+    let mut store_b = MemoryStore::new();
+    let mut a = Ipam::open_store(key(1), config.clone(), &mut store_a, 1).expect("open");
+    let mut b = Ipam::open_store(key(2), config, &mut store_b, 2).expect("open");
+    a.init_genesis(now).expect("genesis");
+    a.persist_to(&mut store_a).expect("persist");
+    a.set_reachable(now, idb, true);
+    b.set_reachable(now, ida, true);
+    b.handle_record(now, ida, &a.record().expect("record"))
+        .expect("adopt");
+    assert_eq!(b.request_space(now).expect("ask"), ida);
+    assert!(
+        b.poll_transmit().is_none(),
+        "the adopted genesis is not written yet"
+    );
+    b.persist_to(&mut store_b).expect("persist");
+    let request = b.poll_transmit().expect("request");
+    while b.poll_event().is_some() {}
+
+    let seq = a.record_seq();
+    a.handle_message(now, idb, &request.bytes).expect("request");
+    assert!(
+        a.poll_transmit().is_none(),
+        "grant before the giver wrote its state"
+    );
+    assert!(!a.record_ready());
+    assert_eq!(a.record_seq(), seq, "the record must not change yet");
+    let p = a.poll_persist().expect("a write");
+    assert!(a.poll_persist().is_none(), "nothing new since");
+    let PersistOp::Snapshot(state) = &p.op else {
+        panic!("ownership changed: a snapshot, got {p:?}")
+    };
+    assert_eq!(state.owned.len(), 1, "{state:?}");
+    assert_eq!(state.outgoing.len(), 1, "the transfer is in the snapshot");
+    store_a.write(&p).expect("write");
+    a.persisted(p.version);
+    assert!(a.record_ready() && a.record_seq() > seq);
+    let grant = a.poll_transmit().expect("the grant, now");
+
+    b.handle_message(now, ida, &grant.bytes).expect("grant");
+    assert_eq!(b.owned().len(), 1, "applied");
+    assert!(
+        b.poll_transmit().is_none(),
+        "ack before the receiver wrote its state"
+    );
+    assert!(b.poll_event().is_none());
+    b.persist_to(&mut store_b).expect("persist");
+    assert!(b.poll_transmit().is_some(), "the ack, now");
+    // Both stores hold what each node told the other.
+    let back = Ipam::open_store(
+        key(2),
+        IpamConfig::new(range("10.32.0.0/24")),
+        &mut store_b,
+        3,
+    )
+    .expect("reopen");
+    assert_eq!(back.owned(), b.owned());
 }

@@ -206,7 +206,8 @@ pub use error::{Error, GenesisConflict, GenesisSide, Result};
 pub use record::{Claim, Message, Record, Status, MAX_RECORD_BYTES};
 pub use statement::{Genesis, GenesisId, Piece, Reclaim, Transfer};
 pub use store::{
-    Accepted, FileStore, JournalOp, MemoryStore, PersistedState, PersistedStatus, Store,
+    Accepted, FileStore, JournalOp, MemoryStore, Persist, PersistOp, PersistedState,
+    PersistedStatus, Store,
 };
 pub use view::{
     ClashReport, DisputeReport, GenesisReport, IpamReport, NodeReport, PieceReport, RingEntry,

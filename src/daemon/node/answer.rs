@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use ipnet::Ipv4Net;
 use tracing::info;
-use weft_gossip::ipam::{self, Store};
+use weft_gossip::ipam;
 use weft_gossip::{MemberInfo, NodeId};
 
 use super::{Node, BRIDGE, GATEWAY_ID};
@@ -17,13 +17,21 @@ use crate::daemon::api::{
 };
 use crate::daemon::view;
 
-impl<S: Store> Node<S> {
-    /// Answer an API request. `wall` is the wall clock, for the age of handshakes.
-    /// `Request::Reset` is the loop's to run ([`Node::hand_over`], [`Node::leave`]).
+impl Node {
+    /// Answer an API request (`id` names it in [`Node::poll_answer`]). `wall` is the wall
+    /// clock, for the age of handshakes. An allocation, a release or a forget is answered
+    /// only once the IPAM state it changed (or found) is persisted: an address handed to a
+    /// container is on disk before the container hears of it. `Request::Reset` is the
+    /// loop's to run ([`Node::hand_over`], [`Node::leave`]).
     ///
     /// [`Node::hand_over`]: super::Node::hand_over
     /// [`Node::leave`]: super::Node::leave
-    pub fn handle_request(&mut self, now: Instant, wall: SystemTime, request: Request) -> Response {
+    /// [`Node::poll_answer`]: super::Node::poll_answer
+    pub fn handle_request(&mut self, now: Instant, wall: SystemTime, id: u64, request: Request) {
+        let durable = matches!(
+            request,
+            Request::Allocate { .. } | Request::Release { .. } | Request::Forget { .. }
+        );
         let result = match request {
             Request::Status => Ok(Response::Status {
                 ok: true,
@@ -45,9 +53,14 @@ impl<S: Store> Node<S> {
             }
         };
         let response = result.unwrap_or_else(|error| Response::Error { ok: false, error });
+        let version = self.ipam.state_version();
+        if durable && version > self.ipam.persisted_version() {
+            self.held.push((version, id, response));
+        } else {
+            self.answers.push_back((id, response));
+        }
         // An allocation or a forget changes the IPAM record and the ring.
         self.process(now);
-        response
     }
 
     /// The IPAM core's report, with the name of every node this node knows beside it.

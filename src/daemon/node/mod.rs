@@ -36,9 +36,10 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use tracing::{debug, error, info, info_span, warn};
 use weft_gossip::frame::{self, Channel};
-use weft_gossip::ipam::{self, Ipam, Store};
+use weft_gossip::ipam::{self, Ipam, Persist};
 use weft_gossip::{Event, LeaveReason, Membership, NodeId, TransmitKind};
 
+use super::api::Response;
 use super::members::{JournalEntry, JournalWrite};
 use super::view::{self, DatapathReport, LocalNode, MeshView};
 use journal::Journal;
@@ -63,6 +64,8 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 pub const GATEWAY_ID: &str = "weft:gateway";
 /// The bridge containers attach to.
 const BRIDGE: &str = "weft";
+/// How long after a failed write of the IPAM state it is tried again.
+const PERSIST_RETRY: Duration = Duration::from_secs(1);
 
 /// Facts about this node that the cores do not hold.
 #[derive(Debug, Clone)]
@@ -109,9 +112,9 @@ enum Phase {
 
 /// See the module documentation for how to drive it.
 #[derive(Debug)]
-pub struct Node<S: Store> {
+pub struct Node {
     core: Membership,
-    ipam: Ipam<S>,
+    ipam: Ipam,
     config: NodeConfig,
     phase: Phase,
     received: u64,
@@ -143,16 +146,24 @@ pub struct Node<S: Store> {
     join_at: Instant,
     join_delay: Duration,
     transmits: std::collections::VecDeque<Transmit>,
+    /// Answers to API requests, by request id, ready to go.
+    answers: std::collections::VecDeque<(u64, Response)>,
+    /// Answers that wait until the IPAM state version they depend on is persisted.
+    held: Vec<(u64, u64, Response)>,
+    /// The IPAM state version being written by the loop.
+    persisting: Option<u64>,
+    /// After a failed write: when to try again.
+    persist_retry_at: Option<Instant>,
     /// The view last handed out by [`Node::poll_view`].
     published: Option<MeshView>,
 }
 
-impl<S: Store> Node<S> {
+impl Node {
     /// A node around its cores, starting from the members the journal gave back.
     pub fn new(
         config: NodeConfig,
         mut core: Membership,
-        ipam: Ipam<S>,
+        ipam: Ipam,
         restored: Vec<JournalEntry>,
         now: Instant,
     ) -> Self {
@@ -194,6 +205,10 @@ impl<S: Store> Node<S> {
             join_at: now,
             join_delay: JOIN_RETRY_FIRST,
             transmits: std::collections::VecDeque::new(),
+            answers: std::collections::VecDeque::new(),
+            held: Vec::new(),
+            persisting: None,
+            persist_retry_at: None,
             published: None,
         }
     }
@@ -302,6 +317,48 @@ impl<S: Store> Node<S> {
         self.datapath_failed = Some(error);
     }
 
+    /// The result of the write of the IPAM state that [`Node::poll_ipam_persist`] handed
+    /// out. On success what waited for it goes out; on failure the answers that waited get
+    /// the error (a retry of the same request is answered the same), and the whole state is
+    /// written again a second later.
+    pub fn handle_ipam_persisted(
+        &mut self,
+        now: Instant,
+        version: u64,
+        result: Result<(), String>,
+    ) {
+        self.persisting = None;
+        match result {
+            Ok(()) => {
+                self.persist_retry_at = None;
+                self.ipam.persisted(version);
+                let done = self.ipam.persisted_version();
+                let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|(v, _, _)| *v <= done);
+                self.held = held;
+                self.answers
+                    .extend(ready.into_iter().map(|(_, id, response)| (id, response)));
+            }
+            Err(e) => {
+                error!(error = %e, "cannot write the address space state; retrying in a second");
+                self.ipam.persist_failed();
+                self.persist_retry_at = Some(now + PERSIST_RETRY);
+                let error = format!("cannot write the address space state: {e}");
+                for (_, id, _) in std::mem::take(&mut self.held) {
+                    self.answers.push_back((
+                        id,
+                        Response::Error {
+                            ok: false,
+                            error: error.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        self.process(now);
+    }
+
     /// The result of the oldest write [`Node::poll_journal`] handed out. Once every write
     /// is answered, the IPAM core gets what the members said.
     pub fn handle_journal_result(&mut self, now: Instant, result: Result<(), String>) {
@@ -352,6 +409,26 @@ impl<S: Store> Node<S> {
         self.transmits.pop_front()
     }
 
+    /// The next write of the IPAM state (one at a time): carry it out off the async
+    /// runtime's workers, then give the result to [`Node::handle_ipam_persisted`]. Until then
+    /// nothing that depends on it goes out: no IPAM message, no record, no answer to an
+    /// allocation.
+    #[must_use]
+    pub fn poll_ipam_persist(&mut self, now: Instant) -> Option<Persist> {
+        if self.persisting.is_some() || self.persist_retry_at.is_some_and(|t| now < t) {
+            return None;
+        }
+        let p = self.ipam.poll_persist()?;
+        self.persisting = Some(p.version);
+        Some(p)
+    }
+
+    /// The answer to the request with this id, once it may be given.
+    #[must_use]
+    pub fn poll_answer(&mut self) -> Option<(u64, Response)> {
+        self.answers.pop_front()
+    }
+
     /// The view for the datapath, when it changed since the last call.
     #[must_use]
     pub fn poll_view(&mut self) -> Option<MeshView> {
@@ -381,6 +458,9 @@ impl<S: Store> Node<S> {
         }
         if let Phase::HandingOver { until } | Phase::Leaving { until } = self.phase {
             wake = wake.min(until);
+        }
+        if let Some(t) = self.persist_retry_at {
+            wake = wake.min(t);
         }
         wake
     }
@@ -589,8 +669,9 @@ impl<S: Store> Node<S> {
         if self.core.has_left() {
             return;
         }
+        // A record shows only what is on disk (the IPAM core's ownership is persisted).
         let seq = self.ipam.record_seq();
-        let ipam_bytes = if self.published_seq != Some(seq) {
+        let ipam_bytes = if self.ipam.record_ready() && self.published_seq != Some(seq) {
             Some(self.ipam.record().unwrap_or_default())
         } else {
             None
@@ -622,7 +703,9 @@ impl<S: Store> Node<S> {
                 return;
             }
         }
-        self.published_seq = Some(seq);
+        if self.ipam.record_ready() {
+            self.published_seq = Some(seq);
+        }
     }
 
     /// The WireGuard endpoint others may reach us at through NAT: the address the last peer

@@ -27,7 +27,8 @@
 //! 1. It owns a piece only by genesis, by applying a signed transfer addressed to it, or by
 //!    an operator's reclaim. Views (possibly stale) decide nothing.
 //! 2. A giver removes the piece from its own state and persists (fsync) *before* it signs and
-//!    sends the transfer. From then on the piece is in exactly one place: the giver's
+//!    sends the transfer (the core holds the grant, and the record that carries the
+//!    transfer, until its driver reports the snapshot written). From then on the piece is in exactly one place: the giver's
 //!    unacknowledged list (in flight; nobody allocates from it) or the receiver's state.
 //! 3. Each transfer carries a per-(giver, receiver) sequence number; the receiver persists
 //!    which ones it applied (`floor` + set), so a replayed or relayed old transfer (from a
@@ -185,9 +186,16 @@
 //! Inputs take `now: Instant`: [`Ipam::handle_record`] (the `ipam` field of a peer's record,
 //! whenever a newer one arrives, including records of dead nodes relayed by others),
 //! [`Ipam::handle_message`], [`Ipam::set_reachable`] (from membership), and
-//! [`Ipam::handle_timeout`] at [`Ipam::poll_timeout`]. Outputs: [`Ipam::poll_transmit`]
-//! (direct messages), [`Ipam::poll_event`], and [`Ipam::record`] to republish whenever
-//! [`Ipam::record_seq`] changed. Randomness (genesis id, request ids) comes from the seed.
+//! [`Ipam::handle_timeout`] at [`Ipam::poll_timeout`]. Outputs, in this order:
+//! [`Ipam::poll_persist`] (write it with [`Store::write`], one at a time, then report
+//! [`Ipam::persisted`] or [`Ipam::persist_failed`]), [`Ipam::poll_transmit`] (direct
+//! messages), [`Ipam::poll_event`], and [`Ipam::record`] to republish whenever
+//! [`Ipam::record_seq`] changed and [`Ipam::record_ready`]. The core does no IO: messages and
+//! events wait until the state they follow from is written, and an `allocate` or `release`
+//! is to be answered only once [`Ipam::persisted_version`] reaches the
+//! [`Ipam::state_version`] it left. [`Ipam::open`] takes what [`Store::load`] read;
+//! [`Ipam::open_store`] and [`Ipam::persist_to`] do both synchronously (tests, simulator).
+//! Randomness (genesis id, request ids) comes from the seed.
 //! [`sim`] runs many cores over a simulated network for the property tests and benchmark.
 
 mod core;

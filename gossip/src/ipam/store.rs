@@ -7,7 +7,8 @@
 //!   after the rename, before anyone is told: a lost snapshot could make this node reuse
 //!   space it gave away.
 //! * Each allocation or release is one `write(2)` of one journal line, to the journal kept
-//!   open in append mode, before `allocate`/`release` returns. From then on the line is in the
+//!   open in append mode, before it is answered (the core hands the lines out with
+//!   `Ipam::poll_persist`; the daemon answers once they are written). From then on the line is in the
 //!   kernel: a crash or `kill -9` of the daemon loses nothing (no user-space buffer), and the
 //!   same container gets the same address back after the restart.
 //! * Journal lines are not fsynced (a disk flush per container would cap allocations at the

@@ -13,8 +13,14 @@
 //!    [`Node::hand_over`] (`weft reset`) then [`Node::leave`], each until [`Node::done`];
 //! 2. after each input, the outputs, in this order: [`Node::poll_journal`] (write each one
 //!    to the members journal and give the result to [`Node::handle_journal_result`], which
-//!    may queue more), [`Node::poll_transmit`] (send), [`Node::local_version`] (persist),
-//!    [`Node::poll_view`] (publish to the datapath); then sleep until [`Node::poll_timeout`].
+//!    may queue more), [`Node::poll_ipam_persist`] (write it off the async workers, one at a
+//!    time, and give the result to [`Node::handle_ipam_persisted`]), [`Node::poll_answer`]
+//!    (answer the API request with that id), [`Node::poll_transmit`] (send),
+//!    [`Node::local_version`] (persist), [`Node::poll_view`] (publish to the datapath); then
+//!    sleep until [`Node::poll_timeout`] or the write's end.
+//!
+//! An allocation (release, forget) is answered only once the IPAM state it changed is
+//! written: the address a container gets survives a `kill -9` of the daemon.
 //!
 //! The journal comes first because a member's newer record reaches the IPAM core only once
 //! every journal write asked for was done (or failed): what the IPAM core acts on is on

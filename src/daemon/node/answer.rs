@@ -243,7 +243,7 @@ impl Node {
         } else {
             "starting".into()
         };
-        let space = self.ipam.owned_cidrs();
+        let space = self.local_spaces();
         let joined = self.config.seeds.is_empty() || self.core.num_members() > 0;
         // The view's peers: every member that has not left for good.
         let peers_total = states.values().filter(|s| **s != PeerState::Left).count();

@@ -613,7 +613,7 @@ impl Node {
 
     /// This node's space as CIDR blocks, the gateway's block first (the datapath puts the
     /// gateway on the bridge from the first one and routes the others).
-    fn local_spaces(&self) -> Vec<Ipv4Net> {
+    pub(super) fn local_spaces(&self) -> Vec<Ipv4Net> {
         let mut cidrs = self.ipam.owned_cidrs();
         if let Some(main) = self.main_space() {
             if let Some(i) = cidrs.iter().position(|c| *c == main) {

@@ -38,15 +38,19 @@ fn measure(ops: usize, f: impl FnOnce()) -> Rate {
 }
 
 /// One round: `n` fresh allocations on a new node, then `n / 2` release+allocate pairs.
-fn local_round<S: Store>(store: S, names: &[String]) -> (Rate, Rate) {
+/// Each allocation or release is persisted before the next, as the daemon does before it
+/// answers (here on the same thread: what it costs, not where).
+fn local_round<S: Store>(mut store: S, names: &[String]) -> (Rate, Rate) {
     let identity = Arc::new(IdentityKey::from_seed(&[7; 32]));
     let config = IpamConfig::default();
     let now = Instant::now();
-    let mut ipam = Ipam::open(identity, config, store, 1).expect("open the store");
+    let mut ipam = Ipam::open_store(identity, config, &mut store, 1).expect("open the store");
     ipam.init_genesis(now).expect("genesis");
+    ipam.persist_to(&mut store).expect("persist");
     let alloc = measure(names.len(), || {
         for name in names {
             ipam.allocate(now, name).expect("the /12 has room");
+            ipam.persist_to(&mut store).expect("persist");
         }
     });
     // Churn: release and allocate again (next-fit has to skip the used ones).
@@ -54,7 +58,9 @@ fn local_round<S: Store>(store: S, names: &[String]) -> (Rate, Rate) {
     let churn = measure(half, || {
         for name in names.iter().take(half) {
             ipam.release(name).expect("release");
+            ipam.persist_to(&mut store).expect("persist");
             ipam.allocate(now, name).expect("allocate again");
+            ipam.persist_to(&mut store).expect("persist");
         }
     });
     (alloc, churn)

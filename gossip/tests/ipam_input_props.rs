@@ -14,12 +14,18 @@ use proptest::sample::Index;
 use weft_crypto::{IdentityKey, NodeId};
 use weft_gossip::ipam::{Error, Ipam, IpamConfig, MemoryStore, Message, Record};
 
-type Node = Ipam<MemoryStore>;
+type Node = Ipam;
 
 fn node(seed: u8) -> Node {
     let identity = Arc::new(IdentityKey::from_seed(&[seed; 32]));
     let config = IpamConfig::new("10.32.0.0/22".parse().expect("range"));
-    Ipam::open(identity, config, MemoryStore::new(), u64::from(seed)).expect("open")
+    Ipam::open_store(identity, config, &mut MemoryStore::new(), u64::from(seed)).expect("open")
+}
+
+/// What the node asks to persist, written (to a store of its own: only what goes out
+/// matters here), so that its held-back outputs go out.
+fn persist(n: &mut Node) {
+    n.persist_to(&mut MemoryStore::new()).expect("persist");
 }
 
 fn record_of(n: &Node) -> Vec<u8> {
@@ -27,6 +33,7 @@ fn record_of(n: &Node) -> Vec<u8> {
 }
 
 fn drain(n: &mut Node) -> Vec<(NodeId, Vec<u8>)> {
+    persist(n);
     std::iter::from_fn(|| n.poll_transmit())
         .map(|t| (t.to, t.bytes))
         .collect()
@@ -101,6 +108,7 @@ fn world() -> World {
         .expect("c's record");
     victim.set_reachable(now, idc, true);
     drain(&mut victim);
+    persist(&mut victim);
     while victim.poll_event().is_some() {}
     World {
         victim,
@@ -213,6 +221,8 @@ fn make(w: &World, corpus: &[(NodeId, Vec<u8>)], input: &Input) -> (NodeId, Vec<
 struct Observed {
     record: Option<Vec<u8>>,
     record_seq: u64,
+    /// Nothing new to persist either.
+    state_version: u64,
     allocations: Vec<(String, std::net::Ipv4Addr)>,
     free: u64,
     report: serde_json::Value,
@@ -228,6 +238,7 @@ fn observe(n: &Node, drop_conflicts: bool) -> Observed {
     Observed {
         record: n.record(),
         record_seq: n.record_seq(),
+        state_version: n.state_version(),
         allocations: n.allocations(),
         free: n.free_addresses(),
         report,

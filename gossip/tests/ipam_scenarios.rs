@@ -5,7 +5,84 @@ use std::time::Instant;
 
 use weft_crypto::IdentityKey;
 use weft_gossip::ipam::sim::Sim;
-use weft_gossip::ipam::{Error, FileStore, Ipam, IpamConfig, MemoryStore, Status};
+use weft_gossip::ipam::{Error, FileStore, Ipam, IpamConfig, MemoryStore, Status, Store};
+
+/// The core and its store, written after every command as the daemon does before it
+/// answers (the core itself does no IO).
+#[derive(Debug)]
+struct Durable<S: Store> {
+    ipam: Ipam,
+    store: S,
+}
+
+impl<S: Store> Durable<S> {
+    fn open(
+        identity: Arc<IdentityKey>,
+        config: IpamConfig,
+        mut store: S,
+        seed: u64,
+    ) -> weft_gossip::ipam::Result<Self> {
+        let ipam = Ipam::open_store(identity, config, &mut store, seed)?;
+        Ok(Self { ipam, store })
+    }
+
+    fn sync(&mut self) {
+        self.ipam.persist_to(&mut self.store).expect("persist");
+    }
+
+    fn init_genesis(&mut self, now: Instant) -> weft_gossip::ipam::Result<()> {
+        self.ipam.init_genesis(now)?;
+        self.sync();
+        Ok(())
+    }
+
+    fn allocate(
+        &mut self,
+        now: Instant,
+        container: &str,
+    ) -> weft_gossip::ipam::Result<std::net::Ipv4Addr> {
+        let a = self.ipam.allocate(now, container);
+        self.sync();
+        a
+    }
+
+    fn allocate_at(
+        &mut self,
+        container: &str,
+        address: std::net::Ipv4Addr,
+    ) -> weft_gossip::ipam::Result<std::net::Ipv4Addr> {
+        let a = self.ipam.allocate_at(container, address);
+        self.sync();
+        a
+    }
+
+    fn release(
+        &mut self,
+        container: &str,
+    ) -> weft_gossip::ipam::Result<Option<std::net::Ipv4Addr>> {
+        let a = self.ipam.release(container);
+        self.sync();
+        a
+    }
+
+    fn poll_transmit(&mut self) -> Option<weft_gossip::ipam::Transmit> {
+        self.sync();
+        self.ipam.poll_transmit()
+    }
+}
+
+impl<S: Store> std::ops::Deref for Durable<S> {
+    type Target = Ipam;
+    fn deref(&self) -> &Ipam {
+        &self.ipam
+    }
+}
+
+impl<S: Store> std::ops::DerefMut for Durable<S> {
+    fn deref_mut(&mut self) -> &mut Ipam {
+        &mut self.ipam
+    }
+}
 
 fn range(s: &str) -> ipnet::Ipv4Net {
     s.parse().expect("valid range")
@@ -237,7 +314,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
     let mut first = Vec::new();
     let seq_before;
     {
-        let mut ipam = Ipam::open(
+        let mut ipam = Durable::open(
             identity.clone(),
             config.clone(),
             FileStore::new(dir.path()),
@@ -251,7 +328,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
         ipam.release("c5").expect("release");
         seq_before = ipam.record_seq();
     } // the daemon dies here: nothing else is written
-    let mut ipam = Ipam::open(
+    let mut ipam = Durable::open(
         identity.clone(),
         config.clone(),
         FileStore::new(dir.path()),
@@ -282,7 +359,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
     text.push_str("{\"op\":\"allo");
     std::fs::write(&journal, &text).expect("write");
     drop(ipam);
-    Ipam::open(
+    Durable::open(
         identity.clone(),
         config.clone(),
         FileStore::new(dir.path()),
@@ -290,7 +367,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
     )
     .expect("torn tail is tolerated");
     std::fs::write(&journal, format!("garbage\n{text}")).expect("write");
-    let err = Ipam::open(
+    let err = Durable::open(
         identity.clone(),
         config.clone(),
         FileStore::new(dir.path()),
@@ -302,7 +379,7 @@ fn restart_keeps_allocations_in_the_state_directory() {
     // State of another node is refused.
     let other = Arc::new(IdentityKey::from_seed(&[8; 32]));
     std::fs::write(&journal, "").expect("write");
-    let err = Ipam::open(other, config, FileStore::new(dir.path()), 5).expect_err("not ours");
+    let err = Durable::open(other, config, FileStore::new(dir.path()), 5).expect_err("not ours");
     assert!(err.to_string().contains("belongs to node"), "{err}");
 }
 
@@ -310,8 +387,8 @@ fn open_in(
     dir: &std::path::Path,
     boot: &str,
     seed: u64,
-) -> weft_gossip::ipam::Result<Ipam<FileStore>> {
-    Ipam::open(
+) -> weft_gossip::ipam::Result<Durable<FileStore>> {
+    Durable::open(
         Arc::new(IdentityKey::from_seed(&[9; 32])),
         IpamConfig::new(range("10.32.0.0/24")),
         FileStore::with_boot_id(dir, boot),
@@ -393,7 +470,7 @@ fn an_over_claim_is_reported_by_the_owner_it_robs() {
     let now = Instant::now();
     let config = IpamConfig::new(range("10.32.0.0/24"));
     let open = |seed: u8| {
-        Ipam::open(
+        Durable::open(
             Arc::new(IdentityKey::from_seed(&[seed; 32])),
             config.clone(),
             MemoryStore::new(),
@@ -488,7 +565,7 @@ fn garbage_records_and_messages_change_nothing() {
     let identity = Arc::new(IdentityKey::from_seed(&[1; 32]));
     let peer = IdentityKey::from_seed(&[2; 32]).node_id();
     let now = Instant::now();
-    let mut ipam = Ipam::open(
+    let mut ipam = Durable::open(
         identity,
         IpamConfig::new(range("10.32.0.0/20")),
         MemoryStore::new(),
@@ -575,7 +652,7 @@ fn the_final_record_of_a_node_that_left_still_shows_where_its_space_went() {
     let open = |seed: u8| {
         let key = Arc::new(IdentityKey::from_seed(&[seed; 32]));
         let id = key.node_id();
-        let ipam = Ipam::open(key, IpamConfig::new(r), MemoryStore::new(), u64::from(seed))
+        let ipam = Durable::open(key, IpamConfig::new(r), MemoryStore::new(), u64::from(seed))
             .expect("opens");
         (id, ipam)
     };
@@ -586,7 +663,7 @@ fn the_final_record_of_a_node_that_left_still_shows_where_its_space_went() {
     a.set_reachable(now, b_id, true);
     b.set_reachable(now, a_id, true);
     // Deliver everything each has to say to the other, records and messages, until quiet.
-    let exchange = |a: &mut Ipam<MemoryStore>, b: &mut Ipam<MemoryStore>| {
+    let exchange = |a: &mut Durable<MemoryStore>, b: &mut Durable<MemoryStore>| {
         for _ in 0..10 {
             if let Some(rec) = a.record() {
                 b.handle_record(now, a_id, &rec).expect("record of a");
@@ -641,7 +718,7 @@ fn allocate_at_takes_a_free_address_of_the_own_space_or_says_why_not() {
     let config = IpamConfig::new(range("10.32.0.0/24"));
     let now = Instant::now();
     let addr = |s: &str| s.parse::<std::net::Ipv4Addr>().expect("addr");
-    let mut ipam = Ipam::open(
+    let mut ipam = Durable::open(
         identity.clone(),
         config.clone(),
         FileStore::new(dir.path()),
@@ -703,7 +780,7 @@ fn allocate_at_takes_a_free_address_of_the_own_space_or_says_why_not() {
     );
     drop(ipam);
     // Journalled: a restart keeps it.
-    let mut ipam = Ipam::open(identity, config, FileStore::new(dir.path()), 2).expect("reopen");
+    let mut ipam = Durable::open(identity, config, FileStore::new(dir.path()), 2).expect("reopen");
     assert_eq!(ipam.allocate(now, "c").expect("kept"), addr("10.32.0.77"));
     assert_eq!(ipam.allocate(now, "b").expect("kept"), addr("10.32.0.78"));
 }
@@ -730,4 +807,151 @@ fn allocate_at_refuses_addresses_of_another_nodes_space() {
         err.to_string().contains("not in this node's address space"),
         "{err}"
     );
+}
+
+fn cidrs(sim: &mut Sim, i: usize) -> Vec<String> {
+    sim.ipam(i)
+        .expect("up")
+        .owned_cidrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Space moves in CIDR-aligned blocks, so each node's space is one prefix (one route, one
+/// allowed IP, one netmask for its containers). Before, the second node of a cluster got
+/// 10.40.0.0-10.47.255.254 (19 prefixes) because the range's broadcast address stayed with
+/// the first.
+#[test]
+fn space_is_handed_out_in_aligned_blocks() {
+    let mut sim = cluster(2, IpamConfig::DEFAULT_RANGE);
+    allocate(&mut sim, 0, "pod-a").expect("seed has space");
+    let b = allocate(&mut sim, 1, "pod-b").expect("joiner gets space");
+    assert_eq!(cidrs(&mut sim, 1), ["10.40.0.0/13"]);
+    assert_eq!(cidrs(&mut sim, 0), ["10.32.0.0/13"]);
+    assert_eq!(b, "10.40.0.0".parse::<std::net::Ipv4Addr>().expect("addr"));
+    sim.run(10);
+    sim.check_agreement().expect("agree");
+
+    // Two more: each gets one block, and the givers keep one each.
+    sim.add_node();
+    sim.add_node();
+    sim.run(10);
+    allocate(&mut sim, 2, "pod-c").expect("space");
+    allocate(&mut sim, 3, "pod-d").expect("space");
+    sim.run(10);
+    for i in 0..4 {
+        assert_eq!(
+            cidrs(&mut sim, i).len(),
+            1,
+            "node {i}: {:?}",
+            cidrs(&mut sim, i)
+        );
+    }
+    sim.check_agreement().expect("agree");
+
+    // A leaver hands its block to the node whose block it merges with: still one each.
+    sim.leave(3).expect("leave").expect("handed over");
+    sim.run(20);
+    sim.check_safety().expect("safe");
+    sim.check_agreement().expect("agree");
+    for i in 0..3 {
+        assert_eq!(
+            cidrs(&mut sim, i).len(),
+            1,
+            "node {i}: {:?}",
+            cidrs(&mut sim, i)
+        );
+    }
+
+    // A forgotten node's block goes to the forgetter, which gives it away whole to the next
+    // node that asks it: nobody keeps more than two prefixes, the newcomer has one.
+    sim.crash(2);
+    sim.run(10);
+    sim.forget(0, 2).expect("forget");
+    sim.run(10);
+    assert!(cidrs(&mut sim, 0).len() <= 2, "{:?}", cidrs(&mut sim, 0));
+    let n = sim.add_node();
+    sim.run(10);
+    allocate(&mut sim, n, "pod-e").expect("space");
+    sim.run(10);
+    sim.check_safety().expect("safe");
+    sim.check_agreement().expect("agree");
+    assert_eq!(cidrs(&mut sim, n).len(), 1, "{:?}", cidrs(&mut sim, n));
+    for i in [0, 1] {
+        assert!(
+            cidrs(&mut sim, i).len() <= 2,
+            "node {i}: {:?}",
+            cidrs(&mut sim, i)
+        );
+    }
+}
+
+/// The core does no IO: a giver's grant, and the receiver's acknowledgement, go out only
+/// once the driver wrote the state they follow from, and the record (which carries the
+/// transfer too) is not to be published before either.
+#[test]
+fn a_grant_and_its_ack_go_out_only_once_persisted() {
+    use weft_gossip::ipam::PersistOp;
+    let now = Instant::now();
+    let config = IpamConfig::new(range("10.32.0.0/24"));
+    let key = |b: u8| Arc::new(IdentityKey::from_seed(&[b; 32]));
+    let (ida, idb) = (key(1).node_id(), key(2).node_id());
+    let mut store_a = MemoryStore::new();
+    let mut store_b = MemoryStore::new();
+    let mut a = Ipam::open_store(key(1), config.clone(), &mut store_a, 1).expect("open");
+    let mut b = Ipam::open_store(key(2), config, &mut store_b, 2).expect("open");
+    a.init_genesis(now).expect("genesis");
+    a.persist_to(&mut store_a).expect("persist");
+    a.set_reachable(now, idb, true);
+    b.set_reachable(now, ida, true);
+    b.handle_record(now, ida, &a.record().expect("record"))
+        .expect("adopt");
+    assert_eq!(b.request_space(now).expect("ask"), ida);
+    assert!(
+        b.poll_transmit().is_none(),
+        "the adopted genesis is not written yet"
+    );
+    b.persist_to(&mut store_b).expect("persist");
+    let request = b.poll_transmit().expect("request");
+    while b.poll_event().is_some() {}
+
+    let seq = a.record_seq();
+    a.handle_message(now, idb, &request.bytes).expect("request");
+    assert!(
+        a.poll_transmit().is_none(),
+        "grant before the giver wrote its state"
+    );
+    assert!(!a.record_ready());
+    assert_eq!(a.record_seq(), seq, "the record must not change yet");
+    let p = a.poll_persist().expect("a write");
+    assert!(a.poll_persist().is_none(), "nothing new since");
+    let PersistOp::Snapshot(state) = &p.op else {
+        panic!("ownership changed: a snapshot, got {p:?}")
+    };
+    assert_eq!(state.owned.len(), 1, "{state:?}");
+    assert_eq!(state.outgoing.len(), 1, "the transfer is in the snapshot");
+    store_a.write(&p).expect("write");
+    a.persisted(p.version);
+    assert!(a.record_ready() && a.record_seq() > seq);
+    let grant = a.poll_transmit().expect("the grant, now");
+
+    b.handle_message(now, ida, &grant.bytes).expect("grant");
+    assert_eq!(b.owned().len(), 1, "applied");
+    assert!(
+        b.poll_transmit().is_none(),
+        "ack before the receiver wrote its state"
+    );
+    assert!(b.poll_event().is_none());
+    b.persist_to(&mut store_b).expect("persist");
+    assert!(b.poll_transmit().is_some(), "the ack, now");
+    // Both stores hold what each node told the other.
+    let back = Ipam::open_store(
+        key(2),
+        IpamConfig::new(range("10.32.0.0/24")),
+        &mut store_b,
+        3,
+    )
+    .expect("reopen");
+    assert_eq!(back.owned(), b.owned());
 }

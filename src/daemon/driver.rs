@@ -1,20 +1,25 @@
 //! The IO loop around the sans-IO [`Node`]: it owns the QUIC transport, the members journal's
-//! file, the record version file and the channels to the API and the datapath task, feeds
-//! the node every input with the time, and carries out what the node asks for (see the
-//! `node` module for the order). It alone owns the node, so the view needs no lock.
+//! file, the IPAM store, the record version file and the channels to the API and the
+//! datapath task, feeds the node every input with the time, and carries out what the node
+//! asks for (see the `node` module for the order). It alone owns the node, so the view
+//! needs no lock. Writes of the IPAM state (snapshots are fsynced) run on tokio's blocking
+//! pool, one at a time, while the loop goes on; the node holds back what depends on them.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 use weft_crypto::NodeId;
-use weft_gossip::ipam::FileStore;
+use weft_gossip::ipam::{FileStore, Store};
 use weft_gossip::transport::{self, Transport};
 use weft_gossip::{LeaveReason, TransmitKind};
 
@@ -64,9 +69,19 @@ struct SendCounters {
     failed: AtomicU64,
 }
 
+/// A write of the IPAM state on the blocking pool: it gives the store back, with the
+/// version written and the result.
+type PersistTask = JoinHandle<(FileStore, u64, Result<(), String>)>;
+
 #[derive(Debug)]
 pub struct Driver {
-    node: Node<FileStore>,
+    node: Node,
+    /// The IPAM store, while no write is under way (the write has it).
+    store: Option<FileStore>,
+    persist: Option<PersistTask>,
+    /// API requests waiting for their answer, by the id the node knows them by.
+    replies: HashMap<u64, oneshot::Sender<Response>>,
+    next_request: u64,
     transport: Transport,
     sends: Arc<Semaphore>,
     counters: Arc<SendCounters>,
@@ -79,7 +94,8 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(
-        node: Node<FileStore>,
+        node: Node,
+        store: FileStore,
         transport: Transport,
         journal: MembersJournal,
         version: VersionFile,
@@ -87,6 +103,10 @@ impl Driver {
     ) -> Self {
         Driver {
             node,
+            store: Some(store),
+            persist: None,
+            replies: HashMap::new(),
+            next_request: 0,
             transport,
             sends: Arc::new(Semaphore::new(MAX_SENDS)),
             counters: Arc::default(),
@@ -123,8 +143,17 @@ impl Driver {
                         reset = Some(query.reply);
                         break;
                     }
-                    let response = self.answer(query.request);
-                    let _ = query.reply.send(response);
+                    self.next_request += 1;
+                    self.replies.insert(self.next_request, query.reply);
+                    self.node.handle_request(
+                        Instant::now(),
+                        SystemTime::now(),
+                        self.next_request,
+                        query.request,
+                    );
+                }
+                done = wait_persist(&mut self.persist), if self.persist.is_some() => {
+                    self.persisted(done)?;
                 }
                 changed = self.datapath.report.changed(), if self.report_open => {
                     if changed.is_err() {
@@ -169,11 +198,18 @@ impl Driver {
     }
 
     /// Carry out what the node asks for: journal writes (each result goes back in before
-    /// anything else), sends, the record version, the view.
+    /// anything else), the next write of the IPAM state (started), sends, the record
+    /// version, answers, the view.
     fn pump(&mut self) {
         while let Some(write) = self.node.poll_journal() {
             let result = self.journal.apply(&write).map_err(|e| format!("{e:#}"));
             self.node.handle_journal_result(Instant::now(), result);
+        }
+        self.start_persist();
+        while let Some((id, response)) = self.node.poll_answer() {
+            if let Some(reply) = self.replies.remove(&id) {
+                let _ = reply.send(self.decorate(response));
+            }
         }
         while let Some(t) = self.node.poll_transmit() {
             self.spawn_send(t.dst, t.node, t.kind, t.bytes);
@@ -186,11 +222,55 @@ impl Driver {
         }
     }
 
+    /// Start writing what the node asks to persist, on the blocking pool (an fsync must not
+    /// hold up a worker of the runtime), unless a write is under way.
+    fn start_persist(&mut self) {
+        if self.persist.is_some() {
+            return;
+        }
+        let Some(mut store) = self.store.take() else {
+            return;
+        };
+        let Some(persist) = self.node.poll_ipam_persist(Instant::now()) else {
+            self.store = Some(store);
+            return;
+        };
+        self.persist = Some(tokio::task::spawn_blocking(move || {
+            let result = store.write(&persist).map_err(|e| e.to_string());
+            (store, persist.version, result)
+        }));
+    }
+
+    /// A write of the IPAM state ended: the store comes back, the node learns the result.
+    fn persisted(
+        &mut self,
+        done: Result<(FileStore, u64, Result<(), String>), JoinError>,
+    ) -> anyhow::Result<()> {
+        self.persist = None;
+        let (store, version, result) = done.context("writing the address space state")?;
+        self.store = Some(store);
+        self.node
+            .handle_ipam_persisted(Instant::now(), version, result);
+        Ok(())
+    }
+
+    /// Wait for every write of the IPAM state the node asks for (before exiting).
+    async fn flush_persist(&mut self) {
+        loop {
+            self.start_persist();
+            if self.persist.is_none() {
+                return;
+            }
+            let done = wait_persist(&mut self.persist).await;
+            if let Err(e) = self.persisted(done) {
+                warn!(error = %format!("{e:#}"), "address space state not written");
+                return;
+            }
+        }
+    }
+
     /// The node's answer, with the transport's counters in a status.
-    fn answer(&mut self, request: Request) -> Response {
-        let mut response = self
-            .node
-            .handle_request(Instant::now(), SystemTime::now(), request);
+    fn decorate(&self, mut response: Response) -> Response {
         if let Response::Status { status, .. } = &mut response {
             status.gossip.sent = self.counters.sent.load(Ordering::Relaxed);
             status.gossip.send_failures = self.counters.failed.load(Ordering::Relaxed);
@@ -217,6 +297,11 @@ impl Driver {
                 Some(msg) = self.transport.recv() => {
                     self.node.handle_message(Instant::now(), msg.from, msg.node, &msg.bytes)
                 }
+                done = wait_persist(&mut self.persist), if self.persist.is_some() => {
+                    if let Err(e) = self.persisted(done) {
+                        warn!(error = %format!("{e:#}"), "address space state not written");
+                    }
+                }
             }
         }
     }
@@ -225,6 +310,7 @@ impl Driver {
     async fn leave(mut self, reason: LeaveReason) {
         self.node.leave(Instant::now(), reason);
         self.run_until_done().await;
+        self.flush_persist().await;
         let drain = self.sends.acquire_many(MAX_SENDS as u32);
         let _ = tokio::time::timeout(SEND_DRAIN, drain).await;
         self.transport.close().await;
@@ -269,5 +355,15 @@ impl Driver {
             }
             drop(permit);
         });
+    }
+}
+
+/// The end of the write under way (never, without one: the select guards it).
+async fn wait_persist(
+    task: &mut Option<PersistTask>,
+) -> Result<(FileStore, u64, Result<(), String>), JoinError> {
+    match task.as_mut() {
+        Some(t) => t.await,
+        None => std::future::pending().await,
     }
 }

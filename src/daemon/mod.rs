@@ -25,7 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 use weft_crypto::{ClusterSecret, IdentityKey, KeyStore};
-use weft_gossip::ipam::{FileStore, Ipam, IpamConfig};
+use weft_gossip::ipam::{FileStore, Ipam, IpamConfig, Store};
 use weft_gossip::transport::{Transport, TransportConfig};
 use weft_gossip::{Membership, NodeRecord};
 
@@ -135,18 +135,24 @@ async fn run(
     // The membership core wants the identity key by value, and it is not Clone.
     let core_identity = IdentityKey::from_base64(&identity.to_base64_secret())
         .context("copying the identity key")?;
-    let ipam = Ipam::open(
-        identity.clone(),
-        IpamConfig::new(config.range),
-        FileStore::new(&config.state_dir),
-        rand::random(),
-    )
-    .with_context(|| {
-        format!(
-            "opening the address space state in {}",
-            config.state_dir.display()
-        )
-    })?;
+    // Loaded here; the loop writes the new start's snapshot (and everything after it).
+    let mut ipam_store = FileStore::new(&config.state_dir);
+    let ipam = ipam_store
+        .load()
+        .and_then(|loaded| {
+            Ipam::open(
+                identity.clone(),
+                IpamConfig::new(config.range),
+                loaded,
+                rand::random(),
+            )
+        })
+        .with_context(|| {
+            format!(
+                "opening the address space state in {}",
+                config.state_dir.display()
+            )
+        })?;
     let transport = Transport::bind(config.listen, TransportConfig::new(identity, secret))
         .context("starting the gossip transport")?;
     let bound = transport.local_addr()?;
@@ -251,7 +257,7 @@ async fn run(
         report: report_rx,
         failed: failed_rx,
     };
-    let driver = Driver::new(node, transport, journal, version, link);
+    let driver = Driver::new(node, ipam_store, transport, journal, version, link);
     let shutdown = async move {
         let name = tokio::select! {
             _ = sigterm.recv() => "SIGTERM",

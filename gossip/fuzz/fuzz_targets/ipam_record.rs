@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     let identity = Arc::new(IdentityKey::from_seed(&[1; 32]));
     let config = IpamConfig::new("10.32.0.0/24".parse().expect("range"));
-    let mut ipam = Ipam::open(identity, config, MemoryStore::new(), 1).expect("open");
+    let mut ipam = Ipam::open_store(identity, config, &mut MemoryStore::new(), 1).expect("open");
     ipam.init_genesis(now).expect("genesis");
     let before = (
         ipam.record(),

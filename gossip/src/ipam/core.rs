@@ -13,10 +13,12 @@ use tracing::{debug, info, warn};
 use weft_crypto::{IdentityKey, NodeId};
 
 use super::error::{Error, GenesisConflict, GenesisSide, Result};
-use super::pool::{Pool, Unavailable};
+use super::pool::{prefix_count, Pool, Unavailable};
 use super::record::{Claim, Message, Record, Status};
 use super::statement::{address_at, Genesis, GenesisId, Piece, Reclaim, Transfer};
-use super::store::{Accepted, JournalOp, PersistedState, PersistedStatus, Store, STATE_FORMAT};
+use super::store::{
+    Accepted, JournalOp, Persist, PersistOp, PersistedState, PersistedStatus, Store, STATE_FORMAT,
+};
 use super::view::{self, Assertion, IpamReport, NodeReport, RingEntry};
 use super::wire::{hex, unhex, Reader, Writer};
 
@@ -120,15 +122,19 @@ struct Pending {
 }
 
 /// The IPAM core of one node. Inputs: `handle_record`, `handle_message`, `set_reachable`,
-/// `handle_timeout`; commands: `init_genesis`, `allocate`, `release`, `request_space`,
-/// `leave`, `forget`; outputs: `poll_transmit`, `poll_event`, `poll_timeout`, and `record`
-/// (republish it whenever `record_seq` changed).
+/// `handle_timeout`, `persisted`; commands: `init_genesis`, `allocate`, `release`,
+/// `request_space`, `leave`, `forget`; outputs: `poll_persist` (first), `poll_transmit`,
+/// `poll_event`, `poll_timeout`, and `record` (republish it whenever `record_seq` changed).
+///
+/// Sans-IO: it reads and writes no file. Every change it must remember is an output of
+/// `poll_persist`; the transmits, events and record that depend on it are held back until
+/// the driver reports it written (`persisted`), and so must be the answer to an `allocate`
+/// (see `persist_pending`).
 #[derive(Debug)]
-pub struct Ipam<S: Store> {
+pub struct Ipam {
     identity: Arc<IdentityKey>,
     me: NodeId,
     config: IpamConfig,
-    store: S,
     rng: ChaCha8Rng,
     genesis: Option<Genesis>,
     epoch: u32,
@@ -154,29 +160,46 @@ pub struct Ipam<S: Store> {
     /// Acknowledged transfers (receiver, seq) -> the receiver's record seq that shows them.
     acks: BTreeMap<(NodeId, u64), u64>,
     next_retransmit: Option<Instant>,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    /// Each with the state version that must be persisted before it goes out.
+    transmits: VecDeque<(u64, Transmit)>,
+    events: VecDeque<(u64, Event)>,
+    /// Journal lines since the last snapshot.
     journal_len: usize,
+    /// Bumped by every change to persist; `persisted` is the last one written, `polled`
+    /// the last one handed out by `poll_persist`.
+    version: u64,
+    polled: u64,
+    persisted: u64,
+    /// The next `poll_persist` is a snapshot (ownership changed).
+    snapshot_due: bool,
+    /// Journal lines not handed out yet.
+    journal_out: Vec<JournalOp<'static>>,
+    /// The version of the last change of ownership (a snapshot): the record may be
+    /// published once it is persisted (allocations only change its counts of used
+    /// addresses).
+    save_version: u64,
+    /// While that is not persisted: the record sequence from before it.
+    clean_seq: u64,
 }
 
-impl<S: Store> Ipam<S> {
-    /// Opens the IPAM state of `identity` from `store` (or starts fresh), and persists a new
-    /// start epoch so the record sequence keeps growing across restarts.
+impl Ipam {
+    /// Opens the IPAM state of `identity` from what its store loaded (`Store::load`; `None`
+    /// starts fresh), with a new start epoch so the record sequence keeps growing across
+    /// restarts. The first `poll_persist` is the snapshot that records that epoch: nothing
+    /// goes out before it is written.
     pub fn open(
         identity: Arc<IdentityKey>,
         config: IpamConfig,
-        mut store: S,
+        loaded: Option<(PersistedState, Vec<JournalOp<'static>>)>,
         seed: u64,
     ) -> Result<Self> {
         super::statement::check_range(config.range)?;
         let me = identity.node_id();
-        let loaded = store.load()?;
         let mut ipam = Self {
             identity,
             me,
             pool: Pool::new(super::statement::range_size(config.range)),
             config,
-            store,
             rng: ChaCha8Rng::seed_from_u64(seed),
             genesis: None,
             epoch: 0,
@@ -199,12 +222,19 @@ impl<S: Store> Ipam<S> {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             journal_len: 0,
+            version: 0,
+            polled: 0,
+            persisted: 0,
+            snapshot_due: false,
+            journal_out: Vec::new(),
+            save_version: 0,
+            clean_seq: 0,
         };
         if let Some((state, journal)) = loaded {
             ipam.restore(state, journal)?;
         }
         ipam.epoch += 1;
-        ipam.save()?;
+        ipam.save();
         Ok(ipam)
     }
 
@@ -352,13 +382,123 @@ impl<S: Store> Ipam<S> {
         }
     }
 
-    /// Persists the whole state (durably) and marks the record changed.
-    fn save(&mut self) -> Result<()> {
-        let snap = self.snapshot();
-        self.store.save(&snap)?;
+    /// The whole state must be persisted (durably) before anything that depends on it goes
+    /// out; marks the record changed.
+    fn save(&mut self) {
+        if self.record_ready() {
+            self.clean_seq = self.current_seq();
+        }
+        self.snapshot_due = true;
+        self.journal_out.clear();
         self.journal_len = 0;
+        self.version += 1;
+        self.save_version = self.version;
         self.bump();
+    }
+
+    /// One allocation or release to journal before it is answered.
+    fn journal(&mut self, op: JournalOp<'static>) {
+        self.version += 1;
+        self.bump();
+        if self.snapshot_due {
+            return; // the snapshot, taken when it is polled, has it
+        }
+        self.journal_out.push(op);
+        self.journal_len += 1;
+        // Rewriting the snapshot costs O(allocations): doing it after twice as many
+        // journal lines keeps an allocation O(1) amortised.
+        if self.journal_len
+            >= self
+                .config
+                .compact_journal_after
+                .max(2 * self.pool.allocation_count())
+        {
+            self.save();
+        }
+    }
+
+    // ----- persistence (sans-IO) -----
+
+    /// What to write next, if anything: hand each one to the store in order (one at a time),
+    /// then report it with [`Ipam::persisted`]. A snapshot is taken of the state as it is at
+    /// this call, so it covers every change before it.
+    #[must_use]
+    pub fn poll_persist(&mut self) -> Option<Persist> {
+        if self.polled >= self.version {
+            return None;
+        }
+        self.polled = self.version;
+        let op = if self.snapshot_due {
+            self.snapshot_due = false;
+            self.journal_out.clear();
+            PersistOp::Snapshot(Box::new(self.snapshot()))
+        } else {
+            PersistOp::Journal(std::mem::take(&mut self.journal_out))
+        };
+        Some(Persist {
+            version: self.version,
+            op,
+        })
+    }
+
+    /// Opens from `store` and writes the first snapshot there at once: for tests, the
+    /// simulator and tools that may block (the daemon writes off its async workers).
+    pub fn open_store(
+        identity: Arc<IdentityKey>,
+        config: IpamConfig,
+        store: &mut impl Store,
+        seed: u64,
+    ) -> Result<Self> {
+        let loaded = store.load()?;
+        let mut ipam = Self::open(identity, config, loaded, seed)?;
+        ipam.persist_to(store)?;
+        Ok(ipam)
+    }
+
+    /// Writes everything [`Ipam::poll_persist`] has to `store`, in order, and reports it
+    /// (blocking: for tests, the simulator and tools).
+    pub fn persist_to(&mut self, store: &mut impl Store) -> Result<()> {
+        while let Some(p) = self.poll_persist() {
+            if let Err(e) = store.write(&p) {
+                self.persist_failed();
+                return Err(e);
+            }
+            self.persisted(p.version);
+        }
         Ok(())
+    }
+
+    /// The driver wrote what [`Ipam::poll_persist`] gave it with this version: what waited
+    /// for it may go out.
+    pub fn persisted(&mut self, version: u64) {
+        self.persisted = self.persisted.max(version.min(self.polled));
+    }
+
+    /// Writing what [`Ipam::poll_persist`] gave it failed: the next poll is a snapshot of
+    /// the whole state (which covers it); what waits for it keeps waiting.
+    pub fn persist_failed(&mut self) {
+        if self.persisted < self.version {
+            self.polled = self.persisted;
+            self.snapshot_due = true;
+            self.journal_out.clear();
+        }
+    }
+
+    /// Whether a change is not persisted yet: an `allocate` or `release` made since is not
+    /// to be answered (nor the record published) until [`Ipam::persisted`] catches up with
+    /// [`Ipam::state_version`].
+    pub fn persist_pending(&self) -> bool {
+        self.persisted < self.version
+    }
+
+    /// The version of the state now: an answer that depends on it waits until
+    /// [`Ipam::persisted_version`] reaches it.
+    pub fn state_version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn persisted_version(&self) -> u64 {
+        self.persisted
     }
 
     fn bump(&mut self) {
@@ -392,14 +532,16 @@ impl<S: Store> Ipam<S> {
         self.pool.owned()
     }
 
-    /// The pieces as CIDR blocks (for routes to this node's containers).
+    /// The pieces as CIDR blocks (for routes to this node's containers): the main block
+    /// first (the largest one with addresses in use, else the largest: where allocation
+    /// looks first, so containers share its prefix), then the others in address order.
     pub fn owned_cidrs(&self) -> Vec<Ipv4Net> {
         let range = self.range();
         self.pool
-            .owned()
-            .iter()
-            .flat_map(|p| {
-                ipnet::Ipv4Subnets::new(address_at(range, p.start), address_at(range, p.end - 1), 0)
+            .blocks_by_preference()
+            .into_iter()
+            .filter_map(|(start, len)| {
+                Ipv4Net::new(address_at(range, start), 32 - len.trailing_zeros() as u8).ok()
             })
             .collect()
     }
@@ -420,13 +562,30 @@ impl<S: Store> Ipam<S> {
         self.pool.free_count()
     }
 
-    /// Grows whenever `record()` would return something new.
+    /// Grows whenever `record()` would return something new, once that is persisted:
+    /// republish the record when it changed (a record is never published before the state
+    /// it shows is on disk).
     pub fn record_seq(&self) -> u64 {
+        if self.record_ready() {
+            self.current_seq()
+        } else {
+            self.clean_seq
+        }
+    }
+
+    /// Whether [`Ipam::record`] may be published: the ownership it shows is persisted.
+    pub fn record_ready(&self) -> bool {
+        self.persisted >= self.save_version
+    }
+
+    /// The sequence of the record the current state makes (maybe not persisted yet).
+    fn current_seq(&self) -> u64 {
         (u64::from(self.epoch) << 32) | u64::from(self.counter)
     }
 
     /// The bytes for the `ipam` field of this node's gossip record, or `None` before it has a
-    /// genesis.
+    /// genesis. Publish it only when [`Ipam::record_ready`] (then [`Ipam::record_seq`] tells
+    /// whether it changed).
     pub fn record(&self) -> Option<Vec<u8>> {
         let genesis = self.genesis.clone()?;
         let claims = self
@@ -449,7 +608,7 @@ impl<S: Store> Ipam<S> {
         reclaims.sort_by_key(|rc| (rc.by != self.me, std::cmp::Reverse(rc.base_seq)));
         let record = Record {
             genesis,
-            seq: self.record_seq(),
+            seq: self.current_seq(),
             status: self.status,
             claims,
             outgoing,
@@ -479,9 +638,9 @@ impl<S: Store> Ipam<S> {
             end: size,
             version: 1,
         }]);
-        self.save()?;
+        self.save();
         info!(genesis = %id, range = %self.config.range, "started a new address space");
-        self.events.push_back(Event::GenesisAdopted {
+        self.event(Event::GenesisAdopted {
             genesis: id,
             creator: self.me,
         });
@@ -574,29 +733,43 @@ impl<S: Store> Ipam<S> {
         Ok(address)
     }
 
-    /// Journals an allocation the pool just made (undone in the pool if that fails), and
-    /// rewrites the snapshot now and then.
+    /// Allocates `address` itself to `container` (the daemon holds its gateway this way: the
+    /// first address of its main block). Refused unless the address lies in this node's
+    /// space, is not the range's network or broadcast address, and is free; a container
+    /// that holds another address releases it first.
+    pub fn allocate_address(
+        &mut self,
+        _now: Instant,
+        container: &str,
+        address: Ipv4Addr,
+    ) -> Result<Ipv4Addr> {
+        self.check_active()?;
+        if self.genesis.is_none() {
+            return Err(Error::NoGenesis);
+        }
+        let range = self.range();
+        if !range.contains(&address) {
+            return Err(Error::NotInRange(address));
+        }
+        let offset = u32::from(address) - u32::from(range.network());
+        match self.pool.allocated(container) {
+            Some(o) if o == offset => return Ok(address),
+            Some(_) => return Err(Error::AddressUnavailable(address)),
+            None => {}
+        }
+        if !self.pool.restore(container.to_owned(), offset) {
+            return Err(Error::AddressUnavailable(address));
+        }
+        self.journal_allocation(container, offset)?;
+        Ok(address)
+    }
+
+    /// Journals an allocation the pool just made.
     fn journal_allocation(&mut self, container: &str, offset: u32) -> Result<()> {
-        let op = JournalOp::Allocate {
-            container: Cow::Borrowed(container),
+        self.journal(JournalOp::Allocate {
+            container: Cow::Owned(container.to_owned()),
             offset,
-        };
-        if let Err(e) = self.store.append(&op) {
-            self.pool.release(container);
-            return Err(e);
-        }
-        self.journal_len += 1;
-        // Rewriting the snapshot costs O(allocations): doing it after twice as many
-        // journal lines keeps an allocation O(1) amortised.
-        if self.journal_len
-            >= self
-                .config
-                .compact_journal_after
-                .max(2 * self.pool.allocation_count())
-        {
-            self.save()?;
-        }
-        self.bump();
+        });
         Ok(())
     }
 
@@ -605,15 +778,9 @@ impl<S: Store> Ipam<S> {
         let Some(offset) = self.pool.release(container) else {
             return Ok(None);
         };
-        if let Err(e) = self.store.append(&JournalOp::Release {
-            container: Cow::Borrowed(container),
-        }) {
-            // Not journalled, so not released: put it back as it was.
-            self.pool.restore(container.to_owned(), offset);
-            return Err(e);
-        }
-        self.journal_len += 1;
-        self.bump();
+        self.journal(JournalOp::Release {
+            container: Cow::Owned(container.to_owned()),
+        });
         Ok(Some(address_at(self.range(), offset)))
     }
 
@@ -663,13 +830,13 @@ impl<S: Store> Ipam<S> {
         Ok(donor)
     }
 
-    /// Leaves for good: hands every owned piece to one reachable node (preferring the owner of
-    /// the neighbouring piece, so the ring stays compact) and drops all allocations.
+    /// Leaves for good: hands every owned piece to one reachable node (the one whose space
+    /// it adds the fewest prefixes to, so the ring stays compact) and drops all allocations.
     pub fn leave(&mut self, now: Instant) -> Result<Option<NodeId>> {
         self.check_active()?;
         let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
             self.status = Status::Left;
-            self.save()?;
+            self.save();
             return Ok(None);
         };
         let candidates: Vec<NodeId> = self
@@ -687,13 +854,31 @@ impl<S: Store> Ipam<S> {
         let receiver = if self.pool.owned().is_empty() {
             None
         } else {
+            // The node whose space, with ours added, takes the fewest more prefixes (the
+            // owner of a neighbouring aligned block merges with ours); on a tie the owner of
+            // the piece before ours, then the lowest id.
             let neighbour = self.pool.owned().first().and_then(|first| {
                 let ring = self.ownership();
                 ring.iter().find(|e| e.end == first.start).map(|e| e.owner)
             });
-            let chosen = neighbour
-                .filter(|n| candidates.contains(n))
-                .or_else(|| candidates.first().copied());
+            let ours: Vec<(u32, u32)> =
+                self.pool.owned().iter().map(|p| (p.start, p.end)).collect();
+            let chosen = candidates.iter().copied().min_by_key(|id| {
+                let theirs: Vec<(u32, u32)> = self
+                    .peers
+                    .get(id)
+                    .and_then(|p| p.record.as_ref())
+                    .map(|r| {
+                        r.claims
+                            .iter()
+                            .map(|c| (c.piece.start, c.piece.end))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let before = prefix_count(theirs.iter().copied());
+                let after = prefix_count(theirs.into_iter().chain(ours.iter().copied()));
+                (after.saturating_sub(before), Some(*id) != neighbour)
+            });
             Some(chosen.ok_or(Error::NoPeerToHandTo)?)
         };
         let pieces: Vec<Piece> = self
@@ -709,7 +894,7 @@ impl<S: Store> Ipam<S> {
             let t = self.make_transfer(genesis, to, pieces);
             self.outgoing.push(t.clone());
             self.status = Status::Left;
-            self.save()?;
+            self.save();
             info!(peer = %to.short(), addresses = t.addresses(), "left: handed all address space over");
             self.send(
                 to,
@@ -721,7 +906,7 @@ impl<S: Store> Ipam<S> {
             );
         } else {
             self.status = Status::Left;
-            self.save()?;
+            self.save();
         }
         self.next_retransmit = Some(now + self.config.retransmit_interval);
         Ok(receiver)
@@ -801,11 +986,10 @@ impl<S: Store> Ipam<S> {
         self.peers.remove(&node);
         self.outgoing.retain(|t| t.to != node);
         self.pool.add(&pieces);
-        self.save()?;
+        self.save();
         let addresses: u64 = pieces.iter().map(|p| u64::from(p.len())).sum();
         info!(peer = %node.short(), addresses, "forgot node and took its address space back");
-        self.events
-            .push_back(Event::NodeForgotten { node, by: self.me });
+        self.event(Event::NodeForgotten { node, by: self.me });
         Ok(reclaim)
     }
 
@@ -815,11 +999,19 @@ impl<S: Store> Ipam<S> {
         Transfer::sign(&self.identity, genesis, to, *seq, pieces)
     }
 
+    /// Queues a message; it goes out once the state it follows from is persisted.
     fn send(&mut self, to: NodeId, msg: Message) {
-        self.transmits.push_back(Transmit {
-            to,
-            bytes: msg.encode(),
-        });
+        self.transmits.push_back((
+            self.version,
+            Transmit {
+                to,
+                bytes: msg.encode(),
+            },
+        ));
+    }
+
+    fn event(&mut self, event: Event) {
+        self.events.push_back((self.version, event));
     }
 
     // ----- inputs -----
@@ -914,9 +1106,9 @@ impl<S: Store> Ipam<S> {
             });
         }
         self.genesis = Some(genesis.clone());
-        self.save()?;
+        self.save();
         info!(genesis = %genesis.id, creator = %genesis.creator.short(), "joined the address space");
-        self.events.push_back(Event::GenesisAdopted {
+        self.event(Event::GenesisAdopted {
             genesis: genesis.id,
             creator: genesis.creator,
         });
@@ -932,7 +1124,7 @@ impl<S: Store> Ipam<S> {
         let c = self.conflict_report(theirs.id);
         if first {
             warn!(peer = %from.short(), "{c}");
-            self.events.push_back(Event::Conflict(Box::new(c.clone())));
+            self.event(Event::Conflict(Box::new(c.clone())));
         }
         Error::GenesisConflict(Box::new(c))
     }
@@ -982,7 +1174,7 @@ impl<S: Store> Ipam<S> {
             .get(&t.from)
             .is_some_and(|a| a.contains(t.seq))
         {
-            let record_seq = self.record_seq();
+            let record_seq = self.current_seq();
             self.send(
                 t.from,
                 Message::Ack {
@@ -1002,10 +1194,10 @@ impl<S: Store> Ipam<S> {
         }
         self.accepted.entry(t.from).or_default().insert(t.seq);
         self.pool.add(&t.pieces);
-        self.save()?;
+        self.save();
         let addresses = t.addresses();
         info!(peer = %t.from.short(), addresses, "received address space");
-        let record_seq = self.record_seq();
+        let record_seq = self.current_seq();
         self.send(
             t.from,
             Message::Ack {
@@ -1018,7 +1210,7 @@ impl<S: Store> Ipam<S> {
             self.pending = None;
         }
         self.wants_space = false;
-        self.events.push_back(Event::SpaceReceived {
+        self.event(Event::SpaceReceived {
             from: t.from,
             addresses,
         });
@@ -1040,8 +1232,8 @@ impl<S: Store> Ipam<S> {
             self.pool.clear();
             self.outgoing.clear();
             self.tombstones.insert(rc.forgotten, rc.clone());
-            self.save()?;
-            self.events.push_back(Event::Forgotten { by: rc.by });
+            self.save();
+            self.event(Event::Forgotten { by: rc.by });
             return Ok(());
         }
         if self.tombstones.contains_key(&rc.forgotten) {
@@ -1096,9 +1288,9 @@ impl<S: Store> Ipam<S> {
         }
         self.outgoing.retain(|t| t.to != rc.forgotten);
         self.pool.add(&back);
-        self.save()?;
+        self.save();
         info!(peer = %rc.forgotten.short(), by = %rc.by.short(), "node was forgotten");
-        self.events.push_back(Event::NodeForgotten {
+        self.event(Event::NodeForgotten {
             node: rc.forgotten,
             by: rc.by,
         });
@@ -1150,7 +1342,8 @@ impl<S: Store> Ipam<S> {
         }
     }
 
-    /// Answers a request for space: half of this node's largest free run, from its top end.
+    /// Answers a request for space: one CIDR-aligned block free of allocations (see
+    /// `Pool::gift`), typically the upper half of this node's largest free block.
     fn give(&mut self, to: NodeId, id: u64) -> Result<()> {
         let Some(genesis) = self.genesis.as_ref().map(|g| g.id) else {
             return Err(Error::NoGenesis);
@@ -1175,23 +1368,22 @@ impl<S: Store> Ipam<S> {
                 return Ok(());
             }
         }
-        let run = if self.status == Status::Active {
-            self.pool.largest_free_run()
+        let gift = if self.status == Status::Active {
+            self.pool.gift()
         } else {
             None
         };
-        let Some((start, end)) = run else {
+        let Some((start, end)) = gift else {
             self.send(to, Message::Deny { genesis, id });
             return Ok(());
         };
-        let give = (end - start).div_ceil(2);
-        let pieces = self.pool.take(end - give, end);
+        let pieces = self.pool.take(start, end);
         let t = self.make_transfer(genesis, to, pieces);
         self.outgoing.push(t.clone());
         self.granted.insert(to, (id, t.seq));
-        self.save()?;
+        self.save();
         info!(peer = %to.short(), addresses = t.addresses(), "gave address space");
-        self.events.push_back(Event::SpaceGiven {
+        self.event(Event::SpaceGiven {
             to,
             addresses: t.addresses(),
         });
@@ -1231,7 +1423,7 @@ impl<S: Store> Ipam<S> {
         self.acks
             .retain(|&(n, _), &mut need| n != node || have < need);
         if before != self.outgoing.len() {
-            self.save()?;
+            self.save();
         }
         Ok(())
     }
@@ -1296,14 +1488,22 @@ impl<S: Store> Ipam<S> {
             .min()
     }
 
+    /// The next message, once what it follows from is persisted.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        if self.transmits.front()?.0 > self.persisted {
+            return None;
+        }
+        self.transmits.pop_front().map(|(_, t)| t)
     }
 
+    /// The next event, once what it reports is persisted.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        if self.events.front()?.0 > self.persisted {
+            return None;
+        }
+        self.events.pop_front().map(|(_, e)| e)
     }
 
     // ----- the cluster view -----

@@ -10,7 +10,7 @@
 //! at a *version*. A node allocates single addresses from its own pieces, locally (no network
 //! round trip), and journals each allocation before returning it. A node without free space
 //! asks the reachable node with the most free space (as its record says); that owner gives
-//! half of its largest free run by a signed [`Transfer`]. Ownership only ever moves by the
+//! one CIDR-aligned block of its free space (see "Aligned blocks") by a signed [`Transfer`]. Ownership only ever moves by the
 //! current owner's own act; there is no concurrent claim, so there is nothing to resolve.
 //!
 //! Each node publishes in its (signed) gossip record: the genesis, a record sequence number,
@@ -27,7 +27,8 @@
 //! 1. It owns a piece only by genesis, by applying a signed transfer addressed to it, or by
 //!    an operator's reclaim. Views (possibly stale) decide nothing.
 //! 2. A giver removes the piece from its own state and persists (fsync) *before* it signs and
-//!    sends the transfer. From then on the piece is in exactly one place: the giver's
+//!    sends the transfer (the core holds the grant, and the record that carries the
+//!    transfer, until its driver reports the snapshot written). From then on the piece is in exactly one place: the giver's
 //!    unacknowledged list (in flight; nobody allocates from it) or the receiver's state.
 //! 3. Each transfer carries a per-(giver, receiver) sequence number; the receiver persists
 //!    which ones it applied (`floor` + set), so a replayed or relayed old transfer (from a
@@ -66,8 +67,9 @@
 //!   describe went down with the machine (the store tells a reboot from a daemon crash by
 //!   the boot id; see `store`).
 //! * Leaving ([`Ipam::leave`], `weft reset`) hands every piece to one reachable node — the
-//!   owner of the neighbouring piece when it can, so the ring stays compact — by one signed
-//!   transfer, and drops the allocations.
+//!   one whose space it adds the fewest CIDR prefixes to (the owner of the buddy block, when
+//!   there is one), so the ring stays compact — by one signed transfer, and drops the
+//!   allocations.
 //! * A node gone for good without leaving is the one an operator *forgets*
 //!   ([`Ipam::forget`], `weft forget NODE`, run on any live node): it signs a [`Reclaim`] of
 //!   every piece the ring gives the dead node (including transfers still in flight to it)
@@ -154,6 +156,22 @@
 //! key (not a member key), and ownership certificates whose history is cut by periodic
 //! checkpoints of the ring signed by that key.
 
+//! # Aligned blocks
+//!
+//! Every node's space is routed (one route and one WireGuard allowed IP per CIDR prefix on
+//! every other node) and its containers get the netmask of the prefix their address is in,
+//! so space moves in CIDR-aligned blocks and a node's space stays a few prefixes. A giver
+//! gives one aligned block that holds no allocation: a whole block other than its main one
+//! (the largest block in use; space it was handed by a leaver or took back by a forget)
+//! when one is free and at least a quarter of the alternative; otherwise the largest free
+//! aligned block inside its space (the highest on a tie), or the upper half of its main
+//! block when that is wholly free. The range's network and broadcast addresses do not split
+//! blocks: they are never handed out, by whoever owns them. Adjacent pieces merge in the
+//! pool, so buddies given back merge into the larger block. Allocation fills the main block
+//! first, and [`Ipam::owned_cidrs`] lists it first (the daemon puts its gateway there). The
+//! second node of a `/12` cluster owns the upper `/13`, the first keeps the lower one; in the
+//! 1,000-node simulation with joins, leaves and forgets, gossip/README.md has the numbers.
+//!
 //! # Compactness
 //!
 //! Pieces are merged with their neighbours (the merged piece takes the highest version: only
@@ -168,9 +186,16 @@
 //! Inputs take `now: Instant`: [`Ipam::handle_record`] (the `ipam` field of a peer's record,
 //! whenever a newer one arrives, including records of dead nodes relayed by others),
 //! [`Ipam::handle_message`], [`Ipam::set_reachable`] (from membership), and
-//! [`Ipam::handle_timeout`] at [`Ipam::poll_timeout`]. Outputs: [`Ipam::poll_transmit`]
-//! (direct messages), [`Ipam::poll_event`], and [`Ipam::record`] to republish whenever
-//! [`Ipam::record_seq`] changed. Randomness (genesis id, request ids) comes from the seed.
+//! [`Ipam::handle_timeout`] at [`Ipam::poll_timeout`]. Outputs, in this order:
+//! [`Ipam::poll_persist`] (write it with [`Store::write`], one at a time, then report
+//! [`Ipam::persisted`] or [`Ipam::persist_failed`]), [`Ipam::poll_transmit`] (direct
+//! messages), [`Ipam::poll_event`], and [`Ipam::record`] to republish whenever
+//! [`Ipam::record_seq`] changed and [`Ipam::record_ready`]. The core does no IO: messages and
+//! events wait until the state they follow from is written, and an `allocate` or `release`
+//! is to be answered only once [`Ipam::persisted_version`] reaches the
+//! [`Ipam::state_version`] it left. [`Ipam::open`] takes what [`Store::load`] read;
+//! [`Ipam::open_store`] and [`Ipam::persist_to`] do both synchronously (tests, simulator).
+//! Randomness (genesis id, request ids) comes from the seed.
 //! [`sim`] runs many cores over a simulated network for the property tests and benchmark.
 
 mod core;
@@ -189,7 +214,8 @@ pub use error::{Error, GenesisConflict, GenesisSide, Result};
 pub use record::{Claim, Message, Record, Status, MAX_RECORD_BYTES};
 pub use statement::{Genesis, GenesisId, Piece, Reclaim, Transfer};
 pub use store::{
-    Accepted, FileStore, JournalOp, MemoryStore, PersistedState, PersistedStatus, Store,
+    Accepted, FileStore, JournalOp, MemoryStore, Persist, PersistOp, PersistedState,
+    PersistedStatus, Store,
 };
 pub use view::{
     ClashReport, DisputeReport, GenesisReport, IpamReport, NodeReport, PieceReport, RingEntry,

@@ -165,23 +165,29 @@ impl Pool {
         Some(offset)
     }
 
-    /// First free offset at or after the cursor, wrapping around once.
+    /// First free offset at or after the cursor, wrapping around once, over the owned blocks
+    /// in [`Pool::blocks_by_preference`] order: the main block first, so that a node's
+    /// containers share one prefix (and netmask) while it has room.
     fn find_free(&self) -> Option<u32> {
         if self.free_count() == 0 {
             return None;
         }
-        let first = self.owned.partition_point(|p| p.end <= self.cursor);
-        let n = self.owned.len();
+        let blocks = self.blocks_by_preference();
+        let n = blocks.len();
+        let Some(first) = blocks
+            .iter()
+            .position(|&(s, len)| s <= self.cursor && self.cursor - s < len)
+        else {
+            return blocks
+                .iter()
+                .find_map(|&(s, len)| self.first_free_in(s, s + len));
+        };
         for k in 0..=n {
-            let p = self.owned[(first + k) % n];
-            // Only the piece the cursor points into starts at the cursor; the others (and
+            let (s, len) = blocks[(first + k) % n];
+            // Only the block the cursor points into starts at the cursor; the others (and
             // the wrap-around) start at their beginning.
-            let from = if k == 0 && first < n {
-                p.start.max(self.cursor)
-            } else {
-                p.start
-            };
-            if let Some(offset) = self.first_free_in(from, p.end) {
+            let from = if k == 0 { self.cursor } else { s };
+            if let Some(offset) = self.first_free_in(from, s + len) {
                 return Some(offset);
             }
         }
@@ -208,31 +214,101 @@ impl Pool {
         (candidate < end && !self.reserved(candidate)).then_some(candidate)
     }
 
-    /// The longest run of free addresses (no allocation, no reserved address) inside one
-    /// owned piece: the candidate for giving space away.
-    pub(crate) fn largest_free_run(&self) -> Option<(u32, u32)> {
-        let mut best: Option<(u32, u32)> = None;
-        let mut consider = |s: u32, e: u32| {
-            if e > s && best.is_none_or(|(bs, be)| e - s > be - bs) {
-                best = Some((s, e));
-            }
+    /// The owned space as maximal CIDR-aligned blocks `(start, len)`, in address order
+    /// (offsets are aligned as addresses are: the range is itself a CIDR block).
+    pub(crate) fn blocks(&self) -> Vec<(u32, u32)> {
+        self.owned
+            .iter()
+            .flat_map(|p| aligned_blocks(p.start, p.end))
+            .collect()
+    }
+
+    fn has_used(&self, start: u32, len: u32) -> bool {
+        self.used.range(start..start + len).next().is_some()
+    }
+
+    /// The main block: the largest block that has addresses in use (it holds the node's
+    /// gateway and containers), or the largest block if none has; the lowest on a tie.
+    fn primary(&self, blocks: &[(u32, u32)]) -> Option<(u32, u32)> {
+        let largest = |it: &mut dyn Iterator<Item = (u32, u32)>| {
+            it.max_by_key(|&(s, len)| (len, std::cmp::Reverse(s)))
         };
-        for p in &self.owned {
-            let mut s = p.start;
-            let blockers = self.used.range(p.start..p.end).copied().chain(
-                [0, self.size - 1]
-                    .into_iter()
-                    .filter(|r| (p.start..p.end).contains(r)),
-            );
-            let mut blockers: Vec<u32> = blockers.collect();
-            blockers.sort_unstable();
-            for b in blockers {
-                consider(s, b);
-                s = b + 1;
+        largest(
+            &mut blocks
+                .iter()
+                .copied()
+                .filter(|&(s, len)| self.has_used(s, len)),
+        )
+        .or_else(|| largest(&mut blocks.iter().copied()))
+    }
+
+    /// The owned blocks, the main one first, then the others in address order: the order
+    /// allocation tries them in, and the order of `Ipam::owned_cidrs`.
+    pub(crate) fn blocks_by_preference(&self) -> Vec<(u32, u32)> {
+        let mut blocks = self.blocks();
+        if let Some(primary) = self.primary(&blocks) {
+            if let Some(i) = blocks.iter().position(|&b| b == primary) {
+                blocks[..=i].rotate_right(1);
             }
-            consider(s, p.end);
         }
-        best
+        blocks
+    }
+
+    /// Whether `[start, start + len)` has an address that may be handed out at all.
+    fn allocatable(&self, start: u32, len: u32) -> bool {
+        len >= 2 || (start != 0 && start != self.size - 1)
+    }
+
+    /// What to give a node that asks for space, as `[start, end)`: always one CIDR-aligned
+    /// block free of allocations (the range's network and broadcast addresses do not count:
+    /// the receiver never hands them out either), so that every node's space stays a few
+    /// prefixes. A whole block other than the main one, when one is free and at least a
+    /// quarter of the alternative (this gets rid of space a node was handed on leaving or
+    /// took back by a forget); otherwise the largest free aligned block inside the owned
+    /// space, the highest on a tie, or the upper half of it when it is a whole block (the
+    /// main one, wholly free: the giver keeps half).
+    pub(crate) fn gift(&self) -> Option<(u32, u32)> {
+        let mut blocks = self.blocks();
+        let primary = self.primary(&blocks)?;
+        let whole = blocks
+            .iter()
+            .copied()
+            .filter(|&b| b != primary && !self.has_used(b.0, b.1) && self.allocatable(b.0, b.1))
+            .max_by_key(|&(s, len)| (len, s));
+        // The largest free aligned block, from the gaps between allocations.
+        blocks.sort_unstable_by_key(|&(s, len)| (std::cmp::Reverse(len), s));
+        let mut best: Option<(u32, u32)> = None;
+        let better = |best: Option<(u32, u32)>, (s, len): (u32, u32)| {
+            best.is_none_or(|(bs, blen)| (len, s) > (blen, bs))
+        };
+        for &(start, len) in &blocks {
+            if best.is_some_and(|(_, blen)| blen > len) {
+                break;
+            }
+            let end = start + len;
+            let mut gap = start;
+            for u in self.used.range(start..end).copied().chain([end]) {
+                for b in aligned_blocks(gap, u) {
+                    if self.allocatable(b.0, b.1) && better(best, b) {
+                        best = Some(b);
+                    }
+                }
+                gap = u + 1;
+            }
+        }
+        let best = best.map(|(s, len)| {
+            if blocks.contains(&(s, len)) && len >= 2 {
+                (s + len / 2, len / 2)
+            } else {
+                (s, len)
+            }
+        });
+        let chosen = match (whole, best) {
+            (Some(w), Some(b)) if w.1.saturating_mul(4) >= b.1 => w,
+            (Some(w), None) => w,
+            (_, b) => b?,
+        };
+        Some((chosen.0, chosen.0 + chosen.1))
     }
 
     /// Removes `[start, end)` (which must be owned and free) and returns it as pieces with
@@ -269,6 +345,46 @@ impl Pool {
         self.owned = kept;
         given
     }
+}
+
+/// `[start, end)` as maximal CIDR-aligned blocks `(start, len)`, in address order.
+pub(crate) fn aligned_blocks(start: u32, end: u32) -> impl Iterator<Item = (u32, u32)> {
+    let mut at = u64::from(start);
+    let end = u64::from(end);
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        // The largest power of two that `at` is aligned to and that fits before `end`.
+        let mut len = if at == 0 {
+            1u64 << 32
+        } else {
+            at & at.wrapping_neg()
+        };
+        while at + len > end {
+            len >>= 1;
+        }
+        let block = (at as u32, len as u32);
+        at += len;
+        Some(block)
+    })
+}
+
+/// How many CIDR prefixes the union of `pieces` (offsets `[start, end)`) takes.
+pub(crate) fn prefix_count(pieces: impl IntoIterator<Item = (u32, u32)>) -> usize {
+    let mut ranges: Vec<(u32, u32)> = pieces.into_iter().filter(|(s, e)| s < e).collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(last) if last.1 >= s => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(s, e)| aligned_blocks(s, e).count())
+        .sum()
 }
 
 #[cfg(test)]
@@ -329,7 +445,8 @@ mod tests {
             Some(18),
             "freed 16 is not reused at once"
         );
-        assert_eq!(pool.largest_free_run(), Some((64, 80)));
+        // A whole free block that is not the main one ([16, 32), in use) goes first.
+        assert_eq!(pool.gift(), Some((64, 80)));
         let given = pool.take(72, 80);
         assert_eq!(
             given,
@@ -355,5 +472,74 @@ mod tests {
             ]
         );
         assert!(!pool.owns(75));
+    }
+
+    #[test]
+    fn aligned_blocks_and_prefix_counts() {
+        let blocks: Vec<(u32, u32)> = aligned_blocks(1, 15).collect();
+        assert_eq!(blocks, [(1, 1), (2, 2), (4, 4), (8, 4), (12, 2), (14, 1)]);
+        assert_eq!(
+            aligned_blocks(0, 1 << 20).collect::<Vec<_>>(),
+            [(0, 1 << 20)]
+        );
+        assert_eq!(prefix_count([(0, 8), (8, 16)]), 1, "buddies merge");
+        assert_eq!(
+            prefix_count([(8, 16), (16, 24)]),
+            2,
+            "neighbours that are not buddies"
+        );
+        assert_eq!(prefix_count([]), 0);
+    }
+
+    #[test]
+    fn gifts_are_aligned_blocks_and_reserved_addresses_do_not_split_them() {
+        // The seed: the upper half of the whole range, broadcast address included.
+        let pool = pool_with(1 << 20, &[(0, 1 << 20)]);
+        assert_eq!(pool.gift(), Some((1 << 19, 1 << 20)));
+        // A joiner with its gateway at the first address of its block: the upper half.
+        let mut pool = pool_with(1 << 20, &[(1 << 19, 1 << 20)]);
+        assert_eq!(pool.allocate("gw"), Some(1 << 19));
+        assert_eq!(pool.gift(), Some((3 << 18, 1 << 20)));
+        // Allocations high up: the largest free aligned block below them, not a run.
+        let mut pool = pool_with(256, &[(0, 64)]);
+        for c in 0..40 {
+            pool.allocate(&format!("c{c}"));
+        }
+        // 1..=40 used: [48, 64) is the largest free aligned block; [41, 48) is not aligned.
+        assert_eq!(pool.gift(), Some((48, 64)));
+        // A whole free block besides the main one is given first, unless it is tiny.
+        let mut pool = pool_with(256, &[(0, 64), (128, 160)]);
+        pool.allocate("a");
+        assert_eq!(pool.gift(), Some((128, 160)));
+        let mut pool = pool_with(256, &[(0, 64), (128, 132)]);
+        pool.allocate("a");
+        assert_eq!(
+            pool.gift(),
+            Some((32, 64)),
+            "a /30 is less than a quarter of 32"
+        );
+        // The range's broadcast address alone is worth nothing.
+        let pool = pool_with(256, &[(255, 256)]);
+        assert_eq!(pool.gift(), None);
+    }
+
+    #[test]
+    fn allocation_fills_the_main_block_first() {
+        // [64, 128) is the largest; the small block below it is used only once it is full.
+        let mut pool = pool_with(256, &[(16, 20), (64, 128)]);
+        assert_eq!(pool.blocks_by_preference(), [(64, 64), (16, 4)]);
+        assert_eq!(pool.allocate("a"), Some(64));
+        for c in 0..63 {
+            pool.allocate(&format!("c{c}"));
+        }
+        assert_eq!(pool.allocate("next"), Some(16));
+        // The main block is the largest one in use, so a larger free block received later
+        // does not take its place.
+        pool.add(&[Piece {
+            start: 128,
+            end: 256,
+            version: 1,
+        }]);
+        assert_eq!(pool.blocks_by_preference()[0], (64, 64));
     }
 }

@@ -28,7 +28,7 @@ pub struct SimNode {
     identity: Arc<IdentityKey>,
     pub store: MemoryStore,
     /// `None` while crashed (or after it left or was forgotten).
-    pub ipam: Option<Ipam<MemoryStore>>,
+    pub ipam: Option<Ipam>,
     /// Left or forgotten: it never comes back with this identity.
     pub gone: bool,
     /// Latest record bytes known per node (including its own).
@@ -124,9 +124,9 @@ impl Sim {
         self.rng.fill(&mut seed);
         let identity = Arc::new(IdentityKey::from_seed(&seed));
         let id = identity.node_id();
-        let store = MemoryStore::new();
+        let mut store = MemoryStore::new();
         let s = self.next_seed();
-        let ipam = Ipam::open(identity.clone(), self.config.clone(), store.clone(), s)
+        let ipam = Ipam::open_store(identity.clone(), self.config.clone(), &mut store, s)
             .expect("a fresh in-memory store opens");
         self.nodes.push(SimNode {
             id,
@@ -150,7 +150,7 @@ impl Sim {
         self.index.get(id).copied()
     }
 
-    pub fn ipam(&mut self, i: usize) -> Option<&mut Ipam<MemoryStore>> {
+    pub fn ipam(&mut self, i: usize) -> Option<&mut Ipam> {
         self.nodes.get_mut(i)?.ipam.as_mut()
     }
 
@@ -164,6 +164,9 @@ impl Sim {
 
     pub fn crash(&mut self, i: usize) {
         self.topology += 1;
+        // The callers of `Sim::ipam` act on an answer at once; a daemon answers only once it
+        // is persisted. So what they were told is on disk before the crash.
+        self.persist(i);
         let node = &mut self.nodes[i];
         if let Some(ipam) = node.ipam.take() {
             node.frozen = Some((ipam.owned().to_vec(), ipam.allocations()));
@@ -184,10 +187,10 @@ impl Sim {
         if node.ipam.is_some() {
             return Ok(());
         }
-        let ipam = Ipam::open(
+        let ipam = Ipam::open_store(
             node.identity.clone(),
             self.config.clone(),
-            node.store.clone(),
+            &mut node.store,
             s,
         )?;
         node.ipam = Some(ipam);
@@ -310,8 +313,19 @@ impl Sim {
         self.loss > 0.0 && self.rng.gen_bool(self.loss.min(1.0))
     }
 
-    /// Moves the core's transmits into the network.
+    /// Writes what node i's core asks to persist (as its driver does before anything else).
+    fn persist(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(ipam) = node.ipam.as_mut() {
+            if let Err(e) = ipam.persist_to(&mut node.store) {
+                self.unexpected.push(format!("node {i} persisting: {e}"));
+            }
+        }
+    }
+
+    /// Persists, then moves the core's transmits into the network.
     fn flush(&mut self, i: usize) {
+        self.persist(i);
         let due = self.now + self.tick;
         let mut out = Vec::new();
         if let Some(ipam) = self.nodes[i].ipam.as_mut() {
@@ -336,6 +350,7 @@ impl Sim {
 
     /// Puts node i's current record into its own gossip cache.
     fn publish(&mut self, i: usize) {
+        self.persist(i);
         let node = &mut self.nodes[i];
         let Some(ipam) = node.ipam.as_ref() else {
             return;
@@ -605,6 +620,17 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// The most CIDR prefixes any live node's space takes now (what every other node routes
+    /// to it and puts in its WireGuard allowed IPs).
+    pub fn max_prefixes(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| !n.gone)
+            .filter_map(|n| Some(n.ipam.as_ref()?.owned_cidrs().len()))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Largest record any live node publishes now.

@@ -7,7 +7,8 @@
 //!   after the rename, before anyone is told: a lost snapshot could make this node reuse
 //!   space it gave away.
 //! * Each allocation or release is one `write(2)` of one journal line, to the journal kept
-//!   open in append mode, before `allocate`/`release` returns. From then on the line is in the
+//!   open in append mode, before it is answered (the core hands the lines out with
+//!   `Ipam::poll_persist`; the daemon answers once they are written). From then on the line is in the
 //!   kernel: a crash or `kill -9` of the daemon loses nothing (no user-space buffer), and the
 //!   same container gets the same address back after the restart.
 //! * Journal lines are not fsynced (a disk flush per container would cap allocations at the
@@ -120,8 +121,27 @@ impl JournalOp<'_> {
     }
 }
 
-/// Where the IPAM core keeps its state. Calls are synchronous: the core only tells others
-/// about a change after `save` returned.
+/// What the IPAM core asks its driver to persist ([`crate::ipam::Ipam::poll_persist`]).
+/// The driver writes it (a [`Store::write`], off the async runtime's workers), then tells
+/// the core [`crate::ipam::Ipam::persisted`] with its `version`; until then the core holds
+/// back every output that depends on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Persist {
+    /// Everything the core changed up to this version is in it (with what came before).
+    pub version: u64,
+    pub op: PersistOp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PersistOp {
+    /// Ownership changed: replace the snapshot, durably (it supersedes the journal).
+    Snapshot(Box<PersistedState>),
+    /// Allocations and releases since the last snapshot or batch, in order.
+    Journal(Vec<JournalOp<'static>>),
+}
+
+/// Where a node keeps its IPAM state: the driver loads it for [`crate::ipam::Ipam::open`]
+/// and writes what the core asks for ([`Store::write`]).
 pub trait Store {
     /// The last snapshot and the journal written after it, or `None` for a fresh node.
     fn load(&mut self) -> Result<Option<(PersistedState, Vec<JournalOp<'static>>)>>;
@@ -129,6 +149,13 @@ pub trait Store {
     fn save(&mut self, state: &PersistedState) -> Result<()>;
     /// Append one allocation or release.
     fn append(&mut self, op: &JournalOp<'_>) -> Result<()>;
+    /// Carry out one [`Persist`] of the core.
+    fn write(&mut self, persist: &Persist) -> Result<()> {
+        match &persist.op {
+            PersistOp::Snapshot(state) => self.save(state),
+            PersistOp::Journal(ops) => ops.iter().try_for_each(|op| self.append(op)),
+        }
+    }
 }
 
 /// A store in memory, for tests and the simulator. Clones share the same contents, so a

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use ipnet::Ipv4Net;
 use tracing::info;
-use weft_gossip::ipam::{self, Store};
+use weft_gossip::ipam;
 use weft_gossip::{MemberInfo, NodeId};
 
 use super::{Node, BRIDGE, GATEWAY_ID};
@@ -17,13 +17,21 @@ use crate::daemon::api::{
 };
 use crate::daemon::view;
 
-impl<S: Store> Node<S> {
-    /// Answer an API request. `wall` is the wall clock, for the age of handshakes.
-    /// `Request::Reset` is the loop's to run ([`Node::hand_over`], [`Node::leave`]).
+impl Node {
+    /// Answer an API request (`id` names it in [`Node::poll_answer`]). `wall` is the wall
+    /// clock, for the age of handshakes. An allocation, a release or a forget is answered
+    /// only once the IPAM state it changed (or found) is persisted: an address handed to a
+    /// container is on disk before the container hears of it. `Request::Reset` is the
+    /// loop's to run ([`Node::hand_over`], [`Node::leave`]).
     ///
     /// [`Node::hand_over`]: super::Node::hand_over
     /// [`Node::leave`]: super::Node::leave
-    pub fn handle_request(&mut self, now: Instant, wall: SystemTime, request: Request) -> Response {
+    /// [`Node::poll_answer`]: super::Node::poll_answer
+    pub fn handle_request(&mut self, now: Instant, wall: SystemTime, id: u64, request: Request) {
+        let durable = matches!(
+            request,
+            Request::Allocate { .. } | Request::Release { .. } | Request::Forget { .. }
+        );
         let result = match request {
             Request::Status => Ok(Response::Status {
                 ok: true,
@@ -50,9 +58,14 @@ impl<S: Store> Node<S> {
             | Request::Detach { .. } => Err("pod requests are handled by the pods layer".into()),
         };
         let response = result.unwrap_or_else(|error| Response::Error { ok: false, error });
+        let version = self.ipam.state_version();
+        if durable && version > self.ipam.persisted_version() {
+            self.held.push((version, id, response));
+        } else {
+            self.answers.push_back((id, response));
+        }
         // An allocation or a forget changes the IPAM record and the ring.
         self.process(now);
-        response
     }
 
     /// The IPAM core's report, with the name of every node this node knows beside it.
@@ -108,9 +121,10 @@ impl<S: Store> Node<S> {
             Err(e) => return Err(e.to_string()),
         };
         let cidrs = self.ipam.owned_cidrs();
-        let (Some(first), Some(block)) =
-            (cidrs.first(), cidrs.iter().find(|c| c.contains(&address)))
-        else {
+        let (Some(main), Some(block)) = (
+            self.main_space(),
+            cidrs.iter().find(|c| c.contains(&address)),
+        ) else {
             return Err(format!(
                 "address {address} is not in this node's space (internal error)"
             ));
@@ -122,7 +136,7 @@ impl<S: Store> Node<S> {
             allocation: Allocation {
                 container: container.to_string(),
                 address,
-                gateway: first.network(),
+                gateway: main.network(),
                 cluster_range: self.config.range,
                 bridge: BRIDGE.to_string(),
                 mtu: self.config.mtu,
@@ -250,7 +264,7 @@ impl<S: Store> Node<S> {
         } else {
             "starting".into()
         };
-        let space = self.ipam.owned_cidrs();
+        let space = self.local_spaces();
         let joined = self.config.seeds.is_empty() || self.core.num_members() > 0;
         // The view's peers: every member that has not left for good.
         let peers_total = states.values().filter(|s| **s != PeerState::Left).count();

@@ -13,8 +13,14 @@
 //!    [`Node::hand_over`] (`weft reset`) then [`Node::leave`], each until [`Node::done`];
 //! 2. after each input, the outputs, in this order: [`Node::poll_journal`] (write each one
 //!    to the members journal and give the result to [`Node::handle_journal_result`], which
-//!    may queue more), [`Node::poll_transmit`] (send), [`Node::local_version`] (persist),
-//!    [`Node::poll_view`] (publish to the datapath); then sleep until [`Node::poll_timeout`].
+//!    may queue more), [`Node::poll_ipam_persist`] (write it off the async workers, one at a
+//!    time, and give the result to [`Node::handle_ipam_persisted`]), [`Node::poll_answer`]
+//!    (answer the API request with that id), [`Node::poll_transmit`] (send),
+//!    [`Node::local_version`] (persist), [`Node::poll_view`] (publish to the datapath); then
+//!    sleep until [`Node::poll_timeout`] or the write's end.
+//!
+//! An allocation (release, forget) is answered only once the IPAM state it changed is
+//! written: the address a container gets survives a `kill -9` of the daemon.
 //!
 //! The journal comes first because a member's newer record reaches the IPAM core only once
 //! every journal write asked for was done (or failed): what the IPAM core acts on is on
@@ -36,9 +42,10 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use tracing::{debug, error, info, info_span, warn};
 use weft_gossip::frame::{self, Channel};
-use weft_gossip::ipam::{self, Ipam, Store};
+use weft_gossip::ipam::{self, Ipam, Persist};
 use weft_gossip::{Event, LeaveReason, Membership, NodeId, TransmitKind};
 
+use super::api::Response;
 use super::members::{JournalEntry, JournalWrite};
 use super::view::{self, DatapathReport, LocalNode, MeshView};
 use journal::Journal;
@@ -63,6 +70,8 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 pub const GATEWAY_ID: &str = "weft:gateway";
 /// The bridge containers attach to.
 const BRIDGE: &str = "weft";
+/// How long after a failed write of the IPAM state it is tried again.
+const PERSIST_RETRY: Duration = Duration::from_secs(1);
 
 /// Facts about this node that the cores do not hold.
 #[derive(Debug, Clone)]
@@ -112,9 +121,9 @@ enum Phase {
 
 /// See the module documentation for how to drive it.
 #[derive(Debug)]
-pub struct Node<S: Store> {
+pub struct Node {
     core: Membership,
-    ipam: Ipam<S>,
+    ipam: Ipam,
     config: NodeConfig,
     phase: Phase,
     received: u64,
@@ -146,16 +155,24 @@ pub struct Node<S: Store> {
     join_at: Instant,
     join_delay: Duration,
     transmits: std::collections::VecDeque<Transmit>,
+    /// Answers to API requests, by request id, ready to go.
+    answers: std::collections::VecDeque<(u64, Response)>,
+    /// Answers that wait until the IPAM state version they depend on is persisted.
+    held: Vec<(u64, u64, Response)>,
+    /// The IPAM state version being written by the loop.
+    persisting: Option<u64>,
+    /// After a failed write: when to try again.
+    persist_retry_at: Option<Instant>,
     /// The view last handed out by [`Node::poll_view`].
     published: Option<MeshView>,
 }
 
-impl<S: Store> Node<S> {
+impl Node {
     /// A node around its cores, starting from the members the journal gave back.
     pub fn new(
         config: NodeConfig,
         mut core: Membership,
-        ipam: Ipam<S>,
+        ipam: Ipam,
         restored: Vec<JournalEntry>,
         now: Instant,
     ) -> Self {
@@ -197,6 +214,10 @@ impl<S: Store> Node<S> {
             join_at: now,
             join_delay: JOIN_RETRY_FIRST,
             transmits: std::collections::VecDeque::new(),
+            answers: std::collections::VecDeque::new(),
+            held: Vec::new(),
+            persisting: None,
+            persist_retry_at: None,
             published: None,
         }
     }
@@ -305,6 +326,48 @@ impl<S: Store> Node<S> {
         self.datapath_failed = Some(error);
     }
 
+    /// The result of the write of the IPAM state that [`Node::poll_ipam_persist`] handed
+    /// out. On success what waited for it goes out; on failure the answers that waited get
+    /// the error (a retry of the same request is answered the same), and the whole state is
+    /// written again a second later.
+    pub fn handle_ipam_persisted(
+        &mut self,
+        now: Instant,
+        version: u64,
+        result: Result<(), String>,
+    ) {
+        self.persisting = None;
+        match result {
+            Ok(()) => {
+                self.persist_retry_at = None;
+                self.ipam.persisted(version);
+                let done = self.ipam.persisted_version();
+                let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|(v, _, _)| *v <= done);
+                self.held = held;
+                self.answers
+                    .extend(ready.into_iter().map(|(_, id, response)| (id, response)));
+            }
+            Err(e) => {
+                error!(error = %e, "cannot write the address space state; retrying in a second");
+                self.ipam.persist_failed();
+                self.persist_retry_at = Some(now + PERSIST_RETRY);
+                let error = format!("cannot write the address space state: {e}");
+                for (_, id, _) in std::mem::take(&mut self.held) {
+                    self.answers.push_back((
+                        id,
+                        Response::Error {
+                            ok: false,
+                            error: error.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        self.process(now);
+    }
+
     /// The result of the oldest write [`Node::poll_journal`] handed out. Once every write
     /// is answered, the IPAM core gets what the members said.
     pub fn handle_journal_result(&mut self, now: Instant, result: Result<(), String>) {
@@ -355,6 +418,26 @@ impl<S: Store> Node<S> {
         self.transmits.pop_front()
     }
 
+    /// The next write of the IPAM state (one at a time): carry it out off the async
+    /// runtime's workers, then give the result to [`Node::handle_ipam_persisted`]. Until then
+    /// nothing that depends on it goes out: no IPAM message, no record, no answer to an
+    /// allocation.
+    #[must_use]
+    pub fn poll_ipam_persist(&mut self, now: Instant) -> Option<Persist> {
+        if self.persisting.is_some() || self.persist_retry_at.is_some_and(|t| now < t) {
+            return None;
+        }
+        let p = self.ipam.poll_persist()?;
+        self.persisting = Some(p.version);
+        Some(p)
+    }
+
+    /// The answer to the request with this id, once it may be given.
+    #[must_use]
+    pub fn poll_answer(&mut self) -> Option<(u64, Response)> {
+        self.answers.pop_front()
+    }
+
     /// The view for the datapath, when it changed since the last call.
     #[must_use]
     pub fn poll_view(&mut self) -> Option<MeshView> {
@@ -384,6 +467,9 @@ impl<S: Store> Node<S> {
         }
         if let Phase::HandingOver { until } | Phase::Leaving { until } = self.phase {
             wake = wake.min(until);
+        }
+        if let Some(t) = self.persist_retry_at {
+            wake = wake.min(t);
         }
         wake
     }
@@ -522,13 +608,45 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// This node's gateway (the first address of its first piece) must never go to a
-    /// container: hold it under [`GATEWAY_ID`]. The allocator is next-fit from the lowest
-    /// owned address, so the first allocation in fresh space is the gateway. The range's
-    /// network address (the gateway of the node that started the cluster) is never handed
-    /// out anyway, so it is not held.
+    /// The block of this node's space that holds its gateway (the bridge's address and
+    /// prefix): the one the gateway is already the first address of, so that it does not
+    /// move under running pods when other space comes or goes, else the core's main block
+    /// (the largest one in use: where allocation looks first, so pods share its netmask).
+    pub(super) fn main_space(&self) -> Option<Ipv4Net> {
+        let cidrs = self.ipam.owned_cidrs();
+        self.gateway
+            .and_then(|g| cidrs.iter().find(|c| c.network() == g))
+            .or(cidrs.first())
+            .copied()
+    }
+
+    /// This node's space as CIDR blocks, the gateway's block first (the datapath puts the
+    /// gateway on the bridge from the first one and routes the others).
+    pub(super) fn local_spaces(&self) -> Vec<Ipv4Net> {
+        let mut cidrs = self.ipam.owned_cidrs();
+        if let Some(main) = self.main_space() {
+            if let Some(i) = cidrs.iter().position(|c| *c == main) {
+                cidrs[..=i].rotate_right(1);
+            }
+        }
+        cidrs
+    }
+
+    /// This node's gateway (the first address of its main block, see [`Node::main_space`])
+    /// must never go to a container: hold it under [`GATEWAY_ID`]. The range's network
+    /// address (the gateway of the node that started the cluster) is never handed out
+    /// anyway, so it is not held.
     fn reserve_gateway(&mut self, now: Instant) {
-        let Some(gateway) = self.ipam.owned_cidrs().first().map(Ipv4Net::network) else {
+        if self.gateway.is_none() {
+            // After a restart: the gateway held before, if any, stays the gateway.
+            self.gateway = self
+                .ipam
+                .allocations()
+                .into_iter()
+                .find(|(c, _)| c == GATEWAY_ID)
+                .map(|(_, a)| a);
+        }
+        let Some(gateway) = self.main_space().map(|s| s.network()) else {
             return;
         };
         if self.gateway == Some(gateway) {
@@ -550,14 +668,10 @@ impl<S: Store> Node<S> {
                 warn!(%gateway, container = other, "this node's gateway address is held by a container")
             }
             None => {
-                // A gateway held for an older first piece is given back first.
+                // A gateway held for an older main block is given back first.
                 let _ = self.ipam.release(GATEWAY_ID);
-                match self.ipam.allocate(now, GATEWAY_ID) {
-                    Ok(a) if a == gateway => debug!(%gateway, "gateway address reserved"),
-                    Ok(a) => {
-                        warn!(%gateway, got = %a, "could not reserve the gateway address");
-                        let _ = self.ipam.release(GATEWAY_ID);
-                    }
+                match self.ipam.allocate_address(now, GATEWAY_ID, gateway) {
+                    Ok(_) => debug!(%gateway, "gateway address reserved"),
                     Err(e) => warn!(%gateway, error = %e, "could not reserve the gateway address"),
                 }
             }
@@ -570,8 +684,9 @@ impl<S: Store> Node<S> {
         if self.core.has_left() {
             return;
         }
+        // A record shows only what is on disk (the IPAM core's ownership is persisted).
         let seq = self.ipam.record_seq();
-        let ipam_bytes = if self.published_seq != Some(seq) {
+        let ipam_bytes = if self.ipam.record_ready() && self.published_seq != Some(seq) {
             Some(self.ipam.record().unwrap_or_default())
         } else {
             None
@@ -603,7 +718,9 @@ impl<S: Store> Node<S> {
                 return;
             }
         }
-        self.published_seq = Some(seq);
+        if self.ipam.record_ready() {
+            self.published_seq = Some(seq);
+        }
     }
 
     /// The WireGuard endpoint others may reach us at through NAT: the address the last peer
@@ -647,7 +764,7 @@ impl<S: Store> Node<S> {
             node_id: record.node_id,
             name: record.name.clone(),
             wg_port: self.config.wg_port,
-            spaces: self.ipam.owned_cidrs(),
+            spaces: self.local_spaces(),
         };
         view::build(
             local,

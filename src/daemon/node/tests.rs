@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use weft_crypto::{IdentityKey, WgPublicKey};
-use weft_gossip::ipam::{IpamConfig, MemoryStore};
+use weft_gossip::ipam::{IpamConfig, MemoryStore, PersistOp, Store};
 use weft_gossip::{NodeRecord, VerifiedRecord};
 
 use super::*;
@@ -33,7 +33,7 @@ enum Output {
 
 #[derive(Debug)]
 struct TestNode {
-    node: Node<MemoryStore>,
+    node: Node,
     id: NodeId,
     addr: SocketAddr,
     /// The IPAM store, shared with the core: a restart starts from it.
@@ -44,6 +44,10 @@ struct TestNode {
     down: bool,
     /// Journal writes stay queued until the test answers them.
     hold_journal: bool,
+    /// Writes of the IPAM state stay unanswered until the test does them.
+    hold_persist: bool,
+    /// Answers given, by request id.
+    answers: BTreeMap<u64, Response>,
 }
 
 #[derive(Debug)]
@@ -54,6 +58,7 @@ struct Net {
     nodes: BTreeMap<u8, TestNode>,
     /// (delivery time, sender address, sender id, destination, bytes), in send order.
     in_flight: Vec<(Instant, SocketAddr, NodeId, SocketAddr, Vec<u8>)>,
+    next_request: u64,
 }
 
 fn addr(index: u8) -> SocketAddr {
@@ -64,13 +69,8 @@ fn wg_endpoint(index: u8) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, index)), 6784)
 }
 
-/// Node `index`'s parts: its core (version `version`) and IPAM core on `store`.
-fn parts(
-    index: u8,
-    version: u64,
-    store: MemoryStore,
-    now: Instant,
-) -> (Membership, Ipam<MemoryStore>) {
+/// Node `index`'s parts: its core (version `version`) and IPAM core from `store`.
+fn parts(index: u8, version: u64, mut store: MemoryStore, now: Instant) -> (Membership, Ipam) {
     let key = IdentityKey::from_seed(&[index; 32]);
     let mut record = NodeRecord::new(
         key.node_id(),
@@ -86,8 +86,9 @@ fn parts(
     };
     let core = Membership::new(gossip, key, record, now).expect("core");
     let identity = Arc::new(IdentityKey::from_seed(&[index; 32]));
+    let loaded = store.load().expect("load");
     let ipam =
-        Ipam::open(identity, IpamConfig::new(range()), store, u64::from(index)).expect("ipam");
+        Ipam::open(identity, IpamConfig::new(range()), loaded, u64::from(index)).expect("ipam");
     (core, ipam)
 }
 
@@ -113,6 +114,7 @@ impl Net {
             wall_start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             nodes: BTreeMap::new(),
             in_flight: Vec::new(),
+            next_request: 0,
         }
     }
 
@@ -146,6 +148,8 @@ impl Net {
                 view: None,
                 down: false,
                 hold_journal: false,
+                hold_persist: false,
+                answers: BTreeMap::new(),
             },
         );
         self.pump(index);
@@ -175,6 +179,16 @@ impl Net {
             };
             t.outputs.push(Output::Journal(write));
             t.node.handle_journal_result(now, Ok(()));
+        }
+        while !t.hold_persist {
+            let Some(p) = t.node.poll_ipam_persist(now) else {
+                break;
+            };
+            let result = t.store.write(&p).map_err(|e| e.to_string());
+            t.node.handle_ipam_persisted(now, p.version, result);
+        }
+        while let Some((id, response)) = t.node.poll_answer() {
+            t.answers.insert(id, response);
         }
         while let Some(tx) = t.node.poll_transmit() {
             let (channel, _) = frame::unframe(&tx.bytes).expect("framed");
@@ -247,11 +261,23 @@ impl Net {
         }
     }
 
-    fn ask(&mut self, index: u8, request: Request) -> Response {
+    /// Sends a request; its answer, once given (see [`Net::answer`]).
+    fn send_request(&mut self, index: u8, request: Request) -> u64 {
         let (now, wall) = (self.now, self.wall());
-        let response = self.n(index).node.handle_request(now, wall, request);
+        self.next_request += 1;
+        let id = self.next_request;
+        self.n(index).node.handle_request(now, wall, id, request);
         self.pump(index);
-        response
+        id
+    }
+
+    fn answer(&mut self, index: u8, id: u64) -> Option<Response> {
+        self.n(index).answers.remove(&id)
+    }
+
+    fn ask(&mut self, index: u8, request: Request) -> Response {
+        let id = self.send_request(index, request);
+        self.answer(index, id).expect("answered at once")
     }
 
     fn status(&mut self, index: u8) -> Status {
@@ -471,7 +497,9 @@ fn a_seed_starts_the_space_and_answers_every_request() {
     let (core, ipam) = parts(1, 2, store, now);
     let mut node = Node::new(config(1, Vec::new(), now), core, ipam, Vec::new(), now);
     node.start(now);
-    let back = allocation(node.handle_request(
+    let back = allocation(answer_alone(
+        &mut node,
+        &net.nodes[&1].store,
         now,
         net.wall(),
         Request::Allocate {
@@ -514,6 +542,17 @@ fn a_joiner_gets_space_and_never_hands_out_its_gateway() {
     });
     assert!(got, "n2 got no space");
     let space = net.nodes[&2].node.ipam.owned_cidrs();
+    // Aligned blocks: the second node's space is one prefix, the upper half of the range,
+    // and the first node keeps the lower half (before: 19 prefixes, because the range's
+    // broadcast address stayed with the first node).
+    let half = |n: u32| Ipv4Net::new(std::net::Ipv4Addr::from(n), range().prefix_len() + 1);
+    let base = u32::from(range().network());
+    let upper = half(base + (1 << (31 - u32::from(range().prefix_len())))).expect("net");
+    assert_eq!(space, [upper]);
+    assert_eq!(
+        net.nodes[&1].node.ipam.owned_cidrs(),
+        [half(base).expect("net")]
+    );
     let gateway = space[0].network();
     assert!(
         net.nodes[&2]
@@ -533,6 +572,7 @@ fn a_joiner_gets_space_and_never_hands_out_its_gateway() {
         .find(|n| n.contains(&c.address.addr()))
         .expect("address in n2's space");
     assert_eq!(c.address.prefix_len(), block.prefix_len());
+    assert_eq!(c.address.prefix_len(), upper.prefix_len());
     let a_space = net.nodes[&1].node.ipam.owned_cidrs();
     assert!(
         a_space.iter().all(|n| !n.contains(&c.address.addr())),
@@ -938,10 +978,105 @@ fn a_restarted_node_starts_from_the_journaled_view() {
     node.start(now);
     // Known (down) from the journal, so nothing to write about it again.
     assert!(node.poll_journal().is_none());
-    match node.handle_request(now, net.wall(), Request::Status) {
+    match answer_alone(
+        &mut node,
+        &net.nodes[&1].store,
+        now,
+        net.wall(),
+        Request::Status,
+    ) {
         Response::Status { status, .. } => {
             assert_eq!((status.members.failed, status.members.total), (1, 2))
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A request to a node outside any `Net`: its IPAM writes go to `store`.
+fn answer_alone(
+    node: &mut Node,
+    store: &MemoryStore,
+    now: Instant,
+    wall: SystemTime,
+    request: Request,
+) -> Response {
+    node.handle_request(now, wall, 7, request);
+    let mut store = store.clone();
+    while let Some(p) = node.poll_ipam_persist(now) {
+        let result = store.write(&p).map_err(|e| e.to_string());
+        node.handle_ipam_persisted(now, p.version, result);
+    }
+    let (id, response) = node.poll_answer().expect("an answer");
+    assert_eq!(id, 7);
+    response
+}
+
+/// The address a container gets is on disk before the container hears of it: the answer
+/// to an allocation waits for the write of the IPAM state. A failed write answers with the
+/// error; the retry gets the same address once it is written.
+#[test]
+fn an_allocation_is_answered_only_once_it_is_persisted() {
+    let mut net = Net::cluster(2);
+    net.n(2).hold_persist = true;
+    let id = net.send_request(
+        2,
+        Request::Allocate {
+            container: "c".into(),
+        },
+    );
+    net.run_for(Duration::from_secs(2));
+    assert!(
+        net.answer(2, id).is_none(),
+        "answered before it was written"
+    );
+    // The write the loop would carry out: the allocation, as a journal line.
+    let now = net.now;
+    let p = net.n(2).node.poll_ipam_persist(now).expect("a write");
+    let PersistOp::Journal(ops) = &p.op else {
+        panic!("expected a journal line, got {p:?}")
+    };
+    assert!(
+        ops.iter().any(|op| matches!(op, weft_gossip::ipam::JournalOp::Allocate { container, .. } if container == "c")),
+        "{ops:?}"
+    );
+    assert!(
+        net.n(2).node.poll_ipam_persist(now).is_none(),
+        "one write at a time"
+    );
+    // It fails: the answer is the error, and nothing is written for a second.
+    net.n(2)
+        .node
+        .handle_ipam_persisted(now, p.version, Err("disk full".into()));
+    net.pump(2);
+    let failed = error_text(net.answer(2, id).expect("answered with the error"));
+    assert!(failed.contains("disk full"), "{failed}");
+    assert!(net.n(2).node.poll_ipam_persist(now).is_none());
+    // The retry is answered once the state is written (the whole of it, after a failure).
+    let again = net.send_request(
+        2,
+        Request::Allocate {
+            container: "c".into(),
+        },
+    );
+    assert!(net.answer(2, again).is_none());
+    let later = now + Duration::from_secs(1);
+    let p = net.n(2).node.poll_ipam_persist(later).expect("the retry");
+    assert!(matches!(p.op, PersistOp::Snapshot(_)), "{p:?}");
+    let mut store = net.nodes[&2].store.clone();
+    store.write(&p).expect("write");
+    net.n(2)
+        .node
+        .handle_ipam_persisted(later, p.version, Ok(()));
+    net.n(2).hold_persist = false;
+    net.pump(2);
+    let got = allocation(net.answer(2, again).expect("answered once written"));
+    // It is in the store: a restart gives the same address.
+    let (_, ipam) = parts(2, 9, net.nodes[&2].store.clone(), later);
+    assert!(
+        ipam.allocations()
+            .iter()
+            .any(|(c, a)| c == "c" && *a == got.address.addr()),
+        "{:?}",
+        ipam.allocations()
+    );
 }

@@ -733,37 +733,6 @@ impl Ipam {
         Ok(address)
     }
 
-    /// Allocates `address` itself to `container` (the daemon holds its gateway this way: the
-    /// first address of its main block). Refused unless the address lies in this node's
-    /// space, is not the range's network or broadcast address, and is free; a container
-    /// that holds another address releases it first.
-    pub fn allocate_address(
-        &mut self,
-        _now: Instant,
-        container: &str,
-        address: Ipv4Addr,
-    ) -> Result<Ipv4Addr> {
-        self.check_active()?;
-        if self.genesis.is_none() {
-            return Err(Error::NoGenesis);
-        }
-        let range = self.range();
-        if !range.contains(&address) {
-            return Err(Error::NotInRange(address));
-        }
-        let offset = u32::from(address) - u32::from(range.network());
-        match self.pool.allocated(container) {
-            Some(o) if o == offset => return Ok(address),
-            Some(_) => return Err(Error::AddressUnavailable(address)),
-            None => {}
-        }
-        if !self.pool.restore(container.to_owned(), offset) {
-            return Err(Error::AddressUnavailable(address));
-        }
-        self.journal_allocation(container, offset)?;
-        Ok(address)
-    }
-
     /// Journals an allocation the pool just made.
     fn journal_allocation(&mut self, container: &str, offset: u32) -> Result<()> {
         self.journal(JournalOp::Allocate {

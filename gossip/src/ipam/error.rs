@@ -86,8 +86,6 @@ pub enum Error {
     UnknownNode(NodeId),
     #[error("no reachable node to hand this node's space to")]
     NoPeerToHandTo,
-    #[error("address {0} is not free in this node's space")]
-    AddressUnavailable(Ipv4Addr),
     #[error("address {0} is not in the cluster range")]
     NotInRange(Ipv4Addr),
     #[error("address {address} is not in this node's address space ({})", if space.is_empty() { "none yet".to_string() } else { space.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") })]

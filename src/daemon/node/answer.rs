@@ -101,7 +101,7 @@ impl Node {
                 "{GATEWAY_ID:?} is reserved for this node's gateway"
             ));
         }
-        self.reserve_gateway(now);
+        self.reserve_gateway();
         let result = match at {
             None => self.ipam.allocate(now, container),
             Some(address) => self.ipam.allocate_at(container, address),

@@ -497,7 +497,7 @@ impl Node {
             self.feed_pending = false;
             self.feed_ipam(now);
         }
-        self.reserve_gateway(now);
+        self.reserve_gateway();
         while let Some(event) = self.ipam.poll_event() {
             if let ipam::Event::NodeForgotten { node, .. } = &event {
                 // Forgotten by an operator anywhere in the cluster: out of the membership
@@ -636,7 +636,7 @@ impl Node {
     /// must never go to a container: hold it under [`GATEWAY_ID`]. The range's network
     /// address (the gateway of the node that started the cluster) is never handed out
     /// anyway, so it is not held.
-    fn reserve_gateway(&mut self, now: Instant) {
+    fn reserve_gateway(&mut self) {
         if self.gateway.is_none() {
             // After a restart: the gateway held before, if any, stays the gateway.
             self.gateway = self
@@ -670,7 +670,7 @@ impl Node {
             None => {
                 // A gateway held for an older main block is given back first.
                 let _ = self.ipam.release(GATEWAY_ID);
-                match self.ipam.allocate_address(now, GATEWAY_ID, gateway) {
+                match self.ipam.allocate_at(GATEWAY_ID, gateway) {
                     Ok(_) => debug!(%gateway, "gateway address reserved"),
                     Err(e) => warn!(%gateway, error = %e, "could not reserve the gateway address"),
                 }

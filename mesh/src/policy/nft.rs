@@ -1,0 +1,299 @@
+//! The nftables ruleset of a compiled model, as `nft -f` text.
+//!
+//! Table `inet weft_policy`:
+//! - base chain `forward` (hook forward): conntrack replies and established flows pass; then
+//!   the sender's address goes through verdict map `egress_v4`/`egress_v6` and the receiver's
+//!   through `ingress_v4`/`ingress_v6`. Traffic between pods of one node crosses the bridge
+//!   and reaches this hook through br_netfilter (`net.bridge.bridge-nf-call-iptables`, which
+//!   also gives bridged packets conntrack); traffic from other nodes, the WireGuard interface
+//!   and the outside is routed, so it passes here anyway.
+//! - base chain `input` (hook input): what a pod sends to the node itself (egress only: the
+//!   node's own traffic to its pods is never filtered, as in Kubernetes).
+//! - per namespace and direction a chain `in_N`/`eg_N`: one rule per policy rule and address
+//!   family (two when a rule has numbered and named ports), each matching sets; an egress
+//!   match `return`s (the receiver's ingress comes next), an ingress match `accept`s. What no
+//!   rule allows is counted on the counter of each policy that isolates the pod, then dropped.
+
+use std::fmt::Write;
+
+use super::model::{Compiled, Direction};
+use super::ranges::{int_addr, Family, Ranges};
+
+/// The nftables table (family `inet`).
+pub const TABLE: &str = "weft_policy";
+
+/// Sizes of a ruleset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Rules in all chains, base chains included.
+    pub rules: usize,
+    pub chains: usize,
+    pub sets: usize,
+    /// Elements of all sets and maps.
+    pub elements: usize,
+    pub counters: usize,
+}
+
+/// The `nft -f` input that replaces the table in one transaction: create it (so the delete
+/// cannot fail), delete it, define it anew. Established connections survive (conntrack is not
+/// touched); counters start at zero.
+pub fn replace_script(compiled: &Compiled) -> String {
+    let (table, _) = render(compiled);
+    format!("table inet {TABLE}\ndelete table inet {TABLE}\n{table}")
+}
+
+/// The `nft -f` input that deletes the table if it exists.
+pub fn remove_script() -> String {
+    format!("table inet {TABLE}\ndelete table inet {TABLE}\n")
+}
+
+/// The table definition alone, and its sizes.
+pub fn render(c: &Compiled) -> (String, Stats) {
+    let mut out = String::new();
+    let mut stats = Stats::default();
+    let w = &mut out;
+    let _ = writeln!(w, "table inet {TABLE} {{");
+
+    for p in &c.policies {
+        let _ = writeln!(w, "\tcounter {} {{", p.counter);
+        let _ = writeln!(w, "\t\tcomment \"{}\"", comment(&p.id.to_string()));
+        let _ = writeln!(w, "\t}}");
+        stats.counters += 1;
+    }
+
+    for (i, p) in c.policies.iter().enumerate() {
+        for f in Family::BOTH {
+            let r = p.selected.family(f);
+            if !r.is_empty() {
+                addr_set(w, &mut stats, &format!("p{i}_{}", f.suffix()), f, r);
+            }
+        }
+    }
+    for (n, rule) in c.rules.iter().enumerate() {
+        if let Some(peers) = &rule.peers {
+            for f in Family::BOTH {
+                let r = peers.family(f);
+                if !r.is_empty() {
+                    addr_set(w, &mut stats, &format!("r{n}_peers_{}", f.suffix()), f, r);
+                }
+            }
+        }
+        if let Some(ports) = &rule.ports {
+            if !ports.numeric.is_empty() {
+                let elements: Vec<String> = ports
+                    .numeric
+                    .iter()
+                    .flat_map(|(proto, ranges)| {
+                        ranges.iter().map(move |(a, b)| {
+                            if a == b {
+                                format!("{} . {a}", proto.nft())
+                            } else {
+                                format!("{} . {a}-{b}", proto.nft())
+                            }
+                        })
+                    })
+                    .collect();
+                set(
+                    w,
+                    &mut stats,
+                    &format!("r{n}_ports"),
+                    "inet_proto . inet_service",
+                    true,
+                    &elements,
+                );
+            }
+            for f in Family::BOTH {
+                let elements: Vec<String> = ports
+                    .named
+                    .iter()
+                    .filter(|(addr, _, _)| Family::of(addr) == f)
+                    .map(|(addr, proto, port)| format!("{addr} . {} . {port}", proto.nft()))
+                    .collect();
+                if !elements.is_empty() {
+                    set(
+                        w,
+                        &mut stats,
+                        &format!("r{n}_named_{}", f.suffix()),
+                        &format!("{} . inet_proto . inet_service", f.addr_type()),
+                        false,
+                        &elements,
+                    );
+                }
+            }
+        }
+    }
+
+    for (direction, map) in [
+        (Direction::Ingress, &c.ingress_map),
+        (Direction::Egress, &c.egress_map),
+    ] {
+        for f in Family::BOTH {
+            let elements: Vec<String> = map
+                .iter()
+                .filter(|(addr, _)| Family::of(addr) == f)
+                .map(|(addr, &chain)| format!("{addr} : jump {}", c.chains[chain].name))
+                .collect();
+            let _ = writeln!(w, "\tmap {direction}_{} {{", f.suffix());
+            let _ = writeln!(w, "\t\ttype {} : verdict", f.addr_type());
+            elements_line(w, &elements);
+            let _ = writeln!(w, "\t}}");
+            stats.sets += 1;
+            stats.elements += elements.len();
+        }
+    }
+
+    for chain in &c.chains {
+        let _ = writeln!(w, "\tchain {} {{", chain.name);
+        let (own, other, verdict) = match chain.direction {
+            Direction::Ingress => ("daddr", "saddr", "accept"),
+            Direction::Egress => ("saddr", "daddr", "return"),
+        };
+        let mut line = |text: String| {
+            let _ = writeln!(w, "\t\t{text}");
+            stats.rules += 1;
+        };
+        for &r in &chain.rules {
+            let rule = &c.rules[r];
+            let policy = &c.policies[rule.policy];
+            for f in Family::BOTH {
+                if policy.selected.family(f).is_empty() {
+                    continue;
+                }
+                let ip = f.nft();
+                let sfx = f.suffix();
+                let mut head = format!("{ip} {own} @p{}_{sfx}", rule.policy);
+                if let Some(peers) = &rule.peers {
+                    if peers.family(f).is_empty() {
+                        continue;
+                    }
+                    let _ = write!(head, " {ip} {other} @r{r}_peers_{sfx}");
+                }
+                let origin = format!("comment \"{}\"", comment(&rule.origin.to_string()));
+                match &rule.ports {
+                    None => line(format!("{head} {verdict} {origin}")),
+                    Some(ports) => {
+                        if !ports.numeric.is_empty() {
+                            line(format!(
+                                "{head} meta l4proto . th dport @r{r}_ports {verdict} {origin}"
+                            ));
+                        }
+                        if ports.named.iter().any(|(a, _, _)| Family::of(a) == f) {
+                            line(format!(
+                                "{head} {ip} daddr . meta l4proto . th dport @r{r}_named_{sfx} {verdict} {origin}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for &p in &chain.policies {
+            for f in Family::BOTH {
+                if !c.policies[p].selected.family(f).is_empty() {
+                    line(format!(
+                        "{} {own} @p{p}_{} counter name \"{}\"",
+                        f.nft(),
+                        f.suffix(),
+                        c.policies[p].counter
+                    ));
+                }
+            }
+        }
+        line("drop".to_owned());
+        let _ = writeln!(w, "\t}}");
+        stats.chains += 1;
+    }
+
+    for (name, hook, directions) in [
+        (
+            "forward",
+            "forward",
+            &[Direction::Egress, Direction::Ingress][..],
+        ),
+        ("input", "input", &[Direction::Egress][..]),
+    ] {
+        let _ = writeln!(w, "\tchain {name} {{");
+        let _ = writeln!(
+            w,
+            "\t\ttype filter hook {hook} priority filter; policy accept;"
+        );
+        let mut line = |text: String| {
+            let _ = writeln!(w, "\t\t{text}");
+            stats.rules += 1;
+        };
+        line("ct state established,related accept".to_owned());
+        for d in directions {
+            let field = match d {
+                Direction::Egress => "saddr",
+                Direction::Ingress => "daddr",
+            };
+            for f in Family::BOTH {
+                line(format!("{} {field} vmap @{d}_{}", f.nft(), f.suffix()));
+            }
+        }
+        let _ = writeln!(w, "\t}}");
+        stats.chains += 1;
+    }
+    let _ = writeln!(w, "}}");
+    (out, stats)
+}
+
+/// A comment nft takes: at most 128 bytes, no quotes. Policy names are DNS names (checked),
+/// so only their length can be a problem.
+fn comment(text: &str) -> String {
+    let clean: String = text.chars().filter(|c| *c != '"' && *c != '\\').collect();
+    if clean.len() <= 120 {
+        return clean;
+    }
+    let mut cut = 117;
+    while !clean.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &clean[..cut])
+}
+
+fn elements_line(w: &mut String, elements: &[String]) {
+    if elements.is_empty() {
+        return;
+    }
+    let _ = write!(w, "\t\telements = {{ ");
+    for (i, e) in elements.iter().enumerate() {
+        if i > 0 {
+            w.push_str(if i % 8 == 0 { ",\n\t\t\t" } else { ", " });
+        }
+        w.push_str(e);
+    }
+    let _ = writeln!(w, " }}");
+}
+
+fn set(
+    w: &mut String,
+    stats: &mut Stats,
+    name: &str,
+    ty: &str,
+    interval: bool,
+    elements: &[String],
+) {
+    let _ = writeln!(w, "\tset {name} {{");
+    let _ = writeln!(w, "\t\ttype {ty}");
+    if interval {
+        let _ = writeln!(w, "\t\tflags interval");
+    }
+    elements_line(w, elements);
+    let _ = writeln!(w, "\t}}");
+    stats.sets += 1;
+    stats.elements += elements.len();
+}
+
+fn addr_set(w: &mut String, stats: &mut Stats, name: &str, f: Family, ranges: &Ranges) {
+    let elements: Vec<String> = ranges
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                int_addr(f, a).to_string()
+            } else {
+                format!("{}-{}", int_addr(f, a), int_addr(f, b))
+            }
+        })
+        .collect();
+    set(w, stats, name, f.addr_type(), true, &elements);
+}

@@ -142,6 +142,7 @@ impl World {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn rule_allows(
         &self,
         peers: Option<&Vec<PolicyPeer>>,

@@ -342,6 +342,9 @@ fn probe(netns: &str, dst: Ipv4Addr, proto: Protocol, port: u16, wait: Duration)
     })
 }
 
+/// One probe: flow, protocol, port, what `why` says, what the packets said, `why` shown.
+type Probe = (String, Protocol, u16, bool, bool, String);
+
 struct PodNs {
     netns: String,
     pod: Pod,
@@ -595,7 +598,7 @@ fn packets_match_why_across_bridge_nodes_and_outside() {
     sources.push(("node n2".into(), h1.name().into(), h1.underlay_ip()));
     sources.push(("outside".into(), h2.name().into(), h2.underlay_ip()));
 
-    let results: Vec<Vec<(String, Protocol, u16, bool, bool, String)>> = std::thread::scope(|s| {
+    let results: Vec<Vec<Probe>> = std::thread::scope(|s| {
         let handles: Vec<_> = sources
             .iter()
             .map(|(label, netns, src)| {

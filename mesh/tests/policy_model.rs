@@ -610,7 +610,7 @@ proptest! {
             }
         }
         let (_, large) = policy::nft::render(&policy::compile(&big, Scope::Cluster));
-        let bound = 8 + 6 * w.policies.len()
+        let bound = 10 + 6 * w.policies.len()
             + 4 * w.policies.iter().map(|p| {
                 let s = p.spec.as_ref().expect("spec");
                 s.ingress.as_ref().map_or(0, Vec::len) + s.egress.as_ref().map_or(0, Vec::len)
@@ -734,4 +734,45 @@ spec:
     assert!(!why("x/xa", "y/ya", Protocol::Udp, 5011).allowed);
     let shown = why("x/xa", "y/ya", Protocol::Udp, 5005).to_string();
     assert!(shown.contains("allowed by y/and-or ingress[0]"), "{shown}");
+}
+
+/// Random models' rulesets (both nodes' and the cluster's) pass `nft -c -f` in a test
+/// namespace: no empty or overlapping interval elements, names and types nft takes.
+#[test]
+fn random_rulesets_pass_nft_check() {
+    if !weft_testbed::require_root("random_rulesets_pass_nft_check") {
+        return;
+    }
+    let bed = weft_testbed::TestBed::new(1).expect("test bed");
+    let host = bed.host(0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 40,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&world(), |w| {
+            let cluster = cluster_of(&w);
+            for scope in [
+                Scope::Node("n1".into()),
+                Scope::Node("n2".into()),
+                Scope::Cluster,
+            ] {
+                let script = policy::nft::replace_script(&policy::compile(&cluster, scope.clone()));
+                let path = dir.path().join("ruleset.nft");
+                std::fs::write(&path, &script).expect("write");
+                let out = host
+                    .run(&["nft", "-c", "-f", path.to_str().expect("utf-8")])
+                    .expect("nft runs");
+                prop_assert!(
+                    out.status.success(),
+                    "{:?}: {}\n{}",
+                    scope,
+                    String::from_utf8_lossy(&out.stderr),
+                    script
+                );
+            }
+            Ok(())
+        })
+        .expect("every ruleset passes nft -c");
 }

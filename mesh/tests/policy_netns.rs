@@ -24,6 +24,9 @@ use weft_mesh::policy::{
 };
 use weft_testbed::{Host, TestBed};
 
+mod policy_common;
+use policy_common::large_cluster;
+
 /// Runs `f` on a thread that entered network namespace `netns`.
 fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
@@ -126,55 +129,6 @@ spec:
             name: "n1".into(),
             addresses: vec![ip("10.32.1.1")],
         }],
-    }
-}
-
-/// `policies` policies over `pods` pods in `namespaces` namespaces (as the benchmark).
-fn large_cluster(pods: usize, policies: usize) -> Cluster {
-    let namespaces = 10;
-    let mut yaml = String::new();
-    for i in 0..policies {
-        let ns = i % namespaces;
-        yaml.push_str(&format!(
-            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p{i}, namespace: ns{ns}}}\n\
-             spec:\n  podSelector: {{matchLabels: {{app: app{}}}}}\n  ingress:\n  - from:\n    - podSelector: {{matchLabels: {{role: r{}}}}}\n    - namespaceSelector: {{matchLabels: {{team: t{}}}}}\n    ports: [{{port: {}}}, {{port: http}}]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.0.0.0/8, except: [10.{}.0.0/16]}}}}]\n",
-            i % 50, i % 7, i % 3, 1000 + i, i % 200
-        ));
-    }
-    let pods = (0..pods)
-        .map(|k| {
-            let mut p = pod(
-                &format!("ns{}", k % namespaces),
-                &format!("pod{k}"),
-                &[],
-                &format!("10.{}.{}.{}", 32 + k / 65536, (k / 256) % 256, k % 256),
-                if k % 4 == 0 { "n1" } else { "n2" },
-            );
-            p.labels = [
-                ("app".to_owned(), format!("app{}", k % 50)),
-                ("role".to_owned(), format!("r{}", k % 7)),
-            ]
-            .into();
-            p.ports = vec![NamedPort {
-                name: "http".into(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }];
-            p
-        })
-        .collect();
-    Cluster {
-        policies: policy::parse(&yaml, "default").expect("valid"),
-        pods,
-        namespaces: (0..namespaces)
-            .map(|n| {
-                (
-                    format!("ns{n}"),
-                    [("team".to_owned(), format!("t{}", n % 3))].into(),
-                )
-            })
-            .collect(),
-        nodes: Vec::new(),
     }
 }
 
@@ -352,6 +306,10 @@ struct PodNs {
 
 /// Bridge `weft` with `gateway` on `host`, forwarding on, br_netfilter's iptables hook on.
 fn make_node(host: &Host, gateway: &str) {
+    assert!(
+        std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists(),
+        "the policy tests need the kernel's br_netfilter (modprobe br_netfilter)"
+    );
     host.sh(&format!(
         "ip link add weft type bridge && ip addr add {gateway}/24 dev weft && ip link set weft up && \
          sysctl -qw net.ipv4.ip_forward=1 && sysctl -qw net.bridge.bridge-nf-call-iptables=1"

@@ -1,7 +1,8 @@
 //! The nftables ruleset of a compiled model, as `nft -f` text.
 //!
 //! Table `inet weft_policy`:
-//! - base chain `forward` (hook forward): conntrack replies and established flows pass; then
+//! - base chain `forward` (hook forward): conntrack replies and established flows pass, and
+//!   IPv6 neighbour discovery; then
 //!   the sender's address goes through verdict map `egress_v4`/`egress_v6` and the receiver's
 //!   through `ingress_v4`/`ingress_v6`. Traffic between pods of one node crosses the bridge
 //!   and reaches this hook through br_netfilter (`net.bridge.bridge-nf-call-iptables`, which
@@ -221,6 +222,12 @@ pub fn render(c: &Compiled) -> (String, Stats) {
             stats.rules += 1;
         };
         line("ct state established,related accept".to_owned());
+        // IPv6 neighbour discovery between pods on the bridge is no connection to filter
+        // (ARP, its IPv4 counterpart, never reaches these hooks).
+        line(
+            "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept"
+                .to_owned(),
+        );
         for d in directions {
             let field = match d {
                 Direction::Egress => "saddr",

@@ -610,10 +610,14 @@ proptest! {
             }
         }
         let (_, large) = policy::nft::render(&policy::compile(&big, Scope::Cluster));
+        // Base chains; per policy counters (2 families x 2 directions) and chain drops; per
+        // rule one line per family, peer and kind of port.
+        let peers = |p: &Option<Vec<_>>| p.as_ref().map_or(1, |v: &Vec<_>| v.len().max(1));
         let bound = 10 + 6 * w.policies.len()
-            + 4 * w.policies.iter().map(|p| {
+            + w.policies.iter().map(|p| {
                 let s = p.spec.as_ref().expect("spec");
-                s.ingress.as_ref().map_or(0, Vec::len) + s.egress.as_ref().map_or(0, Vec::len)
+                s.ingress.iter().flatten().map(|r| 4 * peers(&r.from)).sum::<usize>()
+                    + s.egress.iter().flatten().map(|r| 4 * peers(&r.to)).sum::<usize>()
             }).sum::<usize>();
         prop_assert!(large.rules <= bound, "{} rules for {} policies", large.rules, w.policies.len());
         prop_assert!(small.rules <= bound);

@@ -3,16 +3,18 @@
 //!
 //! The model has the shape of the ruleset:
 //! - per policy, the addresses of this node's pods it selects (an nft set) and a drop counter;
-//! - per rule, the addresses its peers match (an interval set: pod addresses and ipBlocks
-//!   minus their exceptions), its numbered ports (a `protocol . port` interval set) and its
-//!   named ports resolved to `address . protocol . port` of the pods that have them;
+//! - per rule, for each peer the addresses it matches (an interval set: pod addresses, or an
+//!   ipBlock minus its exceptions), its numbered ports (a `protocol . port` interval set) and
+//!   its named ports resolved to `address . protocol . port` of the pods that have them;
+//!   every distinct set is made once ([`Compiled::addr_sets`], `port_sets`, `named_sets`),
+//!   however many policies use it;
 //! - per namespace and direction, one chain with the rules of that namespace's policies;
 //! - per direction, a verdict map from each isolated local pod's address to its namespace's
 //!   chain. Pods no policy isolates are in no map, so their traffic passes untouched.
 //!
 //! So the number of rules grows with policies x rules, and pods only add set elements.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -100,30 +102,30 @@ impl fmt::Display for Direction {
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     pub id: PolicyName,
-    /// Addresses of the in-scope pods it selects.
-    pub selected: AddrSet,
+    /// Addresses of the in-scope pods it selects: an index into [`Compiled::addr_sets`].
+    pub selected: usize,
     pub ingress: bool,
     pub egress: bool,
     /// Its named nft counter of dropped packets.
     pub counter: String,
 }
 
-/// A rule's ports, resolved.
+/// Numbered ports and ranges, per protocol (an nft `inet_proto . inet_service` set).
+pub type PortSet = BTreeMap<Protocol, Ranges>;
+
+/// Named ports resolved on destination pods: (address, protocol, port).
+pub type NamedSet = BTreeSet<(IpAddr, Protocol, u16)>;
+
+/// A rule's ports, resolved; indices into the model's interned sets. A port matches if
+/// either set has it.
 #[derive(Debug, Clone, Default)]
 pub struct RulePorts {
-    /// Numbered ports and ranges, per protocol.
-    pub numeric: BTreeMap<Protocol, Ranges>,
-    /// Named ports resolved on the destination pods: (address, protocol, port).
-    pub named: BTreeSet<(IpAddr, Protocol, u16)>,
-}
-
-impl RulePorts {
-    pub fn matches(&self, dst: &IpAddr, protocol: Protocol, port: u16) -> bool {
-        self.numeric
-            .get(&protocol)
-            .is_some_and(|r| r.contains(port.into()))
-            || self.named.contains(&(*dst, protocol, port))
-    }
+    /// Into [`Compiled::port_sets`].
+    pub numeric: Option<usize>,
+    /// Into [`Compiled::named_sets`]: every pod that could be the destination with one of
+    /// the rule's port names (for ingress this node's pods of the policy's namespace, for
+    /// egress every pod); the rule's other matches narrow it down.
+    pub named: Option<usize>,
 }
 
 /// Where a rule comes from: `default/web ingress[0]`.
@@ -146,8 +148,9 @@ pub struct CompiledRule {
     pub origin: RuleRef,
     /// Index of its policy in [`Compiled::policies`].
     pub policy: usize,
-    /// `None`: any peer.
-    pub peers: Option<AddrSet>,
+    /// `None`: any peer; else indices into [`Compiled::addr_sets`], one per distinct peer
+    /// (any of them matches).
+    pub peers: Option<Vec<usize>>,
     /// `None`: any port and protocol.
     pub ports: Option<RulePorts>,
 }
@@ -173,6 +176,11 @@ pub struct Compiled {
     pub policies: Vec<CompiledPolicy>,
     pub rules: Vec<CompiledRule>,
     pub chains: Vec<Chain>,
+    /// Distinct address sets (the pods a policy selects, the addresses a peer matches): many
+    /// policies share them, so each is one nft set however many rules use it.
+    pub addr_sets: Vec<AddrSet>,
+    pub port_sets: Vec<PortSet>,
+    pub named_sets: Vec<NamedSet>,
     /// Isolated in-scope pods' addresses and the chain that decides what they receive.
     pub ingress_map: BTreeMap<IpAddr, usize>,
     /// Likewise for what they send.
@@ -354,6 +362,9 @@ pub fn compile(cluster: &Cluster, scope: Scope) -> Compiled {
         policies: Vec::new(),
         rules: Vec::new(),
         chains: Vec::new(),
+        addr_sets: Vec::new(),
+        port_sets: Vec::new(),
+        named_sets: Vec::new(),
         ingress_map: BTreeMap::new(),
         egress_map: BTreeMap::new(),
         pods_by_addr,
@@ -365,8 +376,7 @@ pub fn compile(cluster: &Cluster, scope: Scope) -> Compiled {
         pods_by_name,
     };
     let mut chain_of: BTreeMap<(String, Direction), usize> = BTreeMap::new();
-    // Peer sets are memoised per (namespace, peer): many policies repeat the same peers.
-    let mut peer_cache: BTreeMap<(String, String), AddrSet> = BTreeMap::new();
+    let mut interner = Interner::default();
 
     for (index, policy) in policies.iter().enumerate() {
         let ns = &policy.id.namespace;
@@ -384,9 +394,10 @@ pub fn compile(cluster: &Cluster, scope: Scope) -> Compiled {
                 selected.add_addr(addr);
             }
         }
+        let selected = interner.addr(&mut compiled.addr_sets, selected.build());
         compiled.policies.push(CompiledPolicy {
             id: policy.id.clone(),
-            selected: selected.build(),
+            selected,
             ingress: policy.ingress.is_some(),
             egress: policy.egress.is_some(),
             counter: format!("drops_{index}"),
@@ -430,10 +441,11 @@ pub fn compile(cluster: &Cluster, scope: Scope) -> Compiled {
                         index: i,
                     },
                     index,
-                    &selected_pods,
                     &namespaces,
                     &cluster.pods,
-                    &mut peer_cache,
+                    &in_scope,
+                    &mut interner,
+                    &mut compiled,
                 );
                 compiled.chains[chain].rules.push(compiled.rules.len());
                 compiled.rules.push(compiled_rule);
@@ -443,19 +455,40 @@ pub fn compile(cluster: &Cluster, scope: Scope) -> Compiled {
     compiled
 }
 
+/// Gives each distinct set one index; memoises peers' address sets per (namespace, peer)
+/// and named-port sets per (direction, namespace, names).
+#[derive(Default)]
+struct Interner {
+    addr: HashMap<AddrSet, usize>,
+    ports: HashMap<Vec<(Protocol, Vec<(u128, u128)>)>, usize>,
+    named: HashMap<NamedSet, usize>,
+    peers: HashMap<(String, String), usize>,
+    named_by_key: HashMap<(Direction, String, Vec<(String, Protocol)>), usize>,
+}
+
+impl Interner {
+    fn addr(&mut self, sets: &mut Vec<AddrSet>, set: AddrSet) -> usize {
+        *self.addr.entry(set.clone()).or_insert_with(|| {
+            sets.push(set);
+            sets.len() - 1
+        })
+    }
+}
+
 fn peer_set(
     peer: &Peer,
     namespace: &str,
     namespaces: &BTreeMap<&str, NamespaceIndex>,
-    cache: &mut BTreeMap<(String, String), AddrSet>,
-) -> AddrSet {
+    interner: &mut Interner,
+    sets: &mut Vec<AddrSet>,
+) -> usize {
     let key = match peer {
         // Pod peers depend on the policy's namespace; blocks do not.
         Peer::Pods { .. } => (namespace.to_owned(), format!("{peer:?}")),
         Peer::IpBlock { .. } => (String::new(), format!("{peer:?}")),
     };
-    if let Some(set) = cache.get(&key) {
-        return set.clone();
+    if let Some(&index) = interner.peers.get(&key) {
+        return index;
     }
     let set = match peer {
         Peer::IpBlock { cidr, except } => AddrSet::block(cidr, except),
@@ -483,8 +516,9 @@ fn peer_set(
             builder.build()
         }
     };
-    cache.insert(key, set.clone());
-    set
+    let index = interner.addr(sets, set);
+    interner.peers.insert(key, index);
+    index
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -492,22 +526,33 @@ fn compile_rule(
     rule: &Rule,
     origin: RuleRef,
     policy: usize,
-    selected_pods: &[&Pod],
     namespaces: &BTreeMap<&str, NamespaceIndex>,
     all_pods: &[Pod],
-    cache: &mut BTreeMap<(String, String), AddrSet>,
+    in_scope: &dyn Fn(&Pod) -> bool,
+    interner: &mut Interner,
+    compiled: &mut Compiled,
 ) -> CompiledRule {
     let namespace = origin.policy.namespace.clone();
     let peers = rule.peers.as_ref().map(|peers| {
-        let mut builder = AddrSetBuilder::default();
-        for peer in peers {
-            builder.add_set(&peer_set(peer, &namespace, namespaces, cache));
-        }
-        builder.build()
+        let mut indices: Vec<usize> = peers
+            .iter()
+            .map(|peer| {
+                peer_set(
+                    peer,
+                    &namespace,
+                    namespaces,
+                    interner,
+                    &mut compiled.addr_sets,
+                )
+            })
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        indices
     });
     let ports = rule.ports.as_ref().map(|specs| {
         let mut numeric: BTreeMap<Protocol, Vec<(u128, u128)>> = BTreeMap::new();
-        let mut named = BTreeSet::new();
+        let mut names: Vec<(String, Protocol)> = Vec::new();
         for spec in specs {
             match &spec.port {
                 PortMatch::Any => numeric.entry(spec.protocol).or_default().push((0, 65535)),
@@ -515,38 +560,60 @@ fn compile_rule(
                     .entry(spec.protocol)
                     .or_default()
                     .push(((*a).into(), (*b).into())),
-                PortMatch::Named(name) => {
-                    // Resolved on the destination: for ingress the selected pods themselves,
-                    // for egress any pod the peers match.
-                    let candidates: Box<dyn Iterator<Item = &Pod>> = match origin.direction {
-                        Direction::Ingress => Box::new(selected_pods.iter().copied()),
-                        Direction::Egress => Box::new(all_pods.iter()),
-                    };
-                    for pod in candidates {
-                        for p in &pod.ports {
-                            if &p.name != name || p.protocol != spec.protocol {
-                                continue;
-                            }
-                            for addr in &pod.addresses {
-                                if origin.direction == Direction::Egress
-                                    && peers.as_ref().is_some_and(|set| !set.contains(addr))
-                                {
-                                    continue;
-                                }
-                                named.insert((*addr, p.protocol, p.port));
-                            }
+                PortMatch::Named(name) => names.push((name.clone(), spec.protocol)),
+            }
+        }
+        let numeric = (!numeric.is_empty()).then(|| {
+            let set: PortSet = numeric
+                .into_iter()
+                .map(|(p, r)| (p, Ranges::from_unsorted(r)))
+                .collect();
+            let key: Vec<(Protocol, Vec<(u128, u128)>)> =
+                set.iter().map(|(p, r)| (*p, r.iter().collect())).collect();
+            *interner.ports.entry(key).or_insert_with(|| {
+                compiled.port_sets.push(set);
+                compiled.port_sets.len() - 1
+            })
+        });
+        let named = (!names.is_empty()).then(|| {
+            names.sort();
+            names.dedup();
+            // Resolved on the destination: for ingress this node's pods of the policy's
+            // namespace (the rule also matches the selected pods), for egress every pod.
+            let scope_ns = match origin.direction {
+                Direction::Ingress => namespace.clone(),
+                Direction::Egress => String::new(),
+            };
+            let key = (origin.direction, scope_ns, names.clone());
+            if let Some(&index) = interner.named_by_key.get(&key) {
+                return index;
+            }
+            let mut set = NamedSet::new();
+            for pod in all_pods {
+                if origin.direction == Direction::Ingress
+                    && (pod.namespace != namespace || !in_scope(pod))
+                {
+                    continue;
+                }
+                for p in &pod.ports {
+                    if names
+                        .iter()
+                        .any(|(n, proto)| n == &p.name && *proto == p.protocol)
+                    {
+                        for addr in &pod.addresses {
+                            set.insert((*addr, p.protocol, p.port));
                         }
                     }
                 }
             }
-        }
-        RulePorts {
-            numeric: numeric
-                .into_iter()
-                .map(|(p, r)| (p, Ranges::from_unsorted(r)))
-                .collect(),
-            named,
-        }
+            let index = *interner.named.entry(set.clone()).or_insert_with(|| {
+                compiled.named_sets.push(set);
+                compiled.named_sets.len() - 1
+            });
+            interner.named_by_key.insert(key, index);
+            index
+        });
+        RulePorts { numeric, named }
     });
     CompiledRule {
         origin,
@@ -650,12 +717,20 @@ impl Compiled {
             .iter()
             .map(|&r| &self.rules[r])
             .filter(|rule| {
-                self.policies[rule.policy].selected.contains(&own)
-                    && rule.peers.as_ref().is_none_or(|p| p.contains(&other))
+                self.addr_sets[self.policies[rule.policy].selected].contains(&own)
                     && rule
-                        .ports
+                        .peers
                         .as_ref()
-                        .is_none_or(|p| p.matches(&dst, protocol, port))
+                        .is_none_or(|p| p.iter().any(|&s| self.addr_sets[s].contains(&other)))
+                    && rule.ports.as_ref().is_none_or(|p| {
+                        p.numeric.is_some_and(|s| {
+                            self.port_sets[s]
+                                .get(&protocol)
+                                .is_some_and(|r| r.contains(port.into()))
+                        }) || p
+                            .named
+                            .is_some_and(|s| self.named_sets[s].contains(&(dst, protocol, port)))
+                    })
             })
             .map(|rule| rule.origin.clone())
             .collect();
@@ -665,7 +740,7 @@ impl Compiled {
                     .policies
                     .iter()
                     .map(|&p| &self.policies[p])
-                    .filter(|p| p.selected.contains(&own))
+                    .filter(|p| self.addr_sets[p.selected].contains(&own))
                     .map(|p| p.id.clone())
                     .collect(),
             )

@@ -10,8 +10,11 @@
 //!   and the outside is routed, so it passes here anyway.
 //! - base chain `input` (hook input): what a pod sends to the node itself (egress only: the
 //!   node's own traffic to its pods is never filtered, as in Kubernetes).
-//! - per namespace and direction a chain `in_N`/`eg_N`: one rule per policy rule and address
-//!   family (two when a rule has numbered and named ports), each matching sets; an egress
+//! - sets, each once however many rules use it: `aK_v4`/`aK_v6` the addresses of a policy's
+//!   selected pods or of one peer, `portsK` numbered ports (`proto . port` intervals),
+//!   `namedK_v4`/`_v6` named ports resolved to `address . proto . port`.
+//! - per namespace and direction a chain `in_N`/`eg_N`: per policy rule, address family and
+//!   peer one rule (two when a rule has numbered and named ports), each matching sets; an egress
 //!   match `return`s (the receiver's ingress comes next), an ingress match `accept`s. What no
 //!   rule allows is counted on the counter of each policy that isolates the pod, then dropped.
 
@@ -62,64 +65,52 @@ pub fn render(c: &Compiled) -> (String, Stats) {
         stats.counters += 1;
     }
 
-    for (i, p) in c.policies.iter().enumerate() {
+    for (k, set) in c.addr_sets.iter().enumerate() {
         for f in Family::BOTH {
-            let r = p.selected.family(f);
+            let r = set.family(f);
             if !r.is_empty() {
-                addr_set(w, &mut stats, &format!("p{i}_{}", f.suffix()), f, r);
+                addr_set(w, &mut stats, &addr_name(k, f), f, r);
             }
         }
     }
-    for (n, rule) in c.rules.iter().enumerate() {
-        if let Some(peers) = &rule.peers {
-            for f in Family::BOTH {
-                let r = peers.family(f);
-                if !r.is_empty() {
-                    addr_set(w, &mut stats, &format!("r{n}_peers_{}", f.suffix()), f, r);
-                }
-            }
-        }
-        if let Some(ports) = &rule.ports {
-            if !ports.numeric.is_empty() {
-                let elements: Vec<String> = ports
-                    .numeric
-                    .iter()
-                    .flat_map(|(proto, ranges)| {
-                        ranges.iter().map(move |(a, b)| {
-                            if a == b {
-                                format!("{} . {a}", proto.nft())
-                            } else {
-                                format!("{} . {a}-{b}", proto.nft())
-                            }
-                        })
-                    })
-                    .collect();
+    for (k, ports) in c.port_sets.iter().enumerate() {
+        let elements: Vec<String> = ports
+            .iter()
+            .flat_map(|(proto, ranges)| {
+                ranges.iter().map(move |(a, b)| {
+                    if a == b {
+                        format!("{} . {a}", proto.nft())
+                    } else {
+                        format!("{} . {a}-{b}", proto.nft())
+                    }
+                })
+            })
+            .collect();
+        set(
+            w,
+            &mut stats,
+            &format!("ports{k}"),
+            "inet_proto . inet_service",
+            true,
+            &elements,
+        );
+    }
+    for (k, named) in c.named_sets.iter().enumerate() {
+        for f in Family::BOTH {
+            let elements: Vec<String> = named
+                .iter()
+                .filter(|(addr, _, _)| Family::of(addr) == f)
+                .map(|(addr, proto, port)| format!("{addr} . {} . {port}", proto.nft()))
+                .collect();
+            if !elements.is_empty() {
                 set(
                     w,
                     &mut stats,
-                    &format!("r{n}_ports"),
-                    "inet_proto . inet_service",
-                    true,
+                    &format!("named{k}_{}", f.suffix()),
+                    &format!("{} . inet_proto . inet_service", f.addr_type()),
+                    false,
                     &elements,
                 );
-            }
-            for f in Family::BOTH {
-                let elements: Vec<String> = ports
-                    .named
-                    .iter()
-                    .filter(|(addr, _, _)| Family::of(addr) == f)
-                    .map(|(addr, proto, port)| format!("{addr} . {} . {port}", proto.nft()))
-                    .collect();
-                if !elements.is_empty() {
-                    set(
-                        w,
-                        &mut stats,
-                        &format!("r{n}_named_{}", f.suffix()),
-                        &format!("{} . inet_proto . inet_service", f.addr_type()),
-                        false,
-                        &elements,
-                    );
-                }
             }
         }
     }
@@ -155,45 +146,55 @@ pub fn render(c: &Compiled) -> (String, Stats) {
         };
         for &r in &chain.rules {
             let rule = &c.rules[r];
-            let policy = &c.policies[rule.policy];
+            let selected = c.policies[rule.policy].selected;
             for f in Family::BOTH {
-                if policy.selected.family(f).is_empty() {
+                if c.addr_sets[selected].family(f).is_empty() {
                     continue;
                 }
                 let ip = f.nft();
                 let sfx = f.suffix();
-                let mut head = format!("{ip} {own} @p{}_{sfx}", rule.policy);
-                if let Some(peers) = &rule.peers {
-                    if peers.family(f).is_empty() {
-                        continue;
-                    }
-                    let _ = write!(head, " {ip} {other} @r{r}_peers_{sfx}");
-                }
+                let own_match = format!("{ip} {own} @{}", addr_name(selected, f));
+                // One line per peer set (any of them), each with each kind of port.
+                let heads: Vec<String> = match &rule.peers {
+                    None => vec![own_match],
+                    Some(peers) => peers
+                        .iter()
+                        .filter(|&&s| !c.addr_sets[s].family(f).is_empty())
+                        .map(|&s| format!("{own_match} {ip} {other} @{}", addr_name(s, f)))
+                        .collect(),
+                };
                 let origin = format!("comment \"{}\"", comment(&rule.origin.to_string()));
+                let mut tails = Vec::new();
                 match &rule.ports {
-                    None => line(format!("{head} {verdict} {origin}")),
+                    None => tails.push(String::new()),
                     Some(ports) => {
-                        if !ports.numeric.is_empty() {
-                            line(format!(
-                                "{head} meta l4proto . th dport @r{r}_ports {verdict} {origin}"
-                            ));
+                        if let Some(k) = ports.numeric {
+                            tails.push(format!(" meta l4proto . th dport @ports{k}"));
                         }
-                        if ports.named.iter().any(|(a, _, _)| Family::of(a) == f) {
-                            line(format!(
-                                "{head} {ip} daddr . meta l4proto . th dport @r{r}_named_{sfx} {verdict} {origin}"
-                            ));
+                        if let Some(k) = ports.named {
+                            if c.named_sets[k].iter().any(|(a, _, _)| Family::of(a) == f) {
+                                tails.push(format!(
+                                    " {ip} daddr . meta l4proto . th dport @named{k}_{sfx}"
+                                ));
+                            }
                         }
+                    }
+                }
+                for head in &heads {
+                    for tail in &tails {
+                        line(format!("{head}{tail} {verdict} {origin}"));
                     }
                 }
             }
         }
         for &p in &chain.policies {
+            let selected = c.policies[p].selected;
             for f in Family::BOTH {
-                if !c.policies[p].selected.family(f).is_empty() {
+                if !c.addr_sets[selected].family(f).is_empty() {
                     line(format!(
-                        "{} {own} @p{p}_{} counter name \"{}\"",
+                        "{} {own} @{} counter name \"{}\"",
                         f.nft(),
-                        f.suffix(),
+                        addr_name(selected, f),
                         c.policies[p].counter
                     ));
                 }
@@ -242,6 +243,11 @@ pub fn render(c: &Compiled) -> (String, Stats) {
     }
     let _ = writeln!(w, "}}");
     (out, stats)
+}
+
+/// The nft set holding address set `k`'s addresses of family `f`.
+fn addr_name(k: usize, f: Family) -> String {
+    format!("a{k}_{}", f.suffix())
 }
 
 /// A comment nft takes: at most 128 bytes, no quotes. Policy names are DNS names (checked),

@@ -455,15 +455,18 @@ pub fn compile(cluster: &Cluster, scope: Scope) -> Compiled {
     compiled
 }
 
+/// Named ports of a rule: direction, namespace (ingress only), (name, protocol) pairs.
+type NamedKey = (Direction, String, Vec<(String, Protocol)>);
+
 /// Gives each distinct set one index; memoises peers' address sets per (namespace, peer)
 /// and named-port sets per (direction, namespace, names).
 #[derive(Default)]
 struct Interner {
     addr: HashMap<AddrSet, usize>,
-    ports: HashMap<Vec<(Protocol, Vec<(u128, u128)>)>, usize>,
+    ports: HashMap<PortSet, usize>,
     named: HashMap<NamedSet, usize>,
     peers: HashMap<(String, String), usize>,
-    named_by_key: HashMap<(Direction, String, Vec<(String, Protocol)>), usize>,
+    named_by_key: HashMap<NamedKey, usize>,
 }
 
 impl Interner {
@@ -568,9 +571,7 @@ fn compile_rule(
                 .into_iter()
                 .map(|(p, r)| (p, Ranges::from_unsorted(r)))
                 .collect();
-            let key: Vec<(Protocol, Vec<(u128, u128)>)> =
-                set.iter().map(|(p, r)| (*p, r.iter().collect())).collect();
-            *interner.ports.entry(key).or_insert_with(|| {
+            *interner.ports.entry(set.clone()).or_insert_with(|| {
                 compiled.port_sets.push(set);
                 compiled.port_sets.len() - 1
             })

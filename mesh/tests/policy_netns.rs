@@ -5,8 +5,9 @@
 //! - Real packets: node n1 is test host 0 with bridge `weft` (10.32.1.1/24) and five pods
 //!   (network namespaces on veths); node n2 is test host 1, routed to it over the underlay,
 //!   with three pods; test host 2 plays a machine outside the cluster. Every pod serves TCP 80
-//!   and 81 and UDP 80. Each node loads its own ruleset through the driver; then every source
-//!   (the eight pods, both nodes, the outside host) tries every pod on every port, and what
+//!   and 81 and UDP 80, and so do node n1 and the outside host. Each node loads its own
+//!   ruleset through the driver; then every source (the eight pods, both nodes, the outside
+//!   host) tries every pod, node n1 and the outside host on every port, and what
 //!   gets through must be exactly what `why` says, including traffic between pods of one
 //!   node (over the bridge, through br_netfilter) and from the other node.
 //! - Replacing the ruleset keeps an established connection, and the drop counters count.
@@ -226,7 +227,14 @@ const SERVICE_PORTS: [(Protocol, u16); 3] = [
 
 /// Serves TCP 80, 81 and UDP 80 in `netns` until `stop`: each TCP connection gets `name` and
 /// a newline, then every line it sends echoed; each datagram gets `name` back.
-fn serve(netns: String, name: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// UDP binds `udp_addr`: a server with several addresses must answer from the one it was
+/// asked at, or its answer is no reply to conntrack.
+fn serve(
+    netns: String,
+    name: String,
+    udp_addr: Ipv4Addr,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let ns = File::open(format!("/run/netns/{netns}")).expect("open netns");
         setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
@@ -234,7 +242,7 @@ fn serve(netns: String, name: String, stop: Arc<AtomicBool>) -> std::thread::Joi
             .iter()
             .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("bind tcp"))
             .collect();
-        let udp = UdpSocket::bind(("0.0.0.0", 80)).expect("bind udp");
+        let udp = UdpSocket::bind((udp_addr, 80)).expect("bind udp");
         for l in &tcp {
             l.set_nonblocking(true).expect("nonblocking");
         }
@@ -521,15 +529,33 @@ fn packets_match_why_across_bridge_nodes_and_outside() {
     let model = policy::compile(&c, Scope::Cluster);
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Destinations: every pod, node n1 itself (what pods send to it passes the input hook)
+    // and the outside host.
+    let mut destinations: Vec<(String, Ipv4Addr)> = pods
+        .iter()
+        .map(|p| {
+            let IpAddr::V4(a) = p.pod.addresses[0] else {
+                unreachable!()
+            };
+            (format!("{}/{}", p.pod.namespace, p.pod.name), a)
+        })
+        .collect();
+    destinations.push(("node n1".into(), Ipv4Addr::new(10, 32, 1, 1)));
+    destinations.push(("outside".into(), h2.underlay_ip()));
     let servers: Vec<_> = pods
         .iter()
         .map(|p| {
-            serve(
+            (
                 p.netns.clone(),
                 format!("{}/{}", p.pod.namespace, p.pod.name),
-                stop.clone(),
             )
         })
+        .chain([
+            (h0.name().to_owned(), "node n1".to_owned()),
+            (h2.name().to_owned(), "outside".to_owned()),
+        ])
+        .zip(destinations.iter().map(|(_, addr)| *addr))
+        .map(|((netns, name), addr)| serve(netns, name, addr, stop.clone()))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
 
@@ -560,18 +586,15 @@ fn packets_match_why_across_bridge_nodes_and_outside() {
         let handles: Vec<_> = sources
             .iter()
             .map(|(label, netns, src)| {
-                let pods = &pods;
+                let destinations = &destinations;
                 let model = &model;
                 s.spawn(move || {
                     let mut out = Vec::new();
-                    for dst in pods {
-                        let IpAddr::V4(d) = dst.pod.addresses[0] else {
-                            unreachable!()
-                        };
+                    for (target, d) in destinations {
+                        let d = *d;
                         if d == *src {
                             continue;
                         }
-                        let target = format!("{}/{}", dst.pod.namespace, dst.pod.name);
                         for (proto, port) in SERVICE_PORTS {
                             let why = model.why_addr(IpAddr::V4(*src), IpAddr::V4(d), proto, port);
                             let wait = Duration::from_millis(if why.allowed { 2000 } else { 400 });
@@ -581,7 +604,7 @@ fn packets_match_why_across_bridge_nodes_and_outside() {
                                 got = probe(netns, d, proto, port, Duration::from_secs(2));
                             }
                             if let Some(name) = &got {
-                                assert_eq!(name, &target, "{label} reached the wrong server");
+                                assert_eq!(name, target, "{label} reached the wrong server");
                             }
                             out.push((
                                 format!("{label} -> {target}"),
@@ -663,6 +686,13 @@ fn packets_match_why_across_bridge_nodes_and_outside() {
     assert!(!allowed("outside -> z/a", Protocol::Tcp, 80));
     // The node's own traffic to its pods is never filtered.
     assert!(allowed("node n1 -> x/a", Protocol::Tcp, 81));
+    // Egress to what is not a pod: the node (input hook) and the outside (forward hook).
+    assert!(!allowed("y/a -> node n1", Protocol::Tcp, 80));
+    assert!(allowed("y/a -> node n1", Protocol::Udp, 80));
+    assert!(allowed("x/a -> node n1", Protocol::Tcp, 80));
+    assert!(!allowed("y/a -> outside", Protocol::Tcp, 81));
+    assert!(allowed("y/a -> outside", Protocol::Udp, 80));
+    assert!(allowed("y/b -> outside", Protocol::Tcp, 81));
 
     // Drops were counted on the policies that isolate the pods.
     let drops = block_in(h0.name(), || async {

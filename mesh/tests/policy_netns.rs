@@ -232,15 +232,20 @@ const SERVICE_PORTS: [(Protocol, u16); 3] = [
 fn serve(
     netns: String,
     name: String,
-    udp_addr: Ipv4Addr,
+    udp_addr: IpAddr,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let ns = File::open(format!("/run/netns/{netns}")).expect("open netns");
         setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
+        let any: IpAddr = if udp_addr.is_ipv4() {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
         let tcp: Vec<TcpListener> = [80, 81]
             .iter()
-            .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("bind tcp"))
+            .map(|p| TcpListener::bind((any, *p)).expect("bind tcp"))
             .collect();
         let udp = UdpSocket::bind((udp_addr, 80)).expect("bind udp");
         for l in &tcp {
@@ -281,7 +286,7 @@ fn serve(
 }
 
 /// One attempt from `netns` to `dst`: the name the server answered with, or `None`.
-fn probe(netns: &str, dst: Ipv4Addr, proto: Protocol, port: u16, wait: Duration) -> Option<String> {
+fn probe(netns: &str, dst: IpAddr, proto: Protocol, port: u16, wait: Duration) -> Option<String> {
     in_netns(netns, || {
         let to = SocketAddr::from((dst, port));
         match proto {
@@ -293,7 +298,12 @@ fn probe(netns: &str, dst: Ipv4Addr, proto: Protocol, port: u16, wait: Duration)
                 Some(line.trim().to_owned())
             }
             _ => {
-                let s = UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+                let any: IpAddr = if dst.is_ipv4() {
+                    Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                let s = UdpSocket::bind((any, 0)).ok()?;
                 s.set_read_timeout(Some(wait)).ok()?;
                 s.send_to(b"?", to).ok()?;
                 let mut buf = [0u8; 64];
@@ -554,7 +564,7 @@ fn packets_match_why_across_bridge_nodes_and_outside() {
             (h0.name().to_owned(), "node n1".to_owned()),
             (h2.name().to_owned(), "outside".to_owned()),
         ])
-        .zip(destinations.iter().map(|(_, addr)| *addr))
+        .zip(destinations.iter().map(|(_, addr)| IpAddr::V4(*addr)))
         .map(|((netns, name), addr)| serve(netns, name, addr, stop.clone()))
         .collect();
     std::thread::sleep(Duration::from_millis(200));
@@ -598,10 +608,16 @@ fn packets_match_why_across_bridge_nodes_and_outside() {
                         for (proto, port) in SERVICE_PORTS {
                             let why = model.why_addr(IpAddr::V4(*src), IpAddr::V4(d), proto, port);
                             let wait = Duration::from_millis(if why.allowed { 2000 } else { 400 });
-                            let mut got = probe(netns, d, proto, port, wait);
+                            let mut got = probe(netns, IpAddr::V4(d), proto, port, wait);
                             if got.is_some() != why.allowed {
                                 // Once more, slowly, before calling it a mismatch.
-                                got = probe(netns, d, proto, port, Duration::from_secs(2));
+                                got = probe(
+                                    netns,
+                                    IpAddr::V4(d),
+                                    proto,
+                                    port,
+                                    Duration::from_secs(2),
+                                );
                             }
                             if let Some(name) = &got {
                                 assert_eq!(name, target, "{label} reached the wrong server");
@@ -777,7 +793,7 @@ fn packets_match_why_across_bridge_nodes_and_outside() {
     assert_eq!(
         probe(
             &ya.netns,
-            xa_addr,
+            IpAddr::V4(xa_addr),
             Protocol::Tcp,
             80,
             Duration::from_millis(500)
@@ -803,6 +819,114 @@ fn packets_match_why_across_bridge_nodes_and_outside() {
         .expect("counter");
     assert!(deny > count("x", "default-deny"), "{deny}");
 
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().expect("server");
+    }
+}
+
+/// IPv6 pods on one bridge: the bridged IPv6 path (br_netfilter's ip6tables hook) enforces the
+/// policy like IPv4, and isolated pods still find their neighbours (neighbour advertisements
+/// to an isolated pod are not dropped).
+#[test]
+fn ipv6_pods_on_one_bridge() {
+    if !weft_testbed::require_root("ipv6_pods_on_one_bridge") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let h = bed.host(0);
+    h.sh(
+        "ip link add weft type bridge && ip -6 addr add fd00:32:1::1/64 dev weft nodad && \
+         ip link set weft up && sysctl -qw net.ipv6.conf.all.forwarding=1 && \
+         sysctl -qw net.bridge.bridge-nf-call-ip6tables=1",
+    )
+    .expect("bridge");
+    let mut pods = Vec::new();
+    for (k, name) in ["a", "b", "c"].iter().enumerate() {
+        let netns = bed.container().expect("pod namespace");
+        let addr = format!("fd00:32:1::{}", k + 2);
+        h.sh(&format!(
+            "ip link add v6p{k} type veth peer name eth0 netns {netns} && ip link set v6p{k} master weft up"
+        ))
+        .expect("veth");
+        bed.run_ok_in(
+            &netns,
+            &[
+                "sh",
+                "-c",
+                &format!("ip -6 addr add {addr}/64 dev eth0 nodad && ip link set eth0 up"),
+            ],
+        )
+        .expect("address");
+        let mut p = pod("x", name, &[("app", name)], &addr, "n1");
+        p.labels.insert("app".into(), (*name).into());
+        pods.push(PodNs { netns, pod: p });
+    }
+    let yaml = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: b}}}]
+    ports: [{port: 80}, {port: 80, protocol: UDP}]
+"#;
+    let cluster = Cluster {
+        policies: policy::parse(yaml, "default").expect("valid"),
+        pods: pods.iter().map(|p| p.pod.clone()).collect(),
+        namespaces: Default::default(),
+        nodes: vec![Node {
+            name: "n1".into(),
+            addresses: vec![ip("fd00:32:1::1")],
+        }],
+    };
+    let model = policy::compile(&cluster, Scope::Node("n1".into()));
+    let mut table = PolicyTable::new();
+    block_in(h.name(), || async {
+        table.apply(&model).await.expect("apply")
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            serve(
+                p.netns.clone(),
+                format!("x/{}", p.pod.name),
+                p.pod.addresses[0],
+                stop.clone(),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut open = 0;
+    for src in &pods {
+        for dst in &pods {
+            if src.pod.name == dst.pod.name {
+                continue;
+            }
+            for (proto, port) in SERVICE_PORTS {
+                let why = model
+                    .why(
+                        &format!("x/{}", src.pod.name).parse().expect("endpoint"),
+                        &format!("x/{}", dst.pod.name).parse().expect("endpoint"),
+                        proto,
+                        port,
+                    )
+                    .expect("known pods");
+                let wait = Duration::from_millis(if why.allowed { 3000 } else { 400 });
+                let got = probe(&src.netns, dst.pod.addresses[0], proto, port, wait);
+                assert_eq!(got.is_some(), why.allowed, "{why}");
+                open += usize::from(why.allowed);
+            }
+        }
+    }
+    assert_eq!(open, 2, "b -> a on TCP 80 and UDP 80, nothing else");
     stop.store(true, Ordering::Relaxed);
     for s in servers {
         s.join().expect("server");

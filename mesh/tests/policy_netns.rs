@@ -26,7 +26,7 @@ use weft_mesh::policy::{
 use weft_testbed::{Host, TestBed};
 
 mod policy_common;
-use policy_common::large_cluster;
+use policy_common::{e2e, large_cluster};
 
 /// Runs `f` on a thread that entered network namespace `netns`.
 fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -927,6 +927,138 @@ spec:
         }
     }
     assert_eq!(open, 2, "b -> a on TCP 80 and UDP 80, nothing else");
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().expect("server");
+    }
+}
+
+/// The Kubernetes e2e suite's cases (mesh/tests/policy_common/e2e.rs) on real packets: its
+/// nine pods on two routed nodes; for each case both nodes load their rulesets (replacing the
+/// last case's), then every pod tries every other on TCP 80, 81 and UDP 80 at once, and what
+/// gets through must be what the suite expects (and what `why` says).
+#[test]
+fn kubernetes_e2e_cases_on_real_packets() {
+    if !weft_testbed::require_root("kubernetes_e2e_cases_on_real_packets") {
+        return;
+    }
+    let bed = TestBed::new(2).expect("test bed");
+    let (h0, h1) = (bed.host(0), bed.host(1));
+    make_node(h0, "10.32.1.1");
+    make_node(h1, "10.32.2.1");
+    h0.run_ok(&[
+        "ip",
+        "route",
+        "add",
+        "10.32.2.0/24",
+        "via",
+        &h1.underlay_ip().to_string(),
+    ])
+    .expect("route");
+    h1.run_ok(&[
+        "ip",
+        "route",
+        "add",
+        "10.32.1.0/24",
+        "via",
+        &h0.underlay_ip().to_string(),
+    ])
+    .expect("route");
+    let template = e2e::cluster("");
+    let pods: Vec<PodNs> = template
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let host = if p.node == "n1" { h0 } else { h1 };
+            add_pod(&bed, host, k, p.clone())
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            serve(
+                p.netns.clone(),
+                format!("{}/{}", p.pod.namespace, p.pod.name),
+                p.pod.addresses[0],
+                stop.clone(),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut tables = [PolicyTable::new(), PolicyTable::new()];
+    let cases = e2e::cases();
+    for case in &cases {
+        let cluster = e2e::cluster(&case.yaml);
+        for (i, node) in ["n1", "n2"].iter().enumerate() {
+            let compiled = policy::compile(&cluster, Scope::Node((*node).into()));
+            let table = &mut tables[i];
+            block_in(bed.host(i).name(), || async {
+                table.apply(&compiled).await.expect("apply")
+            });
+        }
+        let model = policy::compile(&cluster, Scope::Cluster);
+        let wrong: Vec<String> = std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for src in &pods {
+                for dst in &pods {
+                    if src.pod.name == dst.pod.name && src.pod.namespace == dst.pod.namespace {
+                        continue;
+                    }
+                    for (proto, port) in e2e::PORTS {
+                        let (model, case) = (&model, case);
+                        handles.push(s.spawn(move || {
+                            let flow = (
+                                src.pod.namespace.as_str(),
+                                src.pod.name.as_str(),
+                                dst.pod.namespace.as_str(),
+                                dst.pod.name.as_str(),
+                                proto,
+                                port,
+                            );
+                            let want = (case.expect)(flow);
+                            let why = model.why_addr(
+                                src.pod.addresses[0],
+                                dst.pod.addresses[0],
+                                proto,
+                                port,
+                            );
+                            let wait = Duration::from_millis(if want { 2000 } else { 300 });
+                            let mut got =
+                                probe(&src.netns, dst.pod.addresses[0], proto, port, wait)
+                                    .is_some();
+                            if got != want {
+                                // Once more (a fresh source port, so no conntrack entry of an
+                                // earlier case's flow can answer for it), slowly.
+                                got = probe(
+                                    &src.netns,
+                                    dst.pod.addresses[0],
+                                    proto,
+                                    port,
+                                    Duration::from_secs(2),
+                                )
+                                .is_some();
+                            }
+                            (got != want || why.allowed != want)
+                                .then(|| format!("packets {got}, suite {want}: {why}"))
+                        }));
+                    }
+                }
+            }
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().expect("probe"))
+                .collect()
+        });
+        assert!(
+            wrong.is_empty(),
+            "case {}: {} flows differ:\n{}",
+            case.name,
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     for s in servers {
         s.join().expect("server");

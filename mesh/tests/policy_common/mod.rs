@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod e2e;
+
 use std::net::IpAddr;
 
 use weft_mesh::policy::{self, Cluster, NamedPort, Pod, Protocol};

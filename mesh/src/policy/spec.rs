@@ -1028,6 +1028,24 @@ spec:
         );
     }
 
+    /// Aliases that would expand to billions of nodes, and deep nesting: refused quickly.
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = (b'a' + i - 1) as char;
+            let name = (b'a' + i) as char;
+            bomb.push_str(&format!(
+                "{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+        }
+        let start = std::time::Instant::now();
+        assert!(parse(&bomb, "default").is_err());
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(&deep, "default").is_err());
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
     fn yaml_fragment() -> impl Strategy<Value = String> {
         let pieces = proptest::sample::select(vec![
             "apiVersion: networking.k8s.io/v1\n",

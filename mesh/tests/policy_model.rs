@@ -462,7 +462,7 @@ fn pods() -> impl Strategy<Value = Vec<Pod>> {
                     addresses,
                     ports: named,
                     node: node.into(),
-                    interface: None,
+                    interface: (i % 2 == 0).then(|| format!("vw{i}")),
                 }
             })
             .collect()
@@ -613,7 +613,7 @@ proptest! {
         // Base chains; per policy counters (2 families x 2 directions) and chain drops; per
         // rule one line per family, peer and kind of port.
         let peers = |p: &Option<Vec<_>>| p.as_ref().map_or(1, |v: &Vec<_>| v.len().max(1));
-        let bound = 10 + 6 * w.policies.len()
+        let bound = 15 + 6 * w.policies.len()
             + w.policies.iter().map(|p| {
                 let s = p.spec.as_ref().expect("spec");
                 s.ingress.iter().flatten().map(|r| 4 * peers(&r.from)).sum::<usize>()

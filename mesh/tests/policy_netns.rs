@@ -106,6 +106,7 @@ spec:
         for (j, app) in ["a", "b", "c"].iter().enumerate() {
             let k = i * 3 + j + 2;
             let mut p = pod(ns, app, &[("app", app)], &format!("10.32.1.{k}"), "n1");
+            p.interface = Some(format!("vw{k}"));
             p.addresses.push(ip(&format!("fd00::{k}")));
             p.ports = vec![
                 NamedPort {
@@ -335,7 +336,7 @@ fn make_node(host: &Host, gateway: &str) {
     .expect("bridge");
 }
 
-fn add_pod(bed: &TestBed, host: &Host, k: usize, pod: Pod) -> PodNs {
+fn add_pod(bed: &TestBed, host: &Host, k: usize, mut pod: Pod) -> PodNs {
     let netns = bed.container().expect("pod namespace");
     let addr = pod.addresses[0];
     let gateway = match addr {
@@ -343,6 +344,8 @@ fn add_pod(bed: &TestBed, host: &Host, k: usize, pod: Pod) -> PodNs {
         IpAddr::V6(_) => panic!("v4 pods only here"),
     };
     let veth = format!("vp{k}");
+    // The bridge port: the ruleset lets only the pod's own addresses in through it.
+    pod.interface = Some(veth.clone());
     host.sh(&format!(
         "ip link add {veth} type veth peer name eth0 netns {netns} && ip link set {veth} master weft up"
     ))
@@ -859,6 +862,7 @@ fn ipv6_pods_on_one_bridge() {
         )
         .expect("address");
         let mut p = pod("x", name, &[("app", name)], &addr, "n1");
+        p.interface = Some(format!("v6p{k}"));
         p.labels.insert("app".into(), (*name).into());
         pods.push(PodNs { netns, pod: p });
     }
@@ -1063,4 +1067,105 @@ fn kubernetes_e2e_cases_on_real_packets() {
     for s in servers {
         s.join().expect("server");
     }
+}
+
+/// A pod that sends with another pod's address (one the policy allows) is stopped at the
+/// bridge port; without its interface in the input (control) the forged packet gets through
+/// the policy, so the check is what stops it.
+#[test]
+fn forged_source_addresses_are_dropped_at_the_bridge() {
+    if !weft_testbed::require_root("forged_source_addresses_are_dropped_at_the_bridge") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let h = bed.host(0);
+    make_node(h, "10.32.1.1");
+    let pods: Vec<PodNs> = [("a", "10.32.1.2"), ("b", "10.32.1.3"), ("c", "10.32.1.4")]
+        .iter()
+        .enumerate()
+        .map(|(k, (name, addr))| add_pod(&bed, h, k, pod("x", name, &[("app", name)], addr, "n1")))
+        .collect();
+    // c also holds b's address, and sends from it.
+    bed.run_ok_in(
+        &pods[2].netns,
+        &["ip", "addr", "add", "10.32.1.3/32", "dev", "eth0"],
+    )
+    .expect("second address");
+    let yaml = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: b}}}]
+    ports: [{port: 80, protocol: UDP}]
+"#;
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let (netns, received, stop) = (pods[0].netns.clone(), received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let ns = File::open(format!("/run/netns/{netns}")).expect("open netns");
+            setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
+            let sock = UdpSocket::bind(("10.32.1.2", 80)).expect("bind");
+            sock.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+            let mut buf = [0u8; 16];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    if &buf[..n] == b"hello" && from.ip() == ip("10.32.1.3") {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let send_from = |netns: &str| {
+        in_netns(netns, || {
+            let s = UdpSocket::bind(("10.32.1.3", 0)).expect("bind to b's address");
+            for _ in 0..5 {
+                s.send_to(b"hello", ("10.32.1.2", 80)).expect("send");
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        received.swap(0, Ordering::Relaxed)
+    };
+    let load = |with_interfaces: bool, table: &mut PolicyTable| {
+        let mut cluster = Cluster {
+            policies: policy::parse(yaml, "default").expect("valid"),
+            pods: pods.iter().map(|p| p.pod.clone()).collect(),
+            ..Cluster::default()
+        };
+        if !with_interfaces {
+            for p in &mut cluster.pods {
+                p.interface = None;
+            }
+        }
+        let compiled = policy::compile(&cluster, Scope::Node("n1".into()));
+        block_in(h.name(), || async {
+            table.apply(&compiled).await.expect("apply")
+        });
+    };
+    let mut table = PolicyTable::new();
+    // Control: without the bridge ports known, c passes for b.
+    load(false, &mut table);
+    assert!(
+        send_from(&pods[2].netns) > 0,
+        "the forged datagrams pass the policy unchecked"
+    );
+    // With them: b still gets through, c's forgeries are dropped and counted.
+    load(true, &mut table);
+    assert!(send_from(&pods[1].netns) > 0, "b itself still gets through");
+    assert_eq!(
+        send_from(&pods[2].netns),
+        0,
+        "c's forged datagrams are dropped"
+    );
+    let spoofed = block_in(h.name(), || async {
+        table.spoofed().await.expect("counter")
+    });
+    assert!(spoofed.packets >= 5, "{spoofed:?}");
+    stop.store(true, Ordering::Relaxed);
+    receiver.join().expect("receiver");
 }

@@ -39,8 +39,11 @@ impl PolicyTable {
     pub async fn apply(&mut self, compiled: &Compiled) -> Result<Stats> {
         let before = self.current().await.unwrap_or_default();
         let (text, stats) = nft::render(compiled);
-        let script = format!("table inet {TABLE}\ndelete table inet {TABLE}\n{text}");
-        run_nft(&["-f", "-"], Some(script)).await?;
+        run_nft(
+            &["-f", "-"],
+            Some(format!("{}{text}", nft::remove_script())),
+        )
+        .await?;
         for (policy, value) in before {
             let total = self.earlier.entry(policy).or_default();
             total.packets += value.packets;
@@ -76,6 +79,25 @@ impl PolicyTable {
             totals.entry(id.clone()).or_default();
         }
         Ok(totals)
+    }
+
+    /// Packets dropped at the bridge for a forged source address (since the last
+    /// replacement); zero if the table is missing.
+    pub async fn spoofed(&self) -> Result<CounterValue> {
+        let listing =
+            match run_nft(&["-j", "list", "counters", "table", "bridge", TABLE], None).await {
+                Ok(out) => out,
+                Err(NftError::Refused(_, stderr)) if is_missing_table(&stderr) => {
+                    return Ok(CounterValue::default())
+                }
+                Err(e) => return Err(e.into()),
+            };
+        let listing: Value = serde_json::from_str(&listing).map_err(|e| {
+            crate::Error::io("parsing nft -j list counters", std::io::Error::other(e))
+        })?;
+        Ok(parse_counters(&listing)
+            .remove(nft::SPOOF_COUNTER)
+            .unwrap_or_default())
     }
 
     /// The loaded table's counters, by policy (empty if there is no table).

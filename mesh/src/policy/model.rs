@@ -185,6 +185,11 @@ pub struct Compiled {
     pub ingress_map: BTreeMap<IpAddr, usize>,
     /// Likewise for what they send.
     pub egress_map: BTreeMap<IpAddr, usize>,
+    /// In-scope pods' host-side interfaces (bridge ports) and the addresses they may send
+    /// from: anything else entering the bridge from such a port is dropped (anti-spoofing,
+    /// so that a pod cannot borrow an allowed pod's address). Pods without a known interface,
+    /// or with a name nft could not take, are not checked.
+    pub bindings: BTreeMap<String, Vec<IpAddr>>,
     /// Every pod's addresses: which pod, on which node.
     pub(super) pods_by_addr: BTreeMap<IpAddr, PodRef>,
     /// The addresses of each node.
@@ -302,6 +307,14 @@ impl fmt::Display for Why {
 
 // ---------------------------------------------------------------------------------------------
 
+/// An interface name safe to quote in nft text: 1-15 of `[A-Za-z0-9_.-]`.
+pub fn is_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 /// The pods of one namespace, with its labels.
 struct NamespaceIndex<'a> {
     labels: Labels,
@@ -365,6 +378,15 @@ pub fn compile(cluster: &Cluster, scope: Scope) -> Compiled {
         addr_sets: Vec::new(),
         port_sets: Vec::new(),
         named_sets: Vec::new(),
+        bindings: cluster
+            .pods
+            .iter()
+            .filter(|p| in_scope(p))
+            .filter_map(|p| {
+                let name = p.interface.as_ref()?;
+                is_ifname(name).then(|| (name.clone(), p.addresses.clone()))
+            })
+            .collect(),
         ingress_map: BTreeMap::new(),
         egress_map: BTreeMap::new(),
         pods_by_addr,

@@ -38,21 +38,83 @@ pub struct Stats {
     pub counters: usize,
 }
 
-/// The `nft -f` input that replaces the table in one transaction: create it (so the delete
-/// cannot fail), delete it, define it anew. Established connections survive (conntrack is not
-/// touched); counters start at zero.
+/// The named counter of packets dropped for a forged source address.
+pub const SPOOF_COUNTER: &str = "spoofed";
+
+/// The `nft -f` input that replaces both tables (`inet` and `bridge weft_policy`) in one
+/// transaction: create each (so the delete cannot fail), delete it, define it anew.
+/// Established connections survive (conntrack is not touched); counters start at zero.
 pub fn replace_script(compiled: &Compiled) -> String {
-    let (table, _) = render(compiled);
-    format!("table inet {TABLE}\ndelete table inet {TABLE}\n{table}")
+    let (tables, _) = render(compiled);
+    format!("{}{tables}", remove_script())
 }
 
-/// The `nft -f` input that deletes the table if it exists.
+/// The `nft -f` input that deletes both tables if they exist.
 pub fn remove_script() -> String {
-    format!("table inet {TABLE}\ndelete table inet {TABLE}\n")
+    format!(
+        "table inet {TABLE}\ndelete table inet {TABLE}\ntable bridge {TABLE}\ndelete table bridge {TABLE}\n"
+    )
 }
 
-/// The table definition alone, and its sizes.
+/// The definitions of both tables, and their sizes.
 pub fn render(c: &Compiled) -> (String, Stats) {
+    let (mut text, mut stats) = render_inet(c);
+    render_bridge(c, &mut text, &mut stats);
+    (text, stats)
+}
+
+/// Table `bridge weft_policy`: anti-spoofing at the bridge ports of this node's pods. A
+/// packet entering the bridge from a pod's port must carry one of that pod's addresses (or,
+/// for IPv6, a link-local or the unspecified address, which neighbour discovery uses);
+/// otherwise it is counted and dropped before any policy sees it. Stateless: no conntrack
+/// (which the bridge family lacks here).
+fn render_bridge(c: &Compiled, w: &mut String, stats: &mut Stats) {
+    let _ = writeln!(w, "table bridge {TABLE} {{");
+    let _ = writeln!(w, "\tcounter {SPOOF_COUNTER} {{\n\t}}");
+    stats.counters += 1;
+    let ports: Vec<String> = c.bindings.keys().map(|p| format!("\"{p}\"")).collect();
+    set(w, stats, "pod_ports", "ifname", false, &ports);
+    for f in Family::BOTH {
+        let elements: Vec<String> = c
+            .bindings
+            .iter()
+            .flat_map(|(port, addrs)| {
+                addrs
+                    .iter()
+                    .filter(|a| Family::of(a) == f)
+                    .map(move |a| format!("\"{port}\" . {a}"))
+            })
+            .collect();
+        set(
+            w,
+            stats,
+            &format!("sources_{}", f.suffix()),
+            &format!("ifname . {}", f.addr_type()),
+            false,
+            &elements,
+        );
+    }
+    let _ = writeln!(w, "\tchain prerouting {{");
+    let _ = writeln!(
+        w,
+        "\t\ttype filter hook prerouting priority filter; policy accept;"
+    );
+    for rule in [
+        "iifname != @pod_ports accept",
+        "ether type ip iifname . ip saddr @sources_v4 accept",
+        "ether type ip6 ip6 saddr { ::, fe80::/10 } accept",
+        "ether type ip6 iifname . ip6 saddr @sources_v6 accept",
+        "ether type { ip, ip6 } counter name \"spoofed\" drop",
+    ] {
+        let _ = writeln!(w, "\t\t{rule}");
+        stats.rules += 1;
+    }
+    let _ = writeln!(w, "\t}}");
+    stats.chains += 1;
+    let _ = writeln!(w, "}}");
+}
+
+fn render_inet(c: &Compiled) -> (String, Stats) {
     let mut out = String::new();
     let mut stats = Stats::default();
     let w = &mut out;

@@ -38,6 +38,30 @@ pub enum Error {
     /// Something to be created exists already (an interface name taken in a container).
     #[error("{0}")]
     Exists(String),
+    /// A NetworkPolicy (or the input it came in) was refused whole: `field` is the path to
+    /// what is wrong (`spec.ingress[0].ports[1].endPort`), `document` counts from 0.
+    #[error("{}{}", policy_context(*.document, .policy.as_deref()), field_reason(.field, .reason))]
+    InvalidPolicy {
+        document: usize,
+        policy: Option<String>,
+        field: String,
+        reason: String,
+    },
+}
+
+fn field_reason(field: &str, reason: &str) -> String {
+    if field.is_empty() {
+        reason.to_owned()
+    } else {
+        format!("{field}: {reason}")
+    }
+}
+
+fn policy_context(document: usize, policy: Option<&str>) -> String {
+    match policy {
+        Some(p) => format!("document {}, policy {p}: ", document + 1),
+        None => format!("document {}: ", document + 1),
+    }
 }
 
 impl Error {
@@ -60,6 +84,7 @@ impl Error {
             Self::Netlink(_) => libc::EPROTO,
             Self::NotWireGuard(_) => libc::ENODEV,
             Self::Exists(_) => libc::EEXIST,
+            Self::InvalidPolicy { .. } => libc::EINVAL,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod host;
 pub mod kernel;
 pub mod paths;
+pub mod policy;
 pub mod tun;
 pub mod uapi;
 pub mod userspace;

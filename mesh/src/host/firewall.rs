@@ -297,7 +297,7 @@ pub fn parse_table(listing: &Value) -> Option<FirewallSpec> {
 }
 
 /// Why an `nft` run failed.
-enum NftError {
+pub(crate) enum NftError {
     /// nft ran and refused: its stderr.
     Refused(Error, String),
     Other(Error),
@@ -313,7 +313,10 @@ impl From<NftError> for Error {
 
 /// Runs `nft` with `args`, feeding `input` on stdin; returns stdout. In the C locale, so its
 /// messages read the same everywhere (see [`is_missing_table`]).
-async fn nft(args: &[&str], input: Option<String>) -> std::result::Result<String, NftError> {
+pub(crate) async fn nft(
+    args: &[&str],
+    input: Option<String>,
+) -> std::result::Result<String, NftError> {
     let context = format!("nft {}", args.join(" "));
     let io = |e| NftError::Other(Error::io(context.clone(), e));
     let mut child = tokio::process::Command::new("nft")
@@ -346,7 +349,7 @@ async fn nft(args: &[&str], input: Option<String>) -> std::result::Result<String
 
 /// True if nft's error output says the table it was asked to list does not exist
 /// ("Error: No such file or directory; did you mean table ...").
-fn is_missing_table(stderr: &str) -> bool {
+pub(crate) fn is_missing_table(stderr: &str) -> bool {
     stderr.contains("No such file or directory")
 }
 

@@ -154,7 +154,7 @@ impl Watchers {
         KINDS
             .iter()
             .zip(&self.health)
-            .map(|(kind, h)| h.snapshot(*kind, now))
+            .map(|(kind, h)| h.snapshot(kind, now))
             .collect()
     }
 

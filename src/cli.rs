@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Output format of commands that print state or outcomes (`identity`, `secret check`,
-    /// `status`, `peers`, `ipam`, `forget`, `connect`, `reset`, `attach`).
+    /// `status`, `peers`, `ipam`, `pods`, `forget`, `connect`, `reset`, `attach`, `detach`).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
@@ -86,8 +86,9 @@ pub enum Command {
     /// is unreachable, from the running daemon.
     Ipam(ApiArgs),
 
-    /// List the pods the CNI plugin attached on this node: container id, interface, address,
-    /// pod namespace and name, labels, from the running daemon.
+    /// List the pods and containers attached on this node (by the CNI plugin or `weft
+    /// attach`): container id, interface, address, pod namespace and name or container name,
+    /// labels, from the running daemon.
     Pods(ApiArgs),
 
     /// Declare a node gone for good (it will not come back) and take back its address space.
@@ -102,9 +103,14 @@ pub enum Command {
     /// space is handed back) the node's keys and state: a later launch is a new node.
     Reset(ResetArgs),
 
-    /// Attach a network namespace (a container's) to this node's bridge: a veth pair, an
-    /// address from this node's space, and routes.
+    /// Attach a container to this node's bridge: the daemon makes a veth pair into its network
+    /// namespace with an address from this node's space, and routes. TARGET is a network
+    /// namespace path, a PID, or a Docker or Podman container name or id. The container keeps
+    /// its other interfaces; attaching it again gives it the same address.
     Attach(AttachArgs),
+
+    /// Take a container attached with `weft attach` off the bridge and give its address back.
+    Detach(DetachArgs),
 
     /// Build a demo mesh on this machine: N test hosts in network namespaces, a weft node and a
     /// container in each, ping every pair across the encrypted mesh, print the peers table,
@@ -142,17 +148,56 @@ pub struct ResetArgs {
 /// `weft attach`.
 #[derive(Debug, Args)]
 pub struct AttachArgs {
-    /// Container or pod id: the same id gets the same address back.
-    #[arg(value_name = "CONTAINER_ID")]
-    pub container: String,
-    /// The container's network namespace (a path such as /run/netns/NAME or /proc/PID/ns/net).
+    /// What to attach: a network namespace path (/run/netns/NAME, /proc/PID/ns/net), a PID,
+    /// or a Docker or Podman container name or id (asked on DOCKER_HOST or
+    /// /var/run/docker.sock, then `podman inspect`). With --netns: the container id.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// The id the address is kept under [default: the container's id for a Docker or Podman
+    /// container, else `netns-INODE` of the namespace]. The same id gets the same address back.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// The container's network namespace; TARGET is then the container id (the older form
+    /// of this command).
     #[arg(long, value_name = "PATH")]
-    pub netns: PathBuf,
+    pub netns: Option<PathBuf>,
     /// Interface name inside the container.
-    #[arg(long, value_name = "NAME", default_value = "eth0")]
+    #[arg(long, value_name = "NAME", default_value = crate::daemon::api::DEFAULT_IFNAME)]
+    pub ifname: String,
+    /// This address (free, in this node's address space) instead of the next free one.
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// A label kept with the allocation (for the policy engine; shown by `weft pods`).
+    /// Repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `weft detach`.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// What to detach: as for `weft attach` (a network namespace path, a PID, a Docker or
+    /// Podman container), or the id it was attached under.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// The id it was attached under (when TARGET cannot be resolved any more).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Interface name inside the container.
+    #[arg(long, value_name = "NAME", default_value = crate::daemon::api::DEFAULT_IFNAME)]
     pub ifname: String,
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+/// `KEY=VALUE` with a non-empty key.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 /// `weft demo`.

@@ -2,11 +2,24 @@
 //! namespaces plugged into it; they ping each other and the gateway, re-attaching changes
 //! nothing, a failed attach leaves nothing behind, and detach removes the veth.
 //! The attach code runs in-process on a thread that entered the host's namespace.
+//!
+//! Then `weft attach` and `weft detach` against real daemons (`weft launch` in test-bed
+//! hosts), with the CLI run in the test's own (root) network namespace, outside the
+//! daemon's: by namespace path and by PID, the same id twice, `--ip`, labels, detach.
+
+#[path = "mesh/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
 
 use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
+use cluster::{Cluster, BIN};
+use serde_json::Value;
 use weft_mesh::attach::{self, Attachment};
 use weft_testbed::TestBed;
 
@@ -242,4 +255,709 @@ fn a_failed_attach_leaves_nothing_behind() {
         before,
         "a veth was left on the host"
     );
+}
+
+/// `weft ARGS -o json --api-socket SOCKET`, run here (the root network namespace, not the
+/// daemon's): its stdout on success, its stderr on failure.
+fn weft(socket: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--api-socket")
+        .arg(socket)
+        .output()
+        .expect("run weft");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `weft pods -o json` of node `i`.
+fn pods(c: &Cluster, i: usize) -> Vec<Value> {
+    let text = weft(&c.nodes[i].socket, &["pods", "-o", "json"]).expect("weft pods");
+    serde_json::from_str::<Value>(&text)
+        .expect("pods json")
+        .as_array()
+        .cloned()
+        .expect("a list")
+}
+
+/// The address `weft attach -o json` answered.
+fn address_of(json: &str) -> Ipv4Addr {
+    let v: Value = serde_json::from_str(json).expect("attach json");
+    let net: ipnet::Ipv4Net = v["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("cidr");
+    net.addr()
+}
+
+/// The weft veths in a test host's namespace.
+fn weft_veths(c: &Cluster, host: usize) -> Vec<String> {
+    c.bed
+        .host(host)
+        .run_ok(&["ip", "-o", "link", "show"])
+        .expect("ip link")
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| attach::is_host_ifname(n))
+        .collect()
+}
+
+#[test]
+fn attach_from_outside_the_daemons_namespace_by_path_and_pid_then_detach() {
+    if !weft_testbed::require_root(
+        "attach_from_outside_the_daemons_namespace_by_path_and_pid_then_detach",
+    ) {
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.launch_chain();
+    c.wait_full_mesh(&[0, 1], Duration::from_secs(60));
+    c.wait_space(&[0, 1], Duration::from_secs(60));
+    let remote = c.attach(1, "remote");
+    let socket = c.nodes[0].socket.clone();
+
+    // By namespace path, from the root namespace; the container keeps an interface it had.
+    let a = c.bed.container().expect("container a");
+    c.bed
+        .run_ok_in(
+            &a,
+            &[
+                "ip", "link", "add", "keep0", "type", "veth", "peer", "name", "keep1",
+            ],
+        )
+        .expect("a second interface");
+    let path = format!("/run/netns/{a}");
+    let first = weft(
+        &socket,
+        &[
+            "attach", &path, "--label", "app=web", "--label", "tier=", "-o", "json",
+        ],
+    )
+    .expect("weft attach by path");
+    let addr_a = address_of(&first);
+    assert_eq!(c.container_addr(&a), Some(addr_a), "eth0 has the address");
+    assert!(
+        c.bed
+            .run_ok_in(&a, &["ip", "link", "show", "keep0"])
+            .is_ok(),
+        "the container lost its other interface"
+    );
+    // The same id again (a retry): the same address, nothing new on the host.
+    let veths = weft_veths(&c, 0);
+    let again = weft(&socket, &["attach", &path, "-o", "json"]).expect("again");
+    assert_eq!(
+        address_of(&again),
+        addr_a,
+        "a retried attach moved the address"
+    );
+    assert_eq!(weft_veths(&c, 0), veths);
+    // It reaches a container on the other node through the mesh.
+    let ca = cluster::Container {
+        netns: a.clone(),
+        id: "a".into(),
+        node: 0,
+        addr: addr_a,
+    };
+    c.wait_ping(&ca, &remote, Duration::from_secs(20));
+    let listed = pods(&c, 0);
+    let pod = listed
+        .iter()
+        .find(|p| {
+            p["address"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{addr_a}/")))
+        })
+        .unwrap_or_else(|| panic!("attached container not in weft pods: {listed:?}"));
+    assert_eq!(pod["source"], "attach", "{pod}");
+    assert_eq!(pod["name"], a.as_str(), "{pod}");
+    assert_eq!(pod["labels"]["app"], "web", "{pod}");
+    assert_eq!(pod["labels"]["tier"], "", "{pod}");
+    let id_a = pod["container"].as_str().expect("id").to_string();
+    assert!(id_a.starts_with("netns-"), "{id_a}");
+
+    // By PID (a process in another namespace), the same twice.
+    let b = c.bed.container().expect("container b");
+    let sleeper = c.bed.spawn_in(&b, &["sleep", "300"]).expect("a process");
+    let pid = sleeper.pid().to_string();
+    let addr_b = address_of(&weft(&socket, &["attach", &pid, "-o", "json"]).expect("by pid"));
+    assert_eq!(c.container_addr(&b), Some(addr_b));
+    assert_ne!(addr_a, addr_b);
+    let addr_b2 = address_of(&weft(&socket, &["attach", &pid, "-o", "json"]).expect("again"));
+    assert_eq!(addr_b, addr_b2, "the same PID twice got two addresses");
+
+    // --ip taken: a clear error, and nothing left (no veth, no pod, no eth0).
+    let d = c.bed.container().expect("container d");
+    let veths = weft_veths(&c, 0);
+    let before = pods(&c, 0).len();
+    let err = weft(
+        &socket,
+        &[
+            "attach",
+            &format!("/run/netns/{d}"),
+            "--ip",
+            &addr_a.to_string(),
+        ],
+    )
+    .expect_err("a taken address");
+    assert!(
+        err.contains(&format!("address {addr_a} is in use")),
+        "unclear error: {err}"
+    );
+    assert_eq!(weft_veths(&c, 0), veths, "a veth was left behind");
+    assert_eq!(pods(&c, 0).len(), before, "a pod was left behind");
+    assert!(c.container_addr(&d).is_none());
+    // --ip outside this node's space: refused, saying so.
+    let err = weft(
+        &socket,
+        &["attach", &format!("/run/netns/{d}"), "--ip", "192.0.2.9"],
+    )
+    .expect_err("outside the range");
+    assert!(
+        err.contains("not in the cluster range"),
+        "unclear error: {err}"
+    );
+
+    // Detach a: its interface goes, weft pods no longer lists it, its address is free again
+    // (another container may take it with --ip), and the container keeps keep0.
+    let veth_a = attach::host_ifname(&format!("{id_a}/eth0"));
+    assert!(weft_veths(&c, 0).contains(&veth_a));
+    let out = weft(&socket, &["detach", &path]).expect("weft detach");
+    assert!(out.contains(&addr_a.to_string()), "{out}");
+    assert!(!weft_veths(&c, 0).contains(&veth_a), "veth left behind");
+    assert!(c.container_addr(&a).is_none(), "eth0 left in the container");
+    assert!(c
+        .bed
+        .run_ok_in(&a, &["ip", "link", "show", "keep0"])
+        .is_ok());
+    assert!(
+        !pods(&c, 0).iter().any(|p| p["container"] == id_a.as_str()),
+        "weft pods still lists a detached container"
+    );
+    weft(&socket, &["detach", &path]).expect("detach twice is fine");
+    let addr_d = address_of(
+        &weft(
+            &socket,
+            &[
+                "attach",
+                &format!("/run/netns/{d}"),
+                "--ip",
+                &addr_a.to_string(),
+                "-o",
+                "json",
+            ],
+        )
+        .expect("the freed address"),
+    );
+    assert_eq!(addr_d, addr_a);
+    assert_eq!(c.container_addr(&d), Some(addr_a));
+
+    // Detach by PID; then the last one: the bridge keeps its MTU without ports (the kernel
+    // resets it to 1500 unless weft set it after making the bridge), and no drift is logged.
+    let mtu = |c: &Cluster| {
+        let link = c
+            .bed
+            .host(0)
+            .run_ok(&["ip", "-o", "link", "show", "weft"])
+            .expect("bridge");
+        link.split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .map(str::to_string)
+            .expect("mtu")
+    };
+    let bridge_mtu = mtu(&c);
+    weft(&socket, &["detach", &pid]).expect("detach by pid");
+    assert!(c.container_addr(&b).is_none());
+    // Attached again after a detach: its old address, still free, comes back.
+    let back = address_of(&weft(&socket, &["attach", &pid, "-o", "json"]).expect("again"));
+    assert_eq!(
+        back, addr_b,
+        "re-attached after detach with another address"
+    );
+    weft(&socket, &["detach", &pid]).expect("detach by pid");
+    drop(sleeper);
+    weft(&socket, &["detach", &format!("/run/netns/{d}")]).expect("detach the last");
+    assert!(weft_veths(&c, 0).is_empty(), "{:?}", weft_veths(&c, 0));
+    std::thread::sleep(Duration::from_millis(2500)); // two reconcile rounds
+    assert_eq!(
+        mtu(&c),
+        bridge_mtu,
+        "the bridge's MTU changed with its last port gone"
+    );
+    c.assert_no_warnings();
+}
+
+/// A Podman set-up of its own: storage, run and events under a temporary directory, a busybox
+/// root filesystem (no image, no registry), its containers in a cgroup parent of their own.
+/// Dropping it removes the containers and the cgroups.
+struct Podman {
+    dir: tempfile::TempDir,
+    cgroup_parent: String,
+    names: Vec<String>,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        let bin = p.join("rootfs/bin");
+        std::fs::create_dir_all(&bin).expect("rootfs");
+        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static");
+        std::os::unix::fs::symlink("busybox", bin.join("sleep")).expect("symlink");
+        std::os::unix::fs::symlink("busybox", bin.join("sh")).expect("symlink");
+        std::fs::write(
+            p.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\nrunroot = \"{0}/run\"\ngraphroot = \"{0}/root\"\n",
+                p.display()
+            ),
+        )
+        .expect("storage.conf");
+        std::fs::write(
+            p.join("containers.conf"),
+            format!(
+                "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{0}/events.log\"\ntmp_dir = \"{0}/tmp\"\n",
+                p.display()
+            ),
+        )
+        .expect("containers.conf");
+        Podman {
+            dir,
+            cgroup_parent: format!("/weft-test-{}", std::process::id()),
+            names: Vec::new(),
+        }
+    }
+
+    /// A command that uses this set-up (podman, or weft looking containers up with it).
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env(
+            "CONTAINERS_STORAGE_CONF",
+            self.dir.path().join("storage.conf"),
+        )
+        .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+        .env_remove("DOCKER_HOST");
+        cmd
+    }
+
+    /// `podman run -d --network none` of `sleep`, inside test host `netns`; its PID.
+    fn run(&mut self, netns: &str, name: &str) -> u32 {
+        let rootfs = self.dir.path().join("rootfs");
+        let out = self
+            .command("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .args(["podman", "run", "-d", "--name", name, "--network", "none"])
+            // Lower than the defaults: this machine may not raise limits.
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .args(["--cgroup-parent", &self.cgroup_parent, "--rootfs"])
+            .arg(&rootfs)
+            .args(["/bin/sleep", "300"])
+            .output()
+            .expect("run podman");
+        self.names.push(name.to_string());
+        assert!(out.status.success(), "podman run: {out:?}");
+        let out = self
+            .command("podman")
+            .args([
+                "inspect",
+                "--type",
+                "container",
+                "--format",
+                "{{.State.Pid}}",
+                name,
+            ])
+            .output()
+            .expect("podman inspect");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a PID")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = self
+                .command("podman")
+                .args(["rm", "-f", "-t", "0", name])
+                .output();
+        }
+        // The cgroups podman made under our parent (cgroup v1: one per controller), deepest
+        // first, once conmon has left them.
+        let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|controllers| {
+                controllers
+                    .flatten()
+                    .map(|c| c.path().join(self.cgroup_parent.trim_start_matches('/')))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for _ in 0..50 {
+            let left: Vec<&PathBuf> = roots.iter().filter(|r| r.exists()).collect();
+            if left.is_empty() {
+                return;
+            }
+            for root in left {
+                let _ = Command::new("find")
+                    .arg(root)
+                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                    .output();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("cgroups left under {}", self.cgroup_parent);
+    }
+}
+
+#[test]
+fn attach_a_podman_container_by_name() {
+    if !weft_testbed::require_root("attach_a_podman_container_by_name") {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("WEFT_REQUIRE_NETNS").is_none(),
+            "podman is not installed (.ci/run installs it)"
+        );
+        eprintln!("skipped attach_a_podman_container_by_name: no podman");
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.launch_chain();
+    c.wait_full_mesh(&[0, 1], Duration::from_secs(60));
+    c.wait_space(&[0, 1], Duration::from_secs(60));
+    let remote = c.attach(1, "remote");
+    let socket = c.nodes[0].socket.clone();
+    let host = c.bed.host(0).name().to_string();
+
+    let mut podman = Podman::new();
+    let name = format!("weft-test-{}", std::process::id());
+    let pid = podman.run(&host, &name);
+    let attach = |args: &[&str]| {
+        let out = podman
+            .command(BIN)
+            .args(args)
+            .arg("--api-socket")
+            .arg(&socket)
+            .output()
+            .expect("run weft");
+        assert!(out.status.success(), "weft {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // By name, from the root namespace (podman's lookup with this set-up's configuration).
+    let addr = address_of(&attach(&[
+        "attach", &name, "--label", "app=db", "-o", "json",
+    ]));
+    let in_ctr = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(args)
+            .output()
+            .expect("nsenter")
+    };
+    let shown =
+        String::from_utf8_lossy(&in_ctr(&["ip", "-4", "-o", "addr", "show", "eth0"]).stdout)
+            .into_owned();
+    assert!(shown.contains(&format!("inet {addr}/")), "{shown}");
+    let ping = in_ctr(&["ping", "-n", "-c", "3", "-W", "2", &remote.addr.to_string()]);
+    assert!(
+        ping.status.success(),
+        "no ping to the other node's container: {ping:?}"
+    );
+    let pod = pods(&c, 0)
+        .into_iter()
+        .find(|p| p["name"] == name.as_str())
+        .expect("weft pods lists the container by its name");
+    let id = pod["container"].as_str().expect("id").to_string();
+    assert_eq!(id.len(), 64, "podman's full id: {id}");
+    assert_eq!(pod["labels"]["app"], "db");
+    // Again: the same address; by its id: the same container.
+    assert_eq!(address_of(&attach(&["attach", &name, "-o", "json"])), addr);
+    assert_eq!(
+        address_of(&attach(&["attach", &id[..12], "-o", "json"])),
+        addr
+    );
+
+    attach(&["detach", &name]);
+    let gone = in_ctr(&["ip", "link", "show", "eth0"]);
+    assert!(!gone.status.success(), "eth0 left in the container");
+    assert!(!pods(&c, 0).iter().any(|p| p["container"] == id.as_str()));
+    drop(podman);
+    c.assert_no_warnings();
+}
+
+/// A dockerd of its own in a test host's network namespace (`nsenter --net`, so it keeps the
+/// machine's mounts and cgroups in view), with its own data and exec roots, socket, pid file
+/// and cgroup parent, and nothing that touches networking (no bridge, iptables, forwarding or
+/// masquerading). Images come from `docker import` of a busybox root filesystem. Dropping it
+/// removes its containers, stops it, and removes what it made outside its directory.
+struct Dockerd {
+    dir: tempfile::TempDir,
+    daemon: std::process::Child,
+    cgroup_parent: String,
+    /// /run/docker and /run/containerd, if dockerd made them.
+    made: Vec<PathBuf>,
+    names: std::cell::RefCell<Vec<String>>,
+}
+
+const DOCKER_IMAGE: &str = "weft-test-busybox:1";
+
+impl Dockerd {
+    fn start(netns: &str) -> Dockerd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().to_path_buf();
+        let made: Vec<PathBuf> = ["/run/docker", "/run/containerd"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|d| !d.exists())
+            .collect();
+        let cgroup_parent = format!("/weft-test-docker-{}", std::process::id());
+        let daemon = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg("dockerd")
+            .arg("--data-root")
+            .arg(p.join("data"))
+            .arg("--exec-root")
+            .arg(p.join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", p.join("docker.sock").display()))
+            .arg("--pidfile")
+            .arg(p.join("docker.pid"))
+            .args([
+                "--storage-driver=vfs",
+                "--iptables=false",
+                "--ip6tables=false",
+            ])
+            .args(["--bridge=none", "--ip-forward=false", "--ip-masq=false"])
+            .arg(format!("--cgroup-parent={cgroup_parent}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(File::create(p.join("dockerd.log")).expect("log file"))
+            .spawn()
+            .expect("start dockerd");
+        let d = Dockerd {
+            dir,
+            daemon,
+            cgroup_parent,
+            made,
+            names: Default::default(),
+        };
+        let started = std::time::Instant::now();
+        while !d.docker(&["version"]).status.success() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "dockerd did not answer: {}",
+                std::fs::read_to_string(d.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let rootfs = p.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
+        for applet in ["sleep", "sh"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("link");
+        }
+        let tar = p.join("rootfs.tar");
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .expect("tar");
+        assert!(out.status.success(), "tar: {out:?}");
+        let imported = d.docker(&["import", tar.to_str().expect("utf-8"), DOCKER_IMAGE]);
+        assert!(imported.status.success(), "docker import: {imported:?}");
+        d
+    }
+
+    /// A command that talks to this dockerd (weft looking containers up, or docker).
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env(
+            "DOCKER_HOST",
+            format!("unix://{}", self.dir.path().join("docker.sock").display()),
+        );
+        cmd
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        self.command("docker")
+            .args(args)
+            .output()
+            .expect("run docker")
+    }
+
+    /// `docker run -d --network none` of `sleep`; its id and PID.
+    fn run(&self, name: &str) -> (String, u32) {
+        self.names.borrow_mut().push(name.to_string());
+        let out = self.docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            DOCKER_IMAGE,
+            "/bin/sleep",
+            "300",
+        ]);
+        assert!(out.status.success(), "docker run: {out:?}");
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let out = self.docker(&["inspect", "-f", "{{.State.Pid}}", name]);
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a PID");
+        (id, pid)
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        for name in self.names.borrow().iter() {
+            let _ = self.docker(&["rm", "-f", name]);
+        }
+        let pid = nix::unistd::Pid::from_raw(self.daemon.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let stopped = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            matches!(self.daemon.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
+        }
+        let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|cs| {
+                cs.flatten()
+                    .map(|c| c.path().join(self.cgroup_parent.trim_start_matches('/')))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for _ in 0..50 {
+            let left: Vec<&PathBuf> = roots.iter().filter(|r| r.exists()).collect();
+            if left.is_empty() {
+                break;
+            }
+            for root in left {
+                let _ = Command::new("find")
+                    .arg(root)
+                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                    .output();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for dir in &self.made {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn attach_docker_containers_by_name_and_by_pid() {
+    if !weft_testbed::require_root("attach_docker_containers_by_name_and_by_pid") {
+        return;
+    }
+    if Command::new("dockerd").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("WEFT_REQUIRE_NETNS").is_none(),
+            "dockerd is not installed (.ci/run installs docker.io)"
+        );
+        eprintln!("skipped attach_docker_containers_by_name_and_by_pid: no dockerd");
+        return;
+    }
+    let mut c = Cluster::new(2);
+    c.launch_chain();
+    let host = c.bed.host(0).name().to_string();
+    let docker = Dockerd::start(&host);
+    c.wait_full_mesh(&[0, 1], Duration::from_secs(60));
+    c.wait_space(&[0, 1], Duration::from_secs(60));
+    let remote = c.attach(1, "remote");
+    let socket = c.nodes[0].socket.clone();
+    let weft = |args: &[&str]| {
+        let out = docker
+            .command(BIN)
+            .args(args)
+            .arg("--api-socket")
+            .arg(&socket)
+            .output()
+            .expect("run weft");
+        assert!(out.status.success(), "weft {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // By name.
+    let name = format!("weft-web-{}", std::process::id());
+    let (id, _) = docker.run(&name);
+    let addr = address_of(&weft(&[
+        "attach", &name, "--label", "role=web", "-o", "json",
+    ]));
+    // The container sees it, and reaches the other node's container through the mesh.
+    let seen = docker.docker(&[
+        "exec",
+        &name,
+        "/bin/busybox",
+        "ip",
+        "-4",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&seen.stdout).contains(&format!("inet {addr}/")),
+        "{seen:?}"
+    );
+    let ping = docker.docker(&[
+        "exec",
+        &name,
+        "/bin/busybox",
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "2",
+        &remote.addr.to_string(),
+    ]);
+    assert!(ping.status.success(), "no ping across the mesh: {ping:?}");
+    let pod = pods(&c, 0)
+        .into_iter()
+        .find(|p| p["name"] == name.as_str())
+        .expect("weft pods lists the container by name");
+    assert_eq!(pod["container"], id.as_str());
+    assert_eq!(pod["labels"]["role"], "web");
+    assert_eq!(
+        address_of(&weft(&["attach", &name, "-o", "json"])),
+        addr,
+        "retry"
+    );
+
+    // By PID.
+    let (_, pid) = docker.run(&format!("weft-db-{}", std::process::id()));
+    let by_pid = address_of(&weft(&["attach", &pid.to_string(), "-o", "json"]));
+    assert_ne!(by_pid, addr);
+
+    // Detach both: the interfaces go, weft pods forgets them.
+    weft(&["detach", &name]);
+    weft(&["detach", &pid.to_string()]);
+    let gone = docker.docker(&["exec", &name, "/bin/busybox", "ip", "link", "show", "eth0"]);
+    assert!(
+        !gone.status.success(),
+        "eth0 left in the container: {gone:?}"
+    );
+    assert!(pods(&c, 0).is_empty(), "{:?}", pods(&c, 0));
+    drop(docker);
+    c.assert_no_warnings();
 }

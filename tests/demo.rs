@@ -83,7 +83,7 @@ fn demo_cluster_pings_every_pair_and_cleans_up() {
         .expect("ip link");
     let after = String::from_utf8_lossy(&links_after.stdout);
     for i in 1..=3 {
-        let veth = weft_mesh::attach::host_ifname(&format!("{prefix}-c{i}"));
+        let veth = weft_mesh::attach::host_ifname(&format!("{prefix}-c{i}/eth0"));
         assert!(!after.contains(&veth), "veth {veth} left behind");
     }
     assert!(!after.contains(&prefix), "link named {prefix}* left behind");

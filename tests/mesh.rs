@@ -198,7 +198,7 @@ fn killed_node_is_failed_then_rejoins_with_same_address() {
     }
     let (mut c, ctrs) = three_with_containers();
     c.wait_ping(&ctrs[0], &ctrs[2], secs(20));
-    let before = c.allocate(2, &ctrs[2].id).expect("allocate before");
+    let before = c.allocate(2, &ctrs[2].key()).expect("allocate before");
     c.kill(2);
     let took = c.wait("n0 and n1 mark n2 failed", GENEROUS, || {
         (0..2).all(|i| c.peer(i, "n2").is_some_and(|p| p["state"] == "failed"))
@@ -208,7 +208,7 @@ fn killed_node_is_failed_then_rejoins_with_same_address() {
     c.start(2);
     let took = c.wait_full_mesh(&[0, 1, 2], GENEROUS);
     eprintln!("n2 rejoined, full mesh again {took:?} after relaunch");
-    let after = c.allocate(2, &ctrs[2].id).expect("allocate after");
+    let after = c.allocate(2, &ctrs[2].key()).expect("allocate after");
     assert_eq!(
         after["address"], before["address"],
         "same container id, another address after restart"
@@ -338,7 +338,7 @@ fn partition_then_heal_never_gives_an_address_twice() {
     let mut seen: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     let mut by_node: Vec<Vec<Ipv4Addr>> = vec![Vec::new(); 3];
     for ctr in &c.containers {
-        let alloc = c.allocate(ctr.node, &ctr.id).expect("allocate");
+        let alloc = c.allocate(ctr.node, &ctr.key()).expect("allocate");
         let addr: Ipv4Net = alloc["address"]
             .as_str()
             .and_then(|s| s.parse().ok())

@@ -148,7 +148,7 @@ fn drift_is_repaired_logged_once_and_counted() {
 
     // 3. The bridge deleted: it comes back with its address, and the container's interface
     // (let go by the deleted bridge) is put back on it.
-    let port = weft_mesh::attach::host_ifname(&a.id);
+    let port = weft_mesh::attach::host_ifname(&format!("{}/eth0", a.id));
     let on_bridge = || {
         host.run_ok(&["ip", "-o", "link", "show", "master", "weft"])
             .is_ok_and(|l| l.contains(&port))

@@ -633,3 +633,101 @@ fn the_final_record_of_a_node_that_left_still_shows_where_its_space_went() {
         "the hand-over is gone from the final record: {last:?}"
     );
 }
+
+#[test]
+fn allocate_at_takes_a_free_address_of_the_own_space_or_says_why_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let identity = Arc::new(IdentityKey::from_seed(&[11; 32]));
+    let config = IpamConfig::new(range("10.32.0.0/24"));
+    let now = Instant::now();
+    let addr = |s: &str| s.parse::<std::net::Ipv4Addr>().expect("addr");
+    let mut ipam = Ipam::open(
+        identity.clone(),
+        config.clone(),
+        FileStore::new(dir.path()),
+        1,
+    )
+    .expect("open");
+    let err = ipam
+        .allocate_at("early", addr("10.32.0.9"))
+        .expect_err("no genesis");
+    assert!(matches!(err, Error::NoGenesis), "{err}");
+    ipam.init_genesis(now).expect("genesis");
+
+    assert_eq!(
+        ipam.allocate_at("a", addr("10.32.0.77")).expect("free"),
+        addr("10.32.0.77")
+    );
+    // Again: the same answer; another address for the same container: refused.
+    assert_eq!(
+        ipam.allocate_at("a", addr("10.32.0.77")).expect("same"),
+        addr("10.32.0.77")
+    );
+    assert_eq!(ipam.allocate(now, "a").expect("same"), addr("10.32.0.77"));
+    let err = ipam
+        .allocate_at("a", addr("10.32.0.78"))
+        .expect_err("a has one");
+    assert!(matches!(err, Error::AlreadyAllocated { .. }), "{err}");
+    assert!(err.to_string().contains("10.32.0.77"), "{err}");
+    // Taken by another container: refused, naming it.
+    let err = ipam
+        .allocate_at("b", addr("10.32.0.77"))
+        .expect_err("taken");
+    assert!(matches!(err, Error::AddressInUse { .. }), "{err}");
+    assert!(err.to_string().contains("by a"), "{err}");
+    // The network and broadcast addresses, and addresses outside the range.
+    for reserved in ["10.32.0.0", "10.32.0.255"] {
+        let err = ipam.allocate_at("b", addr(reserved)).expect_err("reserved");
+        assert!(
+            matches!(err, Error::AddressInUse { .. }),
+            "{reserved}: {err}"
+        );
+    }
+    let err = ipam
+        .allocate_at("b", addr("10.33.0.5"))
+        .expect_err("outside");
+    assert!(matches!(err, Error::NotInRange(_)), "{err}");
+    assert!(ipam.allocate_at("b", addr("10.32.0.78")).is_ok());
+    // The next-fit allocator does not hand out what allocate_at took.
+    for i in 0..100 {
+        let got = ipam.allocate(now, &format!("n{i}")).expect("space");
+        assert!(
+            got != addr("10.32.0.77") && got != addr("10.32.0.78"),
+            "{got} twice"
+        );
+    }
+    ipam.release("a").expect("release");
+    assert_eq!(
+        ipam.allocate_at("c", addr("10.32.0.77")).expect("freed"),
+        addr("10.32.0.77")
+    );
+    drop(ipam);
+    // Journalled: a restart keeps it.
+    let mut ipam = Ipam::open(identity, config, FileStore::new(dir.path()), 2).expect("reopen");
+    assert_eq!(ipam.allocate(now, "c").expect("kept"), addr("10.32.0.77"));
+    assert_eq!(ipam.allocate(now, "b").expect("kept"), addr("10.32.0.78"));
+}
+
+#[test]
+fn allocate_at_refuses_addresses_of_another_nodes_space() {
+    let mut sim = cluster(2, "10.40.0.0/24");
+    // Node 1 asks for space; node 0 keeps some.
+    allocate(&mut sim, 1, "x").expect("space");
+    let theirs: Vec<ipnet::Ipv4Net> = sim.ipam(0).expect("up").owned_cidrs();
+    let mine: Vec<ipnet::Ipv4Net> = sim.ipam(1).expect("up").owned_cidrs();
+    let foreign = theirs
+        .iter()
+        .flat_map(|c| c.hosts())
+        .find(|a| !mine.iter().any(|m| m.contains(a)))
+        .expect("node 0 keeps an address");
+    let err = sim
+        .ipam(1)
+        .expect("up")
+        .allocate_at("y", foreign)
+        .expect_err("not ours");
+    assert!(matches!(err, Error::NotInOwnSpace { .. }), "{err}");
+    assert!(
+        err.to_string().contains("not in this node's address space"),
+        "{err}"
+    );
+}

@@ -1,4 +1,5 @@
-//! Containers on the bridge, for `weft attach` and the CNI plugin alike: [`attach`] plugs a
+//! Containers on the bridge, for `weft attach` (run by the daemon's pods layer) and the CNI
+//! plugin alike: [`attach`] plugs a
 //! network namespace into this host's bridge with a veth pair and gives it its address and
 //! routes; [`detach`] unplugs it; [`inspect`] and [`host_end`] read back what is there (CNI
 //! CHECK).

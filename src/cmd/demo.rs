@@ -18,10 +18,9 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::attach::attach_container;
 use super::client::{Daemon, DEFAULT_TIMEOUT};
 use crate::cli::DemoArgs;
-use crate::daemon::api::{Request, Response, Status};
+use crate::daemon::api::{AttachRequest, Request, Response, Status, DEFAULT_IFNAME};
 use crate::demo::{icmp, netns, underlay};
 
 /// Name prefix of everything the demo makes (namespaces, container ids), then the pid.
@@ -299,19 +298,30 @@ impl Demo {
         }
     }
 
-    /// Makes container namespace `c<i>` and attaches it to node i, in host i's namespace.
+    /// Makes container namespace `c<i>` and has node i attach it (`weft attach` through its
+    /// API socket: the daemon plugs it in, in host i's namespace).
     fn add_container(&mut self, i: usize) -> anyhow::Result<()> {
         let netns_path = self.ns(&format!("c{i}"))?;
         let id = format!("{}-c{i}", self.prefix);
         let socket = self.nodes[i - 1].api_socket.clone();
-        let allocation = netns::run_in(&self.host_ns(i), || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a tokio runtime")?;
-            attach_container(&runtime, daemon(&socket), &id, &netns_path, "eth0")
-        })
-        .with_context(|| format!("attaching container c{i} to node{i}"))?;
+        let request = Request::Attach(AttachRequest {
+            container: id,
+            netns: netns_path
+                .to_str()
+                .context("namespace path is not UTF-8")?
+                .to_string(),
+            ifname: DEFAULT_IFNAME.to_string(),
+            ip: None,
+            name: Some(format!("c{i}")),
+            labels: Default::default(),
+        });
+        let allocation = match daemon(&socket)
+            .ask(request)
+            .with_context(|| format!("attaching container c{i} to node{i}"))?
+        {
+            Response::Allocation { allocation, .. } => allocation,
+            _ => bail!("node{i} answered an attach request with something else"),
+        };
         println!(
             "container c{i} on node{i}: {} (gateway {})",
             allocation.address, allocation.gateway

@@ -5,6 +5,7 @@ mod attach;
 mod client;
 mod connect;
 mod demo;
+mod engine;
 mod forget;
 mod identity;
 mod ipam;
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connect(args) => connect::run(&args, global.output),
         Command::Reset(args) => reset::run(&args, global.output),
         Command::Attach(args) => attach::run(&args, global.output),
+        Command::Detach(args) => attach::detach(&args, global.output),
         Command::Demo(args) => demo::run(&args),
     }
 }

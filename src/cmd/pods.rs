@@ -1,12 +1,13 @@
-//! `weft pods`: the pods the CNI plugin attached on this node (container id, interface,
-//! address, pod namespace and name, labels), as a table (or JSON), from the running daemon.
+//! `weft pods`: the pods the CNI plugin and `weft attach` attached on this node (container
+//! id, interface, address, pod namespace and name or container name, labels, who attached
+//! it), as a table (or JSON), from the running daemon.
 
 use anyhow::bail;
 use std::io::Write;
 
 use super::client::Daemon;
 use crate::daemon::api::{Request, Response};
-use crate::daemon::pods::Pod;
+use crate::daemon::pods::{Pod, Source};
 use crate::output::{self, OutputFormat};
 
 pub fn show(daemon: Daemon, format: OutputFormat) -> anyhow::Result<()> {
@@ -25,13 +26,14 @@ pub fn show(daemon: Daemon, format: OutputFormat) -> anyhow::Result<()> {
     }
 }
 
-const HEADER: [&str; 6] = [
+const HEADER: [&str; 7] = [
     "NAMESPACE",
     "POD",
     "CONTAINER",
     "IFNAME",
     "ADDRESS",
     "LABELS",
+    "BY",
 ];
 
 /// Container ids are 64 hex digits; the first 12 tell them apart, as `docker ps` shows them.
@@ -47,12 +49,21 @@ fn row(p: &Pod) -> Vec<String> {
         .join(",");
     vec![
         p.pod_namespace.clone().unwrap_or_else(dash),
-        p.pod_name.clone().unwrap_or_else(dash),
+        // A container attached by `weft attach` shows its container name here.
+        p.pod_name
+            .clone()
+            .or_else(|| p.name.clone())
+            .unwrap_or_else(dash),
         p.container.chars().take(SHORT_ID).collect(),
         p.ifname.clone(),
         p.address
             .map_or_else(|| "(allocating)".into(), |a| a.to_string()),
         if labels.is_empty() { dash() } else { labels },
+        match p.source {
+            Source::Cni => "cni",
+            Source::Attach => "attach",
+        }
+        .into(),
     ]
 }
 
@@ -81,6 +92,8 @@ mod tests {
                 ("app".into(), "web".into()),
                 ("tier".into(), "front".into()),
             ]),
+            name: None,
+            source: Source::Cni,
         };
         let bare = Pod {
             container: "c2".into(),
@@ -91,6 +104,8 @@ mod tests {
             pod_namespace: None,
             pod_name: None,
             labels: BTreeMap::new(),
+            name: Some("db-1".into()),
+            source: Source::Attach,
         };
         let mut out = Vec::new();
         write_table(&mut out, &[pod, bare]).expect("write");
@@ -110,6 +125,10 @@ mod tests {
         }
         assert!(
             lines[2].contains("(allocating)") && lines[2].contains("net1"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("db-1") && lines[2].ends_with("attach"),
             "{text}"
         );
     }

@@ -3,13 +3,17 @@
 //! A client writes one request per line (`{"cmd":"status"}`, `{"cmd":"peers"}`,
 //! `{"cmd":"ipam"}`, `{"cmd":"allocate","container":"ID"}`, `{"cmd":"release","container":"ID"}`,
 //! `{"cmd":"forget","node":"NODE"}`, `{"cmd":"connect","addr":"ADDR"}`, `{"cmd":"reset"}`,
-//! `{"cmd":"pods"}`) and reads one response line per request: `{"ok":true,"status":{...}}`,
+//! `{"cmd":"pods"}`, `{"cmd":"attach","container":"ID","netns":"PATH",...}`,
+//! `{"cmd":"detach","container":"ID"}`) and reads one response line per request: `{"ok":true,"status":{...}}`,
 //! `{"ok":true,"peers":[...]}`, `{"ok":true,"ipam":{...}}`, `{"ok":true,"allocation":{...}}`,
 //! `{"ok":true,"pods":[...]}`, `{"ok":true,"message":"..."}`, or `{"ok":false,"error":"..."}`.
 //!
 //! The CNI plugin's `allocate` and `release` add `"ifname"`: the address is then keyed by
 //! container id and interface, and `allocate` may carry the pod's identity (`netns`,
-//! `network`, `pod_namespace`, `pod_name`, `labels`), kept for `weft pods` (see `pods.rs`). A request that is too long, not JSON or unknown gets the
+//! `network`, `pod_namespace`, `pod_name`, `labels`), kept for `weft pods` (see `pods.rs`). `attach` (`weft attach`) has the daemon plug the
+//! namespace at `netns` into its bridge itself, with `ifname` (default `eth0`), optionally
+//! `ip` (a free address of this node's space), `name` and `labels`; it answers the
+//! allocation. `detach` removes the interface and gives the address back. A request that is too long, not JSON or unknown gets the
 //! error response and the connection is closed; nothing in the daemon changes.
 //!
 //! Each client is served in its own task, at most [`MAX_CLIENTS`] at once (`slots`): a new
@@ -99,6 +103,59 @@ pub enum Request {
         container: String,
         ifname: String,
     },
+    /// `weft attach`: the daemon plugs a network namespace into its bridge (the pods layer
+    /// does it, in the daemon's own network namespace), with an address held under
+    /// `CONTAINER/IFNAME`. The same container gets the same address back.
+    Attach(AttachRequest),
+    /// `weft detach`: the interface of `container` removed and its address given back.
+    Detach {
+        container: String,
+        #[serde(default = "default_ifname")]
+        ifname: String,
+    },
+    /// A chosen address for `container` (`weft attach --ip`), from the pods layer to the
+    /// node; never read from the socket.
+    #[serde(skip)]
+    AllocateAt {
+        container: String,
+        address: std::net::Ipv4Addr,
+    },
+}
+
+/// The interface name `weft attach` gives a container unless told otherwise.
+pub const DEFAULT_IFNAME: &str = "eth0";
+
+fn default_ifname() -> String {
+    DEFAULT_IFNAME.to_string()
+}
+
+/// What `weft attach` asks the daemon for (`{"cmd":"attach",...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    /// The container's id (no '/'): the address is kept under it.
+    pub container: String,
+    /// The container's network namespace, as the daemon sees it (an absolute path:
+    /// `/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub netns: String,
+    /// The interface made inside the container.
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+    /// A free address of this node's space to take instead of the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The container's name (Docker's, Podman's), shown by `weft pods`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Labels kept with the allocation (for the policy engine), shown by `weft pods`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl AttachRequest {
+    pub fn key(&self) -> String {
+        pod_key(&self.container, &self.ifname)
+    }
 }
 
 /// A CNI attachment's `allocate`: the address is held under [`PodAllocate::key`].
@@ -591,7 +648,7 @@ const POD_FIELDS: [&str; 6] = [
 
 /// Parse one request line (the newline is optional at end of input).
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"allocate","container":"ID"}, ... (commands: status, peers, ipam, allocate, release, forget, connect, reset, pods)"#;
+    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"allocate","container":"ID"}, ... (commands: status, peers, ipam, allocate, release, forget, connect, reset, pods, attach, detach)"#;
     let text = std::str::from_utf8(line).map_err(|_| "bad request: not UTF-8".to_string())?;
     let text = text.trim();
     if text.is_empty() {
@@ -606,6 +663,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     let Some(serde_json::Value::String(cmd)) = map.get("cmd") else {
         return Err(format!("bad request: no \"cmd\" string ({EXPECTED})"));
     };
+    if cmd == "attach" || cmd == "detach" {
+        return attach_request(cmd, map);
+    }
     let field = match cmd.as_str() {
         "status" | "peers" | "ipam" | "reset" | "pods" => None,
         "allocate" | "release" => Some("container"),
@@ -720,6 +780,84 @@ fn pod_request(
         pod_name: string("pod_name")?,
         labels,
     }))
+}
+
+/// An interface name the kernel takes: 1 to 15 printable bytes, no '/', ':' or blank.
+fn check_ifname(ifname: &str) -> Result<(), String> {
+    let ok = !ifname.is_empty()
+        && ifname.len() <= 15
+        && ifname != "."
+        && ifname != ".."
+        && ifname
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad request: \"ifname\" {:?} is not an interface name",
+            ifname.chars().take(64).collect::<String>()
+        ))
+    }
+}
+
+/// `weft attach`'s and `weft detach`'s requests: every field checked.
+fn attach_request(
+    cmd: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Request, String> {
+    let mut fields = map.clone();
+    fields.remove("cmd");
+    let fields = serde_json::Value::Object(fields);
+    let check_id = |container: &str, ifname: &str| -> Result<(), String> {
+        check_string("container", container)?;
+        if container.contains('/') {
+            return Err("bad request: \"container\" must not contain '/'".into());
+        }
+        check_ifname(ifname)
+    };
+    if cmd == "detach" {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Detach {
+            container: String,
+            #[serde(default = "default_ifname")]
+            ifname: String,
+        }
+        let d: Detach = serde_json::from_value(fields).map_err(|e| format!("bad request: {e}"))?;
+        check_id(&d.container, &d.ifname)?;
+        return Ok(Request::Detach {
+            container: d.container,
+            ifname: d.ifname,
+        });
+    }
+    let a: AttachRequest =
+        serde_json::from_value(fields).map_err(|e| format!("bad request: {e}"))?;
+    check_id(&a.container, &a.ifname)?;
+    check_string("netns", &a.netns)?;
+    if !a.netns.starts_with('/') {
+        return Err("bad request: \"netns\" must be an absolute path".into());
+    }
+    if let Some(name) = &a.name {
+        check_string("name", name)?;
+    }
+    if a.labels.len() > MAX_LABELS {
+        return Err(format!(
+            "bad request: \"labels\" must be an object of at most {MAX_LABELS} strings"
+        ));
+    }
+    for (k, v) in &a.labels {
+        check_string("labels", k)?;
+        if !v.is_empty() {
+            check_string("labels", v)?;
+        }
+    }
+    if let Some(ip) = a.ip {
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+            return Err(format!("bad request: {ip} is not a container address"));
+        }
+    }
+    Ok(Request::Attach(a))
 }
 
 /// Resolve a `connect` address before it reaches the driver, which must not wait on DNS.
@@ -867,10 +1005,68 @@ mod tests {
         }
     }
 
+    #[test]
+    fn attach_and_detach_requests_parse_and_bad_ones_are_refused() {
+        let full = br#"{"cmd":"attach","container":"c1","netns":"/proc/7/ns/net","ifname":"net1","ip":"10.32.0.9","name":"web","labels":{"tier":"front","x":""}}"#;
+        let Ok(Request::Attach(a)) = parse_request(full) else {
+            panic!("{:?}", parse_request(full));
+        };
+        assert_eq!(a.key(), "c1/net1");
+        assert_eq!(a.ip, Some("10.32.0.9".parse().expect("ip")));
+        // What the CLI writes is what the daemon reads.
+        let line = serde_json::to_vec(&Request::Attach(a.clone())).expect("serialize");
+        assert_eq!(parse_request(&line), Ok(Request::Attach(a)));
+        let Ok(Request::Attach(short)) =
+            parse_request(br#"{"cmd":"attach","container":"c1","netns":"/run/netns/a"}"#)
+        else {
+            panic!("minimal attach refused");
+        };
+        assert_eq!(short.ifname, DEFAULT_IFNAME);
+        assert_eq!(
+            parse_request(br#"{"cmd":"detach","container":"c1"}"#),
+            Ok(Request::Detach {
+                container: "c1".into(),
+                ifname: "eth0".into()
+            })
+        );
+        let detach = Request::Detach {
+            container: "c1".into(),
+            ifname: "eth1".into(),
+        };
+        let line = serde_json::to_vec(&detach).expect("serialize");
+        assert_eq!(parse_request(&line), Ok(detach));
+        for bad in [
+            &br#"{"cmd":"attach","container":"c1"}"#[..],
+            br#"{"cmd":"attach","netns":"/run/netns/a"}"#,
+            br#"{"cmd":"attach","container":"c/1","netns":"/run/netns/a"}"#,
+            br#"{"cmd":"attach","container":"","netns":"/run/netns/a"}"#,
+            br#"{"cmd":"attach","container":"c1","netns":"run/netns/a"}"#,
+            br#"{"cmd":"attach","container":"c1","netns":"/a","ifname":"a-name-far-too-long"}"#,
+            br#"{"cmd":"attach","container":"c1","netns":"/a","ifname":"e:1"}"#,
+            br#"{"cmd":"attach","container":"c1","netns":"/a","ip":"10.0.0.300"}"#,
+            br#"{"cmd":"attach","container":"c1","netns":"/a","ip":"255.255.255.255"}"#,
+            br#"{"cmd":"attach","container":"c1","netns":"/a","labels":{"":"x"}}"#,
+            br#"{"cmd":"attach","container":"c1","netns":"/a","labels":{"a":1}}"#,
+            br#"{"cmd":"attach","container":"c1","netns":"/a","name":"a
+b"}"#,
+            br#"{"cmd":"attach","container":"c1","netns":"/a","other":1}"#,
+            br#"{"cmd":"detach","container":"c1","netns":"/a"}"#,
+            br#"{"cmd":"detach"}"#,
+        ] {
+            assert!(
+                parse_request(bad).is_err(),
+                "{} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     /// A request line made of the API's own keys and values of every JSON type.
     fn line(fields: &[(u8, u8, String)]) -> Vec<u8> {
-        const KEYS: [&str; 10] = [
+        const KEYS: [&str; 12] = [
             "cmd",
+            "ip",
+            "name",
             "container",
             "ifname",
             "netns",
@@ -881,7 +1077,9 @@ mod tests {
             "node",
             "addr",
         ];
-        const CMDS: [&str; 5] = ["allocate", "release", "pods", "status", "x"];
+        const CMDS: [&str; 7] = [
+            "allocate", "release", "pods", "status", "x", "attach", "detach",
+        ];
         let mut map = serde_json::Map::new();
         map.insert("cmd".into(), CMDS[fields.len() % CMDS.len()].into());
         for (k, kind, s) in fields {
@@ -905,8 +1103,13 @@ mod tests {
                 assert!(p.ifname.len() <= 15 && !p.container.is_empty());
                 assert!(p.labels.len() <= MAX_LABELS);
             }
-            Request::ReleasePod { container, ifname } => {
+            Request::ReleasePod { container, ifname } | Request::Detach { container, ifname } => {
                 assert!(!container.contains('/') && !ifname.contains('/'));
+            }
+            Request::Attach(a) => {
+                assert_eq!(a.key().matches('/').count(), 1, "{a:?}");
+                assert!(a.ifname.len() <= 15 && a.netns.starts_with('/'));
+                assert!(a.labels.len() <= MAX_LABELS);
             }
             _ => {}
         }

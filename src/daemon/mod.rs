@@ -200,7 +200,7 @@ async fn run(
     // releases the CNI plugin kept while the daemon was down.
     let pod_table = pods::PodTable::open(&config.state_dir)?;
     let (pods_tx, pods_rx) = mpsc::channel(16);
-    let pods_task = tokio::spawn(pods::serve(pod_table, pods_rx, queries_tx));
+    let pods_task = tokio::spawn(pods::serve(pod_table, pods_rx, queries_tx, pods::Kernel));
     let spool_task = tokio::spawn(pods::apply_releases(
         config.state_dir.clone(),
         pods_tx.clone(),

@@ -7,11 +7,21 @@
 //! The identity is written before the address is allocated, so no CNI allocation is ever
 //! without it (GC finds every one); a failed allocation takes it out again.
 //!
+//! `weft attach` and `weft detach` are answered here too: the daemon plugs the container's
+//! namespace into its bridge itself (`weft_mesh::attach`, the code the CNI plugin uses), in
+//! its own network namespace, so the CLI only needs the API socket. Such pods are kept under
+//! `CONTAINER/IFNAME` like the plugin's, with their container name and labels; a failed
+//! attach of a new pod gives its address back and leaves no pod and no veth. The addresses
+//! of pods detached lately are remembered ([`MAX_RECENT`]): the same container attached
+//! again gets its old address back if it is still free.
+//!
 //! [`apply_releases`] applies the releases the plugin kept in the spool
 //! (`STATE_DIR/cni-releases`, see `weft_cni::spool`) while the daemon was down: at start and
 //! every [`SPOOL_PERIOD`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,8 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use weft_cni::env::AttachmentId;
 use weft_cni::spool::Spool;
+use weft_mesh::attach::Attachment;
 
-use super::api::{pod_key, PodAllocate, Query, Request, Response};
+use super::api::{pod_key, Allocation, AttachRequest, PodAllocate, Query, Request, Response};
 use super::state::write_atomically;
 
 /// The file in the state directory.
@@ -32,6 +43,19 @@ pub const PODS_FILE: &str = "pods.json";
 pub const SPOOL_PERIOD: Duration = Duration::from_secs(10);
 /// Biggest `pods.json` read (a full node's attachments with labels).
 const MAX_FILE_LEN: u64 = 64 << 20;
+/// Addresses of detached `weft attach` pods remembered, to give back to the same container.
+pub const MAX_RECENT: usize = 1024;
+
+/// Who made an attachment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The CNI plugin (it makes and removes the veth).
+    #[default]
+    Cni,
+    /// `weft attach` (the daemon made the veth; `weft detach` removes it).
+    Attach,
+}
 
 /// One attachment, as `weft pods` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +77,11 @@ pub struct Pod {
     pub pod_name: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The container's name (Docker's, Podman's) when `weft attach` was given one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub source: Source,
 }
 
 impl Pod {
@@ -65,6 +94,9 @@ impl Pod {
 struct File {
     version: u32,
     pods: Vec<Pod>,
+    /// Detached `weft attach` pods' last addresses, oldest first.
+    #[serde(default)]
+    recent: Vec<(String, Ipv4Addr)>,
 }
 
 /// The attachments by key, mirrored to `pods.json`.
@@ -72,6 +104,7 @@ struct File {
 pub struct PodTable {
     path: PathBuf,
     pods: BTreeMap<String, Pod>,
+    recent: VecDeque<(String, Ipv4Addr)>,
 }
 
 impl PodTable {
@@ -83,6 +116,7 @@ impl PodTable {
         let mut table = PodTable {
             path: path.clone(),
             pods: BTreeMap::new(),
+            recent: VecDeque::new(),
         };
         let bytes = match std::fs::metadata(&path) {
             Ok(m) if m.len() > MAX_FILE_LEN => None,
@@ -95,6 +129,7 @@ impl PodTable {
         match bytes.and_then(|b| serde_json::from_slice::<File>(&b).ok()) {
             Some(file) if file.version == 1 => {
                 table.pods = file.pods.into_iter().map(|p| (p.key(), p)).collect();
+                table.recent = file.recent.into_iter().take(MAX_RECENT).collect();
             }
             _ => {
                 let aside = state_dir.join(format!("{PODS_FILE}.damaged"));
@@ -114,6 +149,7 @@ impl PodTable {
         let file = File {
             version: 1,
             pods: self.list(),
+            recent: self.recent.iter().cloned().collect(),
         };
         write_atomically(&self.path, &serde_json::to_vec_pretty(&file)?)
     }
@@ -133,14 +169,56 @@ impl PodTable {
         }
         Ok(())
     }
+
+    /// The address `key` had when it was last detached.
+    fn recent(&self, key: &str) -> Option<Ipv4Addr> {
+        self.recent.iter().find(|(k, _)| k == key).map(|(_, a)| *a)
+    }
+
+    /// Remembers (`Some`) or forgets `key`'s last address; saved with the next [`put`].
+    ///
+    /// [`put`]: PodTable::put
+    fn set_recent(&mut self, key: &str, address: Option<Ipv4Addr>) {
+        self.recent.retain(|(k, _)| k != key);
+        if let Some(a) = address {
+            if self.recent.len() >= MAX_RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((key.to_string(), a));
+        }
+    }
+}
+
+/// What plugs a container's namespace into the bridge and out again: the kernel
+/// ([`Kernel`], `weft_mesh::attach` in the daemon's network namespace), or a stand-in.
+pub trait Plumbing: Send + Sync + 'static {
+    fn attach(&self, spec: &Attachment) -> impl Future<Output = weft_mesh::Result<()>> + Send;
+    /// Removes the veth of attachment `key`; not an error if there is none.
+    fn detach(&self, key: &str) -> impl Future<Output = weft_mesh::Result<()>> + Send;
+}
+
+/// The real thing: veths, addresses and routes over rtnetlink.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernel;
+
+impl Plumbing for Kernel {
+    async fn attach(&self, spec: &Attachment) -> weft_mesh::Result<()> {
+        weft_mesh::attach::attach(spec).await.map(drop)
+    }
+
+    async fn detach(&self, key: &str) -> weft_mesh::Result<()> {
+        weft_mesh::attach::detach(key).await
+    }
 }
 
 /// Serves `queries` (from the API socket and the spool) until they end, passing on to `driver`
-/// all but the CNI plugin's requests.
+/// all but the pod requests; `weft attach` and `weft detach` plug containers in and out
+/// with `plumbing`.
 pub async fn serve(
     mut table: PodTable,
     mut queries: mpsc::Receiver<Query>,
     driver: mpsc::Sender<Query>,
+    plumbing: impl Plumbing,
 ) {
     while let Some(Query { request, reply }) = queries.recv().await {
         let answer = match request {
@@ -151,6 +229,10 @@ pub async fn serve(
             Request::AllocatePod(p) => allocate(&mut table, p, &driver).await,
             Request::ReleasePod { container, ifname } => {
                 release(&mut table, pod_key(&container, &ifname), &driver).await
+            }
+            Request::Attach(a) => attach(&mut table, a, &driver, &plumbing).await,
+            Request::Detach { container, ifname } => {
+                detach(&mut table, pod_key(&container, &ifname), &driver, &plumbing).await
             }
             other => {
                 // The driver answers through `reply` itself.
@@ -192,6 +274,8 @@ async fn allocate(table: &mut PodTable, p: PodAllocate, driver: &mpsc::Sender<Qu
         pod_namespace: p.pod_namespace,
         pod_name: p.pod_name,
         labels: p.labels,
+        name: None,
+        source: Source::Cni,
     };
     if let Err(e) = table.put(key.clone(), Some(pod.clone())) {
         return Response::error(format!("recording the pod: {e:#}"));
@@ -235,6 +319,164 @@ async fn release(table: &mut PodTable, key: String, driver: &mpsc::Sender<Query>
         info!(pod = %key, "pod detached");
         if let Err(e) = table.put(key, None) {
             warn!(error = %format!("{e:#}"), "removing a released pod");
+        }
+    }
+    answer
+}
+
+/// `weft attach`: record the pod, get its address (the one it has, the one asked for, or the
+/// one it had before it was detached if still free, or the next), plug its namespace in. A
+/// pod that had no address before is taken out again if anything fails, its address given
+/// back.
+async fn attach(
+    table: &mut PodTable,
+    a: AttachRequest,
+    driver: &mpsc::Sender<Query>,
+    plumbing: &impl Plumbing,
+) -> Response {
+    let key = a.key();
+    let before = table.pods.get(&key).cloned();
+    if before.as_ref().is_some_and(|b| b.source == Source::Cni) {
+        return Response::error(format!(
+            "{key} is attached by the CNI plugin: its runtime owns it"
+        ));
+    }
+    let had = before.as_ref().and_then(|b| b.address);
+    let mut pod = Pod {
+        container: a.container.clone(),
+        ifname: a.ifname.clone(),
+        address: had,
+        network: None,
+        netns: Some(a.netns.clone()),
+        pod_namespace: None,
+        pod_name: None,
+        // Attached again without labels or a name: it keeps those it had.
+        labels: match (&before, a.labels.is_empty()) {
+            (Some(b), true) => b.labels.clone(),
+            _ => a.labels.clone(),
+        },
+        name: a
+            .name
+            .clone()
+            .or_else(|| before.as_ref().and_then(|b| b.name.clone())),
+        source: Source::Attach,
+    };
+    if let Err(e) = table.put(key.clone(), Some(pod.clone())) {
+        return Response::error(format!("recording the pod: {e:#}"));
+    }
+    let allocate = |address: Option<Ipv4Addr>| match address {
+        Some(address) => Request::AllocateAt {
+            container: key.clone(),
+            address,
+        },
+        None => Request::Allocate {
+            container: key.clone(),
+        },
+    };
+    let mut answer = match (a.ip, had, table.recent(&key)) {
+        (Some(ip), _, _) => ask(driver, allocate(Some(ip))).await,
+        (None, None, Some(old)) => match ask(driver, allocate(Some(old))).await {
+            ok @ Response::Allocation { ok: true, .. } => ok,
+            _ => ask(driver, allocate(None)).await,
+        },
+        _ => ask(driver, allocate(None)).await,
+    };
+    let allocation = match &answer {
+        Response::Allocation {
+            ok: true,
+            allocation,
+        } => allocation.clone(),
+        _ => {
+            if let Err(e) = table.put(key, before) {
+                warn!(error = %format!("{e:#}"), "taking back the pod of a failed allocation");
+            }
+            return answer;
+        }
+    };
+    let spec = attachment(&allocation, &a);
+    if let Err(e) = plumbing.attach(&spec).await {
+        let error = format!(
+            "attaching {} to bridge {} with {}: {e}",
+            a.netns, allocation.bridge, allocation.address
+        );
+        if had.is_none() {
+            let released = ask(
+                driver,
+                Request::Release {
+                    container: key.clone(),
+                },
+            )
+            .await;
+            if !matches!(released, Response::Done { ok: true, .. }) {
+                warn!(pod = %key, answer = ?released, "giving back the address of a failed attach");
+            }
+            if let Err(e) = table.put(key, None) {
+                warn!(error = %format!("{e:#}"), "taking back the pod of a failed attach");
+            }
+        }
+        return Response::error(error);
+    }
+    pod.address = Some(allocation.address);
+    table.set_recent(&key, None);
+    info!(pod = %key, name = pod.name.as_deref().unwrap_or("-"), netns = %a.netns, address = %allocation.address, "container attached");
+    if let Err(e) = table.put(key, Some(pod)) {
+        warn!(error = %format!("{e:#}"), "recording the pod's address");
+    }
+    if let Response::Allocation {
+        allocation: out, ..
+    } = &mut answer
+    {
+        out.container = a.container;
+    }
+    answer
+}
+
+/// What to plug in for `allocation`.
+fn attachment(allocation: &Allocation, a: &AttachRequest) -> Attachment {
+    Attachment {
+        container: allocation.container.clone(),
+        netns: PathBuf::from(&a.netns),
+        ifname: a.ifname.clone(),
+        address: allocation.address,
+        gateway: allocation.gateway,
+        cluster_range: allocation.cluster_range,
+        bridge: allocation.bridge.clone(),
+        mtu: allocation.mtu,
+        extra_routes: Vec::new(),
+    }
+}
+
+/// `weft detach`: the veth removed, then the address given back (and remembered for the
+/// same container). Detaching what is not attached is not an error.
+async fn detach(
+    table: &mut PodTable,
+    key: String,
+    driver: &mpsc::Sender<Query>,
+    plumbing: &impl Plumbing,
+) -> Response {
+    let pod = table.pods.get(&key).cloned();
+    if pod.as_ref().is_some_and(|p| p.source == Source::Cni) {
+        return Response::error(format!(
+            "{key} is attached by the CNI plugin: its runtime owns it"
+        ));
+    }
+    if let Err(e) = plumbing.detach(&key).await {
+        return Response::error(format!("removing the interface of {key}: {e}"));
+    }
+    let answer = ask(
+        driver,
+        Request::Release {
+            container: key.clone(),
+        },
+    )
+    .await;
+    if matches!(answer, Response::Done { ok: true, .. }) {
+        if let Some(pod) = pod {
+            info!(pod = %key, name = pod.name.as_deref().unwrap_or("-"), "container detached");
+            table.set_recent(&key, pod.address.map(|a| a.addr()));
+            if let Err(e) = table.put(key, None) {
+                warn!(error = %format!("{e:#}"), "removing a detached pod");
+            }
         }
     }
     answer
@@ -311,7 +553,9 @@ mod tests {
                         Response::error("no address space reachable: try again later")
                     }
                     Request::Allocate { container } => {
-                        let next = held.len() as u8 + 2;
+                        let next = (2..=250u8)
+                            .find(|n| !held.values().any(|m| m == n))
+                            .expect("free");
                         let n = *held.entry(container.clone()).or_insert(next);
                         Response::Allocation {
                             ok: true,
@@ -323,6 +567,31 @@ mod tests {
                                 bridge: "weft".into(),
                                 mtu: 1420,
                             },
+                        }
+                    }
+                    Request::AllocateAt { container, address } => {
+                        let n = address.octets()[3];
+                        match held.get(container) {
+                            Some(&m) if m != n => {
+                                Response::error(format!("{container} already has 10.32.0.{m}"))
+                            }
+                            _ if held.iter().any(|(c, &m)| m == n && c != container) => {
+                                Response::error(format!("address {address} is in use"))
+                            }
+                            _ => {
+                                held.insert(container.clone(), n);
+                                Response::Allocation {
+                                    ok: true,
+                                    allocation: Allocation {
+                                        container: container.clone(),
+                                        address: format!("10.32.0.{n}/12").parse().expect("net"),
+                                        gateway: "10.32.0.0".parse().expect("ip"),
+                                        cluster_range: "10.32.0.0/12".parse().expect("net"),
+                                        bridge: "weft".into(),
+                                        mtu: 1420,
+                                    },
+                                }
+                            }
                         }
                     }
                     Request::Release { container } => {
@@ -343,6 +612,170 @@ mod tests {
             seen
         });
         (tx, task)
+    }
+
+    /// A stand-in for the kernel: records attaches and detaches, fails netns "/bad".
+    #[derive(Debug, Default, Clone)]
+    struct Fake {
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl Plumbing for Fake {
+        async fn attach(&self, spec: &Attachment) -> weft_mesh::Result<()> {
+            if spec.netns == Path::new("/bad") {
+                return Err(weft_mesh::Error::InvalidConfig("no such namespace".into()));
+            }
+            self.log.lock().expect("log").push(format!(
+                "attach {} {} {}",
+                spec.container,
+                spec.netns.display(),
+                spec.address
+            ));
+            Ok(())
+        }
+
+        async fn detach(&self, key: &str) -> weft_mesh::Result<()> {
+            self.log.lock().expect("log").push(format!("detach {key}"));
+            Ok(())
+        }
+    }
+
+    fn attach_request(container: &str, netns: &str) -> AttachRequest {
+        AttachRequest {
+            container: container.into(),
+            netns: netns.into(),
+            ifname: "eth0".into(),
+            ip: None,
+            name: Some("web".into()),
+            labels: BTreeMap::from([("tier".into(), "front".into())]),
+        }
+    }
+
+    async fn attached(api: &mpsc::Sender<Query>, a: AttachRequest) -> Result<Ipv4Net, String> {
+        match ask(api, Request::Attach(a)).await {
+            Response::Allocation { allocation, .. } => Ok(allocation.address),
+            Response::Error { error, .. } => Err(error),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn attach_is_idempotent_detach_gives_back_and_failures_leave_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (driver_tx, driver_task) = driver();
+        let (api, rx) = mpsc::channel(8);
+        let fake = Fake::default();
+        let layer = tokio::spawn(serve(
+            PodTable::open(dir.path()).expect("open"),
+            rx,
+            driver_tx,
+            fake.clone(),
+        ));
+        let a = attached(&api, attach_request("c1", "/run/netns/a"))
+            .await
+            .expect("attach");
+        // Retried, from another namespace path even: the same address.
+        let mut bare = attach_request("c1", "/proc/7/ns/net");
+        bare.labels.clear();
+        bare.name = None;
+        let again = attached(&api, bare).await.expect("again");
+        assert_eq!(a, again);
+        let pods = pods_of(&api).await;
+        assert_eq!(pods.len(), 1, "{pods:?}");
+        assert_eq!(pods[0].source, Source::Attach);
+        assert_eq!(pods[0].name.as_deref(), Some("web"));
+        assert_eq!(pods[0].labels["tier"], "front");
+        assert_eq!(pods[0].address, Some(a));
+        assert_eq!(pods[0].netns.as_deref(), Some("/proc/7/ns/net"));
+
+        // A failed attach of a new container: an error, no pod, the address given back.
+        let e = attached(&api, attach_request("c2", "/bad"))
+            .await
+            .expect_err("bad netns");
+        assert!(e.contains("no such namespace"), "{e}");
+        assert_eq!(pods_of(&api).await.len(), 1);
+        // --ip: a taken address is refused and leaves nothing; a free one is taken.
+        let mut taken = attach_request("c3", "/run/netns/c");
+        taken.ip = Some(a.addr());
+        let e = attached(&api, taken).await.expect_err("taken");
+        assert!(e.contains("in use"), "{e}");
+        assert_eq!(pods_of(&api).await.len(), 1);
+        let mut free = attach_request("c3", "/run/netns/c");
+        free.ip = Some("10.32.0.99".parse().expect("ip"));
+        assert_eq!(
+            attached(&api, free).await.expect("free").to_string(),
+            "10.32.0.99/12"
+        );
+
+        // Detach: gone from the pods, address released; attached again, the same address.
+        let d = ask(
+            &api,
+            Request::Detach {
+                container: "c1".into(),
+                ifname: "eth0".into(),
+            },
+        )
+        .await;
+        assert!(matches!(d, Response::Done { ok: true, .. }), "{d:?}");
+        assert_eq!(pods_of(&api).await.len(), 1);
+        // Another container may get it meanwhile; c1 gets it back while it is free.
+        let back = attached(&api, attach_request("c1", "/run/netns/a"))
+            .await
+            .expect("back");
+        assert_eq!(back, a, "the same container gets its old address back");
+        // Detaching what is not attached is fine.
+        let d = ask(
+            &api,
+            Request::Detach {
+                container: "zz".into(),
+                ifname: "eth0".into(),
+            },
+        )
+        .await;
+        assert!(matches!(d, Response::Done { ok: true, .. }), "{d:?}");
+        // A CNI pod is not weft attach's to take.
+        ask(&api, Request::AllocatePod(pod_allocate("k1"))).await;
+        let e = attached(&api, attach_request("k1", "/run/netns/k"))
+            .await
+            .expect_err("cni");
+        assert!(e.contains("CNI"), "{e}");
+        let d = ask(
+            &api,
+            Request::Detach {
+                container: "k1".into(),
+                ifname: "eth0".into(),
+            },
+        )
+        .await;
+        assert!(matches!(d, Response::Error { .. }), "{d:?}");
+
+        // Kept across a restart, the detached address remembered too.
+        let reopened = PodTable::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.list(), pods_of(&api).await);
+        drop(api);
+        layer.await.expect("layer");
+        let seen = driver_task.await.expect("driver");
+        assert!(
+            seen.contains(&Request::Release {
+                container: "c2/eth0".into()
+            }),
+            "{seen:?}"
+        );
+        assert!(
+            !seen.contains(&Request::Release {
+                container: "c3/eth0".into()
+            }),
+            "{seen:?}"
+        );
+        let log = fake.log.lock().expect("log").clone();
+        assert_eq!(
+            log.iter()
+                .filter(|l| l.starts_with("attach c1/eth0"))
+                .count(),
+            3,
+            "{log:?}"
+        );
+        assert!(log.contains(&"detach c1/eth0".to_string()), "{log:?}");
     }
 
     fn pod_allocate(container: &str) -> PodAllocate {
@@ -373,6 +806,7 @@ mod tests {
             PodTable::open(dir.path()).expect("open"),
             rx,
             driver_tx,
+            Fake::default(),
         ));
 
         let a = match ask(&api, Request::AllocatePod(pod_allocate("c1"))).await {
@@ -436,6 +870,7 @@ mod tests {
             PodTable::open(dir.path()).expect("open"),
             rx,
             driver_tx,
+            Fake::default(),
         ));
         ask(&api, Request::AllocatePod(pod_allocate("c2"))).await;
         let spool = Spool::new(dir.path());

@@ -57,6 +57,13 @@ pub struct Container {
     pub addr: Ipv4Addr,
 }
 
+impl Container {
+    /// The key its address is held under (`weft attach` keeps `ID/IFNAME`), for `allocate`.
+    pub fn key(&self) -> String {
+        format!("{}/eth0", self.id)
+    }
+}
+
 /// N test-bed hosts with a weft node each (launched on demand), one cluster secret.
 pub struct Cluster {
     /// The nodes; dropped (killed) before the bed.

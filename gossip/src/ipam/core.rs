@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use weft_crypto::{IdentityKey, NodeId};
 
 use super::error::{Error, GenesisConflict, GenesisSide, Result};
-use super::pool::Pool;
+use super::pool::{Pool, Unavailable};
 use super::record::{Claim, Message, Record, Status};
 use super::statement::{address_at, Genesis, GenesisId, Piece, Reclaim, Transfer};
 use super::store::{Accepted, JournalOp, PersistedState, PersistedStatus, Store, STATE_FORMAT};
@@ -511,31 +511,93 @@ impl<S: Store> Ipam<S> {
             return Ok(address_at(range, offset));
         }
         if let Some(offset) = self.pool.allocate_new(container) {
-            let op = JournalOp::Allocate {
-                container: Cow::Borrowed(container),
-                offset,
-            };
-            if let Err(e) = self.store.append(&op) {
-                self.pool.release(container);
-                return Err(e);
-            }
-            self.journal_len += 1;
-            // Rewriting the snapshot costs O(allocations): doing it after twice as many
-            // journal lines keeps an allocation O(1) amortised.
-            if self.journal_len
-                >= self
-                    .config
-                    .compact_journal_after
-                    .max(2 * self.pool.allocation_count())
-            {
-                self.save()?;
-            }
-            self.bump();
+            self.journal_allocation(container, offset)?;
             return Ok(address_at(range, offset));
         }
         self.wants_space = true;
         let donor = self.request_space(now)?;
         Err(Error::SpaceRequested { donor })
+    }
+
+    /// `address` for `container`, if it is free in this node's own pieces (`weft attach
+    /// --ip`). The same address again is not an error; another address for a container that
+    /// has one is ([`Error::AlreadyAllocated`]), as is an address outside this node's space
+    /// ([`Error::NotInOwnSpace`]) or one in use or reserved ([`Error::AddressInUse`]).
+    pub fn allocate_at(&mut self, container: &str, address: Ipv4Addr) -> Result<Ipv4Addr> {
+        self.check_active()?;
+        if self.genesis.is_none() {
+            return Err(Error::NoGenesis);
+        }
+        let range = self.range();
+        if !range.contains(&address) {
+            return Err(Error::NotInRange(address));
+        }
+        if let Some(offset) = self.pool.allocated(container) {
+            let held = address_at(range, offset);
+            if held == address {
+                return Ok(held);
+            }
+            return Err(Error::AlreadyAllocated {
+                container: container.to_string(),
+                address: held,
+            });
+        }
+        let offset = u32::from(address) - u32::from(range.network());
+        match self.pool.unavailable(offset) {
+            None => {}
+            Some(Unavailable::NotOwned) => {
+                return Err(Error::NotInOwnSpace {
+                    address,
+                    space: self.owned_cidrs(),
+                })
+            }
+            Some(Unavailable::Reserved) => {
+                return Err(Error::AddressInUse {
+                    address,
+                    holder: String::new(),
+                })
+            }
+            Some(Unavailable::Held(holder)) => {
+                return Err(Error::AddressInUse {
+                    address,
+                    holder: holder.to_string(),
+                })
+            }
+        }
+        if !self.pool.restore(container.to_string(), offset) {
+            return Err(Error::AddressInUse {
+                address,
+                holder: String::new(),
+            });
+        }
+        self.journal_allocation(container, offset)?;
+        Ok(address)
+    }
+
+    /// Journals an allocation the pool just made (undone in the pool if that fails), and
+    /// rewrites the snapshot now and then.
+    fn journal_allocation(&mut self, container: &str, offset: u32) -> Result<()> {
+        let op = JournalOp::Allocate {
+            container: Cow::Borrowed(container),
+            offset,
+        };
+        if let Err(e) = self.store.append(&op) {
+            self.pool.release(container);
+            return Err(e);
+        }
+        self.journal_len += 1;
+        // Rewriting the snapshot costs O(allocations): doing it after twice as many
+        // journal lines keeps an allocation O(1) amortised.
+        if self.journal_len
+            >= self
+                .config
+                .compact_journal_after
+                .max(2 * self.pool.allocation_count())
+        {
+            self.save()?;
+        }
+        self.bump();
+        Ok(())
     }
 
     /// Releases the address of `container`, if it has one.

@@ -88,6 +88,18 @@ pub enum Error {
     NoPeerToHandTo,
     #[error("address {0} is not in the cluster range")]
     NotInRange(Ipv4Addr),
+    #[error("address {address} is not in this node's address space ({})", if space.is_empty() { "none yet".to_string() } else { space.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") })]
+    NotInOwnSpace {
+        address: Ipv4Addr,
+        space: Vec<Ipv4Net>,
+    },
+    #[error("address {address} is in use{}", if holder.is_empty() { " (reserved)".to_string() } else { format!(" by {holder}") })]
+    AddressInUse { address: Ipv4Addr, holder: String },
+    #[error("{container} already has address {address}; release it first to change it")]
+    AlreadyAllocated {
+        container: String,
+        address: Ipv4Addr,
+    },
     #[error("state {path}: {reason}")]
     State { path: PathBuf, reason: String },
     #[error("state {path}: {source}")]

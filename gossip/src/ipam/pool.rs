@@ -5,6 +5,14 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::statement::Piece;
 
+/// Why an address cannot be handed out ([`Pool::unavailable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unavailable<'a> {
+    NotOwned,
+    Reserved,
+    Held(&'a str),
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Pool {
     /// Range size; offsets 0 and size-1 (network and broadcast address) are never handed out.
@@ -129,6 +137,26 @@ impl Pool {
         self.by_container.insert(container.to_owned(), offset);
         self.cursor = offset + 1;
         Some(offset)
+    }
+
+    /// Why `offset` cannot be handed out, if it cannot: not owned, reserved (network or
+    /// broadcast address of the range) or held (by the container named).
+    pub(crate) fn unavailable(&self, offset: u32) -> Option<Unavailable<'_>> {
+        if !self.owns(offset) {
+            return Some(Unavailable::NotOwned);
+        }
+        if self.reserved(offset) {
+            return Some(Unavailable::Reserved);
+        }
+        if self.used.contains(&offset) {
+            let holder = self
+                .by_container
+                .iter()
+                .find(|(_, o)| **o == offset)
+                .map_or("", |(c, _)| c.as_str());
+            return Some(Unavailable::Held(holder));
+        }
+        None
     }
 
     pub(crate) fn release(&mut self, container: &str) -> Option<u32> {

@@ -402,15 +402,24 @@ impl Netlink {
             Change::ReplaceFirewall(spec) => super::firewall::apply(spec).await,
             Change::DeleteLink { name } => self.delete_link(name).await,
             Change::CreateBridge { name, mtu, mac } => {
-                let msg = LinkBridge::new(name)
-                    .mtu(*mtu)
-                    .address(mac.to_vec())
-                    .build();
+                // Made with the default MTU, then set: an MTU given at creation is not "set
+                // by the user" for the kernel, and the bridge would fall back to 1500 when
+                // its last port leaves (the last pod detached); one set by RTM_SETLINK stays.
+                // (Setting the same value again changes nothing, so it is not done that way.)
+                let msg = LinkBridge::new(name).address(mac.to_vec()).build();
                 tolerate(
                     self.handle.link().add(msg).execute().await,
                     &[libc::EEXIST],
-                    context,
-                )
+                    context.clone(),
+                )?;
+                let index = self.link_index(name).await?;
+                let msg = LinkUnspec::new_with_index(index).mtu(*mtu).build();
+                self.handle
+                    .link()
+                    .set(msg)
+                    .execute()
+                    .await
+                    .map_err(|e| nl_error(context, e))
             }
             Change::SetMtu { link, mtu } => {
                 let index = self.link_index(link).await?;

@@ -2,7 +2,7 @@
 //! `connect`), from the cores and the datapath's last report.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Instant, SystemTime};
 
 use ipnet::Ipv4Net;
@@ -34,15 +34,20 @@ impl<S: Store> Node<S> {
                 peers: self.peers(now, wall),
             }),
             Request::Ipam => self.ipam_report(),
-            Request::Allocate { container } => self.allocate(now, &container),
+            Request::Allocate { container } => self.allocate(now, &container, None),
+            Request::AllocateAt { container, address } => {
+                self.allocate(now, &container, Some(address))
+            }
             Request::Release { container } => self.release(&container),
             Request::Forget { node } => self.forget(now, &node),
             Request::Connect { addr } => self.connect(now, &addr),
             Request::Reset => Err("reset is handled by the driver loop".into()),
             // The pods layer (pods.rs) answers these before they reach the node.
-            Request::Pods | Request::AllocatePod(_) | Request::ReleasePod { .. } => {
-                Err("CNI requests are handled by the pods layer".into())
-            }
+            Request::Pods
+            | Request::AllocatePod(_)
+            | Request::ReleasePod { .. }
+            | Request::Attach(_)
+            | Request::Detach { .. } => Err("pod requests are handled by the pods layer".into()),
         };
         let response = result.unwrap_or_else(|error| Response::Error { ok: false, error });
         // An allocation or a forget changes the IPAM record and the ring.
@@ -70,15 +75,31 @@ impl<S: Store> Node<S> {
         Ok(Response::Ipam { ok: true, ipam })
     }
 
-    fn allocate(&mut self, now: Instant, container: &str) -> Result<Response, String> {
+    /// An address for `container`: the next free one, or `at` if it is free in this node's
+    /// space (`weft attach --ip`).
+    fn allocate(
+        &mut self,
+        now: Instant,
+        container: &str,
+        at: Option<Ipv4Addr>,
+    ) -> Result<Response, String> {
         if container == GATEWAY_ID {
             return Err(format!(
                 "{GATEWAY_ID:?} is reserved for this node's gateway"
             ));
         }
         self.reserve_gateway(now);
-        let address = match self.ipam.allocate(now, container) {
+        let result = match at {
+            None => self.ipam.allocate(now, container),
+            Some(address) => self.ipam.allocate_at(container, address),
+        };
+        let address = match result {
             Ok(a) => a,
+            Err(ipam::Error::AddressInUse { address, holder }) if holder == GATEWAY_ID => {
+                return Err(format!(
+                    "address {address} is in use by this node's gateway"
+                ))
+            }
             Err(e @ ipam::Error::SpaceRequested { .. })
             | Err(e @ ipam::Error::NoAddressSpaceReachable { .. })
             | Err(e @ ipam::Error::NoGenesis) => {

@@ -177,7 +177,7 @@ moddir="lib/modules/$kver"
 busybox depmod -b "$work/pkg" "$kver"
 wanted=(
     virtio_pci virtio_net virtio_console 9p 9pnet_virtio
-    wireguard tun veth bridge br_netfilter
+    wireguard tun veth bridge br_netfilter crc32c_generic
 )
 mapfile -t netfilter < <(cd "$work/pkg/$moddir" && find kernel/net/netfilter kernel/net/ipv4/netfilter \
     kernel/net/ipv6/netfilter kernel/net/bridge/netfilter -name 'nf_*.ko' -o -name 'nft_*.ko' |
@@ -208,6 +208,18 @@ resolve() {
 }
 for m in "${wanted[@]}" "${netfilter[@]}"; do
     resolve "$m"
+done
+# Soft dependencies (libcrc32c needs crc32c through the crypto API, not a symbol):
+# busybox's depmod does not record them, so they are taken here, to a fixed point.
+while :; do
+    before=${#take[@]}
+    for path in "${!take[@]}"; do
+        for soft in $(busybox modinfo -F softdep "$work/pkg/$moddir/$path" 2>/dev/null |
+            tr ' ' '\n' | grep -v ':$'); do
+            [ -n "${path_of[${soft//-/_}]:-}" ] && resolve "$soft"
+        done
+    done
+    [ "${#take[@]}" -eq "$before" ] && break
 done
 for path in "${!take[@]}"; do
     install -D -m 0644 "$work/pkg/$moddir/$path" "$root/$moddir/$path"

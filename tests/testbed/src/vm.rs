@@ -357,8 +357,10 @@ impl Vm {
         let console = shared.path(&format!("vm{index}"), "console");
 
         let share = plan.share.to_string_lossy().into_owned();
+        // no_timer_check: on a busy machine the emulated timer can miss the kernel's IO-APIC
+        // timer check, which then panics ("IO-APIC + timer doesn't work!").
         let append = format!(
-            "console=ttyS0 panic=-1 quiet weft_name=vm{index} weft_addr={ip}/16 weft_share={share}"
+            "console=ttyS0 panic=-1 quiet no_timer_check weft_name=vm{index} weft_addr={ip}/16 weft_share={share}"
         );
         let fsdev = |id: &str, path: &Path, ro: bool| {
             format!(
@@ -374,7 +376,7 @@ impl Vm {
             "-accel".into(),
             "tcg".into(),
             "-cpu".into(),
-            "qemu64".into(),
+            std::env::var("WEFT_VM_CPU").unwrap_or_else(|_| "qemu64".into()),
             "-m".into(),
             VM_MEMORY_MB.to_string(),
             "-smp".into(),

@@ -765,6 +765,34 @@ fn mixed_cluster_with_kernel_wireguard_in_vms() {
         warnings.join("\n")
     );
 
+    // Idle, working tunnels stay direct: no node calls another unreachable (the kernel
+    // sends no persistent keepalive while it receives them; weft's tunnel probes keep the
+    // other end hearing it). Longer than UNREACHABLE_AFTER (10 s).
+    std::thread::sleep(secs(15));
+    let flaps: Vec<String> = (0..3)
+        .flat_map(|i| {
+            c.log(i)
+                .lines()
+                .filter(|l| l.contains("unreachable=[\""))
+                .map(|l| format!("n{i}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        flaps.is_empty(),
+        "working tunnels called unreachable:\n{}",
+        flaps.join("\n")
+    );
+    for i in 0..3 {
+        for p in c.peers(i).expect("peers") {
+            assert!(
+                p["link"]["via"].is_null(),
+                "n{i} relays to {}: {p}",
+                p["name"]
+            );
+        }
+    }
+
     // A peer removed from the kernel device from outside (as a partly applied change would
     // leave it) is back within a round or two.
     c.vm_of(0)

@@ -876,13 +876,11 @@ fn mixed_cluster_with_kernel_wireguard_in_vms() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    if let Some(r) = &c.nodes[0].running {
-        if let Running::Vm(p) = r {
-            assert!(
-                p.wait_timeout(secs(30)).expect("wait").is_some(),
-                "n0 still runs after weft reset"
-            );
-        }
+    if let Some(Running::Vm(p)) = &c.nodes[0].running {
+        assert!(
+            p.wait_timeout(secs(30)).expect("wait").is_some(),
+            "n0 still runs after weft reset"
+        );
     }
     let vm = c.vm_of(0);
     let link = vm.run(&["ip", "link", "show", WG_IF]).expect("ip link");

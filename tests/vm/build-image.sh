@@ -74,39 +74,57 @@ kernel_package() {
     apt-cache "$@" depends linux-image-amd64 2>/dev/null |
         awk '/Depends: linux-image-6\.1\.0-[0-9]+-amd64$/ {print $2; exit}'
 }
-apt_opts=()
-pkg=$(kernel_package)
-if [ -z "$pkg" ]; then
-    log "the machine's apt lists do not know linux-image-amd64 6.1: private apt state"
+private_state() {
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main" \
         >"$cache/apt/sources.list"
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main" \
         >>"$cache/apt/sources.list"
-    apt-get "${apt_private[@]}" update </dev/null >&2
+    apt-get "${apt_private[@]}" update </dev/null >&2 || return 1
     apt_opts=("${apt_private[@]}")
     pkg=$(kernel_package "${apt_opts[@]}")
+}
+download() {
+    log "apt-get download $pkg"
+    # As root, apt drops to _apt for downloads; a directory it can write avoids the warning.
+    local tmp
+    tmp=$(mktemp -d)
+    chmod 0777 "$tmp"
+    if ! (cd "$tmp" && apt-get "${apt_opts[@]}" download "$pkg" </dev/null >&2); then
+        rm -rf "$tmp"
+        return 1
+    fi
+    find "$cache/debs" -maxdepth 1 -name '*.deb' -delete
+    mv "$tmp"/*.deb "$cache/debs/"
+    rm -rf "$tmp"
+}
+apt_opts=()
+pkg=$(kernel_package)
+if [ -z "$pkg" ]; then
+    log "the machine's apt lists do not know linux-image-amd64 6.1: private apt state"
+    private_state || true
 fi
 [ -n "$pkg" ] || {
     log "no linux-image-6.1.0-*-amd64 found (is deb.debian.org reachable?)"
     exit 1
 }
-kver=${pkg#linux-image-}
 deb=$(find "$cache/debs" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)
 if [ -z "$deb" ]; then
-    log "apt-get download $pkg"
-    # As root, apt drops to _apt for downloads; a directory it can write avoids the warning.
-    tmp=$(mktemp -d)
-    chmod 0777 "$tmp"
-    (cd "$tmp" && apt-get "${apt_opts[@]}" download "$pkg" </dev/null >&2) || {
-        rm -rf "$tmp"
-        log "apt-get download $pkg failed"
-        exit 1
-    }
-    find "$cache/debs" -maxdepth 1 -name '*.deb' -delete
-    mv "$tmp"/*.deb "$cache/debs/"
-    rm -rf "$tmp"
+    if ! download; then
+        # The machine's lists may name a version the mirror no longer has.
+        if [ "${#apt_opts[@]}" -eq 0 ]; then
+            log "apt-get download $pkg failed with the machine's lists: private apt state"
+            private_state && [ -n "$pkg" ] && download || {
+                log "apt-get download failed (is deb.debian.org reachable?)"
+                exit 1
+            }
+        else
+            log "apt-get download $pkg failed (is deb.debian.org reachable?)"
+            exit 1
+        fi
+    fi
     deb=$(find "$cache/debs" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)
 fi
+kver=${pkg#linux-image-}
 
 work="$cache/work"
 rm -rf "$work"

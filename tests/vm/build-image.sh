@@ -33,7 +33,9 @@ for tool in apt-get dpkg-deb busybox xz ldd sha256sum; do
         exit 1
     }
 done
-if ! busybox --list | grep -qx depmod || ! busybox --list | grep -qx cpio; then
+# (Not `busybox --list | grep -q`: with pipefail, grep's early exit fails the pipe.)
+applets=$(busybox --list)
+if ! grep -qx depmod <<<"$applets" || ! grep -qx cpio <<<"$applets"; then
     log "busybox has no depmod or cpio applet: install busybox-static"
     exit 1
 fi
@@ -72,7 +74,7 @@ apt_private=(
 # The ABI name (linux-image-6.1.0-N-amd64) linux-image-amd64 depends on.
 kernel_package() {
     apt-cache "$@" depends linux-image-amd64 2>/dev/null |
-        awk '/Depends: linux-image-6\.1\.0-[0-9]+-amd64$/ {print $2; exit}'
+        awk '/Depends: linux-image-6\.1\.0-[0-9]+-amd64$/ && !found {print $2; found = 1}'
 }
 private_state() {
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main" \

@@ -823,11 +823,29 @@ fn mixed_cluster_with_kernel_wireguard_in_vms() {
         let _ = c.in_pod_raw(0, &pods[0].netns, &["sh", "-c", &send]);
     }
     check_underlay(caps);
-    let drops = c
+    // The fail-closed table (left in place by the killed daemon) dropped them.
+    let counter = c
         .vm_of(0)
-        .run_ok(&["nft", "list", "table", "inet", "weft"])
-        .expect("nft list table inet weft with n0 down");
-    eprintln!("n0's firewall with the daemon down:\n{drops}");
+        .run_ok(&[
+            "nft",
+            "list",
+            "counter",
+            "inet",
+            "weft",
+            "fail_closed_drops",
+        ])
+        .expect("nft list counter with n0 down");
+    let dropped: u64 = counter
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!("n0's fail-closed drops with the daemon down: {dropped}");
+    assert!(
+        dropped > 0,
+        "nothing dropped by the fail-closed table: {counter}"
+    );
 
     // Restart: same address space, the pod's address still works.
     c.start(0);

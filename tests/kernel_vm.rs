@@ -882,6 +882,12 @@ fn mixed_cluster_with_kernel_wireguard_in_vms() {
     c.bed
         .restore_underlay(c.public_ip(0), c.public_ip(2))
         .expect("restore");
+    let took = c.wait("n0 <-> n2 direct again", secs(90), || {
+        c.peer(0, "n2").is_some_and(|p| p["link"]["via"].is_null())
+            && c.peer(2, "n0").is_some_and(|p| p["link"]["via"].is_null())
+    });
+    eprintln!("direct again {took:?} after the restore");
+    c.wait_ping(&pods[0], &pods[2], secs(30));
 
     // `weft reset` on n0: the kernel device, routes, rule and firewall are gone.
     let out = c

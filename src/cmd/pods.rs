@@ -54,14 +54,24 @@ fn row(p: &Pod) -> Vec<String> {
             .clone()
             .or_else(|| p.name.clone())
             .unwrap_or_else(dash),
-        p.container.chars().take(SHORT_ID).collect(),
-        p.ifname.clone(),
+        // Docker's endpoints show their endpoint id; Docker names the interface itself.
+        p.endpoint
+            .as_deref()
+            .unwrap_or(&p.container)
+            .chars()
+            .take(SHORT_ID)
+            .collect(),
+        match p.source {
+            Source::Docker => dash(),
+            _ => p.ifname.clone(),
+        },
         p.address
             .map_or_else(|| "(allocating)".into(), |a| a.to_string()),
         if labels.is_empty() { dash() } else { labels },
         match p.source {
             Source::Cni => "cni",
             Source::Attach => "attach",
+            Source::Docker => "docker",
         }
         .into(),
     ]
@@ -94,6 +104,7 @@ mod tests {
             ]),
             name: None,
             source: Source::Cni,
+            endpoint: None,
         };
         let bare = Pod {
             container: "c2".into(),
@@ -106,6 +117,7 @@ mod tests {
             labels: BTreeMap::new(),
             name: Some("db-1".into()),
             source: Source::Attach,
+            endpoint: None,
         };
         let mut out = Vec::new();
         write_table(&mut out, &[pod, bare]).expect("write");

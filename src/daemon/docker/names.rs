@@ -21,6 +21,8 @@ use crate::cmd::engine::{docker_call, engine_error, is_container_ref, LookupErro
 use crate::daemon::api::{Query, Request, Response};
 use crate::daemon::pods::{ask, Source};
 
+/// The bridge whose address is the gateway.
+const BRIDGE: &str = "weft";
 /// The network weft creates.
 pub const NETWORK_NAME: &str = "weft";
 /// How often names are looked for.
@@ -104,6 +106,11 @@ async fn ensure_network(socket: &Path, pods: &mpsc::Sender<Query>) -> Result<boo
         // No address space yet: no gateway to give Docker.
         _ => return Ok(false),
     };
+    // The gateway Docker will ask for is the bridge's address, there once the datapath has
+    // caught up with the address space.
+    if !matches!(weft_mesh::attach::bridge_gateway(BRIDGE).await, Ok(Some(_))) {
+        return Ok(false);
+    }
     let create = serde_json::json!({
         "Name": NETWORK_NAME,
         "Driver": NETWORK_NAME,

@@ -285,3 +285,178 @@ fn docker_run_on_the_weft_network_of_one_host() {
     );
     c.assert_no_warnings();
 }
+
+/// Two hosts, each with weft and its own dockerd (n0 makes the network itself, n1's is made
+/// by hand as the README says): `docker run --network weft` on both, the containers ping each
+/// other and exchange TCP data through the mesh while the underlay shows only WireGuard (and
+/// gossip), never the marker; `--ip` of an address in the other node's space is refused
+/// clearly; weft on n0 restarted while the containers run: same addresses, connectivity
+/// back, and Docker's `rm -f` of a container made before the restart gives its address back.
+#[test]
+fn docker_containers_on_two_hosts_talk_through_the_mesh_and_survive_a_weft_restart() {
+    let name = "docker_containers_on_two_hosts_talk_through_the_mesh_and_survive_a_weft_restart";
+    if !weft_testbed::require_root(name) || !dockerd::available(name) {
+        return;
+    }
+    let mut c = Cluster::new(2);
+    let d0 = docker_node(&mut c, 0, true);
+    let d1 = docker_node(&mut c, 1, false);
+    c.launch_chain();
+    c.wait_full_mesh(&[0, 1], Duration::from_secs(60));
+    c.wait_space(&[0, 1], Duration::from_secs(60));
+    wait("the weft network on n0", Duration::from_secs(30), || {
+        d0.docker_ok(&["network", "inspect", "weft"]).is_ok()
+    });
+    // By hand on n1 (retried while n1's bridge gets its address).
+    let mut last = String::new();
+    wait(
+        "docker network create on n1",
+        Duration::from_secs(30),
+        || match d1.docker_ok(&[
+            "network",
+            "create",
+            "-d",
+            "weft",
+            "--ipam-driver",
+            "weft",
+            "--subnet",
+            RANGE,
+            "weft",
+        ]) {
+            Ok(_) => true,
+            Err(e) => {
+                last = e;
+                false
+            }
+        },
+    );
+    let _ = last;
+
+    let a = run_on_weft(&d0, "ctr-a", &[]).expect("docker run on n0");
+    let b = run_on_weft(&d1, "ctr-b", &[]).expect("docker run on n1");
+    let space = |i: usize| -> Vec<Ipv4Net> {
+        c.status(i).expect("status")["address_space"]
+            .as_array()
+            .expect("space")
+            .iter()
+            .filter_map(|s| s.as_str()?.parse().ok())
+            .collect()
+    };
+    let (space0, space1) = (space(0), space(1));
+    assert!(
+        space0.iter().any(|s| s.contains(&a)),
+        "{a} not in n0's {space0:?}"
+    );
+    assert!(
+        space1.iter().any(|s| s.contains(&b)),
+        "{b} not in n1's {space1:?}"
+    );
+    wait(
+        "ping a -> b across the mesh",
+        Duration::from_secs(30),
+        || pings(&d0, "ctr-a", b),
+    );
+    assert!(pings(&d1, "ctr-b", a), "b cannot ping a");
+
+    // TCP through the mesh with a marker, under capture of both hosts' underlay.
+    let marker = format!("weft-docker-marker-{}", std::process::id());
+    let captures: Vec<_> = (0..2)
+        .map(|i| c.bed.capture(i, "").expect("capture"))
+        .collect();
+    d1.docker_ok(&[
+        "exec",
+        "-d",
+        "ctr-b",
+        "/bin/sh",
+        "-c",
+        "/bin/busybox nc -l -p 7000 > /got",
+    ])
+    .expect("nc -l");
+    wait("b listening", Duration::from_secs(10), || {
+        exec(&d1, "ctr-b", &["netstat", "-ltn"]).is_ok_and(|o| o.contains(":7000"))
+    });
+    let sent = d0.docker_ok(&[
+        "exec",
+        "ctr-a",
+        "/bin/sh",
+        "-c",
+        &format!("echo {marker} | /bin/busybox nc -w 3 {b} 7000"),
+    ]);
+    assert!(sent.is_ok(), "nc from a to b: {sent:?}");
+    wait("the marker at b", Duration::from_secs(10), || {
+        exec(&d1, "ctr-b", &["cat", "/got"]).is_ok_and(|got| got.contains(&marker))
+    });
+    for (i, capture) in captures.into_iter().enumerate() {
+        let packets = capture.finish().expect("capture");
+        let problems = cluster::underlay_problems(&packets, marker.as_bytes());
+        assert!(
+            problems.is_empty(),
+            "host {i}'s underlay:\n{}",
+            problems.join("\n")
+        );
+        let wireguard = packets.iter().filter(|p| cluster::is_wireguard(p)).count();
+        assert!(wireguard > 0, "host {i}: no WireGuard on the underlay");
+    }
+
+    // --ip of an address in n1's space, asked of n0: refused, saying so.
+    let theirs = space1
+        .iter()
+        .flat_map(|s| s.hosts())
+        .find(|ip| *ip != b && !space1.iter().any(|s| s.network() == *ip))
+        .expect("an address of n1's space");
+    let err = run_on_weft(&d0, "ctr-theirs", &["--ip", &theirs.to_string()])
+        .expect_err("another node's address");
+    assert!(
+        err.contains(&format!(
+            "address {theirs} is not in this node's address space"
+        )),
+        "unclear error: {err}"
+    );
+
+    // weft on n0 restarted (SIGTERM, then a new daemon) while the containers run.
+    let ep_a = endpoint_of(&d0, "ctr-a");
+    let used_before = used(&c, 0);
+    c.signal(0, "TERM");
+    wait("n0's daemon to stop", Duration::from_secs(30), || {
+        c.status(0).is_none()
+    });
+    c.kill(0);
+    c.start(0);
+    c.wait_space(&[0], Duration::from_secs(60));
+    c.wait_full_mesh(&[0, 1], Duration::from_secs(60));
+    assert_eq!(address_of(&d0, "ctr-a"), a, "Docker's view moved");
+    let inside = exec(&d0, "ctr-a", &["ip", "-4", "-o", "addr", "show", "eth0"]).expect("addr");
+    assert!(inside.contains(&format!("inet {a}/")), "{inside}");
+    assert_eq!(
+        used(&c, 0),
+        used_before,
+        "the restart changed the allocations"
+    );
+    assert!(
+        docker_pods(&c, 0)
+            .iter()
+            .any(|p| p["endpoint"] == ep_a.as_str()),
+        "the endpoint is forgotten after the restart"
+    );
+    wait(
+        "ping a -> b after the restart",
+        Duration::from_secs(30),
+        || pings(&d0, "ctr-a", b),
+    );
+    assert!(pings(&d1, "ctr-b", a), "b cannot ping a after the restart");
+    // A new container after the restart gets another address.
+    let a2 = run_on_weft(&d0, "ctr-a2", &[]).expect("docker run after the restart");
+    assert_ne!(a2, a);
+    // Docker removes the container made before the restart: its address is given back.
+    d0.docker_ok(&["rm", "-f", "ctr-a"]).expect("rm -f a");
+    assert!(
+        !docker_pods(&c, 0)
+            .iter()
+            .any(|p| p["endpoint"] == ep_a.as_str()),
+        "rm -f after the restart left the endpoint"
+    );
+    assert_eq!(used(&c, 0), used_before, "one freed, one taken");
+    drop(d0);
+    drop(d1);
+    c.assert_no_warnings();
+}

@@ -366,6 +366,32 @@ mod tests {
     }
 
     #[test]
+    fn docker_plugin_takes_an_optional_socket() {
+        let parse = |args: &[&str]| -> Option<String> {
+            let cli =
+                Cli::try_parse_from(["weft", "launch"].iter().chain(args).copied()).expect("parse");
+            match cli.command {
+                Command::Launch(l) => l.docker_plugin,
+                _ => panic!("not launch"),
+            }
+        };
+        assert_eq!(parse(&[]), None);
+        assert_eq!(
+            parse(&["--docker-plugin"]).as_deref(),
+            Some(crate::daemon::docker::DEFAULT_PLUGIN_SOCKET)
+        );
+        assert_eq!(
+            parse(&["--docker-plugin=/tmp/p/weft.sock", "192.0.2.1"]).as_deref(),
+            Some("/tmp/p/weft.sock")
+        );
+        // Without `=`, what follows is a peer, not the socket.
+        assert_eq!(
+            parse(&["--docker-plugin", "192.0.2.1"]).as_deref(),
+            Some(crate::daemon::docker::DEFAULT_PLUGIN_SOCKET)
+        );
+    }
+
+    #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
     }

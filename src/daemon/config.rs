@@ -282,6 +282,43 @@ mod tests {
     }
 
     #[test]
+    fn docker_plugin_and_socket_are_off_unless_given_as_absolute_paths() {
+        let base = || Settings {
+            name: Some("n".into()),
+            secret_file: Some("/s".into()),
+            ..Settings::default()
+        };
+        let c = LaunchConfig::resolve(base()).expect("resolve");
+        assert_eq!((c.docker_plugin, c.docker_socket), (None, None));
+        let file = Settings::parse(
+            r#"
+            docker_plugin = "/run/docker/plugins/weft.sock"
+            docker_socket = "/var/run/docker.sock"
+            "#,
+        )
+        .expect("parse");
+        let c = LaunchConfig::resolve(base().or(file)).expect("resolve");
+        assert_eq!(
+            c.docker_plugin,
+            Some(PathBuf::from(crate::daemon::docker::DEFAULT_PLUGIN_SOCKET))
+        );
+        assert_eq!(c.docker_socket, Some(PathBuf::from("/var/run/docker.sock")));
+        let off = Settings {
+            docker_plugin: Some("off".into()),
+            ..base()
+        };
+        assert_eq!(LaunchConfig::resolve(off).expect("off").docker_plugin, None);
+        for bad in ["", "weft.sock"] {
+            let s = Settings {
+                docker_plugin: Some(bad.into()),
+                ..base()
+            };
+            let e = LaunchConfig::resolve(s).expect_err(bad);
+            assert!(e.to_string().contains("--docker-plugin"), "{e}");
+        }
+    }
+
+    #[test]
     fn flags_win_over_file_and_defaults_fill_the_rest() {
         let flags = Settings {
             name: Some("flag".into()),

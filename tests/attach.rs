@@ -195,6 +195,76 @@ fn containers_on_the_bridge_reach_each_other_and_the_gateway() {
     run_in(&host, || async { attach::detach("ctr-a").await }).expect("detach twice is fine");
 }
 
+/// `weft_mesh::attach::prepare` (Docker's plugin): the host end on the bridge, the container
+/// end left on the host under its pending name for Docker to move; again: the same pair; once
+/// moved into a sandbox (as Docker does) it carries traffic to the gateway; detach removes it.
+#[test]
+fn prepare_leaves_the_container_end_for_docker_to_move() {
+    if !weft_testbed::require_root("prepare_leaves_the_container_end_for_docker_to_move") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let host = bed.host(0).name().to_string();
+    for cmd in [
+        &["ip", "link", "add", "weft", "type", "bridge"][..],
+        &["ip", "addr", "add", "10.32.1.1/24", "dev", "weft"],
+        &["ip", "link", "set", "weft", "mtu", "1420", "up"],
+    ] {
+        bed.run_ok_in(&host, cmd).expect("bridge");
+    }
+    let key = "docker-00112233aabbccdd/docker";
+    let (veth, pending) = (attach::host_ifname(key), attach::pending_ifname(key));
+    let first =
+        run_in(&host, || async { attach::prepare(key, "weft", 1420).await }).expect("prepare");
+    assert_eq!(first.name, pending);
+    assert_eq!(first.mtu, Some(1420));
+    assert!(first.mac.is_some());
+    let show = |name: &str| ip(&bed, &host, &["-o", "link", "show", name]);
+    let host_end = show(&veth);
+    assert!(
+        host_end.contains("master weft") && host_end.contains("mtu 1420"),
+        "{host_end}"
+    );
+    assert!(show(&pending).contains("mtu 1420"));
+    let again =
+        run_in(&host, || async { attach::prepare(key, "weft", 1420).await }).expect("again");
+    assert_eq!(again, first, "preparing again changed the pair");
+
+    // What Docker does at Join: move it, name it, address it.
+    let c = bed.container().expect("container");
+    bed.run_ok_in(&host, &["ip", "link", "set", &pending, "netns", &c])
+        .expect("move");
+    for cmd in [
+        &["ip", "link", "set", &pending, "name", "eth0"][..],
+        &["ip", "addr", "add", "10.32.1.5/24", "dev", "eth0"],
+        &["ip", "link", "set", "eth0", "up"],
+    ] {
+        bed.run_ok_in(&c, cmd).expect("configure");
+    }
+    assert!(
+        ping(&bed, &c, "10.32.1.1"),
+        "the moved end cannot reach the gateway"
+    );
+
+    run_in(&host, || async { attach::detach(key).await }).expect("detach");
+    assert!(!host_links(&bed, &host).contains(&veth), "host end left");
+    assert!(
+        !bed.run_in(&c, &["ip", "link", "show", "eth0"])
+            .expect("ip")
+            .status
+            .success(),
+        "the container end outlived its pair"
+    );
+    // No bridge: refused, nothing made.
+    bed.run_ok_in(&host, &["ip", "link", "del", "weft"])
+        .expect("del bridge");
+    let before = host_links(&bed, &host);
+    let err = run_in(&host, || async { attach::prepare(key, "weft", 1420).await })
+        .expect_err("no bridge");
+    assert!(err.to_string().contains("bridge weft"), "{err}");
+    assert_eq!(host_links(&bed, &host), before);
+}
+
 #[test]
 fn a_failed_attach_leaves_nothing_behind() {
     if !weft_testbed::require_root("a_failed_attach_leaves_nothing_behind") {

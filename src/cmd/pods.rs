@@ -1,6 +1,7 @@
-//! `weft pods`: the pods the CNI plugin and `weft attach` attached on this node (container
-//! id, interface, address, pod namespace and name or container name, labels, who attached
-//! it), as a table (or JSON), from the running daemon.
+//! `weft pods`: the pods the CNI plugin, `weft attach` and Docker (weft's network plugin)
+//! attached on this node (container id, or Docker's endpoint id; interface, address, pod
+//! namespace and name or container name, labels, who attached it), as a table (or JSON),
+//! from the running daemon.
 
 use anyhow::bail;
 use std::io::Write;

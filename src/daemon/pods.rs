@@ -15,6 +15,10 @@
 //! of pods detached lately are remembered ([`MAX_RECENT`]): the same container attached
 //! again gets its old address back if it is still free.
 //!
+//! Docker's endpoints (weft's Docker plugin, `docker::endpoints`) are pods of source `docker`
+//! here too, under keys of their own (`docker-<16 hex>/docker`), with their endpoint id;
+//! `weft attach`/`detach` leave them (and the CNI plugin's) alone.
+//!
 //! [`apply_releases`] applies the releases the plugin kept in the spool
 //! (`STATE_DIR/cni-releases`, see `weft_cni::spool`) while the daemon was down: at start and
 //! every [`SPOOL_PERIOD`].

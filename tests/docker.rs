@@ -118,6 +118,16 @@ fn used(c: &Cluster, i: usize) -> u64 {
         .expect("addresses_used")
 }
 
+/// Addresses in use in node `i`'s pieces, as `weft ipam` shows them.
+fn ipam_used(c: &Cluster, i: usize) -> u64 {
+    c.ipam(i).expect("ipam")["pieces"]
+        .as_array()
+        .expect("pieces")
+        .iter()
+        .filter_map(|p| p["used"].as_u64())
+        .sum()
+}
+
 /// The bridge's address on node `i`'s host.
 fn bridge_address(c: &Cluster, i: usize) -> Ipv4Net {
     let out = c
@@ -260,11 +270,17 @@ fn docker_run_on_the_weft_network_of_one_host() {
 
     // docker rm -f: the address is free again (weft's IPAM and pods say so), and --ip can
     // take it.
+    let ipam_before = ipam_used(&c, 0);
     d.docker_ok(&["rm", "-f", "ctr-a"]).expect("rm a");
     assert_eq!(
         used(&c, 0),
         used_now - 1,
         "rm -f did not give the address back"
+    );
+    assert_eq!(
+        ipam_used(&c, 0),
+        ipam_before - 1,
+        "weft ipam still counts it"
     );
     assert!(!docker_pods(&c, 0)
         .iter()

@@ -293,12 +293,14 @@ fn docker_run_on_the_weft_network_of_one_host() {
     assert!(pings(&d, "ctr-a2", b), "the new a cannot ping b");
     assert!(pings(&d, "ctr-b", a), "b cannot ping the new a");
 
+    // Everything removed: every address is back, and the network goes too.
+    d.docker_ok(&["rm", "-f", "ctr-b", "ctr-c", "ctr-a2"])
+        .expect("rm -f the rest");
+    assert!(docker_pods(&c, 0).is_empty(), "{:?}", docker_pods(&c, 0));
+    assert_eq!(used(&c, 0), used_before, "addresses left held");
+    d.docker_ok(&["network", "rm", "weft"])
+        .expect("docker network rm");
     drop(d);
-    assert_eq!(
-        docker_pods(&c, 0).len(),
-        0,
-        "containers removed by docker rm -f at the end still listed"
-    );
     c.assert_no_warnings();
 }
 

@@ -120,11 +120,29 @@ mod tests {
             source: Source::Attach,
             endpoint: None,
         };
+        let docker = Pod {
+            container: "docker-00112233aabbccdd".into(),
+            ifname: "docker".into(),
+            address: Some("10.32.0.9/12".parse().expect("net")),
+            network: Some("5c9fd1a2b3c4".into()),
+            netns: Some("/var/run/docker/netns/abc".into()),
+            pod_namespace: None,
+            pod_name: None,
+            labels: BTreeMap::new(),
+            name: Some("web".into()),
+            source: Source::Docker,
+            endpoint: Some("feedbeef0123456789".into()),
+        };
         let mut out = Vec::new();
-        write_table(&mut out, &[pod, bare]).expect("write");
+        write_table(&mut out, &[pod, bare, docker]).expect("write");
         let text = String::from_utf8(out).expect("utf-8");
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
+        // Docker's: its container name, its endpoint id, no interface name (Docker's own).
+        for want in ["web", "feedbeef0123 ", "10.32.0.9/12", "docker"] {
+            assert!(lines[3].contains(want), "{want} missing: {text}");
+        }
+        assert!(!lines[3].contains("docker-0011"), "{text}");
         assert!(lines[0].starts_with("NAMESPACE"), "{text}");
         for want in [
             "default",

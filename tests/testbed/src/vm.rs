@@ -5,7 +5,8 @@
 //! - The image (a vmlinux booted via PVH and an initramfs with busybox, `ip`, `nft`, `wg` and
 //!   the modules) is built once per machine by tests/vm/build-image.sh, cached in
 //!   /var/cache/weft-test-vm; [`vm_image`] finds it or runs the script.
-//! - QEMU runs with TCG (no KVM needed), `-cpu qemu64`, one vCPU, [`VM_MEMORY_MB`] of memory,
+//! - QEMU runs with TCG (no KVM needed), `-cpu qemu64` (`WEFT_VM_CPU` overrides it: the guest's
+//!   plain-C crypto is cheaper to emulate than vector code), one vCPU, [`VM_MEMORY_MB`] of memory,
 //!   inside the bed's underlay namespace: the VM's virtio-net is the tap `vm<j>` there, a
 //!   port of `br0`, so VM j (198.18.2.(10+j)/16) and the namespace hosts are peers on one
 //!   underlay. Nothing is created in the root namespace.

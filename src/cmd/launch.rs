@@ -21,6 +21,10 @@ pub fn run(args: LaunchArgs, secret_file: Option<PathBuf>) -> anyhow::Result<()>
         wg_socket: args.wg_socket,
         cni_conf_dir: args.cni_conf_dir,
         masquerade: args.no_masquerade.then_some(false),
+        kubeconfig: args.kubeconfig,
+        kubernetes: args.no_kubernetes.then_some(false),
+        node_name: args.node_name,
+        ipam: args.ipam,
     };
     let file = match &args.config {
         Some(path) => Settings::from_file(path)?,

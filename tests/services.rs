@@ -12,7 +12,8 @@
 //! - hairpin: a pod reaching itself through its service.
 //!
 //! Each gets its answer back; the server says which source it saw. n1's underlay carries
-//! only WireGuard meanwhile (the marker the server sends never in the clear).
+//! only WireGuard meanwhile (the marker the server sends never in the clear). The hosts run
+//! with strict reverse-path filtering (rp_filter=1).
 //!
 //! Needs root; prints "skipped: ..." otherwise. Run: `cargo test --test services`.
 
@@ -129,6 +130,14 @@ fn services_dnat_to_pods_on_other_nodes_and_back_through_the_mesh() {
         return;
     }
     let mut c = Cluster::new(3);
+    // Strict reverse-path filtering, as many distributions set it (the kernel's default,
+    // which test hosts get, is off): every interface made from here on has it too.
+    for i in 0..3 {
+        c.bed
+            .host(i)
+            .sh("sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1")
+            .expect("rp_filter");
+    }
     c.launch_chain();
     c.wait_full_mesh(&[0, 1, 2], GENEROUS);
     c.wait_space(&[0, 1, 2], GENEROUS);

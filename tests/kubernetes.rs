@@ -7,7 +7,8 @@
 //! - Each Node gets `NetworkUnavailable=False` once its weft is ready.
 //! - /readyz and /metrics show the watches' health.
 //! - The API server stopped: the mesh and the pods keep working, /readyz stays 200 and
-//!   says the watches fail; restarted: the watches resume.
+//!   says the watches fail; a node restarted meanwhile starts with its space and members
+//!   and its pod is reachable again; the API server restarted: the watches resume.
 //! - A Node deleted (its weft gone): the others forget it and stop routing its pod CIDR.
 //!
 //! Needs root and the binaries (else prints "skipped" and why; `WEFT_REQUIRE_KUBE=1` fails).
@@ -219,6 +220,21 @@ fn weft_daemons_on_a_real_api_server() {
             );
         }
     }
+    // A node restarted while the API server is away starts with the space it had (kept in
+    // its state directory) and the members it knew (its journal), and its pod is reachable
+    // again; it is not ready until its watches have listed.
+    c.kill(1);
+    c.start(1);
+    for (a, b) in [(0, 1), (1, 2)] {
+        c.wait_ping(&pods[a], &pods[b], GENEROUS);
+    }
+    assert_eq!(
+        c.status(1).expect("status")["address_space"],
+        serde_json::json!([pod_cidr(1)])
+    );
+    let (code, body) = http(&c, 1, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not synced"), "{body}");
     // ... and comes back: the watches resume.
     api.start_apiserver().expect("restart the API server");
     runtime
@@ -231,7 +247,12 @@ fn weft_daemons_on_a_real_api_server() {
                 .all(|k| {
                     c.metric(i, &format!("weft_kubernetes_watch_failing{{kind=\"{k}\"}}"))
                         == Some(0.0)
+                        && c.metric(i, &format!("weft_kubernetes_watch_synced{{kind=\"{k}\"}}"))
+                            == Some(1.0)
                 })
+        });
+        c.wait(&format!("n{i} ready"), GENEROUS, || {
+            http(&c, i, "/readyz").0 == 200
         });
     }
 
@@ -254,6 +275,7 @@ fn weft_daemons_on_a_real_api_server() {
         .into_iter()
         .filter(|w| {
             !(w.contains("weft_kube::watch: watch failed")
+                || w.contains("the Kubernetes API does not answer")
                 || w.contains("member suspected")
                 || w.contains("member failed"))
         })

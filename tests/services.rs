@@ -9,7 +9,8 @@
 //! - ClusterIP from n0's host network (DNAT in output, masqueraded: the host's own source
 //!   would not pass the peer's allowed IPs);
 //! - NodePort on n0's underlay address from n2's host, endpoint on n1;
-//! - hairpin: a pod reaching itself through its service.
+//! - hairpin: a pod reaching itself through its service (again after its bridge was
+//!   deleted and made anew).
 //!
 //! Each gets its answer back; the server says which source it saw. n1's underlay carries
 //! only WireGuard meanwhile (the marker the server sends never in the clear). The hosts run
@@ -224,4 +225,14 @@ fn services_dnat_to_pods_on_other_nodes_and_back_through_the_mesh() {
         "no WireGuard on n1's underlay"
     );
     c.assert_no_warnings();
+
+    // The bridge deleted by someone else: the datapath makes it again and puts pod0's port
+    // back on it, in hairpin mode again.
+    c.bed
+        .host(0)
+        .run_ok(&["ip", "link", "del", "weft"])
+        .expect("delete the bridge");
+    c.wait("hairpin after the bridge came back", GENEROUS, || {
+        fetch(&c, &pod0.netns, SELF_SVC, 80).is_ok_and(|a| seen_source(&a, "pod0") != pod0.addr)
+    });
 }

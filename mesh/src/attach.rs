@@ -46,8 +46,7 @@ use futures_util::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage,
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -496,26 +495,10 @@ async fn host_side(
     // ignores them.
     host.handle()
         .link()
-        .change(hairpin(link.header.index))
+        .change(crate::host::netlink::hairpin(link.header.index))
         .execute()
         .await
         .map_err(|e| nl_error(format!("turning hairpin mode on for {name}"), e))
-}
-
-/// A pod's bridge port in hairpin mode (`bridge link set dev PORT hairpin on`): a frame may
-/// go back out of the port it came in by. A pod that reaches itself through a Service
-/// needs it when the bridge's traffic passes netfilter (br_netfilter, as kube-proxy
-/// expects): the DNAT to the pod's own address happens while the frame is bridged, and the
-/// bridge then sends it back to the port it came from.
-fn hairpin(index: u32) -> LinkMessage {
-    let mut msg = LinkUnspec::new_with_index(index).build();
-    msg.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::PortKind(InfoPortKind::Bridge),
-        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-            true,
-        )])),
-    ]));
-    msg
 }
 
 /// The container end (already named `spec.ifname`): MTU, address, up, lo up, routes.

@@ -10,7 +10,10 @@ use std::net::IpAddr;
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
 };
@@ -443,6 +446,14 @@ impl Netlink {
                     .set(msg)
                     .execute()
                     .await
+                    .map_err(|e| nl_error(context.clone(), e))?;
+                // A port put back on the bridge starts without hairpin mode, as `attach`
+                // gives it.
+                self.handle
+                    .link()
+                    .change(hairpin(index))
+                    .execute()
+                    .await
                     .map_err(|e| nl_error(context, e))
             }
             Change::SetUp { link } => {
@@ -631,6 +642,22 @@ impl Netlink {
 /// `links` that are on no bridge. Only veths whose other end is in another namespace count:
 /// `weft attach` puts a new one on the bridge right after moving its other end into the
 /// container, and the reconciler should not race it for one still being set up.
+/// A pod's bridge port in hairpin mode (`bridge link set dev PORT hairpin on`): a frame may
+/// go back out of the port it came in by. A pod that reaches itself through a Service
+/// needs it when the bridge's traffic passes netfilter (br_netfilter, as kube-proxy
+/// expects): the DNAT to the pod's own address happens while the frame is bridged, and the
+/// bridge then sends it back to the port it came from.
+pub(crate) fn hairpin(index: u32) -> LinkMessage {
+    let mut msg = LinkUnspec::new_with_index(index).build();
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+            true,
+        )])),
+    ]));
+    msg
+}
+
 pub fn loose_ports(links: &[LinkMessage]) -> BTreeSet<String> {
     links
         .iter()

@@ -272,34 +272,129 @@ impl Node {
     }
 
     /// Add the spaces members announce in their records ([`SPACE_LABEL`]: a fixed space, a
-    /// Kubernetes pod CIDR) to `spaces`. Only prefixes inside the cluster range count, none
-    /// that overlaps this node's own space or one already there; between two members
-    /// announcing overlapping prefixes, an alive one wins, then the lower node id.
+    /// Kubernetes pod CIDR) to `spaces` (see [`pick_announced`]).
     pub(super) fn announced_spaces(&self, spaces: &mut BTreeMap<NodeId, Vec<Ipv4Net>>) {
-        let own = self.local_spaces();
-        let mut announced: Vec<(bool, NodeId, Ipv4Net)> = self
+        let mut taken: Vec<Ipv4Net> = self.local_spaces();
+        taken.extend(spaces.values().flatten());
+        let announced: Vec<(bool, NodeId, &str)> = self
             .core
             .members()
             .filter(|m| m.record.node_id != self.core.local_id())
             .filter_map(|m| {
-                let net: Ipv4Net = m.record.labels.get(SPACE_LABEL)?.parse().ok()?;
-                (net.trunc() == net && self.config.range.contains(&net)).then_some((
-                    view::peer_state(&m) != PeerState::Alive,
+                let label = m.record.labels.get(SPACE_LABEL)?;
+                Some((
+                    view::peer_state(&m) == PeerState::Alive,
                     m.record.node_id,
-                    net,
+                    label.as_str(),
                 ))
             })
             .collect();
-        announced.sort();
-        let mut taken: Vec<Ipv4Net> = own;
-        taken.extend(spaces.values().flatten());
-        for (_, id, net) in announced {
-            if taken.iter().any(|t| t.contains(&net) || net.contains(t)) {
-                debug!(node = %id.short(), %net, "announced space overlaps another: not routed");
-                continue;
-            }
-            taken.push(net);
+        for (id, net) in pick_announced(&taken, self.config.range, announced) {
             spaces.entry(id).or_default().push(net);
+        }
+    }
+}
+
+/// Which announced spaces (`(alive, member, label)`) are routed: a label that is a network
+/// in CIDR notation inside the cluster `range`, overlapping nothing in `taken` (this node's
+/// own space, the ring's) nor another announcement picked before it: alive members first,
+/// then by node id, so every node picks the same whatever order the members come in.
+/// Labels come from members' records: anything that does not parse is skipped.
+pub(super) fn pick_announced(
+    taken: &[Ipv4Net],
+    range: Ipv4Net,
+    announced: Vec<(bool, NodeId, &str)>,
+) -> Vec<(NodeId, Ipv4Net)> {
+    let mut candidates: Vec<(bool, NodeId, Ipv4Net)> = announced
+        .into_iter()
+        .filter_map(|(alive, id, label)| {
+            let net: Ipv4Net = label.parse().ok()?;
+            (net.trunc() == net && range.contains(&net)).then_some((!alive, id, net))
+        })
+        .collect();
+    candidates.sort();
+    let mut taken: Vec<Ipv4Net> = taken.to_vec();
+    let mut out = Vec::new();
+    for (_, id, net) in candidates {
+        if taken.iter().any(|t| t.contains(&net) || net.contains(t)) {
+            debug!(node = %id.short(), %net, "announced space overlaps another: not routed");
+            continue;
+        }
+        taken.push(net);
+        out.push((id, net));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use weft_crypto::IdentityKey;
+
+    fn id(n: u8) -> NodeId {
+        IdentityKey::from_seed(&[n; 32]).node_id()
+    }
+
+    #[test]
+    fn announced_spaces_inside_the_range_and_apart_are_picked_alive_first() {
+        let range: Ipv4Net = "10.244.0.0/16".parse().expect("range");
+        let own: Ipv4Net = "10.244.1.0/24".parse().expect("net");
+        let picked = pick_announced(
+            &[own],
+            range,
+            vec![
+                (false, id(1), "10.244.2.0/24"),
+                (true, id(2), "10.244.2.0/24"),
+                (true, id(3), "10.244.1.0/25"),
+                (true, id(4), "10.32.0.0/24"),
+                (true, id(5), "10.244.3.7/24"),
+                (true, id(6), "banana"),
+                (true, id(7), "10.244.4.0/24"),
+            ],
+        );
+        let want: Vec<(NodeId, Ipv4Net)> = vec![
+            (id(2), "10.244.2.0/24".parse().expect("net")),
+            (id(7), "10.244.4.0/24".parse().expect("net")),
+        ];
+        let mut got = picked;
+        got.sort();
+        let mut want = want;
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    proptest! {
+        /// Any labels: no panic; what is picked lies in the range, overlaps neither what was
+        /// taken nor each other, and does not depend on the members' order.
+        #[test]
+        fn picked_spaces_never_overlap(
+            labels in proptest::collection::vec(
+                (any::<bool>(), 0u8..8, "10\\.244\\.[0-9]{1,3}\\.[0-9]{1,3}/[0-9]{1,2}|\\PC{0,12}"),
+                0..12,
+            ),
+            reverse in any::<bool>(),
+        ) {
+            let range: Ipv4Net = "10.244.0.0/16".parse().expect("range");
+            let own: Ipv4Net = "10.244.1.0/24".parse().expect("net");
+            let mut announced: Vec<(bool, NodeId, &str)> =
+                labels.iter().map(|(a, n, l)| (*a, id(*n), l.as_str())).collect();
+            let picked = pick_announced(&[own], range, announced.clone());
+            for (i, (_, a)) in picked.iter().enumerate() {
+                prop_assert!(range.contains(a));
+                prop_assert!(!a.contains(&own) && !own.contains(a));
+                for (_, b) in &picked[i + 1..] {
+                    prop_assert!(!a.contains(b) && !b.contains(a), "{a} {b}");
+                }
+            }
+            if reverse {
+                announced.reverse();
+            }
+            let mut again = pick_announced(&[own], range, announced);
+            let mut first = picked;
+            again.sort();
+            first.sort();
+            prop_assert_eq!(first, again);
         }
     }
 }

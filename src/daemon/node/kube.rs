@@ -73,6 +73,12 @@ impl Node {
         self.kube.cli_seeds = self.config.seeds.clone();
     }
 
+    /// `weft reset` of a node whose space is its Node's pod CIDR: that space is Kubernetes'
+    /// (nothing to hand over), so once the reset is under way the node's state may go.
+    pub(super) fn kube_space_given_back(&self) -> bool {
+        self.kube.fixed.is_some() && !matches!(self.phase, super::Phase::Running)
+    }
+
     /// The Kubernetes part of [`Node::start`]; true when it took care of the start.
     pub(super) fn kube_start(&mut self, now: Instant) -> bool {
         if !self.kube.enabled {

@@ -236,7 +236,7 @@ impl Node {
 
     /// The IPAM core has left (handed its space over, or had none): the node's state may go.
     pub fn ipam_left(&self) -> bool {
-        self.ipam.status() == ipam::Status::Left
+        self.ipam.status() == ipam::Status::Left || self.kube_space_given_back()
     }
 
     /// The hand-over or the leave under way is over (never while running).
@@ -391,10 +391,12 @@ impl Node {
     /// once it acknowledged (its record shows the space) or a few seconds passed. Returns
     /// what happened to the space, for the answer.
     pub fn hand_over(&mut self, now: Instant) -> String {
-        let summary = match self.ipam.leave(now) {
-            Ok(Some(to)) => format!("handed its address space to {}", self.name_of(&to)),
-            Ok(None) => "owned no address space".to_string(),
-            Err(e) => format!("kept its address space ({e})"),
+        let summary = match self.kube.fixed {
+            // The Node's pod CIDR is Kubernetes' to give to the next Node: nothing to hand.
+            Some(space) => {
+                format!("gave its address space {space} (the Node's pod CIDR) back to Kubernetes")
+            }
+            None => self.hand_over_ipam(now),
         };
         info!("reset: {summary}");
         self.phase = Phase::HandingOver {
@@ -402,6 +404,14 @@ impl Node {
         };
         self.process(now);
         summary
+    }
+
+    fn hand_over_ipam(&mut self, now: Instant) -> String {
+        match self.ipam.leave(now) {
+            Ok(Some(to)) => format!("handed its address space to {}", self.name_of(&to)),
+            Ok(None) => "owned no address space".to_string(),
+            Err(e) => format!("kept its address space ({e})"),
+        }
     }
 
     /// Leave: gossip a signed leave for a moment ([`Node::done`] after). Stopping (SIGTERM)

@@ -1222,6 +1222,24 @@ fn kubernetes_nodes_seed_the_gossip_and_pod_cidrs_are_the_spaces() {
 }
 
 #[test]
+fn reset_of_a_node_with_a_pod_cidr_gives_the_space_back_to_kubernetes() {
+    let mut net = Net::new();
+    net.add_kube(1, Some("10.40.1.0/24"));
+    net.add_kube(2, Some("10.40.2.0/24"));
+    net.give_nodes(1, &[1, 2]);
+    net.give_nodes(2, &[1, 2]);
+    assert!(!net.nodes[&1].node.ipam_left());
+    let now = net.now;
+    let summary = net.n(1).node.hand_over(now);
+    assert!(
+        summary.contains("10.40.1.0/24") && summary.contains("Kubernetes"),
+        "{summary}"
+    );
+    assert!(net.nodes[&1].node.ipam_left(), "its state may go");
+    assert!(!net.nodes[&2].node.ipam_left());
+}
+
+#[test]
 fn a_deleted_node_is_forgotten_once_down_and_its_space_no_longer_routed() {
     let mut net = Net::new();
     for i in 1..=3 {

@@ -74,7 +74,7 @@ pub enum Command {
 
     /// Run this node in the foreground: join the cluster through PEER_ADDRs (or start a new
     /// one) and gossip until SIGTERM or SIGINT, which make the node leave.
-    Launch(LaunchArgs),
+    Launch(Box<LaunchArgs>),
 
     /// Show this node's state, from the running daemon.
     Status(ApiArgs),
@@ -290,9 +290,31 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "PATH")]
     pub docker_socket: Option<String>,
 
+    /// Kubernetes: watch the API server with this kubeconfig (Nodes seed the gossip, a
+    /// Node's pod CIDR is its address space, deleted Nodes are forgotten). In a pod
+    /// (KUBERNETES_SERVICE_HOST set) the in-cluster service account is used without it.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Ignore the in-cluster Kubernetes configuration (`kubernetes = false` in the file).
+    #[arg(long)]
+    pub no_kubernetes: bool,
+
+    /// Kubernetes: this host's Node name [default: NODE_NAME, else the host name]. Also the
+    /// node's weft name unless --name is given.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Kubernetes: where this node's pod addresses come from: "kube" (the Node's
+    /// spec.podCIDR), "weft" (weft's gossip allocator), "auto" (kube when the Node has a
+    /// pod CIDR) [default: auto].
+    #[arg(long, value_name = "auto|kube|weft")]
+    pub ipam: Option<String>,
+
     /// TOML file with any of the keys name, listen, secret_file, state_dir, range,
     /// api_socket, peers, wg_port, metrics_addr, datapath, mtu, wg_socket, cni_conf_dir,
-    /// masquerade, docker_plugin, docker_socket.
+    /// masquerade, docker_plugin, docker_socket, kubeconfig, kubernetes, node_name,
+    /// ipam.
     /// Options on the command line win; unknown keys are refused.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -9,8 +9,11 @@ use tracing_subscriber::EnvFilter;
 /// `weft peers` and in a weft log line; a failed send is counted in `weft status`).
 /// boringtun warns of every handshake that timed out and errors when a session expires;
 /// quinn-udp warns of every refused `sendmsg` with the raw `Transmit`; quinn-proto warns of
-/// stale address-validation tokens.
-const QUIET_LIBRARIES: &str = "boringtun=off,quinn_udp=error,quinn_proto=error,quinn=error";
+/// stale address-validation tokens. kube's client logs an error for every failed connection
+/// and kube's watcher a warning for every failed list while the API server is away; weft's
+/// watchers say it once per retry in their own words ("watch failed; retrying with backoff").
+const QUIET_LIBRARIES: &str =
+    "boringtun=off,quinn_udp=error,quinn_proto=error,quinn=error,kube_client=off,kube_runtime=off";
 
 /// The filter for `-v` given `verbose` times, without RUST_LOG.
 fn default_directives(verbose: u8) -> String {

@@ -22,6 +22,8 @@ pub mod watch;
 
 mod error;
 pub use error::Error;
+/// The Kubernetes client and object types this crate is built on, for its users.
+pub use {k8s_openapi, kube};
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -179,6 +179,17 @@ fn daemonset_runs_everywhere_unprivileged_with_probes_and_one_node_down_at_a_tim
         .and_then(|c| c.last())
         .expect("command");
     assert!(script.contains("--metrics-addr 127.0.0.1:6782"), "{script}");
+    // The Node's name from the downward API (weft's --node-name reads NODE_NAME) and the
+    // cluster's pod CIDR as the range; no seed is needed (the Nodes are the seeds).
+    assert!(script.contains("--range \"$WEFT_RANGE\""), "{script}");
+    let env = weft.env.as_ref().expect("env");
+    let node_name = env
+        .iter()
+        .find(|e| e.name == "NODE_NAME")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(node_name, Some("spec.nodeName"));
 
     for c in spec
         .init_containers

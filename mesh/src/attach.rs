@@ -480,7 +480,7 @@ async fn plug(
     inside_config(inside, inner.header.index, spec).await
 }
 
-/// The host end: on the bridge, MTU, up.
+/// The host end: on the bridge, MTU, up, in hairpin mode.
 async fn host_side(
     host: &Netlink,
     link: &LinkMessage,
@@ -508,7 +508,15 @@ async fn host_end_on_bridge(
         msg.up().build(),
         &format!("putting {name} on {bridge_name}"),
     )
-    .await
+    .await?;
+    // Port attributes go in RTM_NEWLINK (`ip link set ... type bridge_slave`); RTM_SETLINK
+    // ignores them.
+    host.handle()
+        .link()
+        .change(crate::host::netlink::hairpin(link.header.index))
+        .execute()
+        .await
+        .map_err(|e| nl_error(format!("turning hairpin mode on for {name}"), e))
 }
 
 /// The container end (already named `spec.ifname`): MTU, address, up, lo up, routes.

@@ -23,6 +23,10 @@ pub fn run(args: LaunchArgs, secret_file: Option<PathBuf>) -> anyhow::Result<()>
         masquerade: args.no_masquerade.then_some(false),
         docker_plugin: args.docker_plugin,
         docker_socket: args.docker_socket,
+        kubeconfig: args.kubeconfig,
+        kubernetes: args.no_kubernetes.then_some(false),
+        node_name: args.node_name,
+        ipam: args.ipam,
     };
     let file = match &args.config {
         Some(path) => Settings::from_file(path)?,

@@ -32,7 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             secret::check(global.secret_file.as_deref(), global.output)
         }
         Command::Identity(args) => identity::show(&args.state.state_dir, global.output),
-        Command::Launch(args) => launch::run(args, global.secret_file),
+        Command::Launch(args) => launch::run(*args, global.secret_file),
         Command::Status(args) => status::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),
         Command::Peers(args) => peers::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),
         Command::Ipam(args) => ipam::show(Daemon::new(&args, DEFAULT_TIMEOUT), global.output),

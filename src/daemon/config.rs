@@ -57,6 +57,14 @@ pub struct Settings {
     /// The Docker engine's API socket: container names for `weft pods`, and the `weft`
     /// network created at start ("off": not used).
     pub docker_socket: Option<String>,
+    /// Kubernetes: a kubeconfig file (turns Kubernetes on).
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: `false` ignores the in-cluster configuration (`KUBERNETES_SERVICE_HOST`).
+    pub kubernetes: Option<bool>,
+    /// Kubernetes: this host's Node name.
+    pub node_name: Option<String>,
+    /// "auto", "kube" or "weft": where this node's address space comes from.
+    pub ipam: Option<String>,
 }
 
 impl Settings {
@@ -103,6 +111,10 @@ impl Settings {
             masquerade: self.masquerade.or(fallback.masquerade),
             docker_plugin: self.docker_plugin.or(fallback.docker_plugin),
             docker_socket: self.docker_socket.or(fallback.docker_socket),
+            kubeconfig: self.kubeconfig.or(fallback.kubeconfig),
+            kubernetes: self.kubernetes.or(fallback.kubernetes),
+            node_name: self.node_name.or(fallback.node_name),
+            ipam: self.ipam.or(fallback.ipam),
         }
     }
 }
@@ -134,16 +146,70 @@ pub struct LaunchConfig {
     pub docker_plugin: Option<PathBuf>,
     /// The Docker engine's API socket; `None`: not used (the default).
     pub docker_socket: Option<PathBuf>,
+    /// Kubernetes, when configured (`--kubeconfig`, or in a pod).
+    pub kubernetes: Option<KubeSettings>,
+}
+
+/// Where a node's address space comes from on Kubernetes (`--ipam`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpamMode {
+    /// The Node's `spec.podCIDR(s)` when it has one, else weft's gossip allocator.
+    Auto,
+    /// The Node's pod CIDR; an error without one.
+    Kube,
+    /// weft's gossip allocator, whatever the Node says.
+    Weft,
+}
+
+/// `weft launch` on Kubernetes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// The kubeconfig file; `None`: the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// This host's Node name (`--node-name`, `NODE_NAME`, else the host name).
+    pub node_name: String,
+    pub ipam: IpamMode,
+}
+
+/// What `weft launch` takes from its environment: the variables Kubernetes sets in a pod.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `KUBERNETES_SERVICE_HOST` is set: running in a pod, with in-cluster configuration.
+    pub in_cluster: bool,
+    /// `NODE_NAME` (the DaemonSet sets it from `spec.nodeName`).
+    pub node_name: Option<String>,
+}
+
+impl Environment {
+    /// Read from this process's environment.
+    pub fn from_process() -> Self {
+        Environment {
+            in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()),
+            node_name: std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()),
+        }
+    }
+}
+
+fn hostname() -> anyhow::Result<String> {
+    nix::unistd::gethostname()
+        .context("reading the host name for the default --name")?
+        .into_string()
+        .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; give --name"))
 }
 
 impl LaunchConfig {
+    /// The settings in this process's environment.
     pub fn resolve(settings: Settings) -> anyhow::Result<LaunchConfig> {
-        let name = match settings.name {
-            Some(name) => name,
-            None => nix::unistd::gethostname()
-                .context("reading the host name for the default --name")?
-                .into_string()
-                .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; give --name"))?,
+        Self::resolve_in(settings, &Environment::from_process())
+    }
+
+    /// The settings in `env`.
+    pub fn resolve_in(settings: Settings, env: &Environment) -> anyhow::Result<LaunchConfig> {
+        let kubernetes = resolve_kubernetes(&settings, env)?;
+        let name = match (settings.name, &kubernetes) {
+            (Some(name), _) => name,
+            (None, Some(k)) => k.node_name.clone(),
+            (None, None) => hostname()?,
         };
         if name.is_empty() || name.len() > MAX_NAME_LEN {
             bail!(
@@ -233,8 +299,42 @@ impl LaunchConfig {
             masquerade: settings.masquerade.unwrap_or(true),
             docker_plugin,
             docker_socket,
+            kubernetes,
         })
     }
+}
+
+/// Kubernetes is on with a kubeconfig, or in a pod unless `kubernetes = false`
+/// (`--no-kubernetes`).
+fn resolve_kubernetes(s: &Settings, env: &Environment) -> anyhow::Result<Option<KubeSettings>> {
+    let ipam = match s.ipam.as_deref() {
+        None | Some("auto") => IpamMode::Auto,
+        Some("kube") => IpamMode::Kube,
+        Some("weft") => IpamMode::Weft,
+        Some(other) => bail!("--ipam {other:?}: expected auto, kube or weft"),
+    };
+    let on = s.kubeconfig.is_some() || (env.in_cluster && s.kubernetes != Some(false));
+    if !on {
+        if ipam == IpamMode::Kube {
+            bail!("--ipam kube takes the Node's pod CIDR from Kubernetes: give --kubeconfig, or run in a pod");
+        }
+        return Ok(None);
+    }
+    let node_name = match s.node_name.clone().or_else(|| env.node_name.clone()) {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    if node_name.is_empty() || node_name.len() > MAX_NAME_LEN {
+        bail!(
+            "--node-name must be 1 to {MAX_NAME_LEN} bytes, got {}",
+            node_name.len()
+        );
+    }
+    Ok(Some(KubeSettings {
+        kubeconfig: s.kubeconfig.clone(),
+        node_name,
+        ipam,
+    }))
 }
 
 /// A seed address: `ip:port`, `ip` (port 6783), `host:port` or `host` (resolved now).
@@ -447,6 +547,59 @@ mod tests {
         })
         .expect_err("v6");
         assert!(err.to_string().contains("IPv4"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_is_on_with_a_kubeconfig_or_in_a_pod_unless_turned_off() {
+        let base = || Settings {
+            secret_file: Some("/s".into()),
+            ..Settings::default()
+        };
+        let plain = Environment::default();
+        let pod = Environment {
+            in_cluster: true,
+            node_name: Some("worker-1".into()),
+        };
+        let c = LaunchConfig::resolve_in(base(), &plain).expect("resolve");
+        assert_eq!(c.kubernetes, None);
+        // In a pod: the Node name from NODE_NAME, and the node's name follows it.
+        let c = LaunchConfig::resolve_in(base(), &pod).expect("resolve");
+        let k = c.kubernetes.expect("on in a pod");
+        assert_eq!(
+            (k.node_name.as_str(), k.kubeconfig, k.ipam),
+            ("worker-1", None, IpamMode::Auto)
+        );
+        assert_eq!(c.name, "worker-1");
+        // Turned off in the file, or by the flag.
+        let off = Settings::parse("kubernetes = false").expect("parse");
+        assert_eq!(
+            LaunchConfig::resolve_in(base().or(off), &pod)
+                .expect("resolve")
+                .kubernetes,
+            None
+        );
+        // A kubeconfig turns it on anywhere; --node-name and --name win.
+        let s = Settings::parse(
+            "kubeconfig = \"/etc/weft/kubeconfig\"\nnode_name = \"n7\"\nipam = \"kube\"\nname = \"weft-7\"",
+        )
+        .expect("parse");
+        let c = LaunchConfig::resolve_in(base().or(s), &pod).expect("resolve");
+        let k = c.kubernetes.expect("on");
+        assert_eq!(k.kubeconfig, Some(PathBuf::from("/etc/weft/kubeconfig")));
+        assert_eq!((k.node_name.as_str(), k.ipam), ("n7", IpamMode::Kube));
+        assert_eq!(c.name, "weft-7");
+        // --ipam: checked, and "kube" needs Kubernetes.
+        let bad = Settings {
+            ipam: Some("dhcp".into()),
+            ..base()
+        };
+        assert!(LaunchConfig::resolve_in(bad, &pod).is_err());
+        let kube_without = Settings {
+            ipam: Some("kube".into()),
+            ..base()
+        };
+        let err = LaunchConfig::resolve_in(kube_without, &plain).expect_err("no Kubernetes");
+        assert!(err.to_string().contains("--kubeconfig"), "{err}");
     }
 
     #[test]

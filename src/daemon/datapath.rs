@@ -504,7 +504,25 @@ impl Datapath {
         // Both halves run even if one fails: a broken `nft` must not hold up the peers.
         let peers = self.reconcile_peers(view, &desired, now, report).await;
         let host = self.reconcile_host(desired).await;
-        peers.and(host)
+        let tunnel = self.reconcile_tunnel_address(view).await;
+        peers.and(host).and(tunnel)
+    }
+
+    /// The gateway (as a /32) on the WireGuard device too: traffic that is masqueraded as it
+    /// leaves by the tunnel (kube-proxy's NodePorts, host-network clients of a Service) then
+    /// takes this node's gateway address, which the far end's allowed IPs accept and routes
+    /// back through the mesh. Without an address the kernel would pick another interface's.
+    async fn reconcile_tunnel_address(&mut self, view: &MeshView) -> anyhow::Result<()> {
+        let address = view.local.spaces.first().map(Ipv4Net::network);
+        let changed = self
+            .nl
+            .set_tunnel_address(&self.config.ifname, address, view.cluster_range)
+            .await
+            .with_context(|| format!("the gateway address on {}", self.config.ifname))?;
+        if changed {
+            debug!(address = ?address, device = %self.config.ifname, "gateway address on the WireGuard device");
+        }
+        Ok(())
     }
 
     /// Reads the host, repairs what differs from `desired`, reports drift.

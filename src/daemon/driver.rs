@@ -25,7 +25,7 @@ use weft_gossip::{LeaveReason, TransmitKind};
 
 use super::api::{Query, Request, Response};
 use super::members::MembersJournal;
-use super::node::Node;
+use super::node::{ClusterNodes, Node};
 use super::state::VersionFile;
 use super::view::{DatapathReport, MeshView};
 
@@ -90,6 +90,8 @@ pub struct Driver {
     datapath: DatapathLink,
     report_open: bool,
     failed_open: bool,
+    /// The Kubernetes Node list, from the watchers (see `daemon::kube`).
+    cluster: Option<mpsc::Receiver<ClusterNodes>>,
 }
 
 impl Driver {
@@ -115,7 +117,14 @@ impl Driver {
             datapath,
             report_open: true,
             failed_open: true,
+            cluster: None,
         }
+    }
+
+    /// Feed the node the Kubernetes Node list from `nodes`.
+    pub fn with_cluster_nodes(mut self, nodes: mpsc::Receiver<ClusterNodes>) -> Self {
+        self.cluster = Some(nodes);
+        self
     }
 
     /// Run until `shutdown` completes (or the transport closes, or `weft reset`), then leave
@@ -174,6 +183,10 @@ impl Driver {
                         }
                     }
                 }
+                nodes = recv_cluster(&mut self.cluster), if self.cluster.is_some() => match nodes {
+                    Some(nodes) => self.node.handle_cluster_nodes(Instant::now(), nodes),
+                    None => self.cluster = None,
+                },
                 () = &mut shutdown => break,
             }
         }
@@ -355,6 +368,14 @@ impl Driver {
             }
             drop(permit);
         });
+    }
+}
+
+/// The next Node list (never, without a channel: the select guards it).
+async fn recv_cluster(rx: &mut Option<mpsc::Receiver<ClusterNodes>>) -> Option<ClusterNodes> {
+    match rx.as_mut() {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

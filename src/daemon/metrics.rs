@@ -2,7 +2,9 @@
 //! `/metrics`, answered from the driver through the same queries as the API socket.
 //!
 //! - `/healthz`: 200 `ok` while the driver answers a status query, else 503.
-//! - `/readyz`: 200 when the node is ready (`Status.ready`), else 503 with the reason.
+//! - `/readyz`: 200 when the node is ready (`Status.ready`), else 503 with the reason. On
+//!   Kubernetes also not before every watch has listed once; a watch failing later (the API
+//!   server away) keeps the node ready, since the mesh works on, and says so in the body.
 //! - `/metrics`: one status and one peers query per scrape, in the OpenMetrics text format
 //!   (which Prometheus reads).
 //!
@@ -35,6 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use weft_kube::watch::WatchHealth;
 use weft_mesh::host::DriftKind;
 
 use super::api::{Peer, PeerState, Query, Request, Response, Status};
@@ -65,7 +68,20 @@ type HttpResponse = hyper::Response<Full<Bytes>>;
 
 /// Serve HTTP on `listener` until the task is dropped. Every client is served in its own
 /// task under a [`Slots`] cap (see `slots`), like the API socket.
+#[cfg(test)]
 pub async fn serve(listener: TcpListener, queries: mpsc::Sender<Query>) -> anyhow::Result<()> {
+    serve_with(listener, queries, None).await
+}
+
+/// The Kubernetes watches' health as of now (`daemon::kube`).
+pub type KubeHealth = std::sync::Arc<dyn Fn() -> Vec<WatchHealth> + Send + Sync>;
+
+/// [`serve`], with the Kubernetes watches' health in /readyz and /metrics.
+pub async fn serve_with(
+    listener: TcpListener,
+    queries: mpsc::Sender<Query>,
+    kube: Option<KubeHealth>,
+) -> anyhow::Result<()> {
     let slots = Slots::new(MAX_CLIENTS);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -79,7 +95,13 @@ pub async fn serve(listener: TcpListener, queries: mpsc::Sender<Query>) -> anyho
         };
         match slots.admit() {
             Some(slot) => {
-                tokio::spawn(serve_client(stream, peer, slot, queries.clone()));
+                tokio::spawn(serve_client(
+                    stream,
+                    peer,
+                    slot,
+                    queries.clone(),
+                    kube.clone(),
+                ));
             }
             None => {
                 debug!(%peer, "metrics endpoint busy");
@@ -96,6 +118,7 @@ async fn serve_client(
     peer: SocketAddr,
     mut slot: Slot,
     queries: mpsc::Sender<Query>,
+    kube: Option<KubeHealth>,
 ) {
     let mut first = [0u8; 1];
     match slot.wait_idle(IDLE_TIMEOUT, stream.peek(&mut first)).await {
@@ -109,7 +132,8 @@ async fn serve_client(
     }
     let service = service_fn(move |req| {
         let queries = queries.clone();
-        async move { Ok::<_, Infallible>(route(&req, &queries).await) }
+        let kube = kube.clone();
+        async move { Ok::<_, Infallible>(route(&req, &queries, kube.as_ref()).await) }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -143,7 +167,12 @@ async fn refuse_busy(mut stream: TcpStream) {
     }
 }
 
-async fn route(req: &hyper::Request<Incoming>, queries: &mpsc::Sender<Query>) -> HttpResponse {
+async fn route(
+    req: &hyper::Request<Incoming>,
+    queries: &mpsc::Sender<Query>,
+    kube: Option<&KubeHealth>,
+) -> HttpResponse {
+    let watches = kube.map(|k| k()).unwrap_or_default();
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
         r.headers_mut()
@@ -156,7 +185,15 @@ async fn route(req: &hyper::Request<Incoming>, queries: &mpsc::Sender<Query>) ->
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
         },
         "/readyz" => match status(queries).await {
-            Ok(s) if s.ready => reply(StatusCode::OK, TEXT, "ready\n"),
+            Ok(s) if s.ready => match kube_readiness(&watches) {
+                Ok(None) => reply(StatusCode::OK, TEXT, "ready\n"),
+                Ok(Some(note)) => reply(StatusCode::OK, TEXT, format!("ready ({note})\n")),
+                Err(why) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("not ready: {why}\n"),
+                ),
+            },
             Ok(s) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 TEXT,
@@ -171,7 +208,7 @@ async fn route(req: &hyper::Request<Incoming>, queries: &mpsc::Sender<Query>) ->
                     Response::Peers { peers, .. } => peers,
                     _ => return Err("the daemon answered a peers query with something else".into()),
                 };
-                render(&status, &peers).map_err(|e| format!("encoding metrics: {e}"))
+                render_with(&status, &peers, &watches).map_err(|e| format!("encoding metrics: {e}"))
             };
             match answer.await {
                 Ok(text) => reply(StatusCode::OK, OPENMETRICS, text),
@@ -192,6 +229,37 @@ fn reply(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
+}
+
+/// The Kubernetes watches' part of readiness: not ready until every watch has listed once
+/// (`Err` with which are missing); after that ready, with a note naming the watches that
+/// fail (the API server away: the stores keep their last state and the mesh works on).
+fn kube_readiness(watches: &[WatchHealth]) -> Result<Option<String>, String> {
+    let unsynced: Vec<&str> = watches
+        .iter()
+        .filter(|w| !w.synced)
+        .map(|w| w.kind)
+        .collect();
+    if !unsynced.is_empty() {
+        return Err(format!(
+            "Kubernetes watches not synced yet: {}",
+            unsynced.join(", ")
+        ));
+    }
+    let failing: Vec<String> = watches
+        .iter()
+        .filter(|w| w.failing)
+        .map(|w| match &w.last_error {
+            Some(e) => format!("{}: {e}", w.kind),
+            None => w.kind.to_string(),
+        })
+        .collect();
+    Ok((!failing.is_empty()).then(|| {
+        format!(
+            "Kubernetes watches failing, retrying; the mesh works on: {}",
+            failing.join("; ")
+        )
+    }))
 }
 
 /// Why `status` is not ready, from what it shows.
@@ -246,7 +314,17 @@ fn label(key: &str, value: &str) -> Labels {
 }
 
 /// The metrics of one scrape, from one status and one peers answer.
+#[cfg(test)]
 pub fn render(status: &Status, peers: &[Peer]) -> Result<String, std::fmt::Error> {
+    render_with(status, peers, &[])
+}
+
+/// [`render`], with the Kubernetes watches' health (none: no such metrics).
+pub fn render_with(
+    status: &Status,
+    peers: &[Peer],
+    watches: &[WatchHealth],
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("weft");
 
     let up = Gauge::<i64>::default();
@@ -379,9 +457,56 @@ pub fn render(status: &Status, peers: &[Peer]) -> Result<String, std::fmt::Error
         gauge(status.addresses_free),
     );
 
+    if !watches.is_empty() {
+        register_watches(&mut registry, watches);
+    }
+
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// Per watched kind: synced, failing, errors, lists (1 at start, one more per relist after
+/// an error or an expired resource version) and events.
+fn register_watches(registry: &mut Registry, watches: &[WatchHealth]) {
+    let synced = Family::<Labels, Gauge>::default();
+    let failing = Family::<Labels, Gauge>::default();
+    let errors = Family::<Labels, Counter>::default();
+    let lists = Family::<Labels, Counter>::default();
+    let events = Family::<Labels, Counter>::default();
+    for w in watches {
+        let kind = label("kind", w.kind);
+        synced.get_or_create(&kind).set(i64::from(w.synced));
+        failing.get_or_create(&kind).set(i64::from(w.failing));
+        errors.get_or_create(&kind).inc_by(w.errors);
+        lists.get_or_create(&kind).inc_by(w.lists);
+        events.get_or_create(&kind).inc_by(w.events);
+    }
+    registry.register(
+        "kubernetes_watch_synced",
+        "1 once the watch of this kind has listed every object at least once",
+        synced,
+    );
+    registry.register(
+        "kubernetes_watch_failing",
+        "1 while the watch of this kind fails (retrying with backoff; its store keeps the last state)",
+        failing,
+    );
+    registry.register(
+        "kubernetes_watch_errors",
+        "Failed lists and watches (410 Gone included) of this kind since start",
+        errors,
+    );
+    registry.register(
+        "kubernetes_watch_lists",
+        "Complete lists of this kind since start: 1, plus one per restart of the watch",
+        lists,
+    );
+    registry.register(
+        "kubernetes_watch_events",
+        "Objects of this kind added, changed or deleted since start (after the lists)",
+        events,
+    );
 }
 
 #[cfg(test)]
@@ -532,6 +657,50 @@ mod tests {
             why.contains("no address space") && why.contains("datapath: starting"),
             "{why}"
         );
+    }
+
+    fn watch(kind: &'static str, synced: bool, failing: bool) -> WatchHealth {
+        WatchHealth {
+            kind,
+            synced,
+            errors: u64::from(failing) * 3,
+            lists: u64::from(synced),
+            events: 7,
+            last_error: failing.then(|| "connection refused".to_string()),
+            failing,
+        }
+    }
+
+    #[test]
+    fn kubernetes_watches_gate_readiness_once_and_show_in_metrics() {
+        assert_eq!(kube_readiness(&[]), Ok(None), "no Kubernetes: no say");
+        let err = kube_readiness(&[watch("Node", true, false), watch("Pod", false, false)])
+            .expect_err("not synced");
+        assert!(err.contains("Pod") && !err.contains("Node"), "{err}");
+        // Synced once, then the API server goes away: still ready, and it says why.
+        let note = kube_readiness(&[watch("Node", true, true), watch("Pod", true, false)])
+            .expect("ready")
+            .expect("a note");
+        assert!(note.contains("Node: connection refused"), "{note}");
+        let text = render_with(
+            &status(true),
+            &[],
+            &[watch("Node", true, true), watch("Pod", true, false)],
+        )
+        .expect("render");
+        for line in [
+            "weft_kubernetes_watch_synced{kind=\"Node\"} 1",
+            "weft_kubernetes_watch_failing{kind=\"Node\"} 1",
+            "weft_kubernetes_watch_failing{kind=\"Pod\"} 0",
+            "weft_kubernetes_watch_errors_total{kind=\"Node\"} 3",
+            "weft_kubernetes_watch_lists_total{kind=\"Pod\"} 1",
+            "weft_kubernetes_watch_events_total{kind=\"Pod\"} 7",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        assert!(!render(&status(true), &[])
+            .expect("render")
+            .contains("kubernetes"));
     }
 
     /// A stand-in for the driver: answers status and peers, `ready` as given, until dropped.

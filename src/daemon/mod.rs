@@ -9,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod docker;
 mod driver;
+pub mod kube;
 mod members;
 pub mod metrics;
 mod node;
@@ -45,7 +46,7 @@ pub const WG_IFNAME: &str = "weft-wg";
 const REPLY_GRACE: Duration = Duration::from_millis(300);
 
 /// The files a node keeps in its state directory, removed by `weft reset` once it left.
-const STATE_FILES: [&str; 7] = [
+const STATE_FILES: [&str; 8] = [
     weft_crypto::IDENTITY_KEY_FILE,
     weft_crypto::WIREGUARD_KEY_FILE,
     state::VERSION_FILE,
@@ -53,6 +54,7 @@ const STATE_FILES: [&str; 7] = [
     FileStore::JOURNAL,
     members::JOURNAL_FILE,
     pods::PODS_FILE,
+    kube::SPACE_FILE,
 ];
 
 /// Remove the node's files (only those) from `state_dir`; missing ones are fine.
@@ -143,6 +145,18 @@ async fn run(
     // The membership core wants the identity key by value, and it is not Clone.
     let core_identity = IdentityKey::from_base64(&identity.to_base64_secret())
         .context("copying the identity key")?;
+    // On Kubernetes: the watchers, and this Node's pod CIDR as the node's own space (its
+    // IPAM core then runs over that prefix alone; see `node::kube`).
+    let (kubernetes, fixed_space) = match &config.kubernetes {
+        Some(settings) => {
+            let k = kube::Kubernetes::connect(settings).await?;
+            let space = k
+                .choose_space(settings.ipam, config.range, &config.state_dir)
+                .await?;
+            (Some(k), space)
+        }
+        None => (None, None),
+    };
     // Loaded here; the loop writes the new start's snapshot (and everything after it).
     let mut ipam_store = FileStore::new(&config.state_dir);
     let ipam = ipam_store
@@ -150,7 +164,7 @@ async fn run(
         .and_then(|loaded| {
             Ipam::open(
                 identity.clone(),
-                IpamConfig::new(config.range),
+                IpamConfig::new(fixed_space.unwrap_or(config.range)),
                 loaded,
                 rand::random(),
             )
@@ -204,14 +218,18 @@ async fn run(
     let (queries_tx, queries) = mpsc::channel(16);
     let metrics_task = metrics_listener.map(|listener| {
         let queries = queries_tx.clone();
+        let health = kubernetes.as_ref().map(kube::Kubernetes::health);
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(listener, queries).await {
+            if let Err(e) = metrics::serve_with(listener, queries, health).await {
                 error!(error = %format!("{e:#}"), "metrics endpoint stopped");
             }
         })
     });
     // The API goes through the pods layer (CNI attachments and their identity); so do the
     // releases the CNI plugin kept while the daemon was down.
+    let status_task = kubernetes
+        .as_ref()
+        .map(|k| k.spawn_status(queries_tx.clone()));
     let pod_table = pods::PodTable::open(&config.state_dir)?;
     let (pods_tx, pods_rx) = mpsc::channel(16);
     let pods_task = tokio::spawn(pods::serve(pod_table, pods_rx, queries_tx, pods::Kernel));
@@ -270,13 +288,22 @@ async fn run(
         datapath_off,
         seeds: config.seeds.clone(),
     };
-    let node = Node::new(node_config, core, ipam, restored, now);
+    let mut node = Node::new(node_config, core, ipam, restored, now);
     let link = DatapathLink {
         view: view_tx,
         report: report_rx,
         failed: failed_rx,
     };
-    let driver = Driver::new(node, ipam_store, transport, journal, version, link);
+    let mut feed_task = None;
+    if kubernetes.is_some() {
+        node.set_kubernetes(fixed_space);
+    }
+    let mut driver = Driver::new(node, ipam_store, transport, journal, version, link);
+    if let Some(k) = &kubernetes {
+        let (nodes, task) = k.spawn_node_feed(bound.port());
+        driver = driver.with_cluster_nodes(nodes);
+        feed_task = Some(task);
+    }
     let shutdown = async move {
         let name = tokio::select! {
             _ = sigterm.recv() => "SIGTERM",
@@ -288,10 +315,11 @@ async fn run(
     // Stopping leaves the datapath's host state (routes, fail-closed firewall) in place.
     datapath_task.abort();
     let _ = datapath_task.await;
-    if let Some(task) = metrics_task {
+    for task in [metrics_task, status_task, feed_task].into_iter().flatten() {
         task.abort();
         let _ = task.await;
     }
+    drop(kubernetes);
     let result = match result {
         Ok(Exit::Reset {
             reply,

@@ -10,7 +10,10 @@ use std::net::IpAddr;
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
 };
@@ -443,6 +446,14 @@ impl Netlink {
                     .set(msg)
                     .execute()
                     .await
+                    .map_err(|e| nl_error(context.clone(), e))?;
+                // A port put back on the bridge starts without hairpin mode, as `attach`
+                // gives it.
+                self.handle
+                    .link()
+                    .change(hairpin(index))
+                    .execute()
+                    .await
                     .map_err(|e| nl_error(context, e))
             }
             Change::SetUp { link } => {
@@ -555,6 +566,66 @@ impl Netlink {
     }
 
     /// Deletes a link by name; not an error if it does not exist.
+    /// Gives interface `ifname` exactly `address` (as a /32) among its addresses inside
+    /// `range`, removing the others there; `None` removes them all. True if it changed
+    /// anything. weft puts its gateway on the WireGuard device this way: `masquerade`
+    /// (kube-proxy's, for NodePorts and host-network clients of Services) takes the address
+    /// of the interface a packet leaves by, and one without an address of its own would get
+    /// some other interface's (the underlay's), which the far end answers outside the mesh.
+    pub async fn set_tunnel_address(
+        &self,
+        ifname: &str,
+        address: Option<std::net::Ipv4Addr>,
+        range: ipnet::Ipv4Net,
+    ) -> Result<bool> {
+        let Some(link) = self.link(ifname).await? else {
+            return Ok(false);
+        };
+        let index = link.header.index;
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_error(format!("listing the addresses of {ifname}"), e))?;
+        let mut present = false;
+        let mut changed = false;
+        for msg in msgs.into_iter().filter(|m| m.header.index == index) {
+            let Some(ip) = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip))
+                | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            }) else {
+                continue;
+            };
+            if Some(ip) == address && msg.header.prefix_len == 32 {
+                present = true;
+            } else if range.contains(&ip) {
+                let result = self.handle.address().del(msg).execute().await;
+                tolerate(result, GONE, format!("removing {ip} from {ifname}"))?;
+                changed = true;
+            }
+        }
+        if let (Some(ip), false) = (address, present) {
+            let result = self
+                .handle
+                .address()
+                .add(index, IpAddr::V4(ip), 32)
+                .execute()
+                .await;
+            tolerate(
+                result,
+                &[libc::EEXIST],
+                format!("adding {ip}/32 to {ifname}"),
+            )?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
     pub async fn delete_link(&self, name: &str) -> Result<()> {
         let Some(link) = self.link(name).await? else {
             return Ok(());
@@ -571,6 +642,22 @@ impl Netlink {
 /// `links` that are on no bridge. Only veths whose other end is in another namespace count:
 /// `weft attach` puts a new one on the bridge right after moving its other end into the
 /// container, and the reconciler should not race it for one still being set up.
+/// A pod's bridge port in hairpin mode (`bridge link set dev PORT hairpin on`): a frame may
+/// go back out of the port it came in by. A pod that reaches itself through a Service
+/// needs it when the bridge's traffic passes netfilter (br_netfilter, as kube-proxy
+/// expects): the DNAT to the pod's own address happens while the frame is bridged, and the
+/// bridge then sends it back to the port it came from.
+pub(crate) fn hairpin(index: u32) -> LinkMessage {
+    let mut msg = LinkUnspec::new_with_index(index).build();
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+            true,
+        )])),
+    ]));
+    msg
+}
+
 pub fn loose_ports(links: &[LinkMessage]) -> BTreeSet<String> {
     links
         .iter()

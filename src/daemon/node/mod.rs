@@ -32,6 +32,7 @@
 
 mod answer;
 mod journal;
+mod kube;
 #[cfg(test)]
 mod tests;
 
@@ -49,6 +50,7 @@ use super::api::Response;
 use super::members::{JournalEntry, JournalWrite};
 use super::view::{self, DatapathReport, LocalNode, MeshView};
 use journal::Journal;
+pub use kube::ClusterNodes;
 
 /// First wait before contacting the seeds again while none has answered; doubles up to
 /// [`JOIN_RETRY_MAX`].
@@ -165,6 +167,8 @@ pub struct Node {
     persist_retry_at: Option<Instant>,
     /// The view last handed out by [`Node::poll_view`].
     published: Option<MeshView>,
+    /// What Kubernetes says (nothing unless [`Node::set_kubernetes`]).
+    kube: kube::KubeState,
 }
 
 impl Node {
@@ -219,6 +223,7 @@ impl Node {
             persisting: None,
             persist_retry_at: None,
             published: None,
+            kube: kube::KubeState::default(),
         }
     }
 
@@ -231,7 +236,7 @@ impl Node {
 
     /// The IPAM core has left (handed its space over, or had none): the node's state may go.
     pub fn ipam_left(&self) -> bool {
-        self.ipam.status() == ipam::Status::Left
+        self.ipam.status() == ipam::Status::Left || self.kube_space_given_back()
     }
 
     /// The hand-over or the leave under way is over (never while running).
@@ -248,6 +253,10 @@ impl Node {
 
     /// Start: a node with no seeds and no address space of its own starts one.
     pub fn start(&mut self, now: Instant) {
+        if self.kube_start(now) {
+            self.process(now);
+            return;
+        }
         if self.ipam.genesis().is_some() {
             info!(
                 owned = ?self.ipam.owned_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -301,6 +310,7 @@ impl Node {
         }
         self.core.handle_timeout(now);
         self.ipam.handle_timeout(now);
+        self.kube_tick(now);
         self.process(now);
     }
 
@@ -381,10 +391,12 @@ impl Node {
     /// once it acknowledged (its record shows the space) or a few seconds passed. Returns
     /// what happened to the space, for the answer.
     pub fn hand_over(&mut self, now: Instant) -> String {
-        let summary = match self.ipam.leave(now) {
-            Ok(Some(to)) => format!("handed its address space to {}", self.name_of(&to)),
-            Ok(None) => "owned no address space".to_string(),
-            Err(e) => format!("kept its address space ({e})"),
+        let summary = match self.kube.fixed {
+            // The Node's pod CIDR is Kubernetes' to give to the next Node: nothing to hand.
+            Some(space) => {
+                format!("gave its address space {space} (the Node's pod CIDR) back to Kubernetes")
+            }
+            None => self.hand_over_ipam(now),
         };
         info!("reset: {summary}");
         self.phase = Phase::HandingOver {
@@ -392,6 +404,14 @@ impl Node {
         };
         self.process(now);
         summary
+    }
+
+    fn hand_over_ipam(&mut self, now: Instant) -> String {
+        match self.ipam.leave(now) {
+            Ok(Some(to)) => format!("handed its address space to {}", self.name_of(&to)),
+            Ok(None) => "owned no address space".to_string(),
+            Err(e) => format!("kept its address space ({e})"),
+        }
     }
 
     /// Leave: gossip a signed leave for a moment ([`Node::done`] after). Stopping (SIGTERM)
@@ -570,6 +590,10 @@ impl Node {
     /// Hand members' newer IPAM records (journaled by now) and their reachability to the
     /// IPAM core.
     fn feed_ipam(&mut self, now: Instant) {
+        if self.kube.fixed.is_some() {
+            // A fixed space is an address space of its own: the cluster's ring is not ours.
+            return;
+        }
         let mut listed = std::collections::HashSet::with_capacity(self.core.num_members());
         for m in self.core.members() {
             let id = m.record.node_id;
@@ -686,7 +710,10 @@ impl Node {
         }
         // A record shows only what is on disk (the IPAM core's ownership is persisted).
         let seq = self.ipam.record_seq();
-        let ipam_bytes = if self.ipam.record_ready() && self.published_seq != Some(seq) {
+        let ipam_bytes = if self.kube.fixed.is_some() {
+            // Announced by label (see `kube`): no ring for others to take in.
+            None
+        } else if self.ipam.record_ready() && self.published_seq != Some(seq) {
             Some(self.ipam.record().unwrap_or_default())
         } else {
             None
@@ -755,7 +782,9 @@ impl Node {
     }
 
     fn spaces(&self) -> BTreeMap<NodeId, Vec<Ipv4Net>> {
-        view::spaces_by_owner(&self.ipam.ownership(), self.range())
+        let mut spaces = view::spaces_by_owner(&self.ipam.ownership(), self.range());
+        self.announced_spaces(&mut spaces);
+        spaces
     }
 
     fn view(&self) -> MeshView {

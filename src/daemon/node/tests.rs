@@ -1080,3 +1080,232 @@ fn an_allocation_is_answered_only_once_it_is_persisted() {
         ipam.allocations()
     );
 }
+
+// ---- Kubernetes: the Node list as an input (`node::kube`) ----
+
+impl Net {
+    /// Start node `index` on Kubernetes, no seed flags: with `pod_cidr` its space is that
+    /// prefix (its IPAM core over it alone), else weft's allocator.
+    fn add_kube(&mut self, index: u8, pod_cidr: Option<&str>) {
+        let store = MemoryStore::new();
+        let (core, _) = parts(index, 1, store.clone(), self.now);
+        let fixed: Option<Ipv4Net> = pod_cidr.map(|c| c.parse().expect("cidr"));
+        let identity = Arc::new(IdentityKey::from_seed(&[index; 32]));
+        let ipam = Ipam::open(
+            identity,
+            IpamConfig::new(fixed.unwrap_or_else(range)),
+            None,
+            u64::from(index),
+        )
+        .expect("ipam");
+        let mut node = Node::new(
+            config(index, Vec::new(), self.now),
+            core,
+            ipam,
+            Vec::new(),
+            self.now,
+        );
+        node.set_kubernetes(fixed);
+        node.start(self.now);
+        let id = node.core.local_id();
+        self.nodes.insert(
+            index,
+            TestNode {
+                node,
+                id,
+                addr: addr(index),
+                store,
+                outputs: Vec::new(),
+                view: None,
+                down: false,
+                hold_journal: false,
+                hold_persist: false,
+                answers: BTreeMap::new(),
+            },
+        );
+        self.pump(index);
+    }
+
+    /// The Node list as the watchers give it, to node `index`: `nodes` by index.
+    fn give_nodes(&mut self, index: u8, nodes: &[u8]) {
+        let now = self.now;
+        let list = ClusterNodes {
+            seeds: nodes
+                .iter()
+                .filter(|n| **n != index)
+                .map(|n| addr(*n))
+                .collect(),
+            names: nodes.iter().map(|n| format!("n{n}")).collect(),
+        };
+        self.n(index).node.handle_cluster_nodes(now, list);
+        self.pump(index);
+    }
+
+    fn peer_spaces(&self, index: u8) -> BTreeMap<String, Vec<String>> {
+        self.nodes[&index]
+            .view
+            .as_ref()
+            .map(|v| {
+                v.peers
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.name.clone(),
+                            p.spaces.iter().map(ToString::to_string).collect(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn spaces_of(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
+    pairs
+        .iter()
+        .map(|(n, s)| ((*n).to_owned(), vec![(*s).to_owned()]))
+        .collect()
+}
+
+#[test]
+fn kubernetes_nodes_seed_the_gossip_and_pod_cidrs_are_the_spaces() {
+    let mut net = Net::new();
+    for i in 1..=3 {
+        net.add_kube(i, Some(&format!("10.40.{i}.0/24")));
+    }
+    // No seeds yet: nobody is contacted; each owns its pod CIDR at once.
+    net.run_for(Duration::from_secs(2));
+    assert!(net.peer_spaces(1).is_empty());
+    for i in 1..=3 {
+        net.give_nodes(i, &[1, 2, 3]);
+    }
+    let all_see_all = net.run_until(Duration::from_secs(30), |net| {
+        net.peer_spaces(1) == spaces_of(&[("n2", "10.40.2.0/24"), ("n3", "10.40.3.0/24")])
+            && net.peer_spaces(3) == spaces_of(&[("n1", "10.40.1.0/24"), ("n2", "10.40.2.0/24")])
+    });
+    assert!(all_see_all, "{:?}", net.peer_spaces(1));
+    let view = net.nodes[&2].view.clone().expect("view");
+    assert_eq!(
+        view.local.spaces,
+        ["10.40.2.0/24".parse::<Ipv4Net>().expect("net")]
+    );
+    assert_eq!(view.cluster_range, range());
+    // Pods get addresses from the pod CIDR; the gateway is its first address.
+    let a = allocate(&mut net, 2, "pod-a");
+    assert_eq!(a.address.to_string(), "10.40.2.1/24");
+    assert_eq!(a.gateway, Ipv4Addr::new(10, 40, 2, 0));
+    assert_eq!(
+        allocate(&mut net, 2, "pod-b").address.to_string(),
+        "10.40.2.2/24"
+    );
+    // No node's record carries a ring, and nobody asked anyone for space.
+    for t in net.nodes.values() {
+        assert!(t.node.core.local_record().ipam.is_empty());
+        assert_eq!(
+            t.node.core.local_record().labels.get("weft/space"),
+            Some(&format!(
+                "10.40.{}.0/24",
+                t.addr.ip().to_string().rsplit('.').next().expect("octet")
+            ))
+        );
+    }
+    assert!(net.status(1).ready || net.status(1).datapath != "off");
+
+    // A Node that appears later is contacted as it appears.
+    net.add_kube(4, Some("10.40.4.0/24"));
+    net.give_nodes(4, &[1, 2, 3, 4]);
+    net.give_nodes(1, &[1, 2, 3, 4]);
+    let joined = net.run_until(Duration::from_secs(30), |net| {
+        net.peer_spaces(2).get("n4") == Some(&vec!["10.40.4.0/24".to_string()])
+    });
+    assert!(joined, "{:?}", net.peer_spaces(2));
+}
+
+#[test]
+fn reset_of_a_node_with_a_pod_cidr_gives_the_space_back_to_kubernetes() {
+    let mut net = Net::new();
+    net.add_kube(1, Some("10.40.1.0/24"));
+    net.add_kube(2, Some("10.40.2.0/24"));
+    net.give_nodes(1, &[1, 2]);
+    net.give_nodes(2, &[1, 2]);
+    assert!(!net.nodes[&1].node.ipam_left());
+    let now = net.now;
+    let summary = net.n(1).node.hand_over(now);
+    assert!(
+        summary.contains("10.40.1.0/24") && summary.contains("Kubernetes"),
+        "{summary}"
+    );
+    assert!(net.nodes[&1].node.ipam_left(), "its state may go");
+    assert!(!net.nodes[&2].node.ipam_left());
+}
+
+#[test]
+fn a_deleted_node_is_forgotten_once_down_and_its_space_no_longer_routed() {
+    let mut net = Net::new();
+    for i in 1..=3 {
+        net.add_kube(i, Some(&format!("10.40.{i}.0/24")));
+        net.give_nodes(i, &[1, 2, 3]);
+    }
+    assert!(
+        net.run_until(Duration::from_secs(30), |net| net.peer_spaces(1).len() == 2
+            && net.peer_spaces(2).len() == 2)
+    );
+    // Deleted while still alive: not forgotten (a live node leaves by itself).
+    net.give_nodes(1, &[1, 2]);
+    net.run_for(Duration::from_secs(3));
+    assert!(net.peer_spaces(1).contains_key("n3"));
+    // Gone for good: forgotten by every node that sees the Node gone.
+    net.n(3).down = true;
+    net.give_nodes(2, &[1, 2]);
+    let forgotten = net.run_until(Duration::from_secs(60), |net| {
+        !net.peer_spaces(1).contains_key("n3") && !net.peer_spaces(2).contains_key("n3")
+    });
+    assert!(forgotten, "{:?}", net.peer_spaces(1));
+    assert!(net.nodes[&1]
+        .node
+        .core
+        .members()
+        .all(|m| m.record.name != "n3"));
+    // A new Node with the same pod CIDR is routed to its new owner.
+    net.add_kube(5, Some("10.40.3.0/24"));
+    net.give_nodes(5, &[1, 2, 5]);
+    net.give_nodes(1, &[1, 2, 5]);
+    assert!(net.run_until(Duration::from_secs(30), |net| {
+        net.peer_spaces(1).get("n5") == Some(&vec!["10.40.3.0/24".to_string()])
+    }));
+}
+
+#[test]
+fn with_weft_allocation_on_kubernetes_the_first_node_by_name_starts_the_space() {
+    let mut net = Net::new();
+    for i in 1..=3 {
+        net.add_kube(i, None);
+    }
+    // Waiting for the Node list: nobody starts a space of its own.
+    net.run_for(Duration::from_secs(5));
+    assert!(net.nodes.values().all(|t| t.node.ipam.genesis().is_none()));
+    for i in 1..=3 {
+        net.give_nodes(i, &[1, 2, 3]);
+    }
+    assert!(
+        net.run_until(Duration::from_secs(60), |net| net.converged()),
+        "{net:#?}"
+    );
+    let genesis: Vec<_> = net
+        .nodes
+        .values()
+        .map(|t| t.node.ipam.genesis().map(|g| (g.id, g.creator)))
+        .collect();
+    assert!(genesis.iter().all(|g| *g == genesis[0]), "{genesis:?}");
+    assert_eq!(
+        genesis[0].map(|g| g.1),
+        Some(net.id(1)),
+        "n1 is first by name"
+    );
+
+    // The only Node of a cluster starts it at once.
+    let mut alone = Net::new();
+    alone.add_kube(7, None);
+    alone.give_nodes(7, &[7]);
+    assert!(alone.nodes[&7].node.ipam.genesis().is_some());
+}

@@ -1,0 +1,403 @@
+//! `weft launch` on Kubernetes, at the edge: the watchers (weft-kube) run here on tokio, and
+//! what the node needs from them goes into the sans-IO node as inputs
+//! ([`ClusterNodes`] through the driver); the decisions are the node's (`node::kube`).
+//!
+//! - At start: the Node list and this Node decide the node's address space ([`choose_space`]:
+//!   its pod CIDR, or weft's allocator), remembered in the state directory
+//!   ([`SPACE_FILE`]) so that a restart while the API server is away starts as before.
+//! - While running: every change of the Node store becomes a [`ClusterNodes`] input (seeds,
+//!   names; a name gone is a deleted Node), and once the node is ready its Node gets
+//!   `NetworkUnavailable=False` (again if someone resets it).
+//! - The watches' health goes to /readyz and /metrics ([`Kubernetes::health`]).
+//! - The Pod, Namespace and NetworkPolicy stores are kept for the policy engine
+//!   ([`Kubernetes::watchers`]); nothing feeds them into it yet.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ipnet::{IpNet, Ipv4Net};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use weft_kube::k8s_openapi::api::core::v1::Node as KubeNode;
+use weft_kube::kube::Client;
+use weft_kube::watch::Watchers;
+use weft_kube::{model, status};
+
+use super::api::{Query, Request, Response};
+use super::config::{IpamMode, KubeSettings};
+use super::metrics::KubeHealth;
+use super::node::ClusterNodes;
+
+/// The file in the state directory that remembers the address space chosen at the last
+/// start on Kubernetes: the pod CIDR, or `weft`.
+pub const SPACE_FILE: &str = "kube-space";
+/// How long a start waits for the API server before it goes on with what [`SPACE_FILE`]
+/// says (without that file it waits on: there is nothing to go on with).
+const START_WAIT: Duration = Duration::from_secs(10);
+/// How long a start waits for this Node to show up in a complete Node list.
+const OWN_NODE_WAIT: Duration = Duration::from_secs(60);
+/// How often readiness is checked for the `NetworkUnavailable` condition.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// The least time between two patches of the condition (the store may lag a patch).
+const PATCH_AGAIN_AFTER: Duration = Duration::from_secs(10);
+
+/// The watchers and the client; dropping it stops the watchers.
+pub struct Kubernetes {
+    watchers: Arc<Watchers>,
+    client: Client,
+    node_name: String,
+}
+
+impl std::fmt::Debug for Kubernetes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubernetes")
+            .field("node_name", &self.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kubernetes {
+    /// A client (kubeconfig or in-cluster) and the four watchers, started.
+    pub async fn connect(settings: &KubeSettings) -> anyhow::Result<Self> {
+        let client = weft_kube::client::client(settings.kubeconfig.as_deref())
+            .await
+            .context("Kubernetes client (--kubeconfig, or the in-cluster service account)")?;
+        let watchers = Arc::new(Watchers::start(client.clone()));
+        info!(node = %settings.node_name, "watching Kubernetes Nodes, Pods, Namespaces and NetworkPolicies");
+        Ok(Kubernetes {
+            watchers,
+            client,
+            node_name: settings.node_name.clone(),
+        })
+    }
+
+    /// The running watchers: their Pod, Namespace and NetworkPolicy stores are what the
+    /// policy engine is to take (`watchers().pods.state()`, ...; `changes()` signals).
+    #[allow(dead_code)] // The seam for the policy engine's Kubernetes inputs.
+    pub fn watchers(&self) -> &Arc<Watchers> {
+        &self.watchers
+    }
+
+    /// The watches' health, for /readyz and /metrics.
+    pub fn health(&self) -> KubeHealth {
+        let watchers = Arc::clone(&self.watchers);
+        Arc::new(move || watchers.health(Instant::now()))
+    }
+
+    fn nodes_synced(&self) -> bool {
+        self.watchers
+            .health(Instant::now())
+            .first()
+            .is_some_and(|h| h.synced)
+    }
+
+    fn own_node(&self) -> Option<Arc<KubeNode>> {
+        self.watchers
+            .nodes
+            .state()
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()))
+    }
+
+    /// The address space this node runs with: the Node's pod CIDR (`Some`) or weft's
+    /// allocator (`None`), by `mode`, once the Node list has this Node. If the API server
+    /// does not answer within [`START_WAIT`], what the last start chose (in `state_dir`).
+    pub async fn choose_space(
+        &self,
+        mode: IpamMode,
+        range: Ipv4Net,
+        state_dir: &Path,
+    ) -> anyhow::Result<Option<Ipv4Net>> {
+        let started = Instant::now();
+        let remembered = read_space_file(state_dir)?;
+        let mut said = Instant::now();
+        loop {
+            if self.nodes_synced() {
+                if let Some(node) = self.own_node() {
+                    let cidrs = model::pod_cidrs(&node)?;
+                    let space = choose_space(mode, &cidrs, range)?;
+                    write_space_file(state_dir, space)?;
+                    match space {
+                        Some(s) => {
+                            info!(node = %self.node_name, pod_cidr = %s, "this Node's pod CIDR is its address space")
+                        }
+                        None => {
+                            info!(node = %self.node_name, "address space from weft's allocator")
+                        }
+                    }
+                    return Ok(space);
+                }
+                if started.elapsed() > OWN_NODE_WAIT {
+                    bail!(
+                        "no Node {:?} in the Kubernetes API after {}s: give the Node's name with --node-name (NODE_NAME)",
+                        self.node_name,
+                        OWN_NODE_WAIT.as_secs()
+                    );
+                }
+            } else if started.elapsed() > START_WAIT {
+                if let Some(space) = remembered {
+                    warn!(
+                        node = %self.node_name,
+                        space = %space.map_or("weft".to_string(), |s| s.to_string()),
+                        "the Kubernetes API does not answer: starting with the address space of the last start (the watches keep trying)"
+                    );
+                    return Ok(space);
+                }
+            }
+            if said.elapsed() > Duration::from_secs(10) {
+                info!(node = %self.node_name, health = ?self.watchers.health(Instant::now()), "waiting for the Kubernetes Node list");
+                said = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Hands the Node list to the node whenever it changes (once listed); ends when the
+    /// receiver does.
+    pub fn spawn_node_feed(&self, port: u16) -> (mpsc::Receiver<ClusterNodes>, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(4);
+        let watchers = Arc::clone(&self.watchers);
+        let own = self.node_name.clone();
+        let task = tokio::spawn(async move {
+            let mut changes = watchers.changes();
+            let mut last: Option<ClusterNodes> = None;
+            loop {
+                let synced = watchers
+                    .health(Instant::now())
+                    .first()
+                    .is_some_and(|h| h.synced);
+                if synced {
+                    let state = watchers.nodes.state();
+                    let nodes = cluster_nodes(state.iter().map(|n| &**n), &own, port);
+                    if last.as_ref() != Some(&nodes) {
+                        last = Some(nodes.clone());
+                        if tx.send(nodes).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        (rx, task)
+    }
+
+    /// Sets `NetworkUnavailable=False` on this Node whenever the node is ready and the
+    /// Node does not say so (at first, and again if it is reset).
+    pub fn spawn_status(&self, queries: mpsc::Sender<Query>) -> JoinHandle<()> {
+        let watchers = Arc::clone(&self.watchers);
+        let client = self.client.clone();
+        let name = self.node_name.clone();
+        tokio::spawn(async move {
+            let mut last_patch: Option<Instant> = None;
+            let mut last_error: Option<String> = None;
+            loop {
+                tokio::time::sleep(STATUS_EVERY).await;
+                if !node_ready(&queries).await {
+                    continue;
+                }
+                let Some(node) = watchers
+                    .nodes
+                    .state()
+                    .into_iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(name.as_str()))
+                else {
+                    continue;
+                };
+                if status::network_available(&node) {
+                    continue;
+                }
+                if last_patch.is_some_and(|t| t.elapsed() < PATCH_AGAIN_AFTER) {
+                    continue;
+                }
+                last_patch = Some(Instant::now());
+                match status::set_network_available(client.clone(), &name).await {
+                    Ok(_) => {
+                        info!(node = %name, "set the Node's NetworkUnavailable condition to False");
+                        last_error = None;
+                    }
+                    Err(e) => {
+                        let e = e.to_string();
+                        if last_error.as_ref() != Some(&e) {
+                            warn!(node = %name, error = %e, "cannot set the Node's NetworkUnavailable condition; retrying");
+                            last_error = Some(e);
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Whether the node says it is ready (joined, space, datapath in line).
+async fn node_ready(queries: &mpsc::Sender<Query>) -> bool {
+    let (reply, answer) = oneshot::channel();
+    if queries
+        .send(Query {
+            request: Request::Status,
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), answer).await,
+        Ok(Ok(Response::Status { status, .. })) if status.ready
+    )
+}
+
+/// The node's input from the Node list: every other Node's address with the gossip `port`
+/// as a seed, and every Node's name.
+pub fn cluster_nodes<'a>(
+    nodes: impl IntoIterator<Item = &'a KubeNode> + Clone,
+    own: &str,
+    port: u16,
+) -> ClusterNodes {
+    ClusterNodes {
+        seeds: model::seeds(nodes.clone(), own, port),
+        names: nodes
+            .into_iter()
+            .filter(|n| n.metadata.deletion_timestamp.is_none())
+            .filter_map(|n| n.metadata.name.clone())
+            .collect(),
+    }
+}
+
+/// The node's address space by `mode` from its Node's pod CIDRs: the IPv4 one (weft's
+/// pod addresses are IPv4), which must lie in the cluster `range`; `None` is weft's own
+/// allocator.
+pub fn choose_space(
+    mode: IpamMode,
+    pod_cidrs: &[IpNet],
+    range: Ipv4Net,
+) -> anyhow::Result<Option<Ipv4Net>> {
+    let v4 = pod_cidrs.iter().find_map(|n| match n {
+        IpNet::V4(v4) => Some(*v4),
+        IpNet::V6(_) => None,
+    });
+    let space = match (mode, v4) {
+        (IpamMode::Weft, _) | (IpamMode::Auto, None) => return Ok(None),
+        (IpamMode::Kube, None) => bail!(
+            "--ipam kube: the Node has no IPv4 pod CIDR (spec.podCIDRs {pod_cidrs:?}); is the controller manager's --allocate-node-cidrs on?"
+        ),
+        (_, Some(space)) => space,
+    };
+    if !range.contains(&space) {
+        bail!(
+            "the Node's pod CIDR {space} is outside the cluster range {range}: give --range the cluster's pod CIDR (kube-controller-manager --cluster-cidr)"
+        );
+    }
+    if !(8..=30).contains(&space.prefix_len()) {
+        bail!("the Node's pod CIDR {space}: weft needs a prefix of /8 to /30");
+    }
+    Ok(Some(space))
+}
+
+fn read_space_file(state_dir: &Path) -> anyhow::Result<Option<Option<Ipv4Net>>> {
+    let path = state_dir.join(SPACE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    match text.trim() {
+        "weft" => Ok(Some(None)),
+        cidr => cidr.parse().map(|c| Some(Some(c))).with_context(|| {
+            format!(
+                "{}: {cidr:?} is neither a CIDR nor \"weft\"",
+                path.display()
+            )
+        }),
+    }
+}
+
+fn write_space_file(state_dir: &Path, space: Option<Ipv4Net>) -> anyhow::Result<()> {
+    let path = state_dir.join(SPACE_FILE);
+    let text = space.map_or("weft".to_string(), |s| s.to_string());
+    if read_space_file(state_dir).ok().flatten() == Some(space) {
+        return Ok(());
+    }
+    let tmp = state_dir.join(format!(".{SPACE_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{text}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_kube::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("net")
+    }
+
+    #[test]
+    fn the_space_follows_the_mode_and_must_lie_in_the_range() {
+        let range: Ipv4Net = "10.244.0.0/16".parse().expect("range");
+        let cidrs = [net("fd00:10:244:1::/64"), net("10.244.1.0/24")];
+        let kube = Some("10.244.1.0/24".parse().expect("net"));
+        assert_eq!(
+            choose_space(IpamMode::Auto, &cidrs, range).expect("auto"),
+            kube
+        );
+        assert_eq!(
+            choose_space(IpamMode::Kube, &cidrs, range).expect("kube"),
+            kube
+        );
+        assert_eq!(
+            choose_space(IpamMode::Weft, &cidrs, range).expect("weft"),
+            None
+        );
+        assert_eq!(
+            choose_space(IpamMode::Auto, &[], range).expect("none"),
+            None
+        );
+        let err = choose_space(IpamMode::Kube, &[net("fd00::/64")], range).expect_err("no v4");
+        assert!(err.to_string().contains("no IPv4 pod CIDR"), "{err}");
+        let err = choose_space(IpamMode::Auto, &[net("10.32.1.0/24")], range).expect_err("outside");
+        assert!(err.to_string().contains("--range"), "{err}");
+        assert!(choose_space(IpamMode::Auto, &[net("10.244.1.0/31")], range).is_err());
+    }
+
+    #[test]
+    fn the_node_list_gives_seeds_and_names_but_not_nodes_being_deleted() {
+        let node = |name: &str, ip: &str| -> KubeNode {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+            }))
+            .expect("node")
+        };
+        let mut going = node("c", "192.0.2.3");
+        going.metadata.deletion_timestamp =
+            Some(Time(weft_kube::k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        let nodes = [node("a", "192.0.2.1"), node("b", "192.0.2.2"), going];
+        let got = cluster_nodes(nodes.iter(), "a", 6783);
+        assert_eq!(got.seeds, ["192.0.2.2:6783".parse().expect("addr")]);
+        assert_eq!(
+            got.names.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn the_space_file_remembers_the_choice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read_space_file(dir.path()).expect("read"), None);
+        write_space_file(dir.path(), None).expect("write");
+        assert_eq!(read_space_file(dir.path()).expect("read"), Some(None));
+        let s: Ipv4Net = "10.244.3.0/24".parse().expect("net");
+        write_space_file(dir.path(), Some(s)).expect("write");
+        assert_eq!(read_space_file(dir.path()).expect("read"), Some(Some(s)));
+        std::fs::write(dir.path().join(SPACE_FILE), "banana").expect("write");
+        assert!(read_space_file(dir.path()).is_err());
+    }
+}

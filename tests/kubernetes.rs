@@ -1,0 +1,288 @@
+//! weft daemons on Kubernetes, against a real API server (issue 15): kube-apiserver 1.20.2
+//! and etcd (tests/kube/fixture.rs, shared with kube/tests/apiserver.rs) in a fourth test-bed
+//! host, three `weft launch --kubeconfig` nodes in the others with no seed flags.
+//!
+//! - The Node objects seed the gossip; their podCIDRs are the nodes' spaces: pods attached
+//!   with `weft attach` get addresses from them and reach each other through the mesh.
+//! - Each Node gets `NetworkUnavailable=False` once its weft is ready.
+//! - /readyz and /metrics show the watches' health.
+//! - The API server stopped: the mesh and the pods keep working, /readyz stays 200 and
+//!   says the watches fail; a node restarted meanwhile starts with its space and members
+//!   and its pod is reachable again; the API server restarted: the watches resume.
+//! - A Node deleted (its weft gone): the others forget it and stop routing its pod CIDR.
+//!
+//! Needs root and the binaries (else prints "skipped" and why; `WEFT_REQUIRE_KUBE=1` fails).
+//! Run: `cargo test --test kubernetes -- --nocapture` (as root).
+
+#[path = "mesh/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
+#[path = "kube/fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+use std::time::{Duration, Instant};
+
+use cluster::Cluster;
+use fixture::{apply_manifests, binaries, node, ADMIN_TOKEN, WEFT_TOKEN};
+use weft_kube::k8s_openapi::api::core::v1::Node;
+use weft_kube::kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use weft_kube::kube::Api;
+use weft_kube::status;
+use weft_testbed::{require_root, TestBed};
+
+const GENEROUS: Duration = Duration::from_secs(90);
+const RANGE: &str = "10.244.0.0/16";
+
+fn pod_cidr(i: usize) -> String {
+    format!("10.244.{}.0/24", i + 1)
+}
+
+/// Moves this thread into test-bed host `ns`'s network namespace: the API server it starts
+/// and the clients of the runtime it builds afterwards live there.
+fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns");
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// GET `path` from node `i`'s metrics endpoint: (status code, body).
+fn http(c: &Cluster, i: usize, path: &str) -> (u16, String) {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/6782 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let out = c.bed.host(i).run(&["bash", "-c", &script]);
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn routes(c: &Cluster, i: usize) -> String {
+    c.bed
+        .host(i)
+        .run_ok(&["ip", "-4", "route", "show", "table", "26228"])
+        .unwrap_or_default()
+}
+
+#[test]
+fn weft_daemons_on_a_real_api_server() {
+    if !require_root("weft_daemons_on_a_real_api_server") {
+        return;
+    }
+    let Some((apiserver, etcd)) = binaries() else {
+        return;
+    };
+    let mut c = Cluster::with_bed(TestBed::new(4).expect("test bed"));
+    let api_host = c.bed.host(3).name().to_owned();
+    let api_ip = c.bed.host(3).underlay_ip();
+    enter(&api_host);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = Instant::now();
+    let mut api = fixture::Cluster::start_on(&apiserver, &etcd, api_ip.into()).expect("API server");
+    let admin = runtime
+        .block_on(api.client("admin", ADMIN_TOKEN))
+        .expect("admin client");
+    runtime
+        .block_on(api.wait_ready(&admin))
+        .expect("API server ready");
+    eprintln!(
+        "API server ready on {} after {:?}",
+        api.url,
+        started.elapsed()
+    );
+    runtime
+        .block_on(apply_manifests(&admin))
+        .expect("weft's ServiceAccount, ClusterRole and binding");
+    let kubeconfig = api.kubeconfig("weft", WEFT_TOKEN).expect("kubeconfig");
+    let nodes: Api<Node> = Api::all(admin.clone());
+    for i in 0..3 {
+        let ip = c.bed.host(i).public_ip().to_string();
+        runtime
+            .block_on(nodes.create(
+                &PostParams::default(),
+                &node(&format!("n{i}"), &ip, &[&pod_cidr(i)]),
+            ))
+            .expect("create Node");
+    }
+
+    // Three daemons, no seed flags: the Node list seeds them, the pod CIDRs are their spaces.
+    for i in 0..3 {
+        c.nodes[i].extra_args = vec![
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--node-name".into(),
+            format!("n{i}"),
+            "--range".into(),
+            RANGE.into(),
+        ];
+        c.launch(i, &[]);
+    }
+    c.wait_full_mesh(&[0, 1, 2], GENEROUS);
+    c.wait_space(&[0, 1, 2], GENEROUS);
+    for i in 0..3 {
+        let status = c.status(i).expect("status");
+        assert_eq!(
+            status["address_space"],
+            serde_json::json!([pod_cidr(i)]),
+            "n{i}: {status}"
+        );
+        // Every other node's pod CIDR is routed here.
+        let table = routes(&c, i);
+        for j in (0..3).filter(|j| *j != i) {
+            assert!(table.contains(&pod_cidr(j)), "n{i} routes {table}");
+        }
+    }
+    let pods: Vec<_> = (0..3).map(|i| c.attach(i, &format!("pod-{i}"))).collect();
+    for (i, p) in pods.iter().enumerate() {
+        let net: ipnet::Ipv4Net = pod_cidr(i).parse().expect("cidr");
+        assert!(net.contains(&p.addr), "{} not in {net}", p.addr);
+        assert_ne!(
+            p.addr,
+            net.network(),
+            "the gateway is the prefix's first address"
+        );
+    }
+    for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+        c.wait_ping(&pods[a], &pods[b], GENEROUS);
+    }
+
+    // NetworkUnavailable=False on every Node, set by its own weft.
+    let deadline = Instant::now() + GENEROUS;
+    for i in 0..3 {
+        loop {
+            let n = runtime
+                .block_on(nodes.get(&format!("n{i}")))
+                .expect("get Node");
+            if status::network_available(&n) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n{i}: NetworkUnavailable not set: {:?}",
+                n.status
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // ... and again when someone resets it.
+    runtime
+        .block_on(nodes.patch_status(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Strategic(serde_json::json!({"status": {"conditions": [
+                {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated", "message": "reset"}
+            ]}})),
+        ))
+        .expect("reset the condition");
+    c.wait("NetworkUnavailable=False again on n1", GENEROUS, || {
+        runtime
+            .block_on(nodes.get("n1"))
+            .is_ok_and(|n| status::network_available(&n))
+    });
+
+    // Watch health in /readyz and /metrics.
+    for i in 0..3 {
+        assert_eq!(http(&c, i, "/readyz"), (200, "ready\n".into()), "n{i}");
+        for kind in ["Node", "Pod", "Namespace", "NetworkPolicy"] {
+            let synced = format!("weft_kubernetes_watch_synced{{kind=\"{kind}\"}}");
+            assert_eq!(c.metric(i, &synced), Some(1.0), "n{i} {synced}");
+        }
+    }
+    c.assert_no_warnings();
+
+    // The API server goes away: the mesh and the pods keep working, the node stays ready.
+    api.stop_apiserver();
+    let outage = Instant::now();
+    c.wait("the Node watch fails on n0", GENEROUS, || {
+        c.metric(0, "weft_kubernetes_watch_failing{kind=\"Node\"}") == Some(1.0)
+    });
+    let (code, body) = http(&c, 0, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("failing"), "{body}");
+    while outage.elapsed() < Duration::from_secs(15) {
+        for (a, b) in [(0, 1), (1, 2), (2, 0)] {
+            assert!(
+                c.ping(&pods[a], pods[b].addr, 1) == 1,
+                "pod-{a} -> pod-{b} during the outage"
+            );
+        }
+    }
+    // A node restarted while the API server is away starts with the space it had (kept in
+    // its state directory) and the members it knew (its journal), and its pod is reachable
+    // again; it is not ready until its watches have listed.
+    c.kill(1);
+    c.start(1);
+    for (a, b) in [(0, 1), (1, 2)] {
+        c.wait_ping(&pods[a], &pods[b], GENEROUS);
+    }
+    assert_eq!(
+        c.status(1).expect("status")["address_space"],
+        serde_json::json!([pod_cidr(1)])
+    );
+    let (code, body) = http(&c, 1, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not synced"), "{body}");
+    // ... and comes back: the watches resume.
+    api.start_apiserver().expect("restart the API server");
+    runtime
+        .block_on(api.wait_ready(&admin))
+        .expect("API server back");
+    for i in 0..3 {
+        c.wait(&format!("n{i}'s watches healthy again"), GENEROUS, || {
+            ["Node", "Pod", "Namespace", "NetworkPolicy"]
+                .iter()
+                .all(|k| {
+                    c.metric(i, &format!("weft_kubernetes_watch_failing{{kind=\"{k}\"}}"))
+                        == Some(0.0)
+                        && c.metric(i, &format!("weft_kubernetes_watch_synced{{kind=\"{k}\"}}"))
+                            == Some(1.0)
+                })
+        });
+        c.wait(&format!("n{i} ready"), GENEROUS, || {
+            http(&c, i, "/readyz").0 == 200
+        });
+    }
+
+    // A Node deleted, its weft gone: the others forget it and stop routing its space.
+    c.kill(2);
+    runtime
+        .block_on(nodes.delete("n2", &DeleteParams::default()))
+        .expect("delete Node n2");
+    for i in 0..2 {
+        c.wait(&format!("n{i} forgets n2"), GENEROUS, || {
+            c.peer(i, "n2").is_none() && !routes(&c, i).contains(&pod_cidr(2))
+        });
+    }
+    c.wait_ping(&pods[0], &pods[1], GENEROUS);
+
+    // Warnings: only weft's own about the API server's absence (and the 403s of the
+    // restarted server before its RBAC cache is filled), and n2's going.
+    let unexpected: Vec<String> = c
+        .warnings()
+        .into_iter()
+        .filter(|w| {
+            !(w.contains("weft_kube::watch: watch failed")
+                || w.contains("the Kubernetes API does not answer")
+                || w.contains("member suspected")
+                || w.contains("member failed"))
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected warnings: {unexpected:#?}"
+    );
+    drop(api);
+}

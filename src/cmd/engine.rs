@@ -33,6 +33,8 @@ pub struct Container {
     pub name: String,
     /// The container's init process; `None` when it is not running.
     pub pid: Option<u32>,
+    /// Its labels (`Config.Labels`), for network policy.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a container could not be looked up.
@@ -293,6 +295,13 @@ pub fn parse_inspect(body: &[u8]) -> Result<Container, String> {
         name: String,
         #[serde(rename = "State")]
         state: State,
+        #[serde(rename = "Config", default)]
+        config: Option<Config>,
+    }
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(rename = "Labels", default)]
+        labels: Option<std::collections::BTreeMap<String, String>>,
     }
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -331,6 +340,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<Container, String> {
         id: inspect.id,
         name: name.to_string(),
         pid: pid.filter(|_| inspect.state.running),
+        labels: inspect.config.and_then(|c| c.labels).unwrap_or_default(),
     })
 }
 
@@ -355,7 +365,8 @@ mod tests {
             Container {
                 id: ID.into(),
                 name: "web-1".into(),
-                pid: Some(4242)
+                pid: Some(4242),
+                labels: Default::default(),
             }
         );
         let stopped = parse_inspect(docker_json(0, false).as_bytes()).expect("stopped");

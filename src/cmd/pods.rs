@@ -94,6 +94,7 @@ mod tests {
             ]),
             name: None,
             source: Source::Cni,
+            ports: Vec::new(),
         };
         let bare = Pod {
             container: "c2".into(),
@@ -106,6 +107,7 @@ mod tests {
             labels: BTreeMap::new(),
             name: Some("db-1".into()),
             source: Source::Attach,
+            ports: Vec::new(),
         };
         let mut out = Vec::new();
         write_table(&mut out, &[pod, bare]).expect("write");

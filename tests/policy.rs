@@ -171,10 +171,11 @@ fn matrix(c: &Cluster, node: usize, cases: &[(&Container, &Container, Proto, u16
     }
 }
 
-/// `NAMESPACE/NAME` of a test container: ids are `NS-NAME`.
+/// `NAMESPACE/NAME` of a test container: its id is `NS-NAME`, and a pod attached with
+/// `weft attach --netns` is named by its id.
 fn pod_name(c: &Container) -> String {
-    let (ns, name) = c.id.split_once('-').expect("NS-NAME");
-    format!("{ns}/{name}")
+    let (ns, _) = c.id.split_once('-').expect("NS-NAME");
+    format!("{ns}/{}", c.id)
 }
 
 /// `weft policy ARGS -o json` against node `i`.
@@ -310,7 +311,7 @@ spec:
 
 #[test]
 fn policies_applied_on_one_node_govern_pods_on_another() {
-    if !require_root() {
+    if !require_root("policies_applied_on_one_node_govern_pods_on_another") {
         return;
     }
     let mut c = Cluster::new(2);
@@ -372,7 +373,9 @@ fn policies_applied_on_one_node_govern_pods_on_another() {
     let why = policy(
         &c,
         0,
-        &["why", "--from", "y/c", "--to", "x/b", "--port", "80/tcp"],
+        &[
+            "why", "--from", "y/y-c", "--to", "x/x-b", "--port", "80/tcp",
+        ],
     )
     .expect("why");
     assert_eq!(why["why"]["allowed"], false, "{why}");

@@ -98,27 +98,21 @@ fn reaches(from: &Container, to: &Container, proto: Proto, port: u16, wait: Dura
     })
 }
 
-/// Polls until `from -> to` is `want`; returns how long after `since` the first probe that
-/// saw it was started. Panics after `limit`.
-fn until(
-    c: &Cluster,
-    what: &str,
-    since: Instant,
-    limit: Duration,
-    from: &Container,
-    to: &Container,
-    proto: Proto,
-    port: u16,
-    want: bool,
-) -> Duration {
+/// A flow: from, to, protocol, port.
+type Flow<'a> = (&'a Container, &'a Container, Proto, u16);
+
+/// Polls until `flow` passes (`want`) or not; returns how long after `since` the first probe
+/// that saw it was started. Panics after [`GENEROUS`].
+fn until(c: &Cluster, what: &str, since: Instant, flow: Flow, want: bool) -> Duration {
+    let (from, to, proto, port) = flow;
     loop {
         let started = Instant::now();
         if reaches(from, to, proto, port, Duration::from_millis(250)) == want {
             return started - since;
         }
-        if since.elapsed() > limit {
+        if since.elapsed() > GENEROUS {
             panic!(
-                "{what}: {} -> {} {proto:?}/{port} still {} after {limit:?}\n{}",
+                "{what}: {} -> {} {proto:?}/{port} still {} after {GENEROUS:?}\n{}",
                 from.id,
                 to.id,
                 if want { "blocked" } else { "open" },
@@ -352,7 +346,7 @@ fn policies_applied_on_one_node_govern_pods_on_another() {
     let t0 = Instant::now();
     let out = apply(&c, 0, B_FROM_A).expect("apply");
     assert_eq!(out["changes"][0]["action"], "created", "{out}");
-    let took = until(&c, "apply", t0, GENEROUS, &cc, &b, Proto::Tcp, 80, false);
+    let took = until(&c, "apply", t0, (&cc, &b, Proto::Tcp, 80), false);
     eprintln!("policy applied on n0 isolates b on n1 after {took:?}");
     assert!(took <= WITHIN, "took {took:?}");
     matrix(
@@ -421,24 +415,14 @@ fn policies_applied_on_one_node_govern_pods_on_another() {
     // A namespace relabelled on node 0: c (namespace y) gets in within a second.
     let t0 = Instant::now();
     policy(&c, 0, &["namespace", "y", "--label", "team=ops"]).expect("label namespace");
-    let took = until(
-        &c,
-        "namespace label",
-        t0,
-        GENEROUS,
-        &cc,
-        &b,
-        Proto::Tcp,
-        80,
-        true,
-    );
+    let took = until(&c, "namespace label", t0, (&cc, &b, Proto::Tcp, 80), true);
     eprintln!("namespace label reflected after {took:?}");
     assert!(took <= WITHIN, "took {took:?}");
     // A pod relabelled on node 0 (its identity travels by gossip to node 1): a is shut
     // out within a second.
     let t0 = Instant::now();
     let a = attach(&mut c, 0, Some(&a), "x", "a", &["--label", "app=z"]);
-    let took = until(&c, "pod label", t0, GENEROUS, &a, &b, Proto::Tcp, 80, false);
+    let took = until(&c, "pod label", t0, (&a, &b, Proto::Tcp, 80), false);
     eprintln!("pod relabel reflected after {took:?}");
     assert!(took <= WITHIN, "took {took:?}");
 
@@ -476,7 +460,7 @@ fn policies_applied_on_one_node_govern_pods_on_another() {
     let t0 = Instant::now();
     let out = policy(&c, 1, &["delete", "x/b"]).expect("delete");
     assert_eq!(out["changes"][0]["action"], "deleted", "{out}");
-    let took = until(&c, "delete", t0, GENEROUS, &a, &b, Proto::Tcp, 80, true);
+    let took = until(&c, "delete", t0, (&a, &b, Proto::Tcp, 80), true);
     eprintln!("delete reflected after {took:?}");
     assert!(took <= WITHIN, "took {took:?}");
     matrix(&c, 0, &[(&cc, &b, Proto::Udp, 80, true)]);

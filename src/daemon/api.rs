@@ -4,9 +4,13 @@
 //! `{"cmd":"ipam"}`, `{"cmd":"allocate","container":"ID"}`, `{"cmd":"release","container":"ID"}`,
 //! `{"cmd":"forget","node":"NODE"}`, `{"cmd":"connect","addr":"ADDR"}`, `{"cmd":"reset"}`,
 //! `{"cmd":"pods"}`, `{"cmd":"attach","container":"ID","netns":"PATH",...}`,
-//! `{"cmd":"detach","container":"ID"}`) and reads one response line per request: `{"ok":true,"status":{...}}`,
+//! `{"cmd":"detach","container":"ID"}`, `{"cmd":"policy","op":"list"}` and the other
+//! `weft policy` operations, see `policy::PolicyRequest`) and reads one response line per
+//! request: `{"ok":true,"status":{...}}`,
 //! `{"ok":true,"peers":[...]}`, `{"ok":true,"ipam":{...}}`, `{"ok":true,"allocation":{...}}`,
-//! `{"ok":true,"pods":[...]}`, `{"ok":true,"message":"..."}`, or `{"ok":false,"error":"..."}`.
+//! `{"ok":true,"pods":[...]}`, `{"ok":true,"policy":{"kind":...}}`, `{"ok":true,"message":"..."}`,
+//! or `{"ok":false,"error":"..."}`. Requests are at most [`MAX_REQUEST_LEN`] bytes, except a
+//! line that begins with `{"cmd":"policy","op":"apply"` (a few MiB of YAML).
 //!
 //! The CNI plugin's `allocate` and `release` add `"ifname"`: the address is then keyed by
 //! container id and interface, and `allocate` may carry the pod's identity (`netns`,

@@ -799,6 +799,35 @@ mod tests {
         assert_ne!(a.digest(), before);
     }
 
+    /// Whatever a member sends: no panic, and nothing held changes (arbitrary bytes never
+    /// carry a statement that verifies).
+    fn any_message_changes_nothing(bytes: &[u8]) {
+        let mut a = PolicyCore::new(key(1), None);
+        a.apply(1, parse(WEB), &[]).expect("apply");
+        let before = a.digest();
+        let _ = a.handle_message(key(2).node_id(), bytes);
+        assert_eq!(a.digest(), before);
+        assert_eq!(a.policies().len(), 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_messages_change_nothing(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            any_message_changes_nothing(&bytes);
+        }
+
+        #[test]
+        fn shaped_messages_with_bad_statements_change_nothing(body in ".{0,300}", sig in "[A-Za-z0-9+/=]{0,100}") {
+            let msg = serde_json::json!({"t": "push", "statements": [{"body": body, "sig": sig}]});
+            any_message_changes_nothing(&serde_json::to_vec(&msg).expect("json"));
+        }
+    }
+
+    #[test]
+    fn fuzz_policy_message() {
+        bolero::check!().for_each(any_message_changes_nothing);
+    }
+
     #[test]
     fn local_pods_are_checked_bounded_and_published_once() {
         let mut a = PolicyCore::new(key(1), None);

@@ -346,18 +346,24 @@ mod tests {
         // A changed body, another signer's signature, a short signature.
         let mut forged = s.signed.clone();
         forged.body = forged.body.replace("\"web\"", "\"db\"");
-        assert_eq!(forged.verify().unwrap_err(), Refused::BadSignature);
+        assert_eq!(forged.verify().expect_err("refused"), Refused::BadSignature);
         let other = policy_statement(&key(2), 5);
         let swapped = Signed {
             body: s.signed.body.clone(),
             sig: other.signed.sig.clone(),
         };
-        assert_eq!(swapped.verify().unwrap_err(), Refused::BadSignature);
+        assert_eq!(
+            swapped.verify().expect_err("refused"),
+            Refused::BadSignature
+        );
         let short = Signed {
             body: s.signed.body.clone(),
             sig: "AAAA".into(),
         };
-        assert_eq!(short.verify().unwrap_err(), Refused::SignatureEncoding);
+        assert_eq!(
+            short.verify().expect_err("refused"),
+            Refused::SignatureEncoding
+        );
         let long = Signed {
             body: "x".repeat(MAX_BODY_LEN + 1),
             sig: s.signed.sig.clone(),

@@ -44,6 +44,13 @@ impl Node {
         self
     }
 
+    /// Gives a running node its policy core (tests).
+    #[cfg(test)]
+    pub(super) fn enable_policy(&mut self, core: PolicyCore) {
+        self.policy = Some(core);
+        self.policy_dirty = true;
+    }
+
     /// What the policy reconciler reported last (drops, rules, errors).
     pub fn handle_policy_report(&mut self, report: PolicyReport) {
         self.policy_report = report;
@@ -161,7 +168,7 @@ impl Node {
 
     /// The compiler's inputs: pods of this node and of members that have not left for
     /// good; with `with_nodes`, the nodes' own addresses (only `why` needs them).
-    fn policy_cluster(&self, with_nodes: bool) -> Option<Cluster> {
+    pub(super) fn policy_cluster(&self, with_nodes: bool) -> Option<Cluster> {
         let p = self.policy.as_ref()?;
         let local = self.core.local_id();
         let keep = |id: &NodeId| {

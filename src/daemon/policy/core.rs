@@ -14,7 +14,7 @@
 //! [`ANTI_ENTROPY`] one live member (round robin) gets the digest of everything held, and
 //! a member that holds something else answers with all it has and asks for the same back
 //! (push-pull, as the membership's anti-entropy). A member whose record shows a pods stamp
-//! newer than the one held is asked the same way at once. Messages are JSON; a message
+//! newer than the one held is asked for that one statement at once. Messages are JSON; a message
 //! that does not decode, or a statement that does not verify, changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -54,6 +54,8 @@ enum Message {
     Push { statements: Vec<Signed> },
     /// Anti-entropy: the digest of everything the sender holds.
     Digest { digest: String },
+    /// Send me what you hold about these subjects (a record showed news of them).
+    Want { subjects: Vec<Subject> },
     /// Everything the sender holds; with `reply`, send back everything if that differs.
     Sync {
         statements: Vec<Signed>,
@@ -405,6 +407,17 @@ impl PolicyCore {
                     self.send_all(from, true);
                 }
             }
+            Message::Want { subjects } => {
+                let statements: Vec<Signed> = subjects
+                    .iter()
+                    .take(16)
+                    .filter_map(|s| self.entries.get(s))
+                    .map(|e| e.signed.clone())
+                    .collect();
+                if !statements.is_empty() {
+                    self.send(from, &Message::Push { statements });
+                }
+            }
             Message::Sync {
                 statements,
                 digest,
@@ -444,8 +457,8 @@ impl PolicyCore {
         self.next_sync
     }
 
-    /// Member `node`'s record says its pods statement has stamp `stamp`: ask it if that is
-    /// news.
+    /// Member `node`'s record says its pods statement has stamp `stamp`: ask it for that
+    /// statement if it is news (the push that brought it may still be on its way, or lost).
     pub fn handle_record(&mut self, node: NodeId, stamp: u64) {
         if node == self.local {
             return;
@@ -460,8 +473,8 @@ impl PolicyCore {
         self.asked.insert(node, stamp);
         self.send(
             node,
-            &Message::Digest {
-                digest: self.digest(),
+            &Message::Want {
+                subjects: vec![Subject::Pods { node }],
             },
         );
     }

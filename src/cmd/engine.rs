@@ -369,6 +369,13 @@ mod tests {
                 labels: Default::default(),
             }
         );
+        let labelled = docker_json(1, true).replace(
+            r#""Path":"sh""#,
+            r#""Path":"sh","Config":{"Image":"busybox","Labels":{"app":"web","tier":"front"}}"#,
+        );
+        let c = parse_inspect(labelled.as_bytes()).expect("docker with labels");
+        assert_eq!(c.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(c.labels.len(), 2);
         let stopped = parse_inspect(docker_json(0, false).as_bytes()).expect("stopped");
         assert_eq!(stopped.pid, None);
         let podman =

@@ -260,6 +260,64 @@ mod tests {
     }
 
     #[test]
+    fn pods_become_identities_with_their_namespace_labels_ports_and_bridge_port() {
+        use crate::daemon::pods::{Pod, Source};
+        let cni = Pod {
+            container: "abc".into(),
+            ifname: "eth0".into(),
+            address: Some("10.32.0.5/12".parse().expect("net")),
+            network: Some("weft".into()),
+            netns: None,
+            pod_namespace: Some("shop".into()),
+            pod_name: Some("web-0".into()),
+            labels: [
+                ("app".to_string(), "web".to_string()),
+                ("not a label".to_string(), "x".to_string()),
+            ]
+            .into(),
+            name: None,
+            source: Source::Cni,
+            ports: vec![],
+        };
+        let attached = Pod {
+            container: "def".into(),
+            pod_namespace: None,
+            pod_name: None,
+            name: Some("db-1".into()),
+            ports: vec![parse_named_port("pg=5432/tcp").expect("port")],
+            source: Source::Attach,
+            ..cni.clone()
+        };
+        let allocating = Pod {
+            address: None,
+            ..cni.clone()
+        };
+        let ids = identities(&[cni, attached, allocating]);
+        assert_eq!(ids.len(), 2, "a pod without an address has no identity yet");
+        assert_eq!(
+            (ids[0].namespace.as_str(), ids[0].name.as_str()),
+            ("shop", "web-0")
+        );
+        assert_eq!(ids[0].labels.len(), 1, "invalid labels are left out");
+        assert_eq!(
+            ids[0].addresses,
+            vec!["10.32.0.5".parse::<std::net::IpAddr>().expect("ip")]
+        );
+        assert_eq!(
+            ids[0].interface.as_deref(),
+            Some(weft_mesh::attach::host_ifname("abc/eth0").as_str())
+        );
+        assert_eq!(
+            (ids[1].namespace.as_str(), ids[1].name.as_str()),
+            ("default", "db-1")
+        );
+        assert_eq!(ids[1].ports[0].port, 5432);
+        for id in &ids {
+            id.check().expect("publishable");
+        }
+    }
+
+    #[test]
     fn requests_serialise_with_the_apply_prefix_and_round_trip() {
         let apply = super::super::api::Request::Policy(PolicyRequest::Apply {
             yaml: "a: b".into(),

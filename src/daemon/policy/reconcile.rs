@@ -185,15 +185,33 @@ impl Reconciler {
             return;
         }
         self.sysctls_done = true;
+        if !std::path::Path::new("/proc/sys/net/bridge").exists() {
+            // As kube-proxy does: the module is usually there, just not loaded.
+            let loaded = std::process::Command::new("modprobe")
+                .arg("br_netfilter")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if loaded {
+                info!("loaded br_netfilter for network policy over the bridge");
+            }
+        }
         for name in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
             let path = format!("/proc/sys/net/bridge/{name}");
             match std::fs::read_to_string(&path) {
                 Ok(v) if v.trim() == "1" => {}
                 Ok(_) => match std::fs::write(&path, "1\n") {
-                    Ok(()) => info!(sysctl = %format!("net.bridge.{name}"), "turned on for network policy over the bridge"),
-                    Err(e) => warn!(sysctl = %format!("net.bridge.{name}"), error = %e, "cannot turn on: traffic between pods of this node is not filtered"),
+                    Ok(()) => {
+                        info!(sysctl = %format!("net.bridge.{name}"), "turned on for network policy over the bridge")
+                    }
+                    Err(e) => {
+                        warn!(sysctl = %format!("net.bridge.{name}"), error = %e, "cannot turn on: traffic between pods of this node is not filtered")
+                    }
                 },
-                Err(_) => warn!("br_netfilter is not loaded (modprobe br_netfilter): traffic between pods of this node is not filtered"),
+                Err(_) => {
+                    warn!("br_netfilter is not loaded (modprobe br_netfilter): traffic between pods of this node is not filtered");
+                    break;
+                }
             }
         }
     }

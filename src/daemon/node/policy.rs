@@ -88,10 +88,13 @@ impl Node {
 
     /// After every input: anti-entropy when due, the policy core's messages out.
     pub(super) fn policy_process(&mut self, now: Instant, members_changed: bool) {
-        if self.policy.is_none() {
+        let Some(due) = self
+            .policy
+            .as_ref()
+            .map(|p| p.poll_timeout().is_none_or(|t| now >= t))
+        else {
             return;
-        }
-        let members = self.policy_members();
+        };
         if members_changed {
             // Who is in the cluster decides whose pods count.
             self.policy_dirty = true;
@@ -109,10 +112,17 @@ impl Node {
                 }
             }
         }
+        let members = if due {
+            self.policy_members()
+        } else {
+            Vec::new()
+        };
         let Some(p) = self.policy.as_mut() else {
             return;
         };
-        p.handle_timeout(now, &members);
+        if due {
+            p.handle_timeout(now, &members);
+        }
         let mut out = Vec::new();
         while let Some(t) = p.poll_transmit() {
             out.push(t);

@@ -163,3 +163,58 @@ fn write_text(out: &mut impl Write, answer: &PolicyAnswer) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::policy::Change;
+
+    #[test]
+    fn text_output_shows_changes_lists_and_namespaces() {
+        let summary = PolicySummary {
+            namespace: "shop".into(),
+            name: "web".into(),
+            policy_types: vec!["Ingress".into()],
+            ingress_rules: 1,
+            egress_rules: 0,
+            applied_by: "n0".into(),
+            applied_at_ms: 1,
+            drops: 42,
+        };
+        let mut out = Vec::new();
+        for answer in [
+            PolicyAnswer::Changed {
+                changes: vec![Change {
+                    name: "shop/web".into(),
+                    action: "created".into(),
+                }],
+            },
+            PolicyAnswer::List {
+                policies: vec![summary],
+                spoofed: 0,
+                rules: 17,
+                error: Some("nft refused".into()),
+            },
+            PolicyAnswer::Namespaces {
+                namespaces: [(
+                    "shop".to_string(),
+                    [("team".to_string(), "a".to_string())].into(),
+                )]
+                .into(),
+            },
+        ] {
+            write_text(&mut out, &answer).expect("write");
+        }
+        let text = String::from_utf8(out).expect("utf-8");
+        for want in [
+            "shop/web created",
+            "NAMESPACE",
+            "42",
+            "17 rules in force",
+            "error: nft refused",
+            "team=a",
+        ] {
+            assert!(text.contains(want), "no {want:?} in\n{text}");
+        }
+    }
+}

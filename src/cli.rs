@@ -289,9 +289,23 @@ pub struct LaunchArgs {
     #[arg(long)]
     pub no_masquerade: bool,
 
+    /// Serve Docker's network and IPAM driver plugin (`docker network create -d weft
+    /// --ipam-driver weft weft`) on SOCKET [default: off; SOCKET defaults to
+    /// /run/docker/plugins/weft.sock, where Docker finds the plugin `weft`].
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1, require_equals = true,
+          default_missing_value = crate::daemon::docker::DEFAULT_PLUGIN_SOCKET)]
+    pub docker_plugin: Option<String>,
+
+    /// The Docker engine's API socket (e.g. /var/run/docker.sock): the daemon learns the
+    /// names of containers on weft's Docker network there for `weft pods`, and with
+    /// --docker-plugin creates the network `weft` once it has address space, if Docker has
+    /// none by that name [default: off].
+    #[arg(long, value_name = "PATH")]
+    pub docker_socket: Option<String>,
+
     /// TOML file with any of the keys name, listen, secret_file, state_dir, range,
     /// api_socket, peers, wg_port, metrics_addr, datapath, mtu, wg_socket, cni_conf_dir,
-    /// masquerade.
+    /// masquerade, docker_plugin, docker_socket.
     /// Options on the command line win; unknown keys are refused.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -427,6 +441,32 @@ mod tests {
             panic!("not status");
         };
         assert_eq!(args.timeout, Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn docker_plugin_takes_an_optional_socket() {
+        let parse = |args: &[&str]| -> Option<String> {
+            let cli =
+                Cli::try_parse_from(["weft", "launch"].iter().chain(args).copied()).expect("parse");
+            match cli.command {
+                Command::Launch(l) => l.docker_plugin,
+                _ => panic!("not launch"),
+            }
+        };
+        assert_eq!(parse(&[]), None);
+        assert_eq!(
+            parse(&["--docker-plugin"]).as_deref(),
+            Some(crate::daemon::docker::DEFAULT_PLUGIN_SOCKET)
+        );
+        assert_eq!(
+            parse(&["--docker-plugin=/tmp/p/weft.sock", "192.0.2.1"]).as_deref(),
+            Some("/tmp/p/weft.sock")
+        );
+        // Without `=`, what follows is a peer, not the socket.
+        assert_eq!(
+            parse(&["--docker-plugin", "192.0.2.1"]).as_deref(),
+            Some(crate::daemon::docker::DEFAULT_PLUGIN_SOCKET)
+        );
     }
 
     #[test]

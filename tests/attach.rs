@@ -10,6 +10,9 @@
 #[path = "mesh/cluster.rs"]
 #[allow(dead_code)]
 mod cluster;
+#[path = "docker_common/dockerd.rs"]
+#[allow(dead_code)]
+mod dockerd;
 
 use std::fs::File;
 use std::future::Future;
@@ -19,6 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cluster::{Cluster, BIN};
+use dockerd::Dockerd;
 use serde_json::Value;
 use weft_mesh::attach::{self, Attachment};
 use weft_testbed::TestBed;
@@ -189,6 +193,76 @@ fn containers_on_the_bridge_reach_each_other_and_the_gateway() {
         "b lost the gateway when a left"
     );
     run_in(&host, || async { attach::detach("ctr-a").await }).expect("detach twice is fine");
+}
+
+/// `weft_mesh::attach::prepare` (Docker's plugin): the host end on the bridge, the container
+/// end left on the host under its pending name for Docker to move; again: the same pair; once
+/// moved into a sandbox (as Docker does) it carries traffic to the gateway; detach removes it.
+#[test]
+fn prepare_leaves_the_container_end_for_docker_to_move() {
+    if !weft_testbed::require_root("prepare_leaves_the_container_end_for_docker_to_move") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let host = bed.host(0).name().to_string();
+    for cmd in [
+        &["ip", "link", "add", "weft", "type", "bridge"][..],
+        &["ip", "addr", "add", "10.32.1.1/24", "dev", "weft"],
+        &["ip", "link", "set", "weft", "mtu", "1420", "up"],
+    ] {
+        bed.run_ok_in(&host, cmd).expect("bridge");
+    }
+    let key = "docker-00112233aabbccdd/docker";
+    let (veth, pending) = (attach::host_ifname(key), attach::pending_ifname(key));
+    let first =
+        run_in(&host, || async { attach::prepare(key, "weft", 1420).await }).expect("prepare");
+    assert_eq!(first.name, pending);
+    assert_eq!(first.mtu, Some(1420));
+    assert!(first.mac.is_some());
+    let show = |name: &str| ip(&bed, &host, &["-o", "link", "show", name]);
+    let host_end = show(&veth);
+    assert!(
+        host_end.contains("master weft") && host_end.contains("mtu 1420"),
+        "{host_end}"
+    );
+    assert!(show(&pending).contains("mtu 1420"));
+    let again =
+        run_in(&host, || async { attach::prepare(key, "weft", 1420).await }).expect("again");
+    assert_eq!(again, first, "preparing again changed the pair");
+
+    // What Docker does at Join: move it, name it, address it.
+    let c = bed.container().expect("container");
+    bed.run_ok_in(&host, &["ip", "link", "set", &pending, "netns", &c])
+        .expect("move");
+    for cmd in [
+        &["ip", "link", "set", &pending, "name", "eth0"][..],
+        &["ip", "addr", "add", "10.32.1.5/24", "dev", "eth0"],
+        &["ip", "link", "set", "eth0", "up"],
+    ] {
+        bed.run_ok_in(&c, cmd).expect("configure");
+    }
+    assert!(
+        ping(&bed, &c, "10.32.1.1"),
+        "the moved end cannot reach the gateway"
+    );
+
+    run_in(&host, || async { attach::detach(key).await }).expect("detach");
+    assert!(!host_links(&bed, &host).contains(&veth), "host end left");
+    assert!(
+        !bed.run_in(&c, &["ip", "link", "show", "eth0"])
+            .expect("ip")
+            .status
+            .success(),
+        "the container end outlived its pair"
+    );
+    // No bridge: refused, nothing made.
+    bed.run_ok_in(&host, &["ip", "link", "del", "weft"])
+        .expect("del bridge");
+    let before = host_links(&bed, &host);
+    let err = run_in(&host, || async { attach::prepare(key, "weft", 1420).await })
+        .expect_err("no bridge");
+    assert!(err.to_string().contains("bridge weft"), "{err}");
+    assert_eq!(host_links(&bed, &host), before);
 }
 
 #[test]
@@ -698,185 +772,12 @@ fn attach_a_podman_container_by_name() {
     c.assert_no_warnings();
 }
 
-/// A dockerd of its own in a test host's network namespace (`nsenter --net`, so it keeps the
-/// machine's mounts and cgroups in view), with its own data and exec roots, socket, pid file
-/// and cgroup parent, and nothing that touches networking (no bridge, iptables, forwarding or
-/// masquerading). Images come from `docker import` of a busybox root filesystem. Dropping it
-/// removes its containers, stops it, and removes what it made outside its directory.
-struct Dockerd {
-    dir: tempfile::TempDir,
-    daemon: std::process::Child,
-    cgroup_parent: String,
-    /// /run/docker and /run/containerd, if dockerd made them.
-    made: Vec<PathBuf>,
-    names: std::cell::RefCell<Vec<String>>,
-}
-
-const DOCKER_IMAGE: &str = "weft-test-busybox:1";
-
-impl Dockerd {
-    fn start(netns: &str) -> Dockerd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().to_path_buf();
-        let made: Vec<PathBuf> = ["/run/docker", "/run/containerd"]
-            .iter()
-            .map(PathBuf::from)
-            .filter(|d| !d.exists())
-            .collect();
-        let cgroup_parent = format!("/weft-test-docker-{}", std::process::id());
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{netns}"))
-            .arg("dockerd")
-            .arg("--data-root")
-            .arg(p.join("data"))
-            .arg("--exec-root")
-            .arg(p.join("exec"))
-            .arg("-H")
-            .arg(format!("unix://{}", p.join("docker.sock").display()))
-            .arg("--pidfile")
-            .arg(p.join("docker.pid"))
-            .args([
-                "--storage-driver=vfs",
-                "--iptables=false",
-                "--ip6tables=false",
-            ])
-            .args(["--bridge=none", "--ip-forward=false", "--ip-masq=false"])
-            .arg(format!("--cgroup-parent={cgroup_parent}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(File::create(p.join("dockerd.log")).expect("log file"))
-            .spawn()
-            .expect("start dockerd");
-        let d = Dockerd {
-            dir,
-            daemon,
-            cgroup_parent,
-            made,
-            names: Default::default(),
-        };
-        let started = std::time::Instant::now();
-        while !d.docker(&["version"]).status.success() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "dockerd did not answer: {}",
-                std::fs::read_to_string(d.dir.path().join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let rootfs = p.join("rootfs");
-        std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
-        for applet in ["sleep", "sh"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("link");
-        }
-        let tar = p.join("rootfs.tar");
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .output()
-            .expect("tar");
-        assert!(out.status.success(), "tar: {out:?}");
-        let imported = d.docker(&["import", tar.to_str().expect("utf-8"), DOCKER_IMAGE]);
-        assert!(imported.status.success(), "docker import: {imported:?}");
-        d
-    }
-
-    /// A command that talks to this dockerd (weft looking containers up, or docker).
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env(
-            "DOCKER_HOST",
-            format!("unix://{}", self.dir.path().join("docker.sock").display()),
-        );
-        cmd
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        self.command("docker")
-            .args(args)
-            .output()
-            .expect("run docker")
-    }
-
-    /// `docker run -d --network none` of `sleep`; its id and PID.
-    fn run(&self, name: &str) -> (String, u32) {
-        self.names.borrow_mut().push(name.to_string());
-        let out = self.docker(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "none",
-            DOCKER_IMAGE,
-            "/bin/sleep",
-            "300",
-        ]);
-        assert!(out.status.success(), "docker run: {out:?}");
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let out = self.docker(&["inspect", "-f", "{{.State.Pid}}", name]);
-        let pid = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("a PID");
-        (id, pid)
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        for name in self.names.borrow().iter() {
-            let _ = self.docker(&["rm", "-f", name]);
-        }
-        let pid = nix::unistd::Pid::from_raw(self.daemon.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let stopped = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            matches!(self.daemon.try_wait(), Ok(Some(_)))
-        });
-        if !stopped {
-            let _ = self.daemon.kill();
-            let _ = self.daemon.wait();
-        }
-        let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .map(|cs| {
-                cs.flatten()
-                    .map(|c| c.path().join(self.cgroup_parent.trim_start_matches('/')))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for _ in 0..50 {
-            let left: Vec<&PathBuf> = roots.iter().filter(|r| r.exists()).collect();
-            if left.is_empty() {
-                break;
-            }
-            for root in left {
-                let _ = Command::new("find")
-                    .arg(root)
-                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
-                    .output();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for dir in &self.made {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 #[test]
 fn attach_docker_containers_by_name_and_by_pid() {
     if !weft_testbed::require_root("attach_docker_containers_by_name_and_by_pid") {
         return;
     }
-    if Command::new("dockerd").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("WEFT_REQUIRE_NETNS").is_none(),
-            "dockerd is not installed (.ci/run installs docker.io)"
-        );
-        eprintln!("skipped attach_docker_containers_by_name_and_by_pid: no dockerd");
+    if !dockerd::available("attach_docker_containers_by_name_and_by_pid") {
         return;
     }
     let mut c = Cluster::new(2);

@@ -2,7 +2,9 @@
 //! plugin alike: [`attach`] plugs a
 //! network namespace into this host's bridge with a veth pair and gives it its address and
 //! routes; [`detach`] unplugs it; [`inspect`] and [`host_end`] read back what is there (CNI
-//! CHECK).
+//! CHECK). [`prepare`] is the same veth pair for a runtime that moves the container end into
+//! its sandbox and configures it itself (Docker's network plugin): the container end stays
+//! here, named [`pending_ifname`].
 //!
 //! The host side of the pair is named after the attachment's id ([`host_ifname`]), so
 //! attaching again finds it, and detaching needs nothing but the id. Inside the namespace the
@@ -148,8 +150,11 @@ pub fn is_host_ifname(name: &str) -> bool {
     })
 }
 
-/// The name an older weft gave the container side while it was still on the host.
-fn transit_ifname(container: &str) -> String {
+/// The name of the container end of attachment `container` while it is still on the host:
+/// `vp` and the same 12 hex digits as [`host_ifname`]. [`prepare`] leaves it so for Docker to
+/// move (Docker renames it back to this when it moves it out again); an older weft's
+/// [`attach`] made it so before moving it.
+pub fn pending_ifname(container: &str) -> String {
     format!("vp{:012x}", fnv1a(container) >> 16)
 }
 
@@ -382,10 +387,10 @@ async fn attach_with(spec: &Attachment, exclusive: bool) -> Result<Attached> {
         return Err(exists());
     }
     // Left over by an older weft, which made the container end on the host and moved it.
-    host.delete_link(&transit_ifname(&spec.container)).await?;
+    host.delete_link(&pending_ifname(&spec.container)).await?;
     // The container end is made in the container's namespace, under its final name: moving
     // a device between namespaces waits for an RCU grace period (~20 ms per attachment).
-    let veth = veth_message(&host_name, spec, &ns);
+    let veth = veth_message(&host_name, &spec.ifname, spec.mtu, Some(&ns));
     match host.handle().link().add(veth).execute().await {
         Ok(()) => {}
         Err(e) if errno(&e) == Some(libc::EEXIST) => return Err(exists()),
@@ -404,13 +409,15 @@ async fn attach_with(spec: &Attachment, exclusive: bool) -> Result<Attached> {
     result
 }
 
-/// A veth pair: `host_name` here, `spec.ifname` in the namespace `ns`, both with `spec.mtu`.
-fn veth_message(host_name: &str, spec: &Attachment, ns: &File) -> LinkMessage {
-    let peer = LinkUnspec::new_with_name(&spec.ifname)
-        .mtu(spec.mtu)
-        .setns_by_fd(ns.as_raw_fd())
-        .build();
-    let mut msg = LinkVeth::new(host_name, &spec.ifname).mtu(spec.mtu).build();
+/// A veth pair: `host_name` here, `peer_name` in the namespace `ns` (here if `None`), both
+/// with MTU `mtu`.
+fn veth_message(host_name: &str, peer_name: &str, mtu: u32, ns: Option<&File>) -> LinkMessage {
+    let mut peer = LinkUnspec::new_with_name(peer_name).mtu(mtu);
+    if let Some(ns) = ns {
+        peer = peer.setns_by_fd(ns.as_raw_fd());
+    }
+    let peer = peer.build();
+    let mut msg = LinkVeth::new(host_name, peer_name).mtu(mtu).build();
     for attr in &mut msg.attributes {
         if let LinkAttribute::LinkInfo(infos) = attr {
             for info in infos {
@@ -480,15 +487,26 @@ async fn host_side(
     bridge: u32,
     spec: &Attachment,
 ) -> Result<()> {
-    let name = host_ifname(&spec.container);
-    let mut msg = LinkUnspec::new_with_index(link.header.index).mtu(spec.mtu);
+    host_end_on_bridge(host, link, bridge, &spec.container, &spec.bridge, spec.mtu).await
+}
+
+async fn host_end_on_bridge(
+    host: &Netlink,
+    link: &LinkMessage,
+    bridge: u32,
+    container: &str,
+    bridge_name: &str,
+    mtu: u32,
+) -> Result<()> {
+    let name = host_ifname(container);
+    let mut msg = LinkUnspec::new_with_index(link.header.index).mtu(mtu);
     if controller(link) != Some(bridge) {
         msg = msg.controller(bridge);
     }
     set(
         host,
         msg.up().build(),
-        &format!("putting {name} on {}", spec.bridge),
+        &format!("putting {name} on {bridge_name}"),
     )
     .await
 }
@@ -593,12 +611,102 @@ async fn inside_config(inside: &Netlink, index: u32, spec: &Attachment) -> Resul
     Ok(Configured { index, routes })
 }
 
+/// A veth pair for a runtime that moves the container end into its sandbox and gives it its
+/// address and routes itself (Docker's network plugin): the host end ([`host_ifname`]) on
+/// `bridge`, up, with `mtu`, as [`attach`] makes it; the container end ([`pending_ifname`])
+/// left in this network namespace, down, with the same MTU. Again for the same id: a pair
+/// whose container end is still here is kept (and put right); a host end whose container end
+/// is elsewhere or gone is replaced. On error nothing new is left behind. Returns the
+/// container end as it is now. [`detach`] removes the pair, wherever its container end is.
+pub async fn prepare(container: &str, bridge: &str, mtu: u32) -> Result<Link> {
+    let bad = |what: String| Err(Error::InvalidConfig(what));
+    if container.is_empty() || container.len() > 1024 {
+        return bad("container id must be 1 to 1024 bytes".into());
+    }
+    if !valid_ifname(bridge) {
+        return bad(format!("bridge name {bridge:?} is not valid"));
+    }
+    if !(68..=65535).contains(&mtu) {
+        return bad(format!("MTU {mtu} out of range (68 to 65535)"));
+    }
+    let host = Netlink::connect()?;
+    let Some(bridge_link) = host.link(bridge).await? else {
+        return Err(Error::InvalidConfig(format!(
+            "bridge {bridge} does not exist on this host: is the weft daemon running?"
+        )));
+    };
+    let bridge_index = bridge_link.header.index;
+    let host_name = host_ifname(container);
+    let peer_name = pending_ifname(container);
+    let missing = |name: &str| Error::Netlink(format!("link {name} vanished while preparing"));
+    if let Some(existing) = host.link(&host_name).await? {
+        match host.link(&peer_name).await? {
+            Some(peer) if peer_index(&existing) == Some(peer.header.index) => {
+                // Made before: put it right (nothing is undone on error: it predates this call).
+                host_end_on_bridge(&host, &existing, bridge_index, container, bridge, mtu).await?;
+                set(
+                    &host,
+                    LinkUnspec::new_with_index(peer.header.index)
+                        .mtu(mtu)
+                        .build(),
+                    &format!("setting the MTU of {peer_name}"),
+                )
+                .await?;
+                let peer = host
+                    .link(&peer_name)
+                    .await?
+                    .ok_or_else(|| missing(&peer_name))?;
+                return Ok(link_of(&peer));
+            }
+            _ => {
+                tracing::debug!(link = %host_name, "replacing a container veth whose other end is gone");
+                host.delete_link(&host_name).await?;
+            }
+        }
+    }
+    host.delete_link(&peer_name).await?;
+    match host
+        .handle()
+        .link()
+        .add(veth_message(&host_name, &peer_name, mtu, None))
+        .execute()
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {
+            return Err(Error::Exists(format!(
+                "an interface called {host_name} or {peer_name} already exists"
+            )))
+        }
+        Err(e) => return Err(nl_error(format!("creating veth {host_name}"), e)),
+    }
+    let result = async {
+        let ours = host
+            .link(&host_name)
+            .await?
+            .ok_or_else(|| missing(&host_name))?;
+        host_end_on_bridge(&host, &ours, bridge_index, container, bridge, mtu).await?;
+        let peer = host
+            .link(&peer_name)
+            .await?
+            .ok_or_else(|| missing(&peer_name))?;
+        Ok(link_of(&peer))
+    }
+    .await;
+    if result.is_err() {
+        if let Err(e) = host.delete_link(&host_name).await {
+            tracing::warn!(link = %host_name, error = %e, "undoing a failed prepare");
+        }
+    }
+    result
+}
+
 /// Unplugs `container`: deletes the host side of its veth (the container side, its address
 /// and routes go with it). Not an error if it is not attached.
 pub async fn detach(container: &str) -> Result<()> {
     let host = Netlink::connect()?;
     host.delete_link(&host_ifname(container)).await?;
-    host.delete_link(&transit_ifname(container)).await
+    host.delete_link(&pending_ifname(container)).await
 }
 
 /// True if `container` has a veth on this host.
@@ -692,10 +800,10 @@ mod tests {
         assert_ne!(host_ifname("c/eth0"), host_ifname("c/eth1"));
         assert_eq!(a.len(), 14);
         assert!(valid_ifname(&a));
-        assert!(valid_ifname(&transit_ifname("container-a")));
+        assert!(valid_ifname(&pending_ifname("container-a")));
         assert!(is_host_ifname(&a) && is_host_ifname(&host_ifname("")));
         for other in [
-            transit_ifname("container-a"),
+            pending_ifname("container-a"),
             "vw0123456789a".into(),
             "vw0123456789abc".into(),
             "vw0123456789AB".into(),

@@ -111,6 +111,26 @@ pub fn docker_inspect(socket: &Path, name: &str) -> Result<Container, LookupErro
     if !is_container_ref(name) {
         return Err(LookupError::NotFound);
     }
+    let (status, body) = docker_call(socket, "GET", &format!("/containers/{name}/json"), None)?;
+    match status {
+        200 => parse_inspect(&body).map_err(LookupError::Failed),
+        404 => Err(LookupError::NotFound),
+        other => Err(LookupError::Failed(format!(
+            "HTTP {other}: {}",
+            error_message(&body)
+        ))),
+    }
+}
+
+/// One request to the Docker engine API at `socket` (`path` already URL-safe), with a JSON
+/// body if given: the answer's status and body, read up to [`MAX_RESPONSE_LEN`], within
+/// the engine's time limit. Blocking.
+pub fn docker_call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>), LookupError> {
     let mut stream = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LookupError::NoEngine),
@@ -121,26 +141,35 @@ pub fn docker_inspect(socket: &Path, name: &str) -> Result<Container, LookupErro
         .set_read_timeout(Some(TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
         .map_err(|e| failed("setting timeouts", e))?;
-    let request = format!(
-        "GET /containers/{name}/json HTTP/1.1\r\nHost: docker\r\nUser-Agent: weft\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: weft\r\nAccept: application/json\r\nConnection: close\r\n"
+    )
+    .into_bytes();
+    if let Some(body) = body {
+        request.extend_from_slice(
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body.unwrap_or_default());
     stream
-        .write_all(request.as_bytes())
+        .write_all(&request)
         .map_err(|e| failed("sending the request", e))?;
     let mut answer = Vec::new();
     (&mut stream)
         .take(MAX_RESPONSE_LEN as u64 + MAX_HEADER_LEN as u64)
         .read_to_end(&mut answer)
         .map_err(|e| failed("reading the answer", e))?;
-    let (status, body) = parse_response(&answer).map_err(LookupError::Failed)?;
-    match status {
-        200 => parse_inspect(&body).map_err(LookupError::Failed),
-        404 => Err(LookupError::NotFound),
-        other => Err(LookupError::Failed(format!(
-            "HTTP {other}: {}",
-            error_message(&body)
-        ))),
-    }
+    parse_response(&answer).map_err(LookupError::Failed)
+}
+
+/// The message of an engine's error answer, for logs.
+pub fn engine_error(status: u16, body: &[u8]) -> String {
+    format!("HTTP {status}: {}", error_message(body))
 }
 
 /// `podman inspect --type container NAME`.

@@ -21,6 +21,8 @@ pub fn run(args: LaunchArgs, secret_file: Option<PathBuf>) -> anyhow::Result<()>
         wg_socket: args.wg_socket,
         cni_conf_dir: args.cni_conf_dir,
         masquerade: args.no_masquerade.then_some(false),
+        docker_plugin: args.docker_plugin,
+        docker_socket: args.docker_socket,
     };
     let file = match &args.config {
         Some(path) => Settings::from_file(path)?,

@@ -5,7 +5,7 @@ mod attach;
 mod client;
 mod connect;
 mod demo;
-mod engine;
+pub(crate) mod engine;
 mod forget;
 mod identity;
 mod ipam;

@@ -1,6 +1,7 @@
-//! `weft pods`: the pods the CNI plugin and `weft attach` attached on this node (container
-//! id, interface, address, pod namespace and name or container name, labels, who attached
-//! it), as a table (or JSON), from the running daemon.
+//! `weft pods`: the pods the CNI plugin, `weft attach` and Docker (weft's network plugin)
+//! attached on this node (container id, or Docker's endpoint id; interface, address, pod
+//! namespace and name or container name, labels, who attached it), as a table (or JSON),
+//! from the running daemon.
 
 use anyhow::bail;
 use std::io::Write;
@@ -54,14 +55,24 @@ fn row(p: &Pod) -> Vec<String> {
             .clone()
             .or_else(|| p.name.clone())
             .unwrap_or_else(dash),
-        p.container.chars().take(SHORT_ID).collect(),
-        p.ifname.clone(),
+        // Docker's endpoints show their endpoint id; Docker names the interface itself.
+        p.endpoint
+            .as_deref()
+            .unwrap_or(&p.container)
+            .chars()
+            .take(SHORT_ID)
+            .collect(),
+        match p.source {
+            Source::Docker => dash(),
+            _ => p.ifname.clone(),
+        },
         p.address
             .map_or_else(|| "(allocating)".into(), |a| a.to_string()),
         if labels.is_empty() { dash() } else { labels },
         match p.source {
             Source::Cni => "cni",
             Source::Attach => "attach",
+            Source::Docker => "docker",
         }
         .into(),
     ]
@@ -95,6 +106,7 @@ mod tests {
             name: None,
             source: Source::Cni,
             ports: Vec::new(),
+            endpoint: None,
         };
         let bare = Pod {
             container: "c2".into(),
@@ -108,12 +120,32 @@ mod tests {
             name: Some("db-1".into()),
             source: Source::Attach,
             ports: Vec::new(),
+            endpoint: None,
+        };
+        let docker = Pod {
+            container: "docker-00112233aabbccdd".into(),
+            ifname: "docker".into(),
+            address: Some("10.32.0.9/12".parse().expect("net")),
+            network: Some("5c9fd1a2b3c4".into()),
+            netns: Some("/var/run/docker/netns/abc".into()),
+            pod_namespace: None,
+            pod_name: None,
+            labels: BTreeMap::new(),
+            name: Some("web".into()),
+            source: Source::Docker,
+            endpoint: Some("feedbeef0123456789".into()),
+            ports: Vec::new(),
         };
         let mut out = Vec::new();
-        write_table(&mut out, &[pod, bare]).expect("write");
+        write_table(&mut out, &[pod, bare, docker]).expect("write");
         let text = String::from_utf8(out).expect("utf-8");
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
+        // Docker's: its container name, its endpoint id, no interface name (Docker's own).
+        for want in ["web", "feedbeef0123 ", "10.32.0.9/12", "docker"] {
+            assert!(lines[3].contains(want), "{want} missing: {text}");
+        }
+        assert!(!lines[3].contains("docker-0011"), "{text}");
         assert!(lines[0].starts_with("NAMESPACE"), "{text}");
         for want in [
             "default",

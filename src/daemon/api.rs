@@ -131,6 +131,14 @@ pub enum Request {
     /// the socket.
     #[serde(skip)]
     LocalPods(Vec<super::policy::PodIdentity>),
+    /// A call of Docker's network or IPAM plugin protocol (`docker`), for the pods layer;
+    /// answered with [`Response::Docker`]. Never read from the socket.
+    #[serde(skip)]
+    Docker(super::docker::proto::Call),
+    /// Container names of Docker endpoints (endpoint id, name), learned from Docker's API,
+    /// for the pods layer. Never read from the socket.
+    #[serde(skip)]
+    DockerNames(Vec<(String, String)>),
 }
 
 /// The interface name `weft attach` gives a container unless told otherwise.
@@ -238,6 +246,11 @@ pub enum Response {
     Policy {
         ok: bool,
         policy: super::policy::PolicyAnswer,
+    },
+    /// The answer to a [`Request::Docker`] call: the JSON Docker gets.
+    Docker {
+        ok: bool,
+        docker: serde_json::Value,
     },
     Done {
         ok: bool,
@@ -494,42 +507,53 @@ impl ApiSocket {
     /// Bind `path` with mode 0600, creating its parent directory (0700) if missing. A stale
     /// socket (nobody listening) is replaced; a live one or any other file is refused.
     pub fn bind(path: &Path) -> anyhow::Result<Self> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    bail!(
-                        "{} is in use: is another weft daemon running?",
-                        path.display()
-                    );
-                }
-                std::fs::remove_file(path)
-                    .with_context(|| format!("removing stale socket {}", path.display()))?;
-            }
-            Ok(_) => bail!("{} exists and is not a socket", path.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
-        }
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-        let socket = ApiSocket {
+        let listener = bind_socket(path, 0o700)?;
+        Ok(ApiSocket {
             listener,
             path: path.to_path_buf(),
-        };
-        // The parent directory (0700 when we made it) closes the window before this.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("setting the mode of {}", path.display()))?;
-        Ok(socket)
+        })
     }
+}
 
+/// Binds a unix socket at `path` with mode 0600, creating its parent directory (mode
+/// `dir_mode`) if missing. A stale socket (nobody listening) is replaced; a live one or any
+/// other file is refused.
+pub fn bind_socket(path: &Path, dir_mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(dir_mode)
+                .create(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "{} is in use: is another weft daemon running?",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))?;
+        }
+        Ok(_) => bail!("{} exists and is not a socket", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // The parent directory (0700 when we made it) closes the window before this.
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("setting the mode of {}", path.display()));
+    }
+    Ok(listener)
+}
+
+impl ApiSocket {
     /// Serve clients until the task is dropped, passing requests to the driver. Every client
     /// is served in its own task under a [`Slots`] cap (see `slots`): idle clients are shed
     /// for new ones, and a client finds the daemon busy only while every slot has a request

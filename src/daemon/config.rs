@@ -52,6 +52,11 @@ pub struct Settings {
     pub cni_conf_dir: Option<PathBuf>,
     /// Masquerade pod traffic that leaves the cluster range (on unless `false`).
     pub masquerade: Option<bool>,
+    /// Serve Docker's network and IPAM plugin protocol on this socket ("off": not at all).
+    pub docker_plugin: Option<String>,
+    /// The Docker engine's API socket: container names for `weft pods`, and the `weft`
+    /// network created at start ("off": not used).
+    pub docker_socket: Option<String>,
 }
 
 impl Settings {
@@ -96,6 +101,8 @@ impl Settings {
             wg_socket: self.wg_socket.or(fallback.wg_socket),
             cni_conf_dir: self.cni_conf_dir.or(fallback.cni_conf_dir),
             masquerade: self.masquerade.or(fallback.masquerade),
+            docker_plugin: self.docker_plugin.or(fallback.docker_plugin),
+            docker_socket: self.docker_socket.or(fallback.docker_socket),
         }
     }
 }
@@ -123,6 +130,10 @@ pub struct LaunchConfig {
     pub cni_conf_dir: Option<PathBuf>,
     /// Masquerade pod traffic to destinations outside the cluster range (the default).
     pub masquerade: bool,
+    /// Where to serve Docker's network and IPAM plugin; `None`: not at all (the default).
+    pub docker_plugin: Option<PathBuf>,
+    /// The Docker engine's API socket; `None`: not used (the default).
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl LaunchConfig {
@@ -185,6 +196,16 @@ impl LaunchConfig {
             Some("") => bail!("--wg-socket: expected a path or \"off\""),
             Some(path) => Some(PathBuf::from(path)),
         };
+        let path_or_off = |flag: &str, value: Option<String>| match value.as_deref() {
+            None | Some("off") => Ok(None),
+            Some("") => bail!("--{flag}: expected a path or \"off\""),
+            Some(path) if !path.starts_with('/') => {
+                bail!("--{flag} {path:?}: expected an absolute path or \"off\"")
+            }
+            Some(path) => Ok(Some(PathBuf::from(path))),
+        };
+        let docker_plugin = path_or_off("docker-plugin", settings.docker_plugin)?;
+        let docker_socket = path_or_off("docker-socket", settings.docker_socket)?;
         let seeds = settings
             .peers
             .unwrap_or_default()
@@ -210,6 +231,8 @@ impl LaunchConfig {
             wg_socket,
             cni_conf_dir: settings.cni_conf_dir,
             masquerade: settings.masquerade.unwrap_or(true),
+            docker_plugin,
+            docker_socket,
         })
     }
 }
@@ -256,6 +279,43 @@ mod tests {
         assert!(err.to_string().contains("lisen"), "{err}");
         assert!(Settings::parse("listen = \"nowhere\"").is_err());
         assert!(Settings::parse("range = \"10.0.0.0/99\"").is_err());
+    }
+
+    #[test]
+    fn docker_plugin_and_socket_are_off_unless_given_as_absolute_paths() {
+        let base = || Settings {
+            name: Some("n".into()),
+            secret_file: Some("/s".into()),
+            ..Settings::default()
+        };
+        let c = LaunchConfig::resolve(base()).expect("resolve");
+        assert_eq!((c.docker_plugin, c.docker_socket), (None, None));
+        let file = Settings::parse(
+            r#"
+            docker_plugin = "/run/docker/plugins/weft.sock"
+            docker_socket = "/var/run/docker.sock"
+            "#,
+        )
+        .expect("parse");
+        let c = LaunchConfig::resolve(base().or(file)).expect("resolve");
+        assert_eq!(
+            c.docker_plugin,
+            Some(PathBuf::from(crate::daemon::docker::DEFAULT_PLUGIN_SOCKET))
+        );
+        assert_eq!(c.docker_socket, Some(PathBuf::from("/var/run/docker.sock")));
+        let off = Settings {
+            docker_plugin: Some("off".into()),
+            ..base()
+        };
+        assert_eq!(LaunchConfig::resolve(off).expect("off").docker_plugin, None);
+        for bad in ["", "weft.sock"] {
+            let s = Settings {
+                docker_plugin: Some(bad.into()),
+                ..base()
+            };
+            let e = LaunchConfig::resolve(s).expect_err(bad);
+            assert!(e.to_string().contains("--docker-plugin"), "{e}");
+        }
     }
 
     #[test]

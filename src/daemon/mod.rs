@@ -7,6 +7,7 @@ mod addrs;
 pub mod api;
 pub mod config;
 pub mod datapath;
+pub mod docker;
 mod driver;
 mod members;
 pub mod metrics;
@@ -139,6 +140,13 @@ async fn run(
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
 
     let api = ApiSocket::bind(&config.api_socket).context("opening the API socket")?;
+    let docker_plugin = match &config.docker_plugin {
+        Some(path) => Some(
+            docker::PluginSocket::bind(path)
+                .context("opening the Docker plugin socket (--docker-plugin)")?,
+        ),
+        None => None,
+    };
     if let Some(dir) = &config.cni_conf_dir {
         write_cni_conflist(dir, &config)?;
     }
@@ -232,6 +240,17 @@ async fn run(
         config.state_dir.clone(),
         pods_tx.clone(),
     ));
+    let docker_task = docker_plugin.map(|socket| {
+        let pods = pods_tx.clone();
+        tokio::spawn(async move { socket.serve(pods).await })
+    });
+    let docker_names_task = config.docker_socket.clone().map(|socket| {
+        tokio::spawn(docker::names::run(
+            socket,
+            config.docker_plugin.is_some(),
+            pods_tx.clone(),
+        ))
+    });
     let api_task = tokio::spawn(async move { api.serve(pods_tx).await });
 
     let (view_tx, view_rx) = watch::channel(None);
@@ -360,6 +379,10 @@ async fn run(
     // Dropping the server drops the socket, which removes its file.
     api_task.abort();
     let _ = api_task.await;
+    for task in [docker_task, docker_names_task].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
+    }
     spool_task.abort();
     let _ = spool_task.await;
     pods_task.abort();

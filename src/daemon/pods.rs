@@ -15,6 +15,10 @@
 //! of pods detached lately are remembered ([`MAX_RECENT`]): the same container attached
 //! again gets its old address back if it is still free.
 //!
+//! Docker's endpoints (weft's Docker plugin, `docker::endpoints`) are pods of source `docker`
+//! here too, under keys of their own (`docker-<16 hex>/docker`), with their endpoint id;
+//! `weft attach`/`detach` leave them (and the CNI plugin's) alone.
+//!
 //! [`apply_releases`] applies the releases the plugin kept in the spool
 //! (`STATE_DIR/cni-releases`, see `weft_cni::spool`) while the daemon was down: at start and
 //! every [`SPOOL_PERIOD`].
@@ -55,6 +59,10 @@ pub enum Source {
     Cni,
     /// `weft attach` (the daemon made the veth; `weft detach` removes it).
     Attach,
+    /// Docker, through weft's network and IPAM plugin (`weft launch --docker-plugin`): the
+    /// daemon made the veth, Docker moved its container end; Docker's DeleteEndpoint removes
+    /// it.
+    Docker,
 }
 
 /// One attachment, as `weft pods` shows it.
@@ -77,7 +85,8 @@ pub struct Pod {
     pub pod_name: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// The container's name (Docker's, Podman's) when `weft attach` was given one.
+    /// The container's name (Docker's, Podman's) when `weft attach` was given one, or when
+    /// the Docker plugin learned it from Docker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default)]
@@ -85,10 +94,15 @@ pub struct Pod {
     /// Named ports (`weft attach --port`), for network policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<weft_mesh::policy::NamedPort>,
+    /// Docker's endpoint id (source `docker`, once Docker created the endpoint for the
+    /// address; `network` is then Docker's network id and `netns` the sandbox's path as
+    /// dockerd sees it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 impl Pod {
-    fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         pod_key(&self.container, &self.ifname)
     }
 }
@@ -157,8 +171,18 @@ impl PodTable {
         write_atomically(&self.path, &serde_json::to_vec_pretty(&file)?)
     }
 
+    /// The entry of `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<&Pod> {
+        self.pods.get(key)
+    }
+
+    /// The first entry `wanted` picks.
+    pub(crate) fn find(&self, wanted: impl Fn(&Pod) -> bool) -> Option<&Pod> {
+        self.pods.values().find(|p| wanted(p))
+    }
+
     /// Sets the entry of `key`; on a failed write the table is as before.
-    fn put(&mut self, key: String, pod: Option<Pod>) -> anyhow::Result<()> {
+    pub(crate) fn put(&mut self, key: String, pod: Option<Pod>) -> anyhow::Result<()> {
         let before = match &pod {
             Some(p) => self.pods.insert(key.clone(), p.clone()),
             None => self.pods.remove(&key),
@@ -198,6 +222,19 @@ pub trait Plumbing: Send + Sync + 'static {
     fn attach(&self, spec: &Attachment) -> impl Future<Output = weft_mesh::Result<()>> + Send;
     /// Removes the veth of attachment `key`; not an error if there is none.
     fn detach(&self, key: &str) -> impl Future<Output = weft_mesh::Result<()>> + Send;
+    /// A veth for attachment `key` whose container end stays here for Docker to move
+    /// (`weft_mesh::attach::prepare`); the container end's MAC address.
+    fn prepare(
+        &self,
+        key: &str,
+        bridge: &str,
+        mtu: u32,
+    ) -> impl Future<Output = weft_mesh::Result<Option<[u8; 6]>>> + Send;
+    /// The bridge's address (this node's gateway) with its prefix, if it has one yet.
+    fn gateway(
+        &self,
+        bridge: &str,
+    ) -> impl Future<Output = weft_mesh::Result<Option<Ipv4Net>>> + Send;
 }
 
 /// The real thing: veths, addresses and routes over rtnetlink.
@@ -211,6 +248,23 @@ impl Plumbing for Kernel {
 
     async fn detach(&self, key: &str) -> weft_mesh::Result<()> {
         weft_mesh::attach::detach(key).await
+    }
+
+    async fn prepare(
+        &self,
+        key: &str,
+        bridge: &str,
+        mtu: u32,
+    ) -> weft_mesh::Result<Option<[u8; 6]>> {
+        weft_mesh::attach::prepare(key, bridge, mtu)
+            .await
+            .map(|link| link.mac)
+    }
+
+    async fn gateway(&self, bridge: &str) -> weft_mesh::Result<Option<Ipv4Net>> {
+        Ok(weft_mesh::attach::bridge_gateway(bridge)
+            .await?
+            .map(|(gateway, _mtu)| gateway))
     }
 }
 
@@ -239,6 +293,16 @@ pub async fn serve(
             Request::Attach(a) => attach(&mut table, a, &driver, &plumbing).await,
             Request::Detach { container, ifname } => {
                 detach(&mut table, pod_key(&container, &ifname), &driver, &plumbing).await
+            }
+            Request::Docker(call) => {
+                super::docker::endpoints::handle(&mut table, call, &driver, &plumbing).await
+            }
+            Request::DockerNames(names) => {
+                super::docker::endpoints::learn_names(&mut table, &names);
+                Response::Done {
+                    ok: true,
+                    message: format!("{} names", names.len()),
+                }
             }
             other => {
                 // The driver answers through `reply` itself.
@@ -276,7 +340,7 @@ async fn publish_pods(
     }
 }
 
-async fn ask(driver: &mpsc::Sender<Query>, request: Request) -> Response {
+pub(crate) async fn ask(driver: &mpsc::Sender<Query>, request: Request) -> Response {
     let (reply, answer) = oneshot::channel();
     if driver.send(Query { request, reply }).await.is_err() {
         return Response::error("the daemon is shutting down");
@@ -301,6 +365,7 @@ async fn allocate(table: &mut PodTable, p: PodAllocate, driver: &mpsc::Sender<Qu
         name: None,
         source: Source::Cni,
         ports: Vec::new(),
+        endpoint: None,
     };
     if let Err(e) = table.put(key.clone(), Some(pod.clone())) {
         return Response::error(format!("recording the pod: {e:#}"));
@@ -361,10 +426,8 @@ async fn attach(
 ) -> Response {
     let key = a.key();
     let before = table.pods.get(&key).cloned();
-    if before.as_ref().is_some_and(|b| b.source == Source::Cni) {
-        return Response::error(format!(
-            "{key} is attached by the CNI plugin: its runtime owns it"
-        ));
+    if let Some(refusal) = before.as_ref().and_then(not_attachs) {
+        return refusal;
     }
     let had = before.as_ref().and_then(|b| b.address);
     let mut pod = Pod {
@@ -392,6 +455,7 @@ async fn attach(
             .clone()
             .or_else(|| before.as_ref().and_then(|b| b.name.clone())),
         source: Source::Attach,
+        endpoint: None,
     };
     if let Err(e) = table.put(key.clone(), Some(pod.clone())) {
         return Response::error(format!("recording the pod: {e:#}"));
@@ -463,6 +527,19 @@ async fn attach(
     answer
 }
 
+/// The refusal for `weft attach`/`detach` of a pod another runtime made.
+fn not_attachs(pod: &Pod) -> Option<Response> {
+    let owner = match pod.source {
+        Source::Attach => return None,
+        Source::Cni => "the CNI plugin",
+        Source::Docker => "Docker (weft's network plugin)",
+    };
+    Some(Response::error(format!(
+        "{} is attached by {owner}: its runtime owns it",
+        pod.key()
+    )))
+}
+
 /// What to plug in for `allocation`.
 fn attachment(allocation: &Allocation, a: &AttachRequest) -> Attachment {
     Attachment {
@@ -487,10 +564,8 @@ async fn detach(
     plumbing: &impl Plumbing,
 ) -> Response {
     let pod = table.pods.get(&key).cloned();
-    if pod.as_ref().is_some_and(|p| p.source == Source::Cni) {
-        return Response::error(format!(
-            "{key} is attached by the CNI plugin: its runtime owns it"
-        ));
+    if let Some(refusal) = pod.as_ref().and_then(not_attachs) {
+        return refusal;
     }
     if let Err(e) = plumbing.detach(&key).await {
         return Response::error(format!("removing the interface of {key}: {e}"));
@@ -569,12 +644,12 @@ pub async fn apply_once(spool: &Spool, pods: &mpsc::Sender<Query>) -> anyhow::Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::daemon::api::Allocation;
 
     /// A driver stand-in: allocates 10.32.0.N/12 per new key, releases any; answers in order.
-    fn driver() -> (mpsc::Sender<Query>, tokio::task::JoinHandle<Vec<Request>>) {
+    pub(crate) fn driver() -> (mpsc::Sender<Query>, tokio::task::JoinHandle<Vec<Request>>) {
         let (tx, mut rx) = mpsc::channel::<Query>(8);
         let task = tokio::spawn(async move {
             let mut seen = Vec::new();
@@ -648,8 +723,9 @@ mod tests {
 
     /// A stand-in for the kernel: records attaches and detaches, fails netns "/bad".
     #[derive(Debug, Default, Clone)]
-    struct Fake {
-        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub(crate) struct Fake {
+        pub(crate) log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        pub(crate) fail_prepare: std::sync::Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Plumbing for Fake {
@@ -669,6 +745,26 @@ mod tests {
         async fn detach(&self, key: &str) -> weft_mesh::Result<()> {
             self.log.lock().expect("log").push(format!("detach {key}"));
             Ok(())
+        }
+
+        async fn prepare(
+            &self,
+            key: &str,
+            bridge: &str,
+            mtu: u32,
+        ) -> weft_mesh::Result<Option<[u8; 6]>> {
+            if self.fail_prepare.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(weft_mesh::Error::InvalidConfig("no bridge".into()));
+            }
+            self.log
+                .lock()
+                .expect("log")
+                .push(format!("prepare {key} {bridge} {mtu}"));
+            Ok(Some([2, 0, 0, 0, 0, 1]))
+        }
+
+        async fn gateway(&self, _bridge: &str) -> weft_mesh::Result<Option<Ipv4Net>> {
+            Ok(Some("10.32.0.0/12".parse().expect("net")))
         }
     }
 

@@ -63,7 +63,9 @@ impl Node {
             | Request::AllocatePod(_)
             | Request::ReleasePod { .. }
             | Request::Attach(_)
-            | Request::Detach { .. } => Err("pod requests are handled by the pods layer".into()),
+            | Request::Detach { .. }
+            | Request::Docker(_)
+            | Request::DockerNames(_) => Err("pod requests are handled by the pods layer".into()),
         };
         let response = result.unwrap_or_else(|error| Response::Error { ok: false, error });
         let version = self.ipam.state_version();

@@ -278,6 +278,7 @@ mod tests {
             name: None,
             source: Source::Cni,
             ports: vec![],
+            endpoint: None,
         };
         let attached = Pod {
             container: "def".into(),

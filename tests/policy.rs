@@ -519,6 +519,23 @@ fn policies_applied_on_one_node_govern_pods_on_another() {
     assert!(c
         .log(1)
         .contains("nftables table inet weft_policy missing: restored"));
+
+    // `weft reset` takes the policy tables away with weft's other host state.
+    let socket = c.nodes[1].socket.to_str().expect("utf-8").to_string();
+    let out = c
+        .bed
+        .host(c.nodes[1].host)
+        .run(&[BIN, "reset", "--api-socket", &socket])
+        .expect("run weft reset");
+    assert!(out.status.success(), "weft reset: {out:?}");
+    for family in ["inet", "bridge"] {
+        assert!(
+            c.bed
+                .run_ok_in(&host1, &["nft", "list", "table", family, "weft_policy"])
+                .is_err(),
+            "table {family} weft_policy left after reset"
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     for s in servers {
         let _ = s.join();

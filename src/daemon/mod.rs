@@ -346,7 +346,12 @@ async fn run(
             let cleaned = if datapath_off {
                 Ok(())
             } else {
-                datapath::reset(WG_IFNAME).await
+                // The network policy tables go too.
+                let policy = weft_mesh::policy::PolicyTable::new()
+                    .remove()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("removing the policy tables: {e}"));
+                datapath::reset(WG_IFNAME).await.and(policy)
             };
             let mut message = match cleaned {
                 Ok(()) => format!("reset: this node {summary}, left the cluster, and removed weft's interfaces, routes and firewall rules"),

@@ -34,7 +34,8 @@ use tracing::{debug, error, info, warn};
 use weft_crypto::{WgPrivateKey, WgPublicKey};
 use weft_mesh::backend::{self, AnyBackend, Backend, BackendKind, CreateOptions};
 use weft_mesh::host::{
-    self, BridgeSpec, Change, DriftEvent, DriftKind, DriftLog, HostState, Netlink, BRIDGE_NAME,
+    self, BridgeSpec, Change, DriftEvent, DriftKind, DriftLog, HostState, Netlink, NodePeer,
+    BRIDGE_NAME,
 };
 use weft_mesh::paths::{PathPeer, Paths, PERSISTENT_KEEPALIVE};
 use weft_mesh::uapi::UapiServer;
@@ -304,6 +305,75 @@ struct Datapath {
     drops: u64,
     /// The last round's error, logged when it first appears.
     last_error: Option<String>,
+    /// The kernel backend's tunnel probes (see [`probe_targets`]).
+    probes: Probes,
+}
+
+/// How often a kernel device sends a probe to each peer it reaches directly.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// The UDP port probes go to on the peer's address (discard: nothing answers but an ICMP
+/// port unreachable, itself carried back through the tunnel).
+const PROBE_PORT: u16 = 9;
+
+/// A socket bound to this node's gateway, and when it last sent.
+#[derive(Debug, Default)]
+struct Probes {
+    socket: Option<(std::net::Ipv4Addr, std::net::UdpSocket)>,
+    last: Option<Instant>,
+}
+
+impl Probes {
+    /// Sends one empty datagram from `from` to each of `targets` through the tunnel, at most
+    /// every [`PROBE_EVERY`]. Errors are only logged (at debug): the next round tries again.
+    fn send(&mut self, from: std::net::Ipv4Addr, targets: &[std::net::Ipv4Addr], now: Instant) {
+        if targets.is_empty()
+            || self
+                .last
+                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_EVERY)
+        {
+            return;
+        }
+        self.last = Some(now);
+        if self.socket.as_ref().is_none_or(|(bound, _)| *bound != from) {
+            match std::net::UdpSocket::bind((from, 0)) {
+                Ok(socket) => self.socket = Some((from, socket)),
+                Err(e) => {
+                    debug!(%from, error = %e, "no socket for tunnel probes yet");
+                    self.socket = None;
+                    return;
+                }
+            }
+        }
+        if let Some((_, socket)) = &self.socket {
+            for target in targets {
+                if let Err(e) = socket.send_to(&[], (*target, PROBE_PORT)) {
+                    debug!(%target, error = %e, "tunnel probe not sent");
+                }
+            }
+        }
+    }
+}
+
+/// Where a kernel device's tunnel probes go: an address in the first space of every peer
+/// reached directly (relayed peers have no spaces on their own entry; a relay's own space
+/// comes first on its entry).
+///
+/// Why: the daemon counts a direct path as working when the peer's received bytes grow, and
+/// every weft peer has a 3 s persistent keepalive. The userspace engine (boringtun) sends it
+/// 3 s after its last *sent* packet, but the kernel restarts its persistent keepalive timer
+/// on every authenticated packet sent *or received*: between two kernel peers only the one
+/// whose timer fires first keeps sending, and a kernel peer of a userspace one never sends,
+/// so the other end hears nothing for minutes on an idle, working tunnel, calls the peer
+/// unreachable and relays around it. A probe is data, which the peer's device counts.
+fn probe_targets(peers: &[NodePeer]) -> Vec<std::net::Ipv4Addr> {
+    peers
+        .iter()
+        .filter_map(|p| match p.spaces.first()? {
+            IpNet::V4(space) => Some(space.network()),
+            IpNet::V6(_) => None,
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Datapath {
@@ -333,6 +403,7 @@ impl Datapath {
             short_lived: 0,
             drops: 0,
             last_error: None,
+            probes: Probes::default(),
         }
     }
 
@@ -507,6 +578,14 @@ impl Datapath {
                 .await
                 .context("configuring WireGuard peers")?;
         }
+        if device.backend.kind() == BackendKind::Kernel {
+            if let Some(bridge) = &desired.bridge {
+                if let IpNet::V4(gateway) = bridge.gateway {
+                    self.probes
+                        .send(gateway.addr(), &probe_targets(&plan.peers), now);
+                }
+            }
+        }
 
         report.unreachable = plan.unreachable.clone();
         report.peers = view
@@ -644,6 +723,40 @@ mod tests {
         assert_eq!(first.describe(t0), "starting");
         first.failed(t0, "creating weft-wg: EPERM".into());
         assert_eq!(first.describe(t0), "creating weft-wg: EPERM");
+    }
+
+    #[test]
+    fn probes_go_to_directly_reached_peers_only() {
+        let peer = |n: u8, spaces: &[&str]| NodePeer {
+            public_key: weft_crypto::WgPublicKey([n; 32]),
+            endpoint: None,
+            spaces: spaces.iter().map(|s| s.parse().expect("prefix")).collect(),
+        };
+        // n1 direct; n2 relayed (no spaces of its own entry); n3 the relay, carrying n2's.
+        let peers = [
+            peer(1, &["10.36.0.0/14"]),
+            peer(2, &[]),
+            peer(3, &["10.40.0.0/13", "10.44.0.0/14"]),
+        ];
+        let targets: Vec<String> = probe_targets(&peers)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(targets, ["10.36.0.0", "10.40.0.0"]);
+
+        let mut probes = Probes::default();
+        let t0 = Instant::now();
+        let lo = std::net::Ipv4Addr::LOCALHOST;
+        probes.send(lo, &[lo], t0);
+        assert!(probes.socket.is_some() && probes.last == Some(t0));
+        probes.send(lo, &[lo], t0 + Duration::from_secs(1));
+        assert_eq!(
+            probes.last,
+            Some(t0),
+            "at most one round of probes per PROBE_EVERY"
+        );
+        probes.send(lo, &[lo], t0 + PROBE_EVERY);
+        assert_eq!(probes.last, Some(t0 + PROBE_EVERY));
     }
 
     #[test]

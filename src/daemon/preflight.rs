@@ -25,7 +25,8 @@ pub struct Host {
     pub net_admin: bool,
     /// /dev/net/tun opened for reading and writing, or why not.
     pub tun: Result<(), String>,
-    /// The wireguard kernel module is loaded (`auto` then picks the kernel datapath).
+    /// The kernel can make a WireGuard link (`auto` then picks the kernel datapath): the
+    /// module is loaded, or the probe `detect()` also runs made one (which loads it).
     pub kernel_wireguard: bool,
 }
 
@@ -38,7 +39,7 @@ pub enum Datapath {
     Kernel,
     /// `--datapath userspace`: the TUN device is needed.
     Userspace,
-    /// `--datapath auto`: the kernel's WireGuard where it is loaded, else userspace.
+    /// `--datapath auto`: the kernel's WireGuard where the kernel has it, else userspace.
     Auto,
 }
 
@@ -54,16 +55,21 @@ impl Datapath {
 }
 
 impl Host {
-    /// Look at this host (runs `nft list tables` once, opens the TUN device once).
-    pub fn probe() -> Host {
+    /// Look at this host (runs `nft list tables` once, opens the TUN device once). For
+    /// `auto`, whether the kernel has WireGuard: a loaded module, else the same probe link
+    /// `detect()` makes: on most distributions the module is only loaded on first use, and a
+    /// host with it but without a TUN device must not be refused.
+    pub fn probe(datapath: Datapath) -> Host {
         let nft = find_in_path("nft");
         let nftables_error = nft.as_deref().and_then(nftables_error);
+        let kernel_wireguard = Path::new("/sys/module/wireguard").exists()
+            || (datapath == Datapath::Auto && weft_mesh::kernel::probe().is_ok());
         Host {
             nft,
             nftables_error,
             net_admin: has_net_admin(),
             tun: open_tun(),
-            kernel_wireguard: Path::new("/sys/module/wireguard").exists(),
+            kernel_wireguard,
         }
     }
 }
@@ -111,7 +117,8 @@ pub fn problems(host: &Host, datapath: Datapath) -> Vec<String> {
 
 /// Refuse with every problem at once, or go on.
 pub fn check(datapath: &str) -> anyhow::Result<()> {
-    let problems = problems(&Host::probe(), Datapath::from_flag(datapath));
+    let datapath = Datapath::from_flag(datapath);
+    let problems = problems(&Host::probe(datapath), datapath);
     if problems.is_empty() {
         return Ok(());
     }

@@ -90,6 +90,21 @@ impl KernelDevice {
         Ok(())
     }
 
+    /// Sends only the first `sent` messages of the change [`Self::apply`] would send, as if
+    /// the next one had failed, and returns how many there are in all. For tests of what a
+    /// partly applied change leaves and how the next round repairs it.
+    #[cfg(feature = "fault-injection")]
+    pub fn apply_interrupted(&self, config: &DeviceConfig, sent: usize) -> Result<usize> {
+        let context = format!("configuring WireGuard device {}", self.name);
+        let mut genl = GenericSocket::open()?;
+        let messages = set_device_messages(&self.name, config, messages::SET_MESSAGE_BUDGET);
+        let total = messages.len();
+        for message in messages.into_iter().take(sent) {
+            genl.request(message, &context)?;
+        }
+        Ok(total)
+    }
+
     /// Reads the state with a `WG_CMD_GET_DEVICE` dump.
     pub fn status(&self) -> Result<DeviceStatus> {
         let context = format!("reading WireGuard device {}", self.name);

@@ -13,11 +13,16 @@
 //! - With IPv6: the underlay is fd00:<pid>:<n>::/64 (hosts ::1:<i+1>, routers ::2:<i+1>),
 //!   host i's NAT LAN fd00:<pid>:<n>:<i+1>::/64; routers masquerade IPv6 too.
 //!
+//! - VM j (only with [`TestBedBuilder::vms`]): QEMU runs in the underlay namespace, its
+//!   virtio-net is the tap `vm<j>` there on `br0`, and the VM has 198.18.2.(10+j)/16 with an
+//!   on-link default route out of its `eth0`: a peer of the namespace hosts (see [`crate::Vm`]).
+//!
 //! Nothing is ever created in the root namespace: every veth is created inside a test
 //! namespace with its peer moved straight into another one.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +31,7 @@ use crate::cmd;
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::shared::Shared;
+use crate::vm::{Vm, VmPlan};
 
 /// Most hosts a bed can have (keeps the address plan simple).
 pub const MAX_HOSTS: usize = 200;
@@ -50,6 +56,8 @@ pub struct TestBedBuilder {
     hosts: usize,
     ipv6: bool,
     nat: Vec<usize>,
+    vms: usize,
+    vm_share: Option<PathBuf>,
 }
 
 impl TestBedBuilder {
@@ -71,8 +79,27 @@ impl TestBedBuilder {
         self
     }
 
-    /// Creates the namespaces. On error, whatever was created is removed again.
+    /// Also boot `n` virtual machines on the underlay ([`crate::Vm`]; needs the image:
+    /// check [`crate::require_vm`] first). They boot in parallel; `build` returns once all
+    /// answer.
+    pub fn vms(mut self, n: usize) -> Self {
+        self.vms = n;
+        self
+    }
+
+    /// The directory shared read-only into the VMs at the same path. Default: the directory
+    /// two levels above the running test binary (`target/debug` for `target/debug/deps/T`),
+    /// which holds the binaries Cargo built for the tests.
+    pub fn vm_share(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.vm_share = Some(dir.into());
+        self
+    }
+
+    /// Creates the namespaces (and VMs). On error, whatever was created is removed again.
     pub fn build(self) -> Result<TestBed> {
+        if self.vms > MAX_HOSTS {
+            return Err(Error::Invalid(format!("vms must be at most {MAX_HOSTS}")));
+        }
         if self.hosts == 0 || self.hosts > MAX_HOSTS {
             return Err(Error::Invalid(format!(
                 "hosts must be 1..={MAX_HOSTS}, got {}",
@@ -100,6 +127,8 @@ impl TestBedBuilder {
             v6_prefix: self.ipv6.then_some([0xfd00, pid as u16, n as u16]),
             cuts: Mutex::new(CutState::default()),
             containers: Mutex::new(Vec::new()),
+            vms: Vec::new(),
+            underlay_cuts: Mutex::new(HashSet::new()),
             shared,
         };
         // If anything below fails, dropping `bed` removes what exists so far.
@@ -107,6 +136,27 @@ impl TestBedBuilder {
         for i in 0..self.hosts {
             let host = bed.create_host(i, self.nat.contains(&i))?;
             bed.hosts.push(host);
+        }
+        if self.vms > 0 {
+            let image = crate::vm::vm_image().map_err(Error::Invalid)?;
+            let share = match self.vm_share {
+                Some(dir) => dir,
+                None => default_share()?,
+            };
+            let plan = VmPlan { image, share };
+            let mut booting = Vec::new();
+            for j in 0..self.vms {
+                booting.push(Vm::start(
+                    &bed.shared,
+                    &bed.underlay_ns,
+                    &bed.prefix,
+                    j,
+                    &plan,
+                )?);
+            }
+            for vm in booting {
+                bed.vms.push(vm.wait()?);
+            }
         }
         Ok(bed)
     }
@@ -132,6 +182,9 @@ pub struct TestBed {
     cuts: Mutex<CutState>,
     /// Namespaces made by [`TestBed::container`], removed before the hosts.
     containers: Mutex<Vec<String>>,
+    vms: Vec<Vm>,
+    /// Address pairs cut on the underlay bridge ([`TestBed::cut_underlay`]).
+    underlay_cuts: Mutex<HashSet<(Ipv4Addr, Ipv4Addr)>>,
     shared: Arc<Shared>,
 }
 
@@ -154,6 +207,57 @@ impl TestBed {
     /// All hosts, by index.
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
+    }
+
+    /// VM `j`. Panics if out of range, like indexing.
+    pub fn vm(&self, j: usize) -> &Vm {
+        &self.vms[j]
+    }
+
+    /// All VMs, by index.
+    pub fn vms(&self) -> &[Vm] {
+        &self.vms
+    }
+
+    /// Drops all underlay traffic between addresses `a` and `b`, both ways, on the underlay
+    /// bridge itself (table `bridge weft_testbed_cut` in the underlay namespace): works for
+    /// any two public hosts or VMs, whose own firewalls stay untouched. Idempotent.
+    pub fn cut_underlay(&self, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
+        if a == b {
+            return Err(Error::Invalid(format!("cannot cut {a} from itself")));
+        }
+        let mut cuts = self.underlay_cuts.lock().unwrap_or_else(|p| p.into_inner());
+        if cuts.is_empty() {
+            nft(
+                &self.underlay_ns,
+                &format!(
+                    "table bridge {CUT_TABLE} {{
+  set pairs {{ type ipv4_addr . ipv4_addr; }}
+  chain forward {{ type filter hook forward priority -300; policy accept;
+    ip saddr . ip daddr @pairs drop; }}
+}}
+"
+                ),
+            )?;
+        }
+        nft(
+            &self.underlay_ns,
+            &format!("add element bridge {CUT_TABLE} pairs {{ {a} . {b}, {b} . {a} }}\n"),
+        )?;
+        cuts.insert((a.min(b), a.max(b)));
+        Ok(())
+    }
+
+    /// Undoes [`TestBed::cut_underlay`]. Idempotent.
+    pub fn restore_underlay(&self, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
+        let mut cuts = self.underlay_cuts.lock().unwrap_or_else(|p| p.into_inner());
+        if !cuts.remove(&(a.min(b), a.max(b))) {
+            return Ok(());
+        }
+        nft(
+            &self.underlay_ns,
+            &format!("delete element bridge {CUT_TABLE} pairs {{ {a} . {b}, {b} . {a} }}\n"),
+        )
     }
 
     /// The bed's unique name prefix (`wt<pid>x<n>`); every namespace name starts with it.
@@ -562,6 +666,7 @@ impl TestBed {
 
 impl Drop for TestBed {
     fn drop(&mut self) {
+        // QEMU is among the processes: the VMs go first.
         crate::proc::kill_all(self.shared.take_procs());
         let containers =
             std::mem::take(&mut *self.containers.lock().unwrap_or_else(|p| p.into_inner()));
@@ -572,6 +677,15 @@ impl Drop for TestBed {
             remove_netns(ns);
         }
     }
+}
+
+/// Two levels above the running test binary: `target/debug` for `target/debug/deps/T`.
+fn default_share() -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the test binary", e))?;
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Invalid(format!("no share directory above {}", exe.display())))
 }
 
 fn ip(ns: &str, args: &[&str]) -> Result<String> {

@@ -1,5 +1,6 @@
 //! Test bed for weft's integration tests: hosts as network namespaces on an underlay
-//! bridge, with NAT routers, link cuts, packet capture and cleanup on drop.
+//! bridge, with NAT routers, link cuts, packet capture and cleanup on drop; and hosts as
+//! small QEMU virtual machines with a kernel of their own on the same underlay ([`Vm`]).
 //! See docs/ARCHITECTURE.md and the [`TestBed`] docs for the namespace and address layout.
 //!
 //! ```no_run
@@ -24,6 +25,7 @@ mod packet;
 mod pcap;
 mod proc;
 mod shared;
+mod vm;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -37,6 +39,10 @@ pub use host::Host;
 pub use packet::{Packet, Udp, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 pub use pcap::{parse_pcap, read_pcap};
 pub use proc::{Proc, ProcOutput};
+pub use vm::{
+    ping_args, ping_replies, require_vm, vm_image, Vm, VmImage, VmProc, REQUIRE_VM_ENV,
+    RUN_TIMEOUT, VM_CACHE_ENV, VM_MEMORY_MB,
+};
 
 /// Set this to `1` to make [`require_root`] panic instead of skipping (CI sets it, so a
 /// netns test can never be skipped silently there).
@@ -129,5 +135,7 @@ mod tests {
         send_sync::<crate::Capture>();
         send_sync::<crate::Packet>();
         send_sync::<crate::Error>();
+        send_sync::<crate::Vm>();
+        send_sync::<crate::VmProc>();
     }
 }

@@ -32,7 +32,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Output format of commands that print state or outcomes (`identity`, `secret check`,
-    /// `status`, `peers`, `ipam`, `pods`, `forget`, `connect`, `reset`, `attach`, `detach`).
+    /// `status`, `peers`, `ipam`, `pods`, `forget`, `connect`, `reset`, `attach`, `detach`,
+    /// `policy`).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
@@ -78,6 +79,11 @@ pub enum Command {
 
     /// Show this node's state, from the running daemon.
     Status(ApiArgs),
+
+    /// Network policy (Kubernetes NetworkPolicy, networking.k8s.io/v1), cluster-wide:
+    /// apply, list, get, delete, explain a flow, label namespaces.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
 
     /// List the cluster's members as this node sees them, from the running daemon.
     Peers(ApiArgs),
@@ -171,6 +177,13 @@ pub struct AttachArgs {
     /// Repeat for more.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// A named port of the container, for network policies that name ports
+    /// (`--port http=80/tcp`). Repeat for more.
+    #[arg(long = "port", value_name = "NAME=PORT/PROTO", value_parser = crate::daemon::policy::parse_named_port)]
+    pub ports: Vec<weft_mesh::policy::NamedPort>,
+    /// The container's namespace for network policy [default: default].
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -344,6 +357,71 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `weft policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Apply the NetworkPolicy documents in FILE (kubectl's YAML or JSON; `-` for stdin)
+    /// everywhere in the cluster. All or nothing: an invalid policy is refused with its field
+    /// path and reason, and the rules in force stay.
+    Apply {
+        /// The file with one or more NetworkPolicy documents.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+        /// Namespace of policies that name none [default: default].
+        #[arg(short = 'n', long, value_name = "NAMESPACE")]
+        namespace: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the policies, with the packets each dropped on this node.
+    List(ApiArgs),
+    /// Show one policy (NAMESPACE/NAME, or NAME in default), as applied.
+    Get {
+        /// The policy: NAMESPACE/NAME, or NAME in default.
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete a policy (NAMESPACE/NAME, or NAME in default) everywhere in the cluster.
+    Delete {
+        /// The policy: NAMESPACE/NAME, or NAME in default.
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The verdict for one flow and the policies and rules that decide it.
+    Why {
+        /// The sending pod (NAMESPACE/NAME, NAME in default) or an address.
+        #[arg(long, value_name = "POD")]
+        from: String,
+        /// The receiving pod or an address.
+        #[arg(long, value_name = "POD")]
+        to: String,
+        /// The destination port and protocol (80/tcp, 53/udp).
+        #[arg(long, value_name = "PORT/PROTO")]
+        port: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Set a namespace's labels (for namespaceSelector) everywhere in the cluster, replacing
+    /// those it had; without --label, show them (all namespaces without NAME).
+    Namespace {
+        /// The namespace.
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        /// A label (KEY=VALUE). Repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Remove every label (set none).
+        #[arg(long, conflicts_with = "labels")]
+        clear: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

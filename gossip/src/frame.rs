@@ -16,9 +16,12 @@ use crate::wire::PROTOCOL_VERSION;
 pub const MEMBERSHIP_VERSION_LIMIT: u8 = 0x80;
 /// The leading byte of an IPAM message.
 pub const IPAM_TAG: u8 = 0xA1;
+/// The leading byte of a network policy message (signed policy statements, the daemon's).
+pub const POLICY_TAG: u8 = 0xA2;
 
 const _: () = assert!(PROTOCOL_VERSION < MEMBERSHIP_VERSION_LIMIT);
 const _: () = assert!(IPAM_TAG >= MEMBERSHIP_VERSION_LIMIT);
+const _: () = assert!(POLICY_TAG >= MEMBERSHIP_VERSION_LIMIT);
 
 /// Which protocol a message on the shared transport belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,6 +30,8 @@ pub enum Channel {
     Membership,
     /// IPAM messages ([`crate::ipam`]).
     Ipam,
+    /// Network policy statements (opaque here; the daemon reads them).
+    Policy,
 }
 
 /// The bytes to send for `payload` on `channel`. A membership payload is returned unchanged
@@ -34,9 +39,13 @@ pub enum Channel {
 pub fn frame(channel: Channel, payload: &[u8]) -> Vec<u8> {
     match channel {
         Channel::Membership => payload.to_vec(),
-        Channel::Ipam => {
+        Channel::Ipam | Channel::Policy => {
             let mut out = Vec::with_capacity(1 + payload.len());
-            out.push(IPAM_TAG);
+            out.push(if channel == Channel::Ipam {
+                IPAM_TAG
+            } else {
+                POLICY_TAG
+            });
             out.extend_from_slice(payload);
             out
         }
@@ -51,6 +60,7 @@ pub fn unframe(bytes: &[u8]) -> Result<(Channel, &[u8])> {
         None => Err(Error::Truncated),
         Some(&b) if b < MEMBERSHIP_VERSION_LIMIT => Ok((Channel::Membership, bytes)),
         Some(&IPAM_TAG) => Ok((Channel::Ipam, &bytes[1..])),
+        Some(&POLICY_TAG) => Ok((Channel::Policy, &bytes[1..])),
         Some(&b) => Err(Error::UnknownChannel(b)),
     }
 }
@@ -100,6 +110,9 @@ mod tests {
             let result = unframe(&input);
             if tag == IPAM_TAG {
                 assert_eq!(result, Ok((Channel::Ipam, &[1, 2][..])));
+            } else if tag == POLICY_TAG {
+                assert_eq!(result, Ok((Channel::Policy, &[1, 2][..])));
+                assert_eq!(frame(Channel::Policy, &[1, 2]), input);
             } else {
                 assert_eq!(result, Err(Error::UnknownChannel(tag)), "tag {tag:#x}");
             }

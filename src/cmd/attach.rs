@@ -25,6 +25,8 @@ struct Target {
     netns: PathBuf,
     /// A name for `weft pods` (a container's name, a named namespace's name).
     name: Option<String>,
+    /// A Docker or Podman container's labels.
+    labels: BTreeMap<String, String>,
 }
 
 pub fn run(args: &AttachArgs, format: OutputFormat) -> anyhow::Result<()> {
@@ -34,6 +36,7 @@ pub fn run(args: &AttachArgs, format: OutputFormat) -> anyhow::Result<()> {
             id: args.id.clone().unwrap_or_else(|| args.target.clone()),
             netns: absolute(netns)?,
             name: None,
+            labels: BTreeMap::new(),
         },
         None => resolve(&args.target, args.id.as_deref())?,
     };
@@ -48,7 +51,27 @@ pub fn run(args: &AttachArgs, format: OutputFormat) -> anyhow::Result<()> {
         ip: args.ip,
         name: target.name.clone(),
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        namespace: args.namespace.clone(),
+        ports: args.ports.clone(),
     });
+    // The container's own labels (Docker's, Podman's) that Kubernetes label syntax takes,
+    // under those given with --label, as long as the request stays within its bound.
+    let mut request = request;
+    if let Request::Attach(a) = &mut request {
+        for (k, v) in &target.labels {
+            if a.labels.contains_key(k)
+                || a.labels.len() >= crate::daemon::api::MAX_LABELS
+                || weft_mesh::policy::spec::label_key(k).is_err()
+                || weft_mesh::policy::spec::label_value(v).is_err()
+            {
+                continue;
+            }
+            a.labels.insert(k.clone(), v.clone());
+            if serde_json::to_vec(&Request::Attach(a.clone()))?.len() >= MAX_REQUEST_LEN {
+                a.labels.remove(k);
+            }
+        }
+    }
     if serde_json::to_vec(&request)?.len() >= MAX_REQUEST_LEN {
         bail!("the request is too long for the daemon (fewer or shorter labels)");
     }
@@ -96,6 +119,7 @@ fn resolve(text: &str, id: Option<&str>) -> anyhow::Result<Target> {
             id: id_or(inode_id(ino)),
             netns,
             name: None,
+            labels: BTreeMap::new(),
         });
     }
     if text.contains('/') {
@@ -105,6 +129,7 @@ fn resolve(text: &str, id: Option<&str>) -> anyhow::Result<Target> {
             id: id_or(inode_id(ino)),
             name: named_netns(&netns),
             netns,
+            labels: BTreeMap::new(),
         });
     }
     match engine::lookup(text)? {
@@ -116,6 +141,7 @@ fn resolve(text: &str, id: Option<&str>) -> anyhow::Result<Target> {
                 id: id_or(c.id),
                 netns: pid_netns(pid),
                 name: Some(c.name).filter(|n| !n.is_empty()),
+                labels: c.labels,
             })
         }
         None => bail!(

@@ -43,7 +43,11 @@ impl<'a> Daemon<'a> {
         let deadline = Instant::now() + self.timeout;
         let stream = self.connect().map_err(|e| self.error(e, "connecting"))?;
         let mut line = serde_json::to_vec(&request)?;
-        debug_assert!(line.len() < MAX_REQUEST_LEN);
+        debug_assert!(
+            line.len() < MAX_REQUEST_LEN
+                || (line.starts_with(crate::daemon::policy::APPLY_PREFIX)
+                    && line.len() < crate::daemon::policy::MAX_APPLY_REQUEST_LEN)
+        );
         line.push(b'\n');
         self.limit(&stream, deadline)?;
         (&stream)

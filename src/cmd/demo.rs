@@ -314,6 +314,8 @@ impl Demo {
             ip: None,
             name: Some(format!("c{i}")),
             labels: Default::default(),
+            namespace: None,
+            ports: Vec::new(),
         });
         let allocation = match daemon(&socket)
             .ask(request)

@@ -33,6 +33,8 @@ pub struct Container {
     pub name: String,
     /// The container's init process; `None` when it is not running.
     pub pid: Option<u32>,
+    /// Its labels (`Config.Labels`), for network policy.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a container could not be looked up.
@@ -322,6 +324,13 @@ pub fn parse_inspect(body: &[u8]) -> Result<Container, String> {
         name: String,
         #[serde(rename = "State")]
         state: State,
+        #[serde(rename = "Config", default)]
+        config: Option<Config>,
+    }
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(rename = "Labels", default)]
+        labels: Option<std::collections::BTreeMap<String, String>>,
     }
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -360,6 +369,7 @@ pub fn parse_inspect(body: &[u8]) -> Result<Container, String> {
         id: inspect.id,
         name: name.to_string(),
         pid: pid.filter(|_| inspect.state.running),
+        labels: inspect.config.and_then(|c| c.labels).unwrap_or_default(),
     })
 }
 
@@ -384,9 +394,17 @@ mod tests {
             Container {
                 id: ID.into(),
                 name: "web-1".into(),
-                pid: Some(4242)
+                pid: Some(4242),
+                labels: Default::default(),
             }
         );
+        let labelled = docker_json(1, true).replace(
+            r#""Path":"sh""#,
+            r#""Path":"sh","Config":{"Image":"busybox","Labels":{"app":"web","tier":"front"}}"#,
+        );
+        let c = parse_inspect(labelled.as_bytes()).expect("docker with labels");
+        assert_eq!(c.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(c.labels.len(), 2);
         let stopped = parse_inspect(docker_json(0, false).as_bytes()).expect("stopped");
         assert_eq!(stopped.pid, None);
         let podman =

@@ -13,6 +13,7 @@ mod keys;
 mod launch;
 mod peers;
 mod pods;
+mod policy;
 mod reset;
 mod secret;
 mod status;
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attach(args) => attach::run(&args, global.output),
         Command::Detach(args) => attach::detach(&args, global.output),
         Command::Demo(args) => demo::run(&args),
+        Command::Policy(cmd) => policy::run(cmd, global.output),
     }
 }
 

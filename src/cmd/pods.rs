@@ -105,6 +105,7 @@ mod tests {
             ]),
             name: None,
             source: Source::Cni,
+            ports: Vec::new(),
             endpoint: None,
         };
         let bare = Pod {
@@ -118,6 +119,7 @@ mod tests {
             labels: BTreeMap::new(),
             name: Some("db-1".into()),
             source: Source::Attach,
+            ports: Vec::new(),
             endpoint: None,
         };
         let docker = Pod {
@@ -132,6 +134,7 @@ mod tests {
             name: Some("web".into()),
             source: Source::Docker,
             endpoint: Some("feedbeef0123456789".into()),
+            ports: Vec::new(),
         };
         let mut out = Vec::new();
         write_table(&mut out, &[pod, bare, docker]).expect("write");

@@ -57,6 +57,18 @@ impl Report for Status {
                 "fail-closed",
                 format!("{} packets dropped", self.fail_closed_drops),
             ),
+            (
+                "network policy",
+                match &self.policy.error {
+                    Some(e) => format!("{} policies, error: {e}", self.policy.policies),
+                    None => format!(
+                        "{} policies, {} rules in force, {} packets dropped",
+                        self.policy.policies,
+                        self.policy.rules,
+                        self.policy.drops.values().sum::<u64>()
+                    ),
+                },
+            ),
             ("uptime", format!("{}s", self.uptime_secs)),
         ]
     }
@@ -113,6 +125,7 @@ mod tests {
             fail_closed_drops: 0,
             datapath_restarts: 0,
             drift_repairs: Default::default(),
+            policy: Default::default(),
             gossip: GossipCounters {
                 sent: 10,
                 received: 9,

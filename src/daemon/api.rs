@@ -4,9 +4,13 @@
 //! `{"cmd":"ipam"}`, `{"cmd":"allocate","container":"ID"}`, `{"cmd":"release","container":"ID"}`,
 //! `{"cmd":"forget","node":"NODE"}`, `{"cmd":"connect","addr":"ADDR"}`, `{"cmd":"reset"}`,
 //! `{"cmd":"pods"}`, `{"cmd":"attach","container":"ID","netns":"PATH",...}`,
-//! `{"cmd":"detach","container":"ID"}`) and reads one response line per request: `{"ok":true,"status":{...}}`,
+//! `{"cmd":"detach","container":"ID"}`, `{"cmd":"policy","op":"list"}` and the other
+//! `weft policy` operations, see `policy::PolicyRequest`) and reads one response line per
+//! request: `{"ok":true,"status":{...}}`,
 //! `{"ok":true,"peers":[...]}`, `{"ok":true,"ipam":{...}}`, `{"ok":true,"allocation":{...}}`,
-//! `{"ok":true,"pods":[...]}`, `{"ok":true,"message":"..."}`, or `{"ok":false,"error":"..."}`.
+//! `{"ok":true,"pods":[...]}`, `{"ok":true,"policy":{"kind":...}}`, `{"ok":true,"message":"..."}`,
+//! or `{"ok":false,"error":"..."}`. Requests are at most [`MAX_REQUEST_LEN`] bytes, except a
+//! line that begins with `{"cmd":"policy","op":"apply"` (a few MiB of YAML).
 //!
 //! The CNI plugin's `allocate` and `release` add `"ifname"`: the address is then keyed by
 //! container id and interface, and `allocate` may carry the pod's identity (`netns`,
@@ -120,6 +124,13 @@ pub enum Request {
         container: String,
         address: std::net::Ipv4Addr,
     },
+    /// `weft policy ...` (`{"cmd":"policy","op":"apply",...}`, see `policy::PolicyRequest`).
+    #[serde(rename = "policy")]
+    Policy(super::policy::PolicyRequest),
+    /// This node's pods, from the pods layer to the node (for the policy); never read from
+    /// the socket.
+    #[serde(skip)]
+    LocalPods(Vec<super::policy::PodIdentity>),
     /// A call of Docker's network or IPAM plugin protocol (`docker`), for the pods layer;
     /// answered with [`Response::Docker`]. Never read from the socket.
     #[serde(skip)]
@@ -158,6 +169,12 @@ pub struct AttachRequest {
     /// Labels kept with the allocation (for the policy engine), shown by `weft pods`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The pod's namespace for network policy [default: `default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Named ports (`--port http=80/tcp`), for policies that name ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<weft_mesh::policy::NamedPort>,
 }
 
 impl AttachRequest {
@@ -225,6 +242,10 @@ pub enum Response {
     Pods {
         ok: bool,
         pods: Vec<super::pods::Pod>,
+    },
+    Policy {
+        ok: bool,
+        policy: super::policy::PolicyAnswer,
     },
     /// The answer to a [`Request::Docker`] call: the JSON Docker gets.
     Docker {
@@ -306,6 +327,29 @@ pub struct Status {
     /// since start, by kind ("firewall", "bridge", "route", "rule").
     #[serde(default)]
     pub drift_repairs: BTreeMap<String, u64>,
+    /// Network policy on this node: policies held, rules in force, drops per policy.
+    #[serde(default)]
+    pub policy: PolicyStatus,
+}
+
+/// Network policy, as `weft status` and /metrics show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Policies in the cluster (held by this node).
+    pub policies: usize,
+    /// Rules of this node's ruleset in force (0: no table).
+    pub rules: usize,
+    /// Packets each policy dropped on this node (`namespace/name`).
+    pub drops: BTreeMap<String, u64>,
+    /// Packets with a forged source address dropped at the bridge.
+    pub spoofed: u64,
+    /// Policy statements from members refused (bad signature, size or content).
+    pub refused: u64,
+    /// Times the policy tables were found missing (`nft flush ruleset`) and loaded again.
+    pub repairs: u64,
+    /// Why this node's ruleset could not be loaded, if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Counters of the gossip transport, for metrics.
@@ -571,7 +615,15 @@ async fn serve_client(
         }
         let started = Instant::now();
         line.clear();
-        let mut limited = (&mut reader).take(MAX_REQUEST_LEN as u64);
+        // A `policy apply` may carry a few MiB of YAML: only a line that begins like one
+        // may be that long.
+        let limit = match reader.fill_buf().await {
+            Ok(head) if head.starts_with(super::policy::APPLY_PREFIX) => {
+                super::policy::MAX_APPLY_REQUEST_LEN
+            }
+            _ => MAX_REQUEST_LEN,
+        };
+        let mut limited = (&mut reader).take(limit as u64);
         let read = timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line)).await;
         let response = match read {
             Err(_) => Err(Response::error(format!(
@@ -579,9 +631,9 @@ async fn serve_client(
                 REQUEST_TIMEOUT.as_secs()
             ))),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(n)) if line.last() != Some(&b'\n') && n >= MAX_REQUEST_LEN => Err(
-                Response::error(format!("request longer than {MAX_REQUEST_LEN} bytes")),
-            ),
+            Ok(Ok(n)) if line.last() != Some(&b'\n') && n >= limit => Err(Response::error(
+                format!("request longer than {limit} bytes"),
+            )),
             Ok(Ok(_)) => match parse_request(&line) {
                 Ok(request) => {
                     let deadline = started + exchange_limit(&request);
@@ -672,7 +724,7 @@ const POD_FIELDS: [&str; 6] = [
 
 /// Parse one request line (the newline is optional at end of input).
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"allocate","container":"ID"}, ... (commands: status, peers, ipam, allocate, release, forget, connect, reset, pods, attach, detach)"#;
+    const EXPECTED: &str = r#"expected {"cmd":"status"}, {"cmd":"allocate","container":"ID"}, ... (commands: status, peers, ipam, allocate, release, forget, connect, reset, pods, attach, detach, policy)"#;
     let text = std::str::from_utf8(line).map_err(|_| "bad request: not UTF-8".to_string())?;
     let text = text.trim();
     if text.is_empty() {
@@ -689,6 +741,34 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     };
     if cmd == "attach" || cmd == "detach" {
         return attach_request(cmd, map);
+    }
+    if cmd == "policy" {
+        let mut fields = map.clone();
+        fields.remove("cmd");
+        // serde lets unit variants of an internally tagged enum ignore extra keys.
+        let allowed: &[&str] = match fields.get("op").and_then(|v| v.as_str()) {
+            Some("apply") => &["op", "yaml", "namespace"],
+            Some("list") => &["op"],
+            Some("get" | "delete") => &["op", "name"],
+            Some("why") => &["op", "from", "to", "port"],
+            Some("namespace") => &["op", "name", "labels"],
+            _ => {
+                return Err(
+                    "bad request: \"op\" must be apply, list, get, delete, why or namespace".into(),
+                )
+            }
+        };
+        if let Some(k) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(format!(
+                "bad request: unknown field {:?} for policy",
+                k.chars().take(64).collect::<String>()
+            ));
+        }
+        let request: super::policy::PolicyRequest =
+            serde_json::from_value(serde_json::Value::Object(fields))
+                .map_err(|e| format!("bad request: {e}"))?;
+        request.check()?;
+        return Ok(Request::Policy(request));
     }
     let field = match cmd.as_str() {
         "status" | "peers" | "ipam" | "reset" | "pods" => None,
@@ -874,6 +954,22 @@ fn attach_request(
         check_string("labels", k)?;
         if !v.is_empty() {
             check_string("labels", v)?;
+        }
+    }
+    if let Some(ns) = &a.namespace {
+        weft_mesh::policy::spec::dns_label(ns)
+            .map_err(|e| format!("bad request: namespace: {e}"))?;
+    }
+    if a.ports.len() > super::policy::statement::MAX_POD_PORTS {
+        return Err(format!(
+            "bad request: more than {} ports",
+            super::policy::statement::MAX_POD_PORTS
+        ));
+    }
+    for p in &a.ports {
+        weft_mesh::policy::spec::port_name(&p.name).map_err(|e| format!("bad request: {e}"))?;
+        if p.port == 0 {
+            return Err("bad request: port 0".into());
         }
     }
     if let Some(ip) = a.ip {

@@ -44,6 +44,17 @@ pub struct DatapathLink {
     pub report: watch::Receiver<DatapathReport>,
     /// Set when the datapath task ended with an error.
     pub failed: watch::Receiver<Option<String>>,
+    /// Network policy: the compiler's inputs to the reconciler, its reports back, and the
+    /// file the node's policy statements are kept in.
+    pub policy: PolicyLink,
+}
+
+/// The channels between the loop and the policy reconciler (`policy::reconcile`).
+#[derive(Debug)]
+pub struct PolicyLink {
+    pub inputs: watch::Sender<Option<super::policy::PolicyInputs>>,
+    pub report: watch::Receiver<super::policy::PolicyReport>,
+    pub file: std::path::PathBuf,
 }
 
 /// Why the loop stopped.
@@ -92,6 +103,7 @@ pub struct Driver {
     failed_open: bool,
     /// The Kubernetes Node list, from the watchers (see `daemon::kube`).
     cluster: Option<mpsc::Receiver<ClusterNodes>>,
+    policy_open: bool,
 }
 
 impl Driver {
@@ -118,6 +130,7 @@ impl Driver {
             report_open: true,
             failed_open: true,
             cluster: None,
+            policy_open: true,
         }
     }
 
@@ -173,6 +186,14 @@ impl Driver {
                         self.node.handle_report(Instant::now(), report);
                     }
                 }
+                changed = self.datapath.policy.report.changed(), if self.policy_open => {
+                    if changed.is_err() {
+                        self.policy_open = false;
+                    } else {
+                        let report = self.datapath.policy.report.borrow_and_update().clone();
+                        self.node.handle_policy_report(report);
+                    }
+                }
                 changed = self.datapath.failed.changed(), if self.failed_open => {
                     match changed {
                         Err(_) => self.failed_open = false,
@@ -219,6 +240,12 @@ impl Driver {
             self.node.handle_journal_result(Instant::now(), result);
         }
         self.start_persist();
+        // Policy statements are on disk before `weft policy apply` hears they are taken.
+        while let Some(bytes) = self.node.poll_policy_persist() {
+            if let Err(e) = super::state::write_atomically(&self.datapath.policy.file, &bytes) {
+                warn!(error = %format!("{e:#}"), "cannot write the policy state");
+            }
+        }
         while let Some((id, response)) = self.node.poll_answer() {
             if let Some(reply) = self.replies.remove(&id) {
                 let _ = reply.send(self.decorate(response));
@@ -232,6 +259,9 @@ impl Driver {
         }
         if let Some(view) = self.node.poll_view() {
             self.datapath.view.send_replace(Some(view));
+        }
+        if let Some(inputs) = self.node.poll_policy_inputs() {
+            self.datapath.policy.inputs.send_replace(Some(inputs));
         }
     }
 

@@ -436,10 +436,45 @@ pub fn render_with(
         let n = status.drift_repairs.get(kind).copied().unwrap_or(0);
         repairs.get_or_create(&label("kind", kind)).inc_by(n);
     }
+    // The policy tables found missing and loaded again count as drift of kind "policy".
+    repairs
+        .get_or_create(&label("kind", "policy"))
+        .inc_by(status.policy.repairs);
     registry.register(
         "drift_repairs",
-        "Changes to weft's bridge, routes, rules or firewall made by someone else and undone",
+        "Changes to weft's bridge, routes, rules, firewall or policy tables made by someone else and undone",
         repairs,
+    );
+    let policy_drops = Family::<Labels, Counter>::default();
+    for (policy, n) in &status.policy.drops {
+        policy_drops
+            .get_or_create(&label("policy", policy))
+            .inc_by(*n);
+    }
+    registry.register(
+        "policy_drops",
+        "Packets each network policy (namespace/name) dropped on this node",
+        policy_drops,
+    );
+    registry.register(
+        "policy_spoofed_drops",
+        "Packets from pods with a forged source address dropped at the bridge",
+        counter(status.policy.spoofed),
+    );
+    registry.register(
+        "policies",
+        "Network policies in the cluster, as this node holds them",
+        gauge(status.policy.policies as u64),
+    );
+    registry.register(
+        "policy_rules",
+        "Rules of this node's network policy ruleset in force (0: none loaded)",
+        gauge(status.policy.rules as u64),
+    );
+    registry.register(
+        "policy_statements_refused",
+        "Policy statements from members refused (signature, size or content) since start",
+        counter(status.policy.refused),
     );
     registry.register(
         "datapath_restarts",
@@ -547,6 +582,15 @@ mod tests {
             fail_closed_drops: 3,
             datapath_restarts: 2,
             drift_repairs: [("firewall".to_string(), 1), ("route".to_string(), 4)].into(),
+            policy: crate::daemon::api::PolicyStatus {
+                policies: 2,
+                rules: 30,
+                drops: [("x/web".to_string(), 7), ("y/db".to_string(), 0)].into(),
+                spoofed: 1,
+                refused: 3,
+                repairs: 2,
+                error: None,
+            },
             gossip: GossipCounters {
                 sent: 10,
                 received: 9,
@@ -636,6 +680,13 @@ mod tests {
             "weft_drift_repairs_total{kind=\"bridge\"} 0",
             "weft_drift_repairs_total{kind=\"route\"} 4",
             "weft_drift_repairs_total{kind=\"rule\"} 0",
+            "weft_drift_repairs_total{kind=\"policy\"} 2",
+            "weft_policy_drops_total{policy=\"x/web\"} 7",
+            "weft_policy_drops_total{policy=\"y/db\"} 0",
+            "weft_policy_spoofed_drops_total 1",
+            "weft_policies 2",
+            "weft_policy_rules 30",
+            "weft_policy_statements_refused_total 3",
             "weft_datapath_restarts_total 2",
             "# TYPE weft_peer_rx_bytes counter",
             "# TYPE weft_peers gauge",

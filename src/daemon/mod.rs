@@ -14,6 +14,7 @@ mod members;
 pub mod metrics;
 mod node;
 pub mod pods;
+pub mod policy;
 pub mod preflight;
 mod slots;
 mod state;
@@ -34,7 +35,7 @@ use weft_gossip::{Membership, NodeRecord};
 use api::{ApiSocket, Response};
 use config::LaunchConfig;
 use datapath::DatapathConfig;
-use driver::{DatapathLink, Driver, Exit};
+use driver::{DatapathLink, Driver, Exit, PolicyLink};
 use members::MembersJournal;
 use node::{Node, NodeConfig};
 use state::VersionFile;
@@ -46,7 +47,7 @@ pub const WG_IFNAME: &str = "weft-wg";
 const REPLY_GRACE: Duration = Duration::from_millis(300);
 
 /// The files a node keeps in its state directory, removed by `weft reset` once it left.
-const STATE_FILES: [&str; 8] = [
+const STATE_FILES: [&str; 9] = [
     weft_crypto::IDENTITY_KEY_FILE,
     weft_crypto::WIREGUARD_KEY_FILE,
     state::VERSION_FILE,
@@ -55,6 +56,7 @@ const STATE_FILES: [&str; 8] = [
     members::JOURNAL_FILE,
     pods::PODS_FILE,
     kube::SPACE_FILE,
+    policy::POLICY_FILE,
 ];
 
 /// Remove the node's files (only those) from `state_dir`; missing ones are fine.
@@ -92,6 +94,24 @@ fn write_cni_conflist(dir: &std::path::Path, config: &LaunchConfig) -> anyhow::R
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     info!(file = %path.display(), "wrote the CNI network config");
     Ok(())
+}
+
+/// The policy state file's contents, if there is one (bounded).
+fn read_policy_file(path: &std::path::Path) -> anyhow::Result<Option<Vec<u8>>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > policy::MAX_FILE_LEN => {
+            anyhow::bail!(
+                "{} is larger than {} bytes",
+                path.display(),
+                policy::MAX_FILE_LEN
+            )
+        }
+        Ok(_) => Ok(Some(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 /// Run the daemon in the foreground until SIGTERM or SIGINT (or `weft reset`).
@@ -142,6 +162,7 @@ async fn run(
     let wg_key = keys.wireguard_public_key();
     let (identity, wg_private) = keys.into_keys();
     let identity = Arc::new(identity);
+    let policy_identity = identity.clone();
     // The membership core wants the identity key by value, and it is not Clone.
     let core_identity = IdentityKey::from_base64(&identity.to_base64_secret())
         .context("copying the identity key")?;
@@ -288,11 +309,32 @@ async fn run(
         datapath_off,
         seeds: config.seeds.clone(),
     };
-    let mut node = Node::new(node_config, core, ipam, restored, now);
+    // Network policy: the node's core (policies, namespace labels and pods, by gossip),
+    // and the reconciler that keeps this node's ruleset loaded.
+    let policy_file = config.state_dir.join(policy::POLICY_FILE);
+    let policy_bytes = read_policy_file(&policy_file)?;
+    let policy_core = policy::PolicyCore::new(policy_identity, policy_bytes.as_deref());
+    let (policy_tx, policy_rx) = watch::channel(None);
+    let (policy_report_tx, policy_report_rx) = watch::channel(policy::PolicyReport::default());
+    let policy_task = tokio::spawn(async move {
+        if datapath_off {
+            // No bridge, no pods: nothing to filter; the channels stay open.
+            let _keep = (policy_rx, policy_report_tx);
+            std::future::pending::<()>().await;
+            return;
+        }
+        policy::reconcile::run(policy_rx, policy_report_tx).await;
+    });
+    let mut node = Node::new(node_config, core, ipam, restored, now).with_policy(policy_core);
     let link = DatapathLink {
         view: view_tx,
         report: report_rx,
         failed: failed_rx,
+        policy: PolicyLink {
+            inputs: policy_tx,
+            report: policy_report_rx,
+            file: policy_file,
+        },
     };
     let mut feed_task = None;
     if kubernetes.is_some() {
@@ -315,6 +357,9 @@ async fn run(
     // Stopping leaves the datapath's host state (routes, fail-closed firewall) in place.
     datapath_task.abort();
     let _ = datapath_task.await;
+    // Stopping leaves the policy tables in force too.
+    policy_task.abort();
+    let _ = policy_task.await;
     for task in [metrics_task, status_task, feed_task].into_iter().flatten() {
         task.abort();
         let _ = task.await;
@@ -329,7 +374,12 @@ async fn run(
             let cleaned = if datapath_off {
                 Ok(())
             } else {
-                datapath::reset(WG_IFNAME).await
+                // The network policy tables go too.
+                let policy = weft_mesh::policy::PolicyTable::new()
+                    .remove()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("removing the policy tables: {e}"));
+                datapath::reset(WG_IFNAME).await.and(policy)
             };
             let mut message = match cleaned {
                 Ok(()) => format!("reset: this node {summary}, left the cluster, and removed weft's interfaces, routes and firewall rules"),

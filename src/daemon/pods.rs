@@ -91,6 +91,9 @@ pub struct Pod {
     pub name: Option<String>,
     #[serde(default)]
     pub source: Source,
+    /// Named ports (`weft attach --port`), for network policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<weft_mesh::policy::NamedPort>,
     /// Docker's endpoint id (source `docker`, once Docker created the endpoint for the
     /// address; `network` is then Docker's network id and `netns` the sandbox's path as
     /// dockerd sees it).
@@ -274,6 +277,9 @@ pub async fn serve(
     driver: mpsc::Sender<Query>,
     plumbing: impl Plumbing,
 ) {
+    // The node learns this node's pods (for network policy) at start and on every change.
+    let mut published = None;
+    publish_pods(&table, &mut published, &driver).await;
     while let Some(Query { request, reply }) = queries.recv().await {
         let answer = match request {
             Request::Pods => Response::Pods {
@@ -313,6 +319,24 @@ pub async fn serve(
             }
         };
         let _ = reply.send(answer);
+        publish_pods(&table, &mut published, &driver).await;
+    }
+}
+
+/// Tells the node this node's pod identities when they changed since `published`.
+async fn publish_pods(
+    table: &PodTable,
+    published: &mut Option<Vec<super::policy::PodIdentity>>,
+    driver: &mpsc::Sender<Query>,
+) {
+    let now = super::policy::identities(&table.list());
+    if published.as_ref() == Some(&now) {
+        return;
+    }
+    *published = Some(now.clone());
+    let answer = ask(driver, Request::LocalPods(now)).await;
+    if !matches!(answer, Response::Done { ok: true, .. }) {
+        tracing::debug!(?answer, "the node did not take this node's pods");
     }
 }
 
@@ -340,6 +364,7 @@ async fn allocate(table: &mut PodTable, p: PodAllocate, driver: &mpsc::Sender<Qu
         labels: p.labels,
         name: None,
         source: Source::Cni,
+        ports: Vec::new(),
         endpoint: None,
     };
     if let Err(e) = table.put(key.clone(), Some(pod.clone())) {
@@ -411,12 +436,19 @@ async fn attach(
         address: had,
         network: None,
         netns: Some(a.netns.clone()),
-        pod_namespace: None,
+        pod_namespace: a
+            .namespace
+            .clone()
+            .or_else(|| before.as_ref().and_then(|b| b.pod_namespace.clone())),
         pod_name: None,
         // Attached again without labels or a name: it keeps those it had.
         labels: match (&before, a.labels.is_empty()) {
             (Some(b), true) => b.labels.clone(),
             _ => a.labels.clone(),
+        },
+        ports: match (&before, a.ports.is_empty()) {
+            (Some(b), true) => b.ports.clone(),
+            _ => a.ports.clone(),
         },
         name: a
             .name
@@ -744,6 +776,8 @@ pub(crate) mod tests {
             ip: None,
             name: Some("web".into()),
             labels: BTreeMap::from([("tier".into(), "front".into())]),
+            namespace: None,
+            ports: Vec::new(),
         }
     }
 

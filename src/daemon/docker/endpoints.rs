@@ -195,6 +195,7 @@ async fn request_address(
         name: None,
         source: Source::Docker,
         endpoint: None,
+        ports: Vec::new(),
     };
     // Recorded before the address is taken, so no allocation is ever without its pod.
     table

@@ -50,6 +50,14 @@ impl Node {
             Request::Forget { node } => self.forget(now, &node),
             Request::Connect { addr } => self.connect(now, &addr),
             Request::Reset => Err("reset is handled by the driver loop".into()),
+            Request::Policy(r) => self.policy_request(wall, r),
+            Request::LocalPods(pods) => {
+                self.set_local_pods(wall, pods);
+                Ok(Response::Done {
+                    ok: true,
+                    message: "pods taken".into(),
+                })
+            }
             // The pods layer (pods.rs) answers these before they reach the node.
             Request::Pods
             | Request::AllocatePod(_)
@@ -303,6 +311,7 @@ impl Node {
                 .iter()
                 .map(|(kind, n)| (kind.to_string(), *n))
                 .collect(),
+            policy: self.policy_status(),
         }
     }
 

@@ -33,6 +33,7 @@
 mod answer;
 mod journal;
 mod kube;
+mod policy;
 #[cfg(test)]
 mod tests;
 
@@ -169,6 +170,11 @@ pub struct Node {
     published: Option<MeshView>,
     /// What Kubernetes says (nothing unless [`Node::set_kubernetes`]).
     kube: kube::KubeState,
+    /// Network policy (`policy.rs`): the core, whether the compiler's inputs must be handed
+    /// out again, and the reconciler's last report.
+    policy: Option<crate::daemon::policy::PolicyCore>,
+    policy_dirty: bool,
+    policy_report: crate::daemon::policy::PolicyReport,
 }
 
 impl Node {
@@ -224,6 +230,9 @@ impl Node {
             persist_retry_at: None,
             published: None,
             kube: kube::KubeState::default(),
+            policy: None,
+            policy_dirty: false,
+            policy_report: Default::default(),
         }
     }
 
@@ -292,6 +301,7 @@ impl Node {
                     .handle_message(now, node, payload)
                     .map_err(|e| e.to_string())
             }
+            Ok((Channel::Policy, payload)) => self.policy_message(node, payload),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = result {
@@ -491,6 +501,9 @@ impl Node {
         if let Some(t) = self.persist_retry_at {
             wake = wake.min(t);
         }
+        if let Some(t) = self.policy.as_ref().and_then(|p| p.poll_timeout()) {
+            wake = wake.min(t);
+        }
         wake
     }
 
@@ -507,7 +520,8 @@ impl Node {
             self.log_event(event);
             members_changed = true;
         }
-        if members_changed || now >= self.next_scan {
+        let scan = members_changed || now >= self.next_scan;
+        if scan {
             // Into the journal first: what the IPAM core acts on survives a crash.
             self.journal.plan(&self.core);
             self.feed_pending = true;
@@ -529,6 +543,7 @@ impl Node {
         while let Some(t) = self.ipam.poll_transmit() {
             self.send_ipam(t);
         }
+        self.policy_process(now, scan);
         self.sync_record(now);
         while let Some(t) = self.core.poll_transmit(now) {
             let node = self
@@ -728,11 +743,18 @@ impl Node {
         let mut probe = local.clone();
         probe.set_unreachable(self.unreachable.iter().copied());
         let unreachable_changed = probe.unreachable != local.unreachable;
-        if ipam_changed || endpoints_changed || unreachable_changed {
+        // This node's pods stamp (network policy): others fetch the pods when it grows.
+        let pods_label = self.pods_label();
+        let pods_changed =
+            pods_label.is_some() && pods_label.as_ref() != local.labels.get(policy::PODS_LABEL);
+        if ipam_changed || endpoints_changed || unreachable_changed || pods_changed {
             let unreachable = self.unreachable.clone();
             let result = self.core.update_record(now, |r| {
                 if let Some(bytes) = ipam_bytes {
                     r.ipam = bytes;
+                }
+                if let Some(label) = pods_label {
+                    r.labels.insert(policy::PODS_LABEL.to_string(), label);
                 }
                 r.endpoints = endpoints;
                 let dropped = r.set_unreachable(unreachable);

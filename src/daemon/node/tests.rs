@@ -1309,3 +1309,143 @@ fn with_weft_allocation_on_kubernetes_the_first_node_by_name_starts_the_space() 
     alone.give_nodes(7, &[7]);
     assert!(alone.nodes[&7].node.ipam.genesis().is_some());
 }
+
+// ---- network policy ----
+
+const POLICY_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n";
+
+fn pod_identity(name: &str, app: &str, addr: &str) -> crate::daemon::policy::PodIdentity {
+    crate::daemon::policy::PodIdentity {
+        namespace: "x".into(),
+        name: name.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        addresses: vec![addr.parse().expect("address")],
+        ports: vec![],
+        interface: None,
+    }
+}
+
+fn policy_ask(
+    net: &mut Net,
+    index: u8,
+    request: crate::daemon::policy::PolicyRequest,
+) -> crate::daemon::policy::PolicyAnswer {
+    match net.ask(index, Request::Policy(request)) {
+        Response::Policy { ok: true, policy } => policy,
+        other => panic!("expected a policy answer, got {other:?}"),
+    }
+}
+
+/// What node `index` would hand the reconciler: policies and pods by name.
+fn policy_view(net: &Net, index: u8) -> (Vec<String>, Vec<String>) {
+    let cluster = net.nodes[&index]
+        .node
+        .policy_cluster(false)
+        .expect("policy on");
+    let mut policies: Vec<String> = cluster.policies.iter().map(|p| p.id.to_string()).collect();
+    policies.sort();
+    let mut pods: Vec<String> = cluster
+        .pods
+        .iter()
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    pods.sort();
+    (policies, pods)
+}
+
+#[test]
+fn policies_and_pods_spread_by_gossip_and_a_node_that_missed_them_catches_up() {
+    use crate::daemon::policy::{PolicyAnswer, PolicyCore, PolicyRequest};
+    let mut net = Net::cluster(3);
+    for i in 1..=3u8 {
+        let key = Arc::new(IdentityKey::from_seed(&[i; 32]));
+        net.n(i).node.enable_policy(PolicyCore::new(key, None));
+    }
+    // Each node's pods, from its pods layer.
+    for (i, pod) in [
+        (1u8, pod_identity("a", "a", "10.40.0.2")),
+        (3, pod_identity("b", "b", "10.40.128.2")),
+    ] {
+        let wall = net.wall();
+        let now = net.now;
+        net.n(i).node.handle_request(
+            now,
+            wall,
+            1000 + u64::from(i),
+            Request::LocalPods(vec![pod]),
+        );
+        net.pump(i);
+    }
+    let applied = policy_ask(
+        &mut net,
+        1,
+        PolicyRequest::Apply {
+            yaml: POLICY_B.into(),
+            namespace: None,
+        },
+    );
+    assert!(
+        matches!(applied, PolicyAnswer::Changed { .. }),
+        "{applied:?}"
+    );
+    let everywhere = |net: &mut Net| {
+        (1..=3u8).all(|i| {
+            policy_view(net, i)
+                == (
+                    vec!["x/b".to_string()],
+                    vec!["x/a".to_string(), "x/b".to_string()],
+                )
+        })
+    };
+    let t0 = net.now;
+    assert!(
+        net.run_until(Duration::from_secs(10), everywhere),
+        "not spread"
+    );
+    assert!(
+        net.now - t0 < Duration::from_millis(100),
+        "took {:?}",
+        net.now - t0
+    );
+    // `why` on node 2, which has neither pod: from the same model, cluster-wide.
+    let why = policy_ask(
+        &mut net,
+        2,
+        PolicyRequest::Why {
+            from: "x/a".into(),
+            to: "x/b".into(),
+            port: "80/tcp".into(),
+        },
+    );
+    let PolicyAnswer::Why { why } = why else {
+        panic!("{why:?}")
+    };
+    assert!(why.allowed, "{why}");
+    // An invalid input changes nothing, with its field path.
+    let bad = net.ask(
+        2,
+        Request::Policy(PolicyRequest::Apply {
+            yaml: POLICY_B.replace("podSelector: {matchLabels", "podSelector: {matchLabel"),
+            namespace: None,
+        }),
+    );
+    assert!(
+        matches!(&bad, Response::Error { error, .. } if error.contains("spec.podSelector")),
+        "{bad:?}"
+    );
+    // Node 3 is cut off while node 2 deletes the policy; back, it catches up by
+    // anti-entropy within a few rounds.
+    net.n(3).down = true;
+    policy_ask(&mut net, 2, PolicyRequest::Delete { name: "x/b".into() });
+    assert!(
+        net.run_until(Duration::from_secs(2), |net| policy_view(net, 1)
+            .0
+            .is_empty())
+    );
+    assert_eq!(policy_view(&net, 3).0, vec!["x/b".to_string()]);
+    net.n(3).down = false;
+    let caught_up = net.run_until(Duration::from_secs(60), |net| {
+        policy_view(net, 3).0.is_empty()
+    });
+    assert!(caught_up, "node 3 still holds the deleted policy");
+}

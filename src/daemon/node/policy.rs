@@ -1,0 +1,365 @@
+//! The node's side of network policy: it owns the policy core (`daemon::policy::core`),
+//! feeds it members, records and messages, answers `weft policy`, and hands the compiler's
+//! inputs to the reconciler ([`Node::poll_policy_inputs`]).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime};
+
+use tracing::debug;
+use weft_gossip::frame::{self, Channel};
+use weft_gossip::{NodeId, TransmitKind};
+use weft_mesh::policy::{self, Cluster, Endpoint, PolicyName, Scope};
+
+use super::{Node, Transmit};
+use crate::daemon::api::{PolicyStatus, Response};
+use crate::daemon::policy::core as policy_core;
+pub(super) use crate::daemon::policy::core::PODS_LABEL;
+use crate::daemon::policy::{
+    parse_port, Change, InputSource, PodIdentity, PolicyAnswer, PolicyCore, PolicyInputs,
+    PolicyReport, PolicyRequest, PolicySummary,
+};
+
+fn wall_ms(wall: SystemTime) -> u64 {
+    wall.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `NAMESPACE/NAME`, or `NAME` in `default`.
+fn policy_name(text: &str) -> Result<PolicyName, String> {
+    let (namespace, name) = text.split_once('/').unwrap_or(("default", text));
+    policy::spec::dns_label(namespace)?;
+    policy::spec::dns_subdomain(name)?;
+    Ok(PolicyName {
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+impl Node {
+    /// Gives the node its policy core (without one, `weft policy` is refused).
+    pub fn with_policy(mut self, core: PolicyCore) -> Self {
+        self.policy = Some(core);
+        self.policy_dirty = true;
+        self
+    }
+
+    /// Gives a running node its policy core (tests).
+    #[cfg(test)]
+    pub(super) fn enable_policy(&mut self, core: PolicyCore) {
+        self.policy = Some(core);
+        self.policy_dirty = true;
+    }
+
+    /// What the policy reconciler reported last (drops, rules, errors).
+    pub fn handle_policy_report(&mut self, report: PolicyReport) {
+        self.policy_report = report;
+    }
+
+    /// The compiler's inputs, when they changed since the last call.
+    #[must_use]
+    pub fn poll_policy_inputs(&mut self) -> Option<PolicyInputs> {
+        let changed = self.policy_dirty || self.policy.as_ref().is_some_and(|p| p.changed());
+        if !changed {
+            return None;
+        }
+        self.policy_dirty = false;
+        let cluster = self.policy_cluster(false)?;
+        if let Some(p) = self.policy.as_mut() {
+            p.mark_published();
+        }
+        Some(PolicyInputs {
+            source: InputSource::Gossip,
+            cluster,
+            node: self.core.local_id().to_string(),
+        })
+    }
+
+    /// The new contents of `policy.json`, when what the node holds changed.
+    #[must_use]
+    pub fn poll_policy_persist(&mut self) -> Option<Vec<u8>> {
+        self.policy.as_mut()?.poll_persist()
+    }
+
+    /// Alive and suspect members: whom news are pushed to.
+    fn policy_members(&self) -> Vec<NodeId> {
+        self.core.live_members().collect()
+    }
+
+    /// After every input: anti-entropy when due, the policy core's messages out.
+    pub(super) fn policy_process(&mut self, now: Instant, members_changed: bool) {
+        let Some(due) = self
+            .policy
+            .as_ref()
+            .map(|p| p.poll_timeout().is_none_or(|t| now >= t))
+        else {
+            return;
+        };
+        if members_changed {
+            // Who is in the cluster decides whose pods count.
+            self.policy_dirty = true;
+            let stamps: Vec<(NodeId, u64)> = self
+                .core
+                .members()
+                .filter_map(|m| {
+                    let stamp = m.record.labels.get(PODS_LABEL)?;
+                    Some((m.record.node_id, u64::from_str_radix(stamp, 16).ok()?))
+                })
+                .collect();
+            if let Some(p) = self.policy.as_mut() {
+                for (id, stamp) in stamps {
+                    p.handle_record(id, stamp);
+                }
+            }
+        }
+        let members = if due {
+            self.policy_members()
+        } else {
+            Vec::new()
+        };
+        let Some(p) = self.policy.as_mut() else {
+            return;
+        };
+        if due {
+            p.handle_timeout(now, &members);
+        }
+        let mut out = Vec::new();
+        while let Some(t) = p.poll_transmit() {
+            out.push(t);
+        }
+        for (to, bytes) in out {
+            let Some(record) = self.core.record(&to) else {
+                debug!(node = %to.short(), "policy message for an unknown node dropped");
+                continue;
+            };
+            self.transmits.push_back(Transmit {
+                dst: record.gossip_addr,
+                node: Some(to),
+                kind: TransmitKind::Stream,
+                bytes: frame::frame(Channel::Policy, &bytes),
+            });
+        }
+    }
+
+    /// A message on the policy channel from `node`.
+    pub(super) fn policy_message(&mut self, node: NodeId, payload: &[u8]) -> Result<(), String> {
+        match self.policy.as_mut() {
+            Some(p) => p.handle_message(node, payload),
+            None => Err("network policy is off on this node".into()),
+        }
+    }
+
+    /// The record label with this node's pods stamp, if it has one.
+    pub(super) fn pods_label(&self) -> Option<String> {
+        self.policy.as_ref()?.pods_stamp().map(|s| format!("{s:x}"))
+    }
+
+    /// This node's pods, from the pods layer.
+    pub(super) fn set_local_pods(&mut self, wall: SystemTime, pods: Vec<PodIdentity>) {
+        let members = self.policy_members();
+        if let Some(p) = self.policy.as_mut() {
+            p.set_local_pods(wall_ms(wall), pods, &members);
+        }
+    }
+
+    /// The node's policy status for `weft status` and /metrics.
+    pub(super) fn policy_status(&self) -> PolicyStatus {
+        let r = &self.policy_report;
+        PolicyStatus {
+            policies: self.policy.as_ref().map_or(0, |p| p.policies().len()),
+            rules: r.rules,
+            drops: r.drops.clone(),
+            spoofed: r.spoofed,
+            refused: self.policy.as_ref().map_or(0, PolicyCore::refused),
+            repairs: r.repairs,
+            error: r.error.clone(),
+        }
+    }
+
+    /// The compiler's inputs: pods of this node and of members that have not left for
+    /// good; with `with_nodes`, the nodes' own addresses (only `why` needs them).
+    pub(super) fn policy_cluster(&self, with_nodes: bool) -> Option<Cluster> {
+        let p = self.policy.as_ref()?;
+        let local = self.core.local_id();
+        let keep = |id: &NodeId| {
+            *id == local
+                || self
+                    .core
+                    .member(id)
+                    .is_some_and(|m| m.leave_reason != Some(weft_gossip::LeaveReason::Leaving))
+        };
+        let nodes = if with_nodes {
+            self.policy_nodes()
+        } else {
+            Vec::new()
+        };
+        Some(p.cluster_view(nodes, keep))
+    }
+
+    /// Each node's own addresses: its host addresses in its record and the first address of
+    /// each of its address blocks (its gateway is one of them).
+    fn policy_nodes(&self) -> Vec<policy::Node> {
+        let spaces = self.spaces();
+        let mut out = Vec::new();
+        let local = self.core.local_record();
+        let ids =
+            std::iter::once(local.node_id).chain(self.core.members().map(|m| m.record.node_id));
+        for id in ids {
+            let Some(record) = self.core.record(&id) else {
+                continue;
+            };
+            let mut addrs: BTreeSet<IpAddr> = record
+                .endpoints
+                .local
+                .iter()
+                .chain(&record.endpoints.configured)
+                .map(|a| a.ip())
+                .collect();
+            addrs.insert(record.gossip_addr.ip());
+            for space in spaces.get(&id).into_iter().flatten() {
+                addrs.insert(space.network().into());
+            }
+            if id == local.node_id {
+                for space in self.local_spaces() {
+                    addrs.insert(space.network().into());
+                }
+            }
+            addrs.retain(|a| !a.is_unspecified());
+            out.push(policy_core::node(&id, addrs));
+        }
+        out
+    }
+
+    /// Answers `weft policy ...`.
+    pub(super) fn policy_request(
+        &mut self,
+        wall: SystemTime,
+        request: PolicyRequest,
+    ) -> Result<Response, String> {
+        let members = self.policy_members();
+        let names: std::collections::HashMap<NodeId, String> =
+            std::iter::once((self.core.local_id(), self.core.local_record().name.clone()))
+                .chain(
+                    self.core
+                        .members()
+                        .map(|m| (m.record.node_id, m.record.name.clone())),
+                )
+                .collect();
+        let drops = self.policy_report.drops.clone();
+        let report = self.policy_report.clone();
+        let Some(core) = self.policy.as_mut() else {
+            return Err("network policy is off on this node".into());
+        };
+        let changed = |changes: Vec<(String, String)>| Response::Policy {
+            ok: true,
+            policy: PolicyAnswer::Changed {
+                changes: changes
+                    .into_iter()
+                    .map(|(name, action)| Change { name, action })
+                    .collect(),
+            },
+        };
+        let summary = |p: &policy::Policy, stamp: crate::daemon::policy::statement::Stamp| {
+            let mut types = Vec::new();
+            if p.ingress.is_some() {
+                types.push("Ingress".to_string());
+            }
+            if p.egress.is_some() {
+                types.push("Egress".to_string());
+            }
+            PolicySummary {
+                namespace: p.id.namespace.clone(),
+                name: p.id.name.clone(),
+                policy_types: types,
+                ingress_rules: p.ingress.as_ref().map_or(0, Vec::len),
+                egress_rules: p.egress.as_ref().map_or(0, Vec::len),
+                applied_by: names
+                    .get(&stamp.node)
+                    .cloned()
+                    .unwrap_or_else(|| stamp.node.short()),
+                applied_at_ms: stamp.time_ms,
+                drops: drops.get(&p.id.to_string()).copied().unwrap_or(0),
+            }
+        };
+        match request {
+            PolicyRequest::Apply { yaml, namespace } => {
+                let namespace = namespace.as_deref().unwrap_or("default");
+                let policies = policy::parse(&yaml, namespace).map_err(|e| e.to_string())?;
+                if policies.is_empty() {
+                    return Err("no NetworkPolicy in the input".into());
+                }
+                let out = core.apply(wall_ms(wall), policies, &members)?;
+                Ok(changed(out.changes))
+            }
+            PolicyRequest::Delete { name } => {
+                let name = policy_name(&name)?;
+                let out = core.delete(wall_ms(wall), &name, &members)?;
+                Ok(changed(out.changes))
+            }
+            PolicyRequest::Namespace {
+                name: Some(name),
+                labels: Some(labels),
+            } => {
+                policy::spec::dns_label(&name)?;
+                let out = core.label_namespace(wall_ms(wall), &name, labels, &members)?;
+                Ok(changed(out.changes))
+            }
+            PolicyRequest::Namespace { name, .. } => {
+                let mut namespaces = core.namespace_labels();
+                if let Some(name) = name {
+                    namespaces.retain(|n, _| *n == name);
+                }
+                Ok(Response::Policy {
+                    ok: true,
+                    policy: PolicyAnswer::Namespaces { namespaces },
+                })
+            }
+            PolicyRequest::List => {
+                let policies = core
+                    .policies()
+                    .into_iter()
+                    .filter_map(|p| core.policy(&p.id).map(|(p, s)| summary(p, s)))
+                    .collect();
+                Ok(Response::Policy {
+                    ok: true,
+                    policy: PolicyAnswer::List {
+                        policies,
+                        spoofed: report.spoofed,
+                        rules: report.rules,
+                        error: report.error,
+                    },
+                })
+            }
+            PolicyRequest::Get { name } => {
+                let name = policy_name(&name)?;
+                let (p, stamp) = core
+                    .policy(&name)
+                    .ok_or_else(|| format!("no policy {name}"))?;
+                let object = serde_json::to_value(&p.source).map_err(|e| e.to_string())?;
+                Ok(Response::Policy {
+                    ok: true,
+                    policy: PolicyAnswer::Get {
+                        summary: summary(p, stamp),
+                        object,
+                    },
+                })
+            }
+            PolicyRequest::Why { from, to, port } => {
+                let (protocol, port) = parse_port(&port)?;
+                let from: Endpoint = from.parse()?;
+                let to: Endpoint = to.parse()?;
+                let cluster = self
+                    .policy_cluster(true)
+                    .ok_or("network policy is off on this node")?;
+                let compiled = policy::compile(&cluster, Scope::Cluster);
+                let why = compiled
+                    .why(&from, &to, protocol, port)
+                    .map_err(|e| e.to_string())?;
+                Ok(Response::Policy {
+                    ok: true,
+                    policy: PolicyAnswer::Why { why },
+                })
+            }
+        }
+    }
+}

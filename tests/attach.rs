@@ -17,7 +17,6 @@ mod dockerd;
 use std::fs::File;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -668,30 +667,10 @@ impl Drop for Podman {
                 .args(["rm", "-f", "-t", "0", name])
                 .output();
         }
-        // The cgroups podman made under our parent (cgroup v1: one per controller), deepest
-        // first, once conmon has left them.
-        let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .map(|controllers| {
-                controllers
-                    .flatten()
-                    .map(|c| c.path().join(self.cgroup_parent.trim_start_matches('/')))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for _ in 0..50 {
-            let left: Vec<&PathBuf> = roots.iter().filter(|r| r.exists()).collect();
-            if left.is_empty() {
-                return;
-            }
-            for root in left {
-                let _ = Command::new("find")
-                    .arg(root)
-                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
-                    .output();
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        // The cgroups podman made under our parent, once conmon has left them.
+        if !dockerd::remove_cgroups(&self.cgroup_parent) {
+            eprintln!("cgroups left under {}", self.cgroup_parent);
         }
-        eprintln!("cgroups left under {}", self.cgroup_parent);
     }
 }
 

@@ -219,25 +219,32 @@ impl Drop for Dockerd {
                 lines[lines.len().saturating_sub(40)..].join("\n")
             );
         }
-        let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .map(|cs| {
-                cs.flatten()
-                    .map(|c| c.path().join(self.cgroup_parent.trim_start_matches('/')))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for _ in 0..50 {
-            let left: Vec<&PathBuf> = roots.iter().filter(|r| r.exists()).collect();
-            if left.is_empty() {
-                break;
-            }
-            for root in left {
-                let _ = Command::new("find")
-                    .arg(root)
-                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
-                    .output();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        remove_cgroups(&self.cgroup_parent);
     }
+}
+
+/// Remove the cgroups a container engine made under `parent` (cgroup v1: one per controller),
+/// deepest first, once its processes have left them; tries for 5 s. False if some are left.
+pub fn remove_cgroups(parent: &str) -> bool {
+    let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|cs| {
+            cs.flatten()
+                .map(|c| c.path().join(parent.trim_start_matches('/')))
+                .collect()
+        })
+        .unwrap_or_default();
+    for _ in 0..50 {
+        let left: Vec<&PathBuf> = roots.iter().filter(|r| r.exists()).collect();
+        if left.is_empty() {
+            return true;
+        }
+        for root in left {
+            let _ = Command::new("find")
+                .arg(root)
+                .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                .output();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }

@@ -170,18 +170,13 @@ impl Proc {
     /// Waits up to `timeout` until stdout or stderr contains `needle` (e.g. a "listening"
     /// line). Returns false on timeout or if the process exited without printing it.
     pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let exited = !self.is_running();
-            let out = self.output()?;
-            if out.stdout.contains(needle) || out.stderr.contains(needle) {
-                return Ok(true);
-            }
-            if exited || Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_output(
+            needle,
+            timeout,
+            Duration::from_millis(20),
+            || self.is_running(),
+            || self.output(),
+        )
     }
 
     pub(crate) fn stderr_path(&self) -> &PathBuf {
@@ -199,5 +194,29 @@ impl Drop for Proc {
 pub(crate) fn kill_all(procs: Vec<Weak<Mutex<ChildSlot>>>) {
     for slot in procs.iter().filter_map(Weak::upgrade) {
         lock(&slot).kill();
+    }
+}
+
+/// Polls `output` every `poll` until stdout or stderr contains `needle` (true), or until
+/// `timeout` or the process's end without it (false). Shared by namespace and VM processes.
+pub(crate) fn wait_for_output(
+    needle: &str,
+    timeout: Duration,
+    poll: Duration,
+    running: impl Fn() -> bool,
+    output: impl Fn() -> Result<ProcOutput>,
+) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // Read after checking liveness, so output written just before the end is seen.
+        let exited = !running();
+        let out = output()?;
+        if out.stdout.contains(needle) || out.stderr.contains(needle) {
+            return Ok(true);
+        }
+        if exited || Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(poll);
     }
 }

@@ -771,18 +771,13 @@ impl VmProc {
     /// Waits up to `timeout` until stdout or stderr contains `needle`. False on timeout or
     /// if the process ended without printing it.
     pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let exited = !self.is_running();
-            let out = self.output()?;
-            if out.stdout.contains(needle) || out.stderr.contains(needle) {
-                return Ok(true);
-            }
-            if exited || Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::proc::wait_for_output(
+            needle,
+            timeout,
+            Duration::from_millis(50),
+            || self.is_running(),
+            || self.output(),
+        )
     }
 }
 

@@ -25,7 +25,7 @@ use weft_gossip::{LeaveReason, TransmitKind};
 
 use super::api::{Query, Request, Response};
 use super::members::MembersJournal;
-use super::node::{ClusterNodes, Node};
+use super::node::{ClusterNodes, KubePolicy, Node};
 use super::state::VersionFile;
 use super::view::{DatapathReport, MeshView};
 
@@ -103,6 +103,8 @@ pub struct Driver {
     failed_open: bool,
     /// The Kubernetes Node list, from the watchers (see `daemon::kube`).
     cluster: Option<mpsc::Receiver<ClusterNodes>>,
+    /// The policy inputs from the Kubernetes API (see `daemon::kube`).
+    kube_policy: Option<mpsc::Receiver<KubePolicy>>,
     policy_open: bool,
 }
 
@@ -130,6 +132,7 @@ impl Driver {
             report_open: true,
             failed_open: true,
             cluster: None,
+            kube_policy: None,
             policy_open: true,
         }
     }
@@ -137,6 +140,12 @@ impl Driver {
     /// Feed the node the Kubernetes Node list from `nodes`.
     pub fn with_cluster_nodes(mut self, nodes: mpsc::Receiver<ClusterNodes>) -> Self {
         self.cluster = Some(nodes);
+        self
+    }
+
+    /// Feed the node the policy inputs from the Kubernetes API from `inputs`.
+    pub fn with_kube_policy(mut self, inputs: mpsc::Receiver<KubePolicy>) -> Self {
+        self.kube_policy = Some(inputs);
         self
     }
 
@@ -204,9 +213,13 @@ impl Driver {
                         }
                     }
                 }
-                nodes = recv_cluster(&mut self.cluster), if self.cluster.is_some() => match nodes {
+                nodes = recv_some(&mut self.cluster), if self.cluster.is_some() => match nodes {
                     Some(nodes) => self.node.handle_cluster_nodes(Instant::now(), nodes),
                     None => self.cluster = None,
+                },
+                inputs = recv_some(&mut self.kube_policy), if self.kube_policy.is_some() => match inputs {
+                    Some(inputs) => self.node.handle_kube_policy(inputs),
+                    None => self.kube_policy = None,
                 },
                 () = &mut shutdown => break,
             }
@@ -401,8 +414,8 @@ impl Driver {
     }
 }
 
-/// The next Node list (never, without a channel: the select guards it).
-async fn recv_cluster(rx: &mut Option<mpsc::Receiver<ClusterNodes>>) -> Option<ClusterNodes> {
+/// The next message from a feed (never, without a channel: the select guards it).
+async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx.as_mut() {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -9,9 +9,12 @@
 //!   names; a name gone is a deleted Node), and once the node is ready its Node gets
 //!   `NetworkUnavailable=False` (again if someone resets it).
 //! - The watches' health goes to /readyz and /metrics ([`Kubernetes::health`]).
-//! - The Pod, Namespace and NetworkPolicy stores are kept for the policy engine
-//!   ([`Kubernetes::watchers`]); nothing feeds them into it yet.
+//! - The Pod, Namespace and NetworkPolicy stores are the policy engine's inputs: once all
+//!   three have listed, every change becomes a [`KubePolicy`] input ([`kube_policy`] maps
+//!   them), which the node publishes to the policy reconciler instead of what `weft policy`
+//!   and gossip give on plain hosts. While the API server is away the last lists stay.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,15 +24,17 @@ use ipnet::{IpNet, Ipv4Net};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use weft_kube::k8s_openapi::api::core::v1::Node as KubeNode;
+use weft_kube::k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod};
+use weft_kube::k8s_openapi::api::networking::v1::NetworkPolicy;
 use weft_kube::kube::Client;
 use weft_kube::watch::Watchers;
 use weft_kube::{model, status};
+use weft_mesh::policy;
 
 use super::api::{Query, Request, Response};
 use super::config::{IpamMode, KubeSettings};
 use super::metrics::KubeHealth;
-use super::node::ClusterNodes;
+use super::node::{ClusterNodes, KubePolicy};
 
 /// The file in the state directory that remembers the address space chosen at the last
 /// start on Kubernetes: the pod CIDR, or `weft`.
@@ -74,11 +79,49 @@ impl Kubernetes {
         })
     }
 
-    /// The running watchers: their Pod, Namespace and NetworkPolicy stores are what the
-    /// policy engine is to take (`watchers().pods.state()`, ...; `changes()` signals).
-    #[allow(dead_code)] // The seam for the policy engine's Kubernetes inputs.
-    pub fn watchers(&self) -> &Arc<Watchers> {
-        &self.watchers
+    /// Hands the policy engine's inputs to the node whenever the Pods, Namespaces or
+    /// NetworkPolicies change (once all three have listed); ends when the receiver does.
+    /// Each NetworkPolicy the engine refuses is logged once (per reason).
+    pub fn spawn_policy_feed(&self) -> (mpsc::Receiver<KubePolicy>, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(1);
+        let watchers = Arc::clone(&self.watchers);
+        let own = self.node_name.clone();
+        let task = tokio::spawn(async move {
+            let mut changes = watchers.changes();
+            let mut last: Option<KubePolicy> = None;
+            let mut logged = BTreeSet::new();
+            loop {
+                let listed = watchers
+                    .health(Instant::now())
+                    .iter()
+                    .skip(1)
+                    .all(|h| h.synced);
+                if listed {
+                    let inputs = kube_policy(
+                        &own,
+                        watchers.pods.state().iter().map(|p| &**p),
+                        watchers.namespaces.state().iter().map(|n| &**n),
+                        watchers.policies.state().iter().map(|p| &**p),
+                    );
+                    for why in &inputs.refused {
+                        if logged.insert(why.clone()) {
+                            warn!(policy = %why, "a NetworkPolicy weft cannot enforce is left out");
+                        }
+                    }
+                    logged.retain(|why| inputs.refused.contains(why));
+                    if last.as_ref() != Some(&inputs) {
+                        last = Some(inputs.clone());
+                        if tx.send(inputs).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        (rx, task)
     }
 
     /// The watches' health, for /readyz and /metrics.
@@ -270,6 +313,82 @@ pub fn cluster_nodes<'a>(
     }
 }
 
+/// The policy engine's inputs from the API's objects, for node `own`:
+/// - every NetworkPolicy, checked as `weft policy apply` checks one (those it refuses are
+///   left out and named in `refused`);
+/// - every Pod that is scheduled, has addresses, is not on the host's network and has not
+///   finished (its addresses may be another's already), with labels and named ports;
+/// - every Namespace's labels.
+pub fn kube_policy<'a>(
+    own: &str,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    namespaces: impl IntoIterator<Item = &'a Namespace>,
+    policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+) -> KubePolicy {
+    let mut out = KubePolicy {
+        node: own.to_owned(),
+        ..KubePolicy::default()
+    };
+    for p in policies {
+        let raw = model::policy_object(p);
+        let name = format!(
+            "{}/{}",
+            raw["metadata"]["namespace"].as_str().unwrap_or("?"),
+            raw["metadata"]["name"].as_str().unwrap_or("?")
+        );
+        let checked = serde_json::from_value::<policy::NetworkPolicy>(raw)
+            .map_err(|e| e.to_string())
+            .and_then(|o| policy::Policy::from_object(o, "default").map_err(|e| e.to_string()));
+        match checked {
+            Ok(p) => out.policies.push(p),
+            Err(e) => out.refused.push(format!("{name}: {e}")),
+        }
+    }
+    out.policies.sort_by(|a, b| a.id.cmp(&b.id));
+    for pod in pods {
+        let Some(id) = model::pod_identity(pod) else {
+            continue;
+        };
+        let Some(node) = id.node.filter(|_| !id.host_network && !id.ips.is_empty()) else {
+            continue;
+        };
+        let ports = id
+            .ports
+            .into_iter()
+            .filter_map(|p| {
+                let protocol = match p.protocol.as_str() {
+                    "TCP" => policy::Protocol::Tcp,
+                    "UDP" => policy::Protocol::Udp,
+                    "SCTP" => policy::Protocol::Sctp,
+                    _ => return None,
+                };
+                Some(policy::NamedPort {
+                    name: p.name,
+                    port: p.port,
+                    protocol,
+                })
+            })
+            .collect();
+        out.pods.push(policy::Pod {
+            namespace: id.namespace,
+            name: id.name,
+            labels: id.labels,
+            addresses: id.ips,
+            ports,
+            node,
+            interface: None,
+        });
+    }
+    out.pods
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for ns in namespaces {
+        if let Some(n) = model::namespace_identity(ns) {
+            out.namespaces.insert(n.name, n.labels);
+        }
+    }
+    out
+}
+
 /// The node's address space by `mode` from its Node's pod CIDRs: the IPv4 one (weft's
 /// pod addresses are IPv4), which must lie in the cluster `range`; `None` is weft's own
 /// allocator.
@@ -386,6 +505,94 @@ mod tests {
             got.names.iter().map(String::as_str).collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    #[test]
+    fn pods_namespaces_and_policies_become_the_policy_engines_inputs() {
+        let pod = |name: &str, extra: serde_json::Value| -> Pod {
+            let mut v = serde_json::json!({
+                "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [
+                    {"name": "http", "containerPort": 8080},
+                    {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                    {"name": "odd", "containerPort": 7, "protocol": "XTP"}
+                ]}]},
+                "status": {"phase": "Running", "podIP": "10.244.1.5"}
+            });
+            merge(&mut v, extra);
+            serde_json::from_value(v).expect("pod")
+        };
+        fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+            match (a, b) {
+                (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                    for (k, v) in b {
+                        merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+                    }
+                }
+                (a, b) => *a = b,
+            }
+        }
+        let pods = [
+            pod("web", serde_json::json!({})),
+            pod("host", serde_json::json!({"spec": {"hostNetwork": true}})),
+            pod("pending", serde_json::json!({"spec": {"nodeName": null}})),
+            pod("no-ip", serde_json::json!({"status": {"podIP": null}})),
+            pod(
+                "done",
+                serde_json::json!({"status": {"phase": "Succeeded"}}),
+            ),
+        ];
+        let namespaces: Vec<Namespace> = vec![serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "shop", "labels": {"team": "a"}}}),
+        )
+        .expect("namespace")];
+        let policy = |name: &str, types: &str| -> NetworkPolicy {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "shop", "uid": "u", "resourceVersion": "7",
+                    "managedFields": [{"manager": "kubectl"}]},
+                "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": [types],
+                    "ingress": [{"ports": [{"port": "http"}]}]}
+            }))
+            .expect("policy")
+        };
+        let policies = [policy("web", "Ingress"), policy("odd", "Sideways")];
+        let got = kube_policy("n1", &pods, &namespaces, &policies);
+        assert_eq!(got.node, "n1");
+        let names: Vec<&str> = got.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["web"],
+            "only scheduled pods with addresses, on weft"
+        );
+        let web = &got.pods[0];
+        assert_eq!(web.node, "n1");
+        assert_eq!(
+            web.addresses,
+            ["10.244.1.5".parse::<std::net::IpAddr>().expect("ip")]
+        );
+        assert_eq!(web.labels["app"], "web");
+        let ports: Vec<(&str, u16, policy::Protocol)> = web
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port, p.protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("dns", 53, policy::Protocol::Udp),
+                ("http", 8080, policy::Protocol::Tcp)
+            ]
+        );
+        assert_eq!(got.namespaces["shop"]["team"], "a");
+        assert_eq!(got.policies.len(), 1);
+        assert_eq!(got.policies[0].id.to_string(), "shop/web");
+        assert_eq!(got.refused.len(), 1);
+        assert!(
+            got.refused[0].starts_with("shop/odd: "),
+            "{:?}",
+            got.refused
+        );
+        assert!(got.refused[0].contains("policyTypes"), "{:?}", got.refused);
     }
 
     #[test]

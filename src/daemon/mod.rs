@@ -336,15 +336,18 @@ async fn run(
             file: policy_file,
         },
     };
-    let mut feed_task = None;
+    let mut feed_tasks = Vec::new();
     if kubernetes.is_some() {
         node.set_kubernetes(fixed_space);
     }
     let mut driver = Driver::new(node, ipam_store, transport, journal, version, link);
     if let Some(k) = &kubernetes {
         let (nodes, task) = k.spawn_node_feed(bound.port());
-        driver = driver.with_cluster_nodes(nodes);
-        feed_task = Some(task);
+        let (policy_inputs, policy_feed) = k.spawn_policy_feed();
+        driver = driver
+            .with_cluster_nodes(nodes)
+            .with_kube_policy(policy_inputs);
+        feed_tasks = vec![task, policy_feed];
     }
     let shutdown = async move {
         let name = tokio::select! {
@@ -360,7 +363,8 @@ async fn run(
     // Stopping leaves the policy tables in force too.
     policy_task.abort();
     let _ = policy_task.await;
-    for task in [metrics_task, status_task, feed_task].into_iter().flatten() {
+    let tasks = [metrics_task, status_task].into_iter().flatten();
+    for task in tasks.chain(feed_tasks) {
         task.abort();
         let _ = task.await;
     }

@@ -22,6 +22,7 @@ use ipnet::Ipv4Net;
 use tracing::{debug, error, info, warn};
 use weft_gossip::ipam;
 use weft_gossip::NodeId;
+use weft_mesh::policy;
 
 use super::{view, Node};
 use crate::daemon::api::PeerState;
@@ -39,6 +40,21 @@ pub struct ClusterNodes {
     pub seeds: Vec<SocketAddr>,
     /// Every Node's name, this one's included.
     pub names: BTreeSet<String>,
+}
+
+/// The policy engine's inputs from the API: NetworkPolicies, Pods (scheduled, with
+/// addresses, not on the host's network) and Namespaces' labels, mapped by `daemon::kube`.
+/// On Kubernetes these replace what `weft policy` and gossip would give.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KubePolicy {
+    /// This node's name in the API (its pods have it as their node).
+    pub node: String,
+    pub policies: Vec<policy::Policy>,
+    pub pods: Vec<policy::Pod>,
+    pub namespaces: BTreeMap<String, policy::spec::Labels>,
+    /// NetworkPolicies the engine cannot take (`namespace/name: why`); the API server
+    /// accepted them, so this is something weft does not support.
+    pub refused: Vec<String>,
 }
 
 /// The node's Kubernetes state.
@@ -61,6 +77,8 @@ pub(super) struct KubeState {
     /// Since when every other Node is an alive member without address space (weft's
     /// allocator, nobody has started one).
     all_alive_since: Option<Instant>,
+    /// The policy inputs from the API, once its Pod, Namespace and NetworkPolicy lists are in.
+    policy: Option<KubePolicy>,
 }
 
 impl Node {
@@ -71,6 +89,36 @@ impl Node {
         self.kube.enabled = true;
         self.kube.fixed = fixed;
         self.kube.cli_seeds = self.config.seeds.clone();
+    }
+
+    /// Kubernetes is configured: network policy follows the API, not `weft policy`.
+    pub(super) fn on_kubernetes(&self) -> bool {
+        self.kube.enabled
+    }
+
+    /// The policy inputs from the API, once they arrived.
+    pub(super) fn kube_policy(&self) -> Option<&KubePolicy> {
+        self.kube.policy.as_ref()
+    }
+
+    /// The API's Pods, Namespaces or NetworkPolicies changed: the policy engine's inputs
+    /// are these from now on.
+    pub fn handle_kube_policy(&mut self, inputs: KubePolicy) {
+        if self.kube.policy.as_ref() == Some(&inputs) {
+            return;
+        }
+        if !self.kube.enabled {
+            warn!("policy inputs from Kubernetes on a node not configured for it: ignored");
+            return;
+        }
+        debug!(
+            policies = inputs.policies.len(),
+            pods = inputs.pods.len(),
+            namespaces = inputs.namespaces.len(),
+            "policy inputs from Kubernetes"
+        );
+        self.kube.policy = Some(inputs);
+        self.policy_dirty = true;
     }
 
     /// `weft reset` of a node whose space is its Node's pod CIDR: that space is Kubernetes'

@@ -51,7 +51,7 @@ use super::api::Response;
 use super::members::{JournalEntry, JournalWrite};
 use super::view::{self, DatapathReport, LocalNode, MeshView};
 use journal::Journal;
-pub use kube::ClusterNodes;
+pub use kube::{ClusterNodes, KubePolicy};
 
 /// First wait before contacting the seeds again while none has answered; doubles up to
 /// [`JOIN_RETRY_MAX`].

@@ -2,7 +2,7 @@
 //! feeds it members, records and messages, answers `weft policy`, and hands the compiler's
 //! inputs to the reconciler ([`Node::poll_policy_inputs`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
@@ -62,6 +62,21 @@ impl Node {
         let changed = self.policy_dirty || self.policy.as_ref().is_some_and(|p| p.changed());
         if !changed {
             return None;
+        }
+        if self.on_kubernetes() {
+            // Until the API's lists are in there is nothing to publish: the reconciler keeps
+            // the tables in force (from before a restart) rather than opening them.
+            let kube = self.kube_policy()?;
+            let inputs = PolicyInputs {
+                source: InputSource::Kube,
+                cluster: self.policy_cluster(false)?,
+                node: kube.node.clone(),
+            };
+            self.policy_dirty = false;
+            if let Some(p) = self.policy.as_mut() {
+                p.mark_published();
+            }
+            return Some(inputs);
         }
         self.policy_dirty = false;
         let cluster = self.policy_cluster(false)?;
@@ -165,12 +180,20 @@ impl Node {
     /// The node's policy status for `weft status` and /metrics.
     pub(super) fn policy_status(&self) -> PolicyStatus {
         let r = &self.policy_report;
+        let (policies, refused) = match (self.on_kubernetes(), self.kube_policy()) {
+            (true, Some(k)) => (k.policies.len(), k.refused.len() as u64),
+            (true, None) => (0, 0),
+            (false, _) => (
+                self.policy.as_ref().map_or(0, |p| p.policies().len()),
+                self.policy.as_ref().map_or(0, PolicyCore::refused),
+            ),
+        };
         PolicyStatus {
-            policies: self.policy.as_ref().map_or(0, |p| p.policies().len()),
+            policies,
             rules: r.rules,
             drops: r.drops.clone(),
             spoofed: r.spoofed,
-            refused: self.policy.as_ref().map_or(0, PolicyCore::refused),
+            refused,
             repairs: r.repairs,
             error: r.error.clone(),
         }
@@ -178,8 +201,22 @@ impl Node {
 
     /// The compiler's inputs: pods of this node and of members that have not left for
     /// good; with `with_nodes`, the nodes' own addresses (only `why` needs them).
+    /// On Kubernetes: the API's policies, pods and namespaces, and nodes by name.
     pub(super) fn policy_cluster(&self, with_nodes: bool) -> Option<Cluster> {
         let p = self.policy.as_ref()?;
+        if self.on_kubernetes() {
+            let k = self.kube_policy()?;
+            return Some(Cluster {
+                policies: k.policies.clone(),
+                pods: k.pods.clone(),
+                namespaces: k.namespaces.clone(),
+                nodes: if with_nodes {
+                    self.policy_nodes(true)
+                } else {
+                    Vec::new()
+                },
+            });
+        }
         let local = self.core.local_id();
         let keep = |id: &NodeId| {
             *id == local
@@ -189,7 +226,7 @@ impl Node {
                     .is_some_and(|m| m.leave_reason != Some(weft_gossip::LeaveReason::Leaving))
         };
         let nodes = if with_nodes {
-            self.policy_nodes()
+            self.policy_nodes(false)
         } else {
             Vec::new()
         };
@@ -197,8 +234,9 @@ impl Node {
     }
 
     /// Each node's own addresses: its host addresses in its record and the first address of
-    /// each of its address blocks (its gateway is one of them).
-    fn policy_nodes(&self) -> Vec<policy::Node> {
+    /// each of its address blocks (its gateway is one of them). Named by node id, or
+    /// `by_name` by the node's name (Kubernetes pods name their Node).
+    fn policy_nodes(&self, by_name: bool) -> Vec<policy::Node> {
         let spaces = self.spaces();
         let mut out = Vec::new();
         let local = self.core.local_record();
@@ -225,7 +263,11 @@ impl Node {
                 }
             }
             addrs.retain(|a| !a.is_unspecified());
-            out.push(policy_core::node(&id, addrs));
+            let mut node = policy_core::node(&id, addrs);
+            if by_name {
+                node.name = record.name.clone();
+            }
+            out.push(node);
         }
         out
     }
@@ -245,6 +287,9 @@ impl Node {
                         .map(|m| (m.record.node_id, m.record.name.clone())),
                 )
                 .collect();
+        if self.on_kubernetes() {
+            return self.kube_policy_request(request);
+        }
         let drops = self.policy_report.drops.clone();
         let report = self.policy_report.clone();
         let Some(core) = self.policy.as_mut() else {
@@ -259,28 +304,15 @@ impl Node {
                     .collect(),
             },
         };
-        let summary = |p: &policy::Policy, stamp: crate::daemon::policy::statement::Stamp| {
-            let mut types = Vec::new();
-            if p.ingress.is_some() {
-                types.push("Ingress".to_string());
-            }
-            if p.egress.is_some() {
-                types.push("Egress".to_string());
-            }
-            PolicySummary {
-                namespace: p.id.namespace.clone(),
-                name: p.id.name.clone(),
-                policy_types: types,
-                ingress_rules: p.ingress.as_ref().map_or(0, Vec::len),
-                egress_rules: p.egress.as_ref().map_or(0, Vec::len),
+        let summary =
+            |p: &policy::Policy, stamp: crate::daemon::policy::statement::Stamp| PolicySummary {
                 applied_by: names
                     .get(&stamp.node)
                     .cloned()
                     .unwrap_or_else(|| stamp.node.short()),
                 applied_at_ms: stamp.time_ms,
-                drops: drops.get(&p.id.to_string()).copied().unwrap_or(0),
-            }
-        };
+                ..summarize(p, drops.get(&p.id.to_string()))
+            };
         match request {
             PolicyRequest::Apply { yaml, namespace } => {
                 let namespace = namespace.as_deref().unwrap_or("default");
@@ -344,22 +376,112 @@ impl Node {
                     },
                 })
             }
-            PolicyRequest::Why { from, to, port } => {
-                let (protocol, port) = parse_port(&port)?;
-                let from: Endpoint = from.parse()?;
-                let to: Endpoint = to.parse()?;
-                let cluster = self
-                    .policy_cluster(true)
-                    .ok_or("network policy is off on this node")?;
-                let compiled = policy::compile(&cluster, Scope::Cluster);
-                let why = compiled
-                    .why(&from, &to, protocol, port)
-                    .map_err(|e| e.to_string())?;
+            PolicyRequest::Why { from, to, port } => self.policy_why(&from, &to, &port),
+        }
+    }
+
+    /// `weft policy why`: what the cluster's policies say about one flow.
+    fn policy_why(&self, from: &str, to: &str, port: &str) -> Result<Response, String> {
+        let (protocol, port) = parse_port(port)?;
+        let from: Endpoint = from.parse()?;
+        let to: Endpoint = to.parse()?;
+        let cluster = self
+            .policy_cluster(true)
+            .ok_or("network policy is off on this node")?;
+        let compiled = policy::compile(&cluster, Scope::Cluster);
+        let why = compiled
+            .why(&from, &to, protocol, port)
+            .map_err(|e| e.to_string())?;
+        Ok(Response::Policy {
+            ok: true,
+            policy: PolicyAnswer::Why { why },
+        })
+    }
+
+    /// `weft policy ...` on Kubernetes: the API is the source, so what would change it is
+    /// refused (kubectl changes it) and the rest answers from what the API says.
+    fn kube_policy_request(&self, request: PolicyRequest) -> Result<Response, String> {
+        let refuse = |what: &str| {
+            Err(format!(
+                "this node follows the Kubernetes API for network policy: {what} with kubectl"
+            ))
+        };
+        let (policies, namespaces) = match self.kube_policy() {
+            Some(k) => (k.policies.as_slice(), &k.namespaces),
+            None if matches!(request, PolicyRequest::Why { .. }) => (&[][..], &BTreeMap::new()),
+            None => {
+                return Err(
+                    "the Kubernetes Pod, Namespace and NetworkPolicy lists are not in yet".into(),
+                )
+            }
+        };
+        let summary = |p: &policy::Policy| {
+            let mut s = summarize(p, self.policy_report.drops.get(&p.id.to_string()));
+            s.applied_by = "kubernetes".into();
+            s
+        };
+        match request {
+            PolicyRequest::Apply { .. } => refuse("apply NetworkPolicies"),
+            PolicyRequest::Delete { .. } => refuse("delete NetworkPolicies"),
+            PolicyRequest::Namespace {
+                labels: Some(_), ..
+            } => refuse("label namespaces"),
+            PolicyRequest::Namespace { name, .. } => {
+                let mut namespaces = namespaces.clone();
+                if let Some(name) = name {
+                    namespaces.retain(|n, _| *n == name);
+                }
                 Ok(Response::Policy {
                     ok: true,
-                    policy: PolicyAnswer::Why { why },
+                    policy: PolicyAnswer::Namespaces { namespaces },
                 })
             }
+            PolicyRequest::List => Ok(Response::Policy {
+                ok: true,
+                policy: PolicyAnswer::List {
+                    policies: policies.iter().map(summary).collect(),
+                    spoofed: self.policy_report.spoofed,
+                    rules: self.policy_report.rules,
+                    error: self.policy_report.error.clone(),
+                },
+            }),
+            PolicyRequest::Get { name } => {
+                let name = policy_name(&name)?;
+                let p = policies
+                    .iter()
+                    .find(|p| p.id == name)
+                    .ok_or_else(|| format!("no NetworkPolicy {name} in the Kubernetes API"))?;
+                let object = serde_json::to_value(&p.source).map_err(|e| e.to_string())?;
+                Ok(Response::Policy {
+                    ok: true,
+                    policy: PolicyAnswer::Get {
+                        summary: summary(p),
+                        object,
+                    },
+                })
+            }
+            PolicyRequest::Why { from, to, port } => self.policy_why(&from, &to, &port),
         }
+    }
+}
+
+/// A policy's line in `weft policy list` (who applied it and when are the caller's).
+fn summarize(p: &policy::Policy, drops: Option<&u64>) -> PolicySummary {
+    let mut types = Vec::new();
+    if p.ingress.is_some() {
+        types.push("Ingress".to_string());
+    }
+    if p.egress.is_some() {
+        types.push("Egress".to_string());
+    }
+    PolicySummary {
+        namespace: p.id.namespace.clone(),
+        name: p.id.name.clone(),
+        policy_types: types,
+        ingress_rules: p.ingress.as_ref().map_or(0, Vec::len),
+        egress_rules: p.egress.as_ref().map_or(0, Vec::len),
+        applied_by: String::new(),
+        applied_at_ms: 0,
+        drops: drops.copied().unwrap_or(0),
     }
 }

@@ -1449,3 +1449,107 @@ fn policies_and_pods_spread_by_gossip_and_a_node_that_missed_them_catches_up() {
     });
     assert!(caught_up, "node 3 still holds the deleted policy");
 }
+
+#[test]
+fn on_kubernetes_the_api_is_the_policy_source_and_weft_policy_only_reads_it() {
+    use crate::daemon::policy::{InputSource, PolicyAnswer, PolicyCore, PolicyRequest};
+    use weft_mesh::policy;
+    let mut net = Net::new();
+    net.add_kube(1, Some("10.40.1.0/24"));
+    let key = Arc::new(IdentityKey::from_seed(&[1; 32]));
+    net.n(1).node.enable_policy(PolicyCore::new(key, None));
+    net.give_nodes(1, &[1]);
+    // Until the API's lists are in, nothing is handed to the reconciler (the tables in
+    // force stay as they are), and reading answers so.
+    assert!(net.n(1).node.poll_policy_inputs().is_none());
+    let early = net.ask(1, Request::Policy(PolicyRequest::List));
+    assert!(
+        matches!(&early, Response::Error { error, .. } if error.contains("not in yet")),
+        "{early:?}"
+    );
+    let b = policy::parse(POLICY_B, "default")
+        .expect("policy")
+        .remove(0);
+    let pod = |name: &str, app: &str, addr: &str, node: &str| policy::Pod {
+        namespace: "x".into(),
+        name: name.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        addresses: vec![addr.parse().expect("address")],
+        ports: vec![],
+        node: node.into(),
+        interface: None,
+    };
+    let inputs = KubePolicy {
+        node: "n1".into(),
+        policies: vec![b],
+        pods: vec![
+            pod("a", "a", "10.40.2.2", "n2"),
+            pod("b", "b", "10.40.1.2", "n1"),
+        ],
+        namespaces: [(
+            "x".to_string(),
+            [("team".to_string(), "t".to_string())].into(),
+        )]
+        .into(),
+        refused: vec!["x/c: spec.egress[0].ports[0].endPort: unsupported".into()],
+    };
+    net.n(1).node.handle_kube_policy(inputs.clone());
+    let published = net.n(1).node.poll_policy_inputs().expect("published");
+    assert_eq!(published.source, InputSource::Kube);
+    assert_eq!(
+        published.node, "n1",
+        "this Node's name, as the pods name it"
+    );
+    assert_eq!(published.cluster.pods, inputs.pods);
+    assert_eq!(published.cluster.policies.len(), 1);
+    assert_eq!(published.cluster.namespaces, inputs.namespaces);
+    // The same inputs again change nothing; a relabelled pod does.
+    net.n(1).node.handle_kube_policy(inputs.clone());
+    assert!(net.n(1).node.poll_policy_inputs().is_none());
+    let mut relabelled = inputs.clone();
+    relabelled.pods[0].labels.insert("app".into(), "z".into());
+    net.n(1).node.handle_kube_policy(relabelled);
+    let again = net.n(1).node.poll_policy_inputs().expect("republished");
+    assert_eq!(again.cluster.pods[0].labels["app"], "z");
+    // What would change policy is refused with what to do instead; reading works.
+    for request in [
+        PolicyRequest::Apply {
+            yaml: POLICY_B.into(),
+            namespace: None,
+        },
+        PolicyRequest::Delete { name: "x/b".into() },
+        PolicyRequest::Namespace {
+            name: Some("x".into()),
+            labels: Some(BTreeMap::new()),
+        },
+    ] {
+        let refused = net.ask(1, Request::Policy(request));
+        assert!(
+            matches!(&refused, Response::Error { error, .. } if error.contains("kubectl")),
+            "{refused:?}"
+        );
+    }
+    let PolicyAnswer::List { policies, .. } = policy_ask(&mut net, 1, PolicyRequest::List) else {
+        panic!("not a list")
+    };
+    assert_eq!(policies.len(), 1);
+    assert_eq!(
+        (policies[0].name.as_str(), policies[0].applied_by.as_str()),
+        ("b", "kubernetes")
+    );
+    let PolicyAnswer::Why { why } = policy_ask(
+        &mut net,
+        1,
+        PolicyRequest::Why {
+            from: "x/a".into(),
+            to: "x/b".into(),
+            port: "80/tcp".into(),
+        },
+    ) else {
+        panic!("not why")
+    };
+    assert!(!why.allowed, "a is relabelled app=z: {why}");
+    let status = net.status(1);
+    assert_eq!(status.policy.policies, 1);
+    assert_eq!(status.policy.refused, 1);
+}

@@ -11,6 +11,11 @@
 //!   and its pod is reachable again; the API server restarted: the watches resume.
 //! - A Node deleted (its weft gone): the others forget it and stop routing its pod CIDR.
 //!
+//! And in a second test, network policy from the API: Pods (with the addresses of pods
+//! attached on the nodes, as kubelet reports them), Namespaces and NetworkPolicies created,
+//! relabelled and deleted change what real TCP connections between pods on two nodes do,
+//! each within 2 s of the API call, with ingress enforced on one node and egress on the other.
+//!
 //! Needs root and the binaries (else prints "skipped" and why; `WEFT_REQUIRE_KUBE=1` fails).
 //! Run: `cargo test --test kubernetes -- --nocapture` (as root).
 
@@ -20,12 +25,20 @@ mod cluster;
 #[path = "kube/fixture.rs"]
 #[allow(dead_code)]
 mod fixture;
+#[path = "mesh/flows.rs"]
+#[allow(dead_code)]
+mod flows;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::Cluster;
+use cluster::{Cluster, Container, BIN};
 use fixture::{apply_manifests, binaries, node, ADMIN_TOKEN, WEFT_TOKEN};
-use weft_kube::k8s_openapi::api::core::v1::Node;
+use flows::{reaches, serve, until, Proto, StopOnDrop};
+use serde_json::{json, Value};
+use weft_kube::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use weft_kube::k8s_openapi::api::networking::v1::NetworkPolicy;
 use weft_kube::kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use weft_kube::kube::Api;
 use weft_kube::status;
@@ -284,5 +297,332 @@ fn weft_daemons_on_a_real_api_server() {
         unexpected.is_empty(),
         "unexpected warnings: {unexpected:#?}"
     );
+    drop(api);
+}
+
+/// What the issue asks: a pod pair's reachability changes within 2 s of the API change.
+const WITHIN: Duration = Duration::from_secs(2);
+
+/// `weft policy ARGS -o json` against node `i`.
+fn weft_policy(c: &Cluster, i: usize, args: &[&str]) -> Result<Value, String> {
+    let n = &c.nodes[i];
+    let socket = n.socket.to_str().expect("utf-8").to_string();
+    let mut all = vec![BIN, "policy"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--api-socket", &socket, "-o", "json"]);
+    let out = c.bed.host(n.host).run(&all).expect("run weft policy");
+    if !out.status.success() {
+        return Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))
+}
+
+/// The Pod object kubelet would have made for `pod` (scheduled on its node, its address
+/// in the status): created, then its status set, as kubelet does after CNI ADD.
+async fn create_pod(
+    api: &Api<Pod>,
+    pod: &Container,
+    name: &str,
+    labels: Value,
+) -> anyhow::Result<()> {
+    let object: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "nodeName": format!("n{}", pod.node),
+            "containers": [{"name": "c", "image": "busybox",
+                "ports": [{"name": "http", "containerPort": 80}]}]
+        }
+    }))?;
+    api.create(&PostParams::default(), &object).await?;
+    let ip = pod.addr.to_string();
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+    )
+    .await?;
+    Ok(())
+}
+
+fn relabel<K>(runtime: &tokio::runtime::Runtime, api: &Api<K>, name: &str, labels: Value)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    runtime
+        .block_on(api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": labels}})),
+        ))
+        .unwrap_or_else(|e| panic!("relabel {name}: {e}"));
+}
+
+/// Waits for `flow` to become `want`, timed from `since` (just after the API call that
+/// should change it), and checks it took at most [`WITHIN`].
+fn changes_within(c: &Cluster, what: &str, since: Instant, flow: flows::Flow, want: bool) {
+    let took = until(c, what, since, flow, want);
+    eprintln!(
+        "{what}: {} after {took:?}",
+        if want { "open" } else { "closed" }
+    );
+    assert!(took <= WITHIN, "{what}: took {took:?}");
+}
+
+/// One probe that must not pass (a flow that stays closed).
+fn stays_closed(what: &str, flow: flows::Flow) {
+    let (from, to, proto, port) = flow;
+    assert!(
+        !reaches(from, to, proto, port, Duration::from_millis(500)),
+        "{what}: {} -> {} {proto:?}/{port} passes",
+        from.id,
+        to.id
+    );
+}
+
+#[test]
+fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
+    let name = "pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic";
+    if !require_root(name) {
+        return;
+    }
+    let Some((apiserver, etcd)) = binaries() else {
+        return;
+    };
+    let mut c = Cluster::with_bed(TestBed::new(3).expect("test bed"));
+    let api_host = c.bed.host(2).name().to_owned();
+    let api_ip = c.bed.host(2).underlay_ip();
+    enter(&api_host);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut api = fixture::Cluster::start_on(&apiserver, &etcd, api_ip.into()).expect("API server");
+    let admin = runtime
+        .block_on(api.client("admin", ADMIN_TOKEN))
+        .expect("admin client");
+    runtime
+        .block_on(api.wait_ready(&admin))
+        .expect("API server ready");
+    runtime
+        .block_on(apply_manifests(&admin))
+        .expect("weft's ServiceAccount, ClusterRole and binding");
+    let kubeconfig = api.kubeconfig("weft", WEFT_TOKEN).expect("kubeconfig");
+    let nodes: Api<Node> = Api::all(admin.clone());
+    for i in 0..2 {
+        let ip = c.bed.host(i).public_ip().to_string();
+        runtime
+            .block_on(nodes.create(
+                &PostParams::default(),
+                &node(&format!("n{i}"), &ip, &[&pod_cidr(i)]),
+            ))
+            .expect("create Node");
+    }
+    for i in 0..2 {
+        c.nodes[i].extra_args = vec![
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--node-name".into(),
+            format!("n{i}"),
+            "--range".into(),
+            RANGE.into(),
+        ];
+        c.launch(i, &[]);
+    }
+    c.wait_full_mesh(&[0, 1], GENEROUS);
+    c.wait_space(&[0, 1], GENEROUS);
+
+    // shop/web on n1 (named port http = TCP 80); client/a, client/b and later client/late
+    // on n0. The pods are attached by weft; the API says who they are.
+    let web = c.attach(1, "web");
+    let a = c.attach(0, "a");
+    let b = c.attach(0, "b");
+    let late = c.attach(0, "late");
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop = StopOnDrop(stop.clone());
+    let _server = serve(web.netns.clone(), "web".into(), stop.clone());
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    for ns in ["shop", "client"] {
+        runtime
+            .block_on(namespaces.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace"),
+            ))
+            .expect("create Namespace");
+    }
+    let shop_pods: Api<Pod> = Api::namespaced(admin.clone(), "shop");
+    let client_pods: Api<Pod> = Api::namespaced(admin.clone(), "client");
+    runtime
+        .block_on(create_pod(&shop_pods, &web, "web", json!({"app": "web"})))
+        .expect("pod web");
+    for (pod, name) in [(&a, "a"), (&b, "b")] {
+        runtime
+            .block_on(create_pod(&client_pods, pod, name, json!({"app": name})))
+            .expect("client pod");
+    }
+    c.wait_ping(&a, &web, GENEROUS);
+    // No policy: everything passes.
+    c.wait("a -> web TCP 80 without policy", GENEROUS, || {
+        reaches(&a, &web, Proto::Tcp, 80, Duration::from_secs(1))
+    });
+    assert!(reaches(&b, &web, Proto::Tcp, 80, Duration::from_secs(1)));
+    // Every node has the API's lists before the first policy comes.
+    for i in 0..2 {
+        c.wait(&format!("n{i} has the API's lists"), GENEROUS, || {
+            weft_policy(&c, i, &["namespace"])
+                .is_ok_and(|v| v["namespaces"].get("client").is_some())
+        });
+    }
+
+    // A NetworkPolicy created: web accepts TCP "http" only from app=a pods of namespaces
+    // labelled team=blue (none yet): a and b are cut off.
+    let policies_shop: Api<NetworkPolicy> = Api::namespaced(admin.clone(), "shop");
+    let web_policy: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{
+                "from": [{"namespaceSelector": {"matchLabels": {"team": "blue"}},
+                          "podSelector": {"matchLabels": {"app": "a"}}}],
+                "ports": [{"port": "http", "protocol": "TCP"}]
+            }]
+        }
+    }))
+    .expect("policy");
+    runtime
+        .block_on(policies_shop.create(&PostParams::default(), &web_policy))
+        .expect("create NetworkPolicy");
+    let t = Instant::now();
+    changes_within(&c, "policy created", t, (&a, &web, Proto::Tcp, 80), false);
+    stays_closed("policy created", (&b, &web, Proto::Tcp, 80));
+    // Both nodes' engines have it, from the API; weft policy does not change it there.
+    for i in 0..2 {
+        let list = weft_policy(&c, i, &["list"]).expect("list");
+        assert_eq!(list["policies"][0]["name"], "web", "n{i}: {list}");
+        assert_eq!(
+            list["policies"][0]["applied_by"], "kubernetes",
+            "n{i}: {list}"
+        );
+    }
+    let refused = weft_policy(&c, 0, &["delete", "shop/web"]).expect_err("delete refused");
+    assert!(refused.contains("kubectl"), "{refused}");
+
+    // The namespace labelled team=blue: a is let in (TCP 80 only), b is not.
+    relabel(&runtime, &namespaces, "client", json!({"team": "blue"}));
+    let t = Instant::now();
+    changes_within(
+        &c,
+        "namespace labelled",
+        t,
+        (&a, &web, Proto::Tcp, 80),
+        true,
+    );
+    stays_closed("namespace labelled", (&b, &web, Proto::Tcp, 80));
+    stays_closed("namespace labelled", (&a, &web, Proto::Tcp, 81));
+    let why = weft_policy(
+        &c,
+        0,
+        &[
+            "why", "--from", "client/a", "--to", "shop/web", "--port", "80/tcp",
+        ],
+    )
+    .expect("why");
+    assert_eq!(why["why"]["allowed"], true, "{why}");
+
+    // Pod b relabelled app=a: let in; back to app=b: cut off again.
+    relabel(&runtime, &client_pods, "b", json!({"app": "a"}));
+    let t = Instant::now();
+    changes_within(&c, "pod relabelled in", t, (&b, &web, Proto::Tcp, 80), true);
+    relabel(&runtime, &client_pods, "b", json!({"app": "b"}));
+    let t = Instant::now();
+    changes_within(
+        &c,
+        "pod relabelled out",
+        t,
+        (&b, &web, Proto::Tcp, 80),
+        false,
+    );
+
+    // A pod the API does not know is a stranger; its Pod created, it is let in.
+    stays_closed("unknown pod", (&late, &web, Proto::Tcp, 80));
+    runtime
+        .block_on(create_pod(&client_pods, &late, "late", json!({"app": "a"})))
+        .expect("pod late");
+    let t = Instant::now();
+    changes_within(&c, "pod created", t, (&late, &web, Proto::Tcp, 80), true);
+
+    // Pod a deleted from the API: its address is nobody's, so it is cut off.
+    runtime
+        .block_on(client_pods.delete(
+            "a",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        ))
+        .expect("delete pod a");
+    let t = Instant::now();
+    changes_within(&c, "pod deleted", t, (&a, &web, Proto::Tcp, 80), false);
+
+    // The namespace's label removed: late is cut off too.
+    runtime
+        .block_on(namespaces.patch(
+            "client",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": null}}})),
+        ))
+        .expect("unlabel namespace");
+    let t = Instant::now();
+    changes_within(
+        &c,
+        "namespace unlabelled",
+        t,
+        (&late, &web, Proto::Tcp, 80),
+        false,
+    );
+
+    // The policy deleted: everyone is let in again.
+    runtime
+        .block_on(policies_shop.delete("web", &DeleteParams::default()))
+        .expect("delete NetworkPolicy");
+    let t = Instant::now();
+    changes_within(&c, "policy deleted", t, (&b, &web, Proto::Tcp, 80), true);
+
+    // Egress, enforced on n0: app=b pods of client may send nothing.
+    let policies_client: Api<NetworkPolicy> = Api::namespaced(admin.clone(), "client");
+    let no_egress: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "b-no-egress"},
+        "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Egress"]}
+    }))
+    .expect("policy");
+    runtime
+        .block_on(policies_client.create(&PostParams::default(), &no_egress))
+        .expect("create egress NetworkPolicy");
+    let t = Instant::now();
+    changes_within(
+        &c,
+        "egress policy created",
+        t,
+        (&b, &web, Proto::Tcp, 80),
+        false,
+    );
+    assert!(reaches(&late, &web, Proto::Tcp, 80, Duration::from_secs(1)));
+    runtime
+        .block_on(policies_client.delete("b-no-egress", &DeleteParams::default()))
+        .expect("delete egress NetworkPolicy");
+    let t = Instant::now();
+    changes_within(
+        &c,
+        "egress policy deleted",
+        t,
+        (&b, &web, Proto::Tcp, 80),
+        true,
+    );
+
+    c.assert_no_warnings();
     drop(api);
 }

@@ -8,120 +8,22 @@
 #[path = "mesh/cluster.rs"]
 #[allow(dead_code)]
 mod cluster;
+#[path = "mesh/flows.rs"]
+#[allow(dead_code)]
+mod flows;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Container, BIN};
-use nix::sched::{setns, CloneFlags};
+use flows::{reaches, serve, until, Proto, StopOnDrop};
 use serde_json::Value;
 use weft_testbed::require_root;
 
 const GENEROUS: Duration = Duration::from_secs(60);
 /// What the issue asks: a change takes effect within a second.
 const WITHIN: Duration = Duration::from_secs(1);
-
-/// Runs `f` on a thread that entered network namespace `netns`.
-fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns = File::open(format!("/run/netns/{netns}")).expect("open netns");
-            setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    })
-}
-
-/// Serves TCP 80 and 81 and UDP 80 in `netns` until `stop`; answers with `name`.
-fn serve(netns: String, name: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let ns = File::open(format!("/run/netns/{netns}")).expect("open netns");
-        setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
-        let any = IpAddr::from(Ipv4Addr::UNSPECIFIED);
-        let tcp: Vec<TcpListener> = [80, 81]
-            .iter()
-            .map(|p| TcpListener::bind((any, *p)).expect("bind tcp"))
-            .collect();
-        let udp = UdpSocket::bind((any, 80)).expect("bind udp");
-        for l in &tcp {
-            l.set_nonblocking(true).expect("nonblocking");
-        }
-        udp.set_read_timeout(Some(Duration::from_millis(10)))
-            .expect("timeout");
-        let mut buf = [0u8; 64];
-        while !stop.load(Ordering::Relaxed) {
-            for l in &tcp {
-                if let Ok((mut conn, _)) = l.accept() {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.write_all(format!("{name}\n").as_bytes());
-                }
-            }
-            if let Ok((_, from)) = udp.recv_from(&mut buf) {
-                let _ = udp.send_to(name.as_bytes(), from);
-            }
-        }
-    })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proto {
-    Tcp,
-    Udp,
-}
-
-/// One attempt from `from` to `to`: true if `to` answered.
-fn reaches(from: &Container, to: &Container, proto: Proto, port: u16, wait: Duration) -> bool {
-    let dst = SocketAddr::from((to.addr, port));
-    in_netns(&from.netns, || match proto {
-        Proto::Tcp => TcpStream::connect_timeout(&dst, wait)
-            .and_then(|c| {
-                c.set_read_timeout(Some(wait))?;
-                let mut line = String::new();
-                BufReader::new(c).read_line(&mut line)?;
-                Ok(!line.is_empty())
-            })
-            .unwrap_or(false),
-        Proto::Udp => (|| {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-            s.set_read_timeout(Some(wait)).ok()?;
-            s.send_to(b"?", dst).ok()?;
-            let mut buf = [0u8; 64];
-            s.recv(&mut buf).ok().map(|n| n > 0)
-        })()
-        .unwrap_or(false),
-    })
-}
-
-/// A flow: from, to, protocol, port.
-type Flow<'a> = (&'a Container, &'a Container, Proto, u16);
-
-/// Polls until `flow` passes (`want`) or not; returns how long after `since` the first probe
-/// that saw it was started. Panics after [`GENEROUS`].
-fn until(c: &Cluster, what: &str, since: Instant, flow: Flow, want: bool) -> Duration {
-    let (from, to, proto, port) = flow;
-    loop {
-        let started = Instant::now();
-        if reaches(from, to, proto, port, Duration::from_millis(250)) == want {
-            return started - since;
-        }
-        if since.elapsed() > GENEROUS {
-            panic!(
-                "{what}: {} -> {} {proto:?}/{port} still {} after {GENEROUS:?}\n{}",
-                from.id,
-                to.id,
-                if want { "blocked" } else { "open" },
-                c.logs(40)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Checks each (from, to, proto, port, allowed) now (a few tries for what should pass, one
 /// for what should not), and that `weft policy why` on node `node` agrees.
@@ -539,13 +441,5 @@ fn policies_applied_on_one_node_govern_pods_on_another() {
     stop.store(true, Ordering::Relaxed);
     for s in servers {
         let _ = s.join();
-    }
-}
-
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }

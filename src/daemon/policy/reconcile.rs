@@ -9,9 +9,8 @@
 //! also reads the per-policy drop counters for `weft policy list` and /metrics.
 //!
 //! The inputs come through one seam, a `watch` channel of [`PolicyInputs`]: on plain hosts
-//! the node's gossip core fills it ([`InputSource::Gossip`]); a Kubernetes source (pods,
-//! namespaces and NetworkPolicies from the API) can fill the same channel instead
-//! ([`InputSource::Kube`]).
+//! the node's gossip core fills it ([`InputSource::Gossip`]); on Kubernetes the node fills it
+//! from the API's pods, namespaces and NetworkPolicies instead ([`InputSource::Kube`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,7 +29,7 @@ pub const ROUND: Duration = Duration::from_secs(1);
 pub enum InputSource {
     /// Policies, namespace labels and pods from `weft policy` and gossip (plain hosts).
     Gossip,
-    /// From the Kubernetes API (not wired yet: see docs/POLICY.md).
+    /// NetworkPolicies, Pods and Namespaces from the Kubernetes API (`daemon::kube`).
     Kube,
 }
 

@@ -225,6 +225,18 @@ fn weft_daemons_on_a_real_api_server() {
     let (code, body) = http(&c, 0, "/readyz");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("failing"), "{body}");
+    // weft status says so too.
+    let status = c.status(0).expect("status");
+    let watches = status["kubernetes"]["watches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        watches
+            .iter()
+            .any(|w| w["kind"] == "Node" && w["failing"] == true && w["synced"] == true),
+        "{status}"
+    );
     while outage.elapsed() < Duration::from_secs(15) {
         for (a, b) in [(0, 1), (1, 2), (2, 0)] {
             assert!(
@@ -362,21 +374,45 @@ where
 }
 
 /// Waits for `flow` to become `want`, timed from `since` (just after the API call that
-/// should change it), and checks it took at most [`WITHIN`].
-fn changes_within(c: &Cluster, what: &str, since: Instant, flow: flows::Flow, want: bool) {
+/// should change it), and checks it took at most [`WITHIN`]. A closed flow is confirmed
+/// with a longer probe, and `control`, which no change here touches, must still pass (so
+/// a slow network under load is not taken for a policy).
+fn changes_within(
+    c: &Cluster,
+    what: &str,
+    since: Instant,
+    flow: flows::Flow,
+    want: bool,
+    control: flows::Flow,
+) {
     let took = until(c, what, since, flow, want);
     eprintln!(
         "{what}: {} after {took:?}",
         if want { "open" } else { "closed" }
     );
     assert!(took <= WITHIN, "{what}: took {took:?}");
+    if !want {
+        stays_closed(what, flow);
+    }
+    passes(what, control);
 }
 
-/// One probe that must not pass (a flow that stays closed).
+/// A flow that must pass (a few tries).
+fn passes(what: &str, flow: flows::Flow) {
+    let (from, to, proto, port) = flow;
+    assert!(
+        (0..3).any(|_| reaches(from, to, proto, port, Duration::from_secs(1))),
+        "{what}: {} -> {} {proto:?}/{port} is blocked",
+        from.id,
+        to.id
+    );
+}
+
+/// One probe, given a second, that must not pass (a flow that stays closed).
 fn stays_closed(what: &str, flow: flows::Flow) {
     let (from, to, proto, port) = flow;
     assert!(
-        !reaches(from, to, proto, port, Duration::from_millis(500)),
+        !reaches(from, to, proto, port, Duration::from_secs(1)),
         "{what}: {} -> {} {proto:?}/{port} passes",
         from.id,
         to.id
@@ -444,7 +480,12 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
     let late = c.attach(0, "late");
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = StopOnDrop(stop.clone());
-    let _server = serve(web.netns.clone(), "web".into(), stop.clone());
+    let _servers: Vec<_> = [&web, &late]
+        .iter()
+        .map(|p| serve(p.netns.clone(), p.id.clone(), stop.clone()))
+        .collect();
+    // No change below touches late's ingress or web's egress.
+    let control = (&web, &late, Proto::Tcp, 80);
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     for ns in ["shop", "client"] {
         runtime
@@ -477,6 +518,24 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
                 .is_ok_and(|v| v["namespaces"].get("client").is_some())
         });
     }
+    // weft status: the space from the pod CIDR, both Nodes, policy from the API's lists
+    // (pods web, a and b), every watch synced and none failing.
+    for i in 0..2 {
+        let status = c.status(i).expect("status");
+        let k = &status["kubernetes"];
+        assert_eq!(k["space_from"], "pod CIDR", "n{i}: {status}");
+        assert_eq!(k["nodes"], 2, "n{i}: {status}");
+        assert_eq!(k["policy_synced"], true, "n{i}: {status}");
+        assert_eq!(k["pods"], 3, "n{i}: {status}");
+        let watches = k["watches"].as_array().cloned().unwrap_or_default();
+        assert_eq!(watches.len(), 4, "n{i}: {status}");
+        assert!(
+            watches
+                .iter()
+                .all(|w| w["synced"] == true && w["failing"] == false),
+            "n{i}: {status}"
+        );
+    }
 
     // A NetworkPolicy created: web accepts TCP "http" only from app=a pods of namespaces
     // labelled team=blue (none yet): a and b are cut off.
@@ -497,16 +556,23 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         .block_on(policies_shop.create(&PostParams::default(), &web_policy))
         .expect("create NetworkPolicy");
     let t = Instant::now();
-    changes_within(&c, "policy created", t, (&a, &web, Proto::Tcp, 80), false);
+    changes_within(
+        &c,
+        "policy created",
+        t,
+        (&a, &web, Proto::Tcp, 80),
+        false,
+        control,
+    );
     stays_closed("policy created", (&b, &web, Proto::Tcp, 80));
     // Both nodes' engines have it, from the API; weft policy does not change it there.
     for i in 0..2 {
-        let list = weft_policy(&c, i, &["list"]).expect("list");
-        assert_eq!(list["policies"][0]["name"], "web", "n{i}: {list}");
-        assert_eq!(
-            list["policies"][0]["applied_by"], "kubernetes",
-            "n{i}: {list}"
-        );
+        c.wait(&format!("n{i} lists the policy"), GENEROUS, || {
+            weft_policy(&c, i, &["list"]).is_ok_and(|list| {
+                list["policies"][0]["name"] == "web"
+                    && list["policies"][0]["applied_by"] == "kubernetes"
+            })
+        });
     }
     let refused = weft_policy(&c, 0, &["delete", "shop/web"]).expect_err("delete refused");
     assert!(refused.contains("kubectl"), "{refused}");
@@ -520,23 +586,32 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         t,
         (&a, &web, Proto::Tcp, 80),
         true,
+        control,
     );
     stays_closed("namespace labelled", (&b, &web, Proto::Tcp, 80));
     stays_closed("namespace labelled", (&a, &web, Proto::Tcp, 81));
-    let why = weft_policy(
-        &c,
-        0,
-        &[
-            "why", "--from", "client/a", "--to", "shop/web", "--port", "80/tcp",
-        ],
-    )
-    .expect("why");
-    assert_eq!(why["why"]["allowed"], true, "{why}");
+    c.wait("why on n0 agrees", GENEROUS, || {
+        weft_policy(
+            &c,
+            0,
+            &[
+                "why", "--from", "client/a", "--to", "shop/web", "--port", "80/tcp",
+            ],
+        )
+        .is_ok_and(|why| why["why"]["allowed"] == true)
+    });
 
     // Pod b relabelled app=a: let in; back to app=b: cut off again.
     relabel(&runtime, &client_pods, "b", json!({"app": "a"}));
     let t = Instant::now();
-    changes_within(&c, "pod relabelled in", t, (&b, &web, Proto::Tcp, 80), true);
+    changes_within(
+        &c,
+        "pod relabelled in",
+        t,
+        (&b, &web, Proto::Tcp, 80),
+        true,
+        control,
+    );
     relabel(&runtime, &client_pods, "b", json!({"app": "b"}));
     let t = Instant::now();
     changes_within(
@@ -545,6 +620,7 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         t,
         (&b, &web, Proto::Tcp, 80),
         false,
+        control,
     );
 
     // A pod the API does not know is a stranger; its Pod created, it is let in.
@@ -553,7 +629,14 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         .block_on(create_pod(&client_pods, &late, "late", json!({"app": "a"})))
         .expect("pod late");
     let t = Instant::now();
-    changes_within(&c, "pod created", t, (&late, &web, Proto::Tcp, 80), true);
+    changes_within(
+        &c,
+        "pod created",
+        t,
+        (&late, &web, Proto::Tcp, 80),
+        true,
+        control,
+    );
 
     // Pod a deleted from the API: its address is nobody's, so it is cut off.
     runtime
@@ -566,7 +649,14 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         ))
         .expect("delete pod a");
     let t = Instant::now();
-    changes_within(&c, "pod deleted", t, (&a, &web, Proto::Tcp, 80), false);
+    changes_within(
+        &c,
+        "pod deleted",
+        t,
+        (&a, &web, Proto::Tcp, 80),
+        false,
+        control,
+    );
 
     // The namespace's label removed: late is cut off too.
     runtime
@@ -583,6 +673,7 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         t,
         (&late, &web, Proto::Tcp, 80),
         false,
+        control,
     );
 
     // The policy deleted: everyone is let in again.
@@ -590,7 +681,14 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         .block_on(policies_shop.delete("web", &DeleteParams::default()))
         .expect("delete NetworkPolicy");
     let t = Instant::now();
-    changes_within(&c, "policy deleted", t, (&b, &web, Proto::Tcp, 80), true);
+    changes_within(
+        &c,
+        "policy deleted",
+        t,
+        (&b, &web, Proto::Tcp, 80),
+        true,
+        control,
+    );
 
     // Egress, enforced on n0: app=b pods of client may send nothing.
     let policies_client: Api<NetworkPolicy> = Api::namespaced(admin.clone(), "client");
@@ -609,6 +707,7 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         t,
         (&b, &web, Proto::Tcp, 80),
         false,
+        control,
     );
     assert!(reaches(&late, &web, Proto::Tcp, 80, Duration::from_secs(1)));
     runtime
@@ -621,8 +720,44 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         t,
         (&b, &web, Proto::Tcp, 80),
         true,
+        control,
     );
-
     c.assert_no_warnings();
+
+    // The policy back; n1's weft stopped (its tables stay in force) while the policy is
+    // deleted; started again, it finds no policy in the API and removes the tables it left.
+    runtime
+        .block_on(policies_shop.create(&PostParams::default(), &web_policy))
+        .expect("create NetworkPolicy again");
+    let t = Instant::now();
+    changes_within(
+        &c,
+        "policy created again",
+        t,
+        (&b, &web, Proto::Tcp, 80),
+        false,
+        control,
+    );
+    c.kill(1);
+    runtime
+        .block_on(policies_shop.delete("web", &DeleteParams::default()))
+        .expect("delete NetworkPolicy while n1 is down");
+    c.start(1);
+    until(
+        &c,
+        "n1 restarted after its policy was deleted",
+        Instant::now(),
+        (&b, &web, Proto::Tcp, 80),
+        true,
+    );
+    let unexpected: Vec<String> = c
+        .warnings()
+        .into_iter()
+        .filter(|w| !(w.contains("member suspected") || w.contains("member failed")))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected warnings: {unexpected:#?}"
+    );
     drop(api);
 }

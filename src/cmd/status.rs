@@ -3,7 +3,7 @@
 use anyhow::bail;
 
 use super::client::Daemon;
-use crate::daemon::api::{Request, Response, Status};
+use crate::daemon::api::{KubeStatus, Request, Response, Status};
 use crate::output::{self, OutputFormat, Report};
 
 impl Report for Status {
@@ -71,7 +71,40 @@ impl Report for Status {
             ),
             ("uptime", format!("{}s", self.uptime_secs)),
         ]
+        .into_iter()
+        .chain(
+            self.kubernetes
+                .as_ref()
+                .map(|k| ("kubernetes", kube_line(k))),
+        )
+        .collect()
     }
+}
+
+/// `space from pod CIDR, 3 Nodes, policy from the API (12 pods, 4 namespaces), watches: 4
+/// synced, Pod failing (why)`.
+fn kube_line(k: &KubeStatus) -> String {
+    let policy = if k.policy_synced {
+        format!(
+            "policy from the API ({} pods, {} namespaces)",
+            k.pods, k.namespaces
+        )
+    } else {
+        "policy: waiting for the API's lists".to_string()
+    };
+    let synced = k.watches.iter().filter(|w| w.synced).count();
+    let mut watches = format!("watches: {synced} of {} synced", k.watches.len());
+    for w in k.watches.iter().filter(|w| w.failing) {
+        watches.push_str(&format!(
+            ", {} failing ({})",
+            w.kind,
+            w.last_error.as_deref().unwrap_or("no answer")
+        ));
+    }
+    format!(
+        "space from {}, {} Nodes, {policy}, {watches}",
+        k.space_from, k.nodes
+    )
 }
 
 /// `3 (wrong_secret 2, backoff 1)`, or `none`.
@@ -96,7 +129,7 @@ pub fn show(daemon: Daemon, format: OutputFormat) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::api::{GossipCounters, MemberCounts};
+    use crate::daemon::api::{GossipCounters, KubeWatch, MemberCounts};
 
     fn sample() -> Status {
         Status {
@@ -126,6 +159,7 @@ mod tests {
             datapath_restarts: 0,
             drift_repairs: Default::default(),
             policy: Default::default(),
+            kubernetes: None,
             gossip: GossipCounters {
                 sent: 10,
                 received: 9,
@@ -167,5 +201,37 @@ mod tests {
         assert!(empty
             .fields()
             .contains(&("address space", "none yet".to_string())));
+        assert!(!empty.fields().iter().any(|(k, _)| *k == "kubernetes"));
+    }
+
+    #[test]
+    fn status_text_on_kubernetes_names_the_sources_and_failing_watches() {
+        let watch = |kind: &str, failing: bool| KubeWatch {
+            kind: kind.into(),
+            synced: true,
+            failing,
+            errors: u64::from(failing),
+            last_error: failing.then(|| "connection refused".to_string()),
+        };
+        let mut s = sample();
+        s.kubernetes = Some(KubeStatus {
+            space_from: "pod CIDR".into(),
+            nodes: 3,
+            policy_synced: true,
+            pods: 12,
+            namespaces: 4,
+            watches: vec![watch("Node", false), watch("Pod", true)],
+        });
+        let line = s
+            .fields()
+            .into_iter()
+            .find(|(k, _)| *k == "kubernetes")
+            .map(|(_, v)| v)
+            .expect("kubernetes line");
+        assert_eq!(
+            line,
+            "space from pod CIDR, 3 Nodes, policy from the API (12 pods, 4 namespaces), \
+             watches: 2 of 2 synced, Pod failing (connection refused)"
+        );
     }
 }

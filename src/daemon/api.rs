@@ -330,6 +330,43 @@ pub struct Status {
     /// Network policy on this node: policies held, rules in force, drops per policy.
     #[serde(default)]
     pub policy: PolicyStatus,
+    /// On Kubernetes: what the node takes from the API (absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeStatus>,
+}
+
+/// What a node on Kubernetes takes from the API, for `weft status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeStatus {
+    /// Where this node's address space comes from: `pod CIDR` (its Node's) or `weft` (the
+    /// gossip allocator).
+    pub space_from: String,
+    /// Nodes in the API's last Node list (0 until it arrived).
+    pub nodes: usize,
+    /// The API's Pods, Namespaces and NetworkPolicies are in: network policy follows them.
+    pub policy_synced: bool,
+    /// Pods the policy engine knows from the API (scheduled, with addresses, not on the
+    /// host's network), in the whole cluster.
+    pub pods: usize,
+    /// Namespaces known from the API.
+    pub namespaces: usize,
+    /// Each watch's health (Node, Pod, Namespace, NetworkPolicy).
+    #[serde(default)]
+    pub watches: Vec<KubeWatch>,
+}
+
+/// One Kubernetes watch, for `weft status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeWatch {
+    pub kind: String,
+    /// A complete list has been received at least once.
+    pub synced: bool,
+    /// Failing now (the API server away, or refusing).
+    pub failing: bool,
+    /// Errors since start.
+    pub errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Network policy, as `weft status` and /metrics show it.

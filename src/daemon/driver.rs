@@ -23,8 +23,9 @@ use weft_gossip::ipam::{FileStore, Store};
 use weft_gossip::transport::{self, Transport};
 use weft_gossip::{LeaveReason, TransmitKind};
 
-use super::api::{Query, Request, Response};
+use super::api::{KubeWatch, Query, Request, Response};
 use super::members::MembersJournal;
+use super::metrics::KubeHealth;
 use super::node::{ClusterNodes, KubePolicy, Node};
 use super::state::VersionFile;
 use super::view::{DatapathReport, MeshView};
@@ -105,6 +106,8 @@ pub struct Driver {
     cluster: Option<mpsc::Receiver<ClusterNodes>>,
     /// The policy inputs from the Kubernetes API (see `daemon::kube`).
     kube_policy: Option<mpsc::Receiver<KubePolicy>>,
+    /// The Kubernetes watches' health, for `weft status`.
+    kube_health: Option<HealthFn>,
     policy_open: bool,
 }
 
@@ -133,6 +136,7 @@ impl Driver {
             failed_open: true,
             cluster: None,
             kube_policy: None,
+            kube_health: None,
             policy_open: true,
         }
     }
@@ -143,9 +147,15 @@ impl Driver {
         self
     }
 
-    /// Feed the node the policy inputs from the Kubernetes API from `inputs`.
-    pub fn with_kube_policy(mut self, inputs: mpsc::Receiver<KubePolicy>) -> Self {
+    /// Feed the node the policy inputs from the Kubernetes API from `inputs`; `health`
+    /// adds the watches' health to `weft status`.
+    pub fn with_kube_policy(
+        mut self,
+        inputs: mpsc::Receiver<KubePolicy>,
+        health: KubeHealth,
+    ) -> Self {
         self.kube_policy = Some(inputs);
+        self.kube_health = Some(HealthFn(health));
         self
     }
 
@@ -336,6 +346,18 @@ impl Driver {
                 .iter()
                 .map(|(reason, n)| (reason.label().to_string(), n))
                 .collect();
+            if let (Some(k), Some(health)) = (status.kubernetes.as_mut(), &self.kube_health) {
+                k.watches = (health.0)()
+                    .into_iter()
+                    .map(|h| KubeWatch {
+                        kind: h.kind.to_string(),
+                        synced: h.synced,
+                        failing: h.failing,
+                        errors: h.errors,
+                        last_error: h.last_error,
+                    })
+                    .collect();
+            }
         }
         response
     }
@@ -411,6 +433,15 @@ impl Driver {
             }
             drop(permit);
         });
+    }
+}
+
+/// The Kubernetes watches' health (a closure, which has no `Debug`).
+struct HealthFn(KubeHealth);
+
+impl std::fmt::Debug for HealthFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HealthFn")
     }
 }
 

@@ -44,6 +44,8 @@ pub const SPACE_FILE: &str = "kube-space";
 const START_WAIT: Duration = Duration::from_secs(10);
 /// How long a start waits for this Node to show up in a complete Node list.
 const OWN_NODE_WAIT: Duration = Duration::from_secs(60);
+/// The watches the policy engine's inputs come from.
+const POLICY_KINDS: [&str; 3] = ["Pod", "Namespace", "NetworkPolicy"];
 /// How often readiness is checked for the `NetworkUnavailable` condition.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// The least time between two patches of the condition (the store may lag a patch).
@@ -94,7 +96,7 @@ impl Kubernetes {
                 let listed = watchers
                     .health(Instant::now())
                     .iter()
-                    .skip(1)
+                    .filter(|h| POLICY_KINDS.contains(&h.kind))
                     .all(|h| h.synced);
                 if listed {
                     let inputs = kube_policy(
@@ -314,10 +316,13 @@ pub fn cluster_nodes<'a>(
 }
 
 /// The policy engine's inputs from the API's objects, for node `own`:
-/// - every NetworkPolicy, checked as `weft policy apply` checks one (those it refuses are
-///   left out and named in `refused`);
+/// - every NetworkPolicy, checked as `weft policy apply` checks one; one the engine cannot
+///   take is named in `refused` and enforced as denying everything to the pods it selects
+///   ([`deny_all_in_place_of`]): the API server accepted it, so its pods are meant to be
+///   isolated, and leaving it out would open them;
 /// - every Pod that is scheduled, has addresses, is not on the host's network and has not
-///   finished (its addresses may be another's already), with labels and named ports;
+///   finished, with labels and named ports; a terminating Pod (deletion under way) keeps
+///   only addresses no other Pod claims (its sandbox may be gone and its address another's);
 /// - every Namespace's labels.
 pub fn kube_policy<'a>(
     own: &str,
@@ -336,20 +341,36 @@ pub fn kube_policy<'a>(
             raw["metadata"]["namespace"].as_str().unwrap_or("?"),
             raw["metadata"]["name"].as_str().unwrap_or("?")
         );
-        let checked = serde_json::from_value::<policy::NetworkPolicy>(raw)
+        let checked = serde_json::from_value::<policy::NetworkPolicy>(raw.clone())
             .map_err(|e| e.to_string())
             .and_then(|o| policy::Policy::from_object(o, "default").map_err(|e| e.to_string()));
         match checked {
             Ok(p) => out.policies.push(p),
-            Err(e) => out.refused.push(format!("{name}: {e}")),
+            Err(e) => {
+                out.refused.push(format!("{name}: {e}"));
+                out.policies.extend(deny_all_in_place_of(&raw));
+            }
         }
     }
     out.policies.sort_by(|a, b| a.id.cmp(&b.id));
-    for pod in pods {
-        let Some(id) = model::pod_identity(pod) else {
-            continue;
-        };
-        let Some(node) = id.node.filter(|_| !id.host_network && !id.ips.is_empty()) else {
+    let pods: Vec<(&Pod, model::PodIdentity)> = pods
+        .into_iter()
+        .filter_map(|p| Some((p, model::pod_identity(p)?)))
+        .filter(|(_, id)| id.node.is_some() && !id.host_network && !id.ips.is_empty())
+        .collect();
+    let live: BTreeSet<std::net::IpAddr> = pods
+        .iter()
+        .filter(|(p, _)| p.metadata.deletion_timestamp.is_none())
+        .flat_map(|(_, id)| id.ips.iter().copied())
+        .collect();
+    for (pod, mut id) in pods {
+        if pod.metadata.deletion_timestamp.is_some() {
+            id.ips.retain(|ip| !live.contains(ip));
+            if id.ips.is_empty() {
+                continue;
+            }
+        }
+        let Some(node) = id.node else {
             continue;
         };
         let ports = id
@@ -387,6 +408,41 @@ pub fn kube_policy<'a>(
         }
     }
     out
+}
+
+/// What is enforced in place of a NetworkPolicy the engine refused: the same pods (its pod
+/// selector, or the whole namespace if that is what it cannot take) isolated in the same
+/// directions (its policy types, or both if those are what it cannot take), with no rule
+/// that lets anything in or out. Fails closed, as the policy meant its pods to be isolated.
+fn deny_all_in_place_of(raw: &serde_json::Value) -> Option<policy::Policy> {
+    let spec = &raw["spec"];
+    let types = match spec.get("policyTypes") {
+        Some(t) => t.clone(),
+        None if spec.get("egress").is_some() => serde_json::json!(["Ingress", "Egress"]),
+        None => serde_json::json!(["Ingress"]),
+    };
+    let both = serde_json::json!(["Ingress", "Egress"]);
+    let all_pods = serde_json::json!({});
+    let selector = spec
+        .get("podSelector")
+        .cloned()
+        .unwrap_or_else(|| all_pods.clone());
+    [
+        (selector.clone(), types),
+        (selector, both.clone()),
+        (all_pods, both),
+    ]
+    .into_iter()
+        .find_map(|(selector, types)| {
+            let object = serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": raw["metadata"]["name"], "namespace": raw["metadata"]["namespace"]},
+                "spec": {"podSelector": selector, "policyTypes": types}
+            });
+            let object = serde_json::from_value::<policy::NetworkPolicy>(object).ok()?;
+            policy::Policy::from_object(object, "default").ok()
+        })
 }
 
 /// The node's address space by `mode` from its Node's pod CIDRs: the IPv4 one (weft's
@@ -541,6 +597,17 @@ mod tests {
                 "done",
                 serde_json::json!({"status": {"phase": "Succeeded"}}),
             ),
+            // Terminating: its address is web's now, so it keeps none and is left out ...
+            pod(
+                "old",
+                serde_json::json!({"metadata": {"deletionTimestamp": "2026-12-03T10:00:00Z"}}),
+            ),
+            // ... while one whose address nobody else has still counts.
+            pod(
+                "going",
+                serde_json::json!({"metadata": {"deletionTimestamp": "2026-12-03T10:00:00Z"},
+                    "status": {"podIP": "10.244.1.9"}}),
+            ),
         ];
         let namespaces: Vec<Namespace> = vec![serde_json::from_value(
             serde_json::json!({"metadata": {"name": "shop", "labels": {"team": "a"}}}),
@@ -561,10 +628,10 @@ mod tests {
         let names: Vec<&str> = got.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
-            ["web"],
-            "only scheduled pods with addresses, on weft"
+            ["going", "web"],
+            "only scheduled pods with addresses, on weft, not claiming a live pod's address"
         );
-        let web = &got.pods[0];
+        let web = &got.pods[1];
         assert_eq!(web.node, "n1");
         assert_eq!(
             web.addresses,
@@ -584,8 +651,13 @@ mod tests {
             ]
         );
         assert_eq!(got.namespaces["shop"]["team"], "a");
-        assert_eq!(got.policies.len(), 1);
-        assert_eq!(got.policies[0].id.to_string(), "shop/web");
+        // The refused policy is enforced as deny-all for its pods, both ways (its types are
+        // what could not be taken).
+        let ids: Vec<String> = got.policies.iter().map(|p| p.id.to_string()).collect();
+        assert_eq!(ids, ["shop/odd", "shop/web"]);
+        let odd = &got.policies[0];
+        assert_eq!(odd.ingress.as_deref().map(<[_]>::len), Some(0), "{odd:?}");
+        assert_eq!(odd.egress.as_deref().map(<[_]>::len), Some(0), "{odd:?}");
         assert_eq!(got.refused.len(), 1);
         assert!(
             got.refused[0].starts_with("shop/odd: "),
@@ -593,6 +665,17 @@ mod tests {
             got.refused
         );
         assert!(got.refused[0].contains("policyTypes"), "{:?}", got.refused);
+        // An ingress-only policy weft cannot take stays ingress-only, with its selector.
+        let mut ingress_only = policy("late", "Ingress");
+        ingress_only.spec.as_mut().expect("spec").ingress = Some(vec![serde_json::from_value(
+            serde_json::json!({"ports": [{"port": 80, "endPort": 70}]}),
+        )
+        .expect("rule")]);
+        let got = kube_policy("n1", &pods, &namespaces, &[ingress_only]);
+        assert_eq!(got.refused.len(), 1, "{:?}", got.refused);
+        let late = &got.policies[0];
+        assert_eq!(late.ingress.as_deref().map(<[_]>::len), Some(0), "{late:?}");
+        assert!(late.egress.is_none(), "{late:?}");
     }
 
     #[test]

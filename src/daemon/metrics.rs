@@ -591,6 +591,7 @@ mod tests {
                 repairs: 2,
                 error: None,
             },
+            kubernetes: None,
             gossip: GossipCounters {
                 sent: 10,
                 received: 9,

@@ -346,7 +346,7 @@ async fn run(
         let (policy_inputs, policy_feed) = k.spawn_policy_feed();
         driver = driver
             .with_cluster_nodes(nodes)
-            .with_kube_policy(policy_inputs);
+            .with_kube_policy(policy_inputs, k.health());
         feed_tasks = vec![task, policy_feed];
     }
     let shutdown = async move {

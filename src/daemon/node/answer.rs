@@ -312,6 +312,7 @@ impl Node {
                 .map(|(kind, n)| (kind.to_string(), *n))
                 .collect(),
             policy: self.policy_status(),
+            kubernetes: self.kube_status(),
         }
     }
 

@@ -25,7 +25,7 @@ use weft_gossip::NodeId;
 use weft_mesh::policy;
 
 use super::{view, Node};
-use crate::daemon::api::PeerState;
+use crate::daemon::api::{KubeStatus, PeerState};
 
 /// The record label a node with a fixed space (a Kubernetes pod CIDR) announces it in.
 pub const SPACE_LABEL: &str = "weft/space";
@@ -94,6 +94,27 @@ impl Node {
     /// Kubernetes is configured: network policy follows the API, not `weft policy`.
     pub(super) fn on_kubernetes(&self) -> bool {
         self.kube.enabled
+    }
+
+    /// What `weft status` says about Kubernetes (the watches' health is added at the edge).
+    pub(super) fn kube_status(&self) -> Option<KubeStatus> {
+        if !self.kube.enabled {
+            return None;
+        }
+        let policy = self.kube.policy.as_ref();
+        Some(KubeStatus {
+            space_from: if self.kube.fixed.is_some() {
+                "pod CIDR"
+            } else {
+                "weft"
+            }
+            .into(),
+            nodes: self.kube.names.len(),
+            policy_synced: policy.is_some(),
+            pods: policy.map_or(0, |p| p.pods.len()),
+            namespaces: policy.map_or(0, |p| p.namespaces.len()),
+            watches: Vec::new(),
+        })
     }
 
     /// The policy inputs from the API, once they arrived.

@@ -2,7 +2,7 @@
 //! feeds it members, records and messages, answers `weft policy`, and hands the compiler's
 //! inputs to the reconciler ([`Node::poll_policy_inputs`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
@@ -408,7 +408,6 @@ impl Node {
         };
         let (policies, namespaces) = match self.kube_policy() {
             Some(k) => (k.policies.as_slice(), &k.namespaces),
-            None if matches!(request, PolicyRequest::Why { .. }) => (&[][..], &BTreeMap::new()),
             None => {
                 return Err(
                     "the Kubernetes Pod, Namespace and NetworkPolicy lists are not in yet".into(),

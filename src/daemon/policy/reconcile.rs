@@ -99,15 +99,26 @@ struct Reconciler {
     sysctls_done: bool,
     /// The last error logged (each new one once).
     logged: Option<String>,
+    /// The first inputs were taken (tables left from before a restart were dealt with).
+    started: bool,
 }
 
 impl Reconciler {
     async fn reconcile(&mut self, inputs: &PolicyInputs, round: bool) {
+        let first = !self.started;
+        self.started = true;
         if inputs.cluster.policies.is_empty() {
-            if self.loaded.is_some() {
+            // Tables left by an earlier run whose policies were all deleted meanwhile (on
+            // Kubernetes, while weft was down) go too.
+            let stale = first
+                && self.loaded.is_none()
+                && list_tables()
+                    .await
+                    .is_ok_and(|(inet, bridge)| inet || bridge);
+            if self.loaded.is_some() || stale {
                 match self.table.remove().await {
                     Ok(()) => {
-                        info!("no policy left: the policy tables are removed");
+                        info!(source = ?inputs.source, "no policy left: the policy tables are removed");
                         self.loaded = None;
                         self.report.rules = 0;
                         self.report.drops.clear();
@@ -121,9 +132,9 @@ impl Reconciler {
         let script = nft::replace_script(&compiled);
         let mut drifted = false;
         if round && self.loaded.is_some() {
-            match tables_present().await {
-                Ok(true) => {}
-                Ok(false) => drifted = true,
+            match list_tables().await {
+                Ok((true, true)) => {}
+                Ok(_) => drifted = true,
                 Err(e) => self.failed(format!("listing nftables tables: {e}")),
             }
         }
@@ -216,8 +227,8 @@ impl Reconciler {
     }
 }
 
-/// Both policy tables exist.
-async fn tables_present() -> std::io::Result<bool> {
+/// Whether the `inet` and the `bridge` policy tables exist.
+async fn list_tables() -> std::io::Result<(bool, bool)> {
     let out = tokio::process::Command::new("nft")
         .args(["list", "tables"])
         .stdin(std::process::Stdio::null())
@@ -233,5 +244,5 @@ async fn tables_present() -> std::io::Result<bool> {
         text.lines()
             .any(|l| l.trim() == format!("table {family} {}", nft::TABLE))
     };
-    Ok(has("inet") && has("bridge"))
+    Ok((has("inet"), has("bridge")))
 }

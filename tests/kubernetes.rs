@@ -474,10 +474,11 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
 
     // shop/web on n1 (named port http = TCP 80); client/a, client/b and later client/late
     // on n0. The pods are attached by weft; the API says who they are.
-    let web = c.attach(1, "web");
-    let a = c.attach(0, "a");
-    let b = c.attach(0, "b");
-    let late = c.attach(0, "late");
+    // As weft-cni would from CNI_ARGS K8S_POD_NAMESPACE and K8S_POD_NAME.
+    let web = c.attach_with(1, "web", &["--namespace", "shop"]);
+    let a = c.attach_with(0, "a", &["--namespace", "client"]);
+    let b = c.attach_with(0, "b", &["--namespace", "client"]);
+    let late = c.attach_with(0, "late", &["--namespace", "client"]);
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = StopOnDrop(stop.clone());
     let _servers: Vec<_> = [&web, &late]
@@ -576,6 +577,33 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
     }
     let refused = weft_policy(&c, 0, &["delete", "shop/web"]).expect_err("delete refused");
     assert!(refused.contains("kubectl"), "{refused}");
+    // Anti-spoofing, from the API's pods joined with n0's attachments: b sending with a's
+    // address is dropped at n0's bridge and counted.
+    // (a's address on b's eth0 for a moment, so that its socket can send from it.)
+    let a_addr = format!("{}/32", a.addr);
+    let on_b = |verb: &str| {
+        c.bed
+            .run_ok_in(&b.netns, &["ip", "addr", verb, &a_addr, "dev", "eth0"])
+            .unwrap_or_else(|e| panic!("ip addr {verb} in b's namespace: {e}"));
+    };
+    on_b("add");
+    let spoofed = |c: &Cluster| {
+        weft_policy(c, 0, &["list"])
+            .ok()
+            .and_then(|l| l["spoofed"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = spoofed(&c);
+    flows::in_netns(&b.netns, || {
+        let s = std::net::UdpSocket::bind((a.addr, 0)).expect("bind to a's address");
+        for _ in 0..5 {
+            s.send_to(b"forged", (web.addr, 80)).expect("send");
+        }
+    });
+    c.wait("n0 counts b's forged packets", GENEROUS, || {
+        spoofed(&c) >= before + 5
+    });
+    on_b("del");
 
     // The namespace labelled team=blue: a is let in (TCP 80 only), b is not.
     relabel(&runtime, &namespaces, "client", json!({"team": "blue"}));

@@ -467,22 +467,25 @@ impl Cluster {
     /// `weft attach --netns /run/netns/NAME --api-socket S ID`; returns it with the address
     /// found on its eth0.
     pub fn attach(&mut self, node: usize, id: &str) -> Container {
+        self.attach_with(node, id, &[])
+    }
+
+    /// [`Cluster::attach`] with more `weft attach` flags (`--namespace`, `--label` ...).
+    pub fn attach_with(&mut self, node: usize, id: &str, flags: &[&str]) -> Container {
         let netns = self.bed.container().expect("container namespace");
         let path = format!("/run/netns/{netns}");
         let n = &self.nodes[node];
-        let out = self
-            .bed
-            .host(n.host)
-            .run(&[
-                BIN,
-                "attach",
-                "--netns",
-                &path,
-                "--api-socket",
-                utf8(&n.socket),
-                id,
-            ])
-            .expect("run weft attach");
+        let mut args = vec![
+            BIN,
+            "attach",
+            "--netns",
+            &path,
+            "--api-socket",
+            utf8(&n.socket),
+        ];
+        args.extend_from_slice(flags);
+        args.push(id);
+        let out = self.bed.host(n.host).run(&args).expect("run weft attach");
         assert!(
             out.status.success(),
             "weft attach {id} on {} failed: {}{}",

@@ -206,9 +206,24 @@ impl Node {
         let p = self.policy.as_ref()?;
         if self.on_kubernetes() {
             let k = self.kube_policy()?;
+            let mut pods = k.pods.clone();
+            // The API does not know a pod's bridge port; this node's attachments do (CNI's
+            // K8S_POD_NAMESPACE and NAME): with it, the pod's forged sources are dropped.
+            let attached = p.pods();
+            let attached = attached.get(&self.core.local_id()).copied().unwrap_or(&[]);
+            for pod in pods.iter_mut().filter(|pod| pod.node == k.node) {
+                pod.interface = attached
+                    .iter()
+                    .find(|a| {
+                        a.namespace == pod.namespace
+                            && a.name == pod.name
+                            && a.addresses.iter().any(|x| pod.addresses.contains(x))
+                    })
+                    .and_then(|a| a.interface.clone());
+            }
             return Some(Cluster {
                 policies: k.policies.clone(),
-                pods: k.pods.clone(),
+                pods,
                 namespaces: k.namespaces.clone(),
                 nodes: if with_nodes {
                     self.policy_nodes(true)

@@ -1503,6 +1503,44 @@ fn on_kubernetes_the_api_is_the_policy_source_and_weft_policy_only_reads_it() {
     assert_eq!(published.cluster.pods, inputs.pods);
     assert_eq!(published.cluster.policies.len(), 1);
     assert_eq!(published.cluster.namespaces, inputs.namespaces);
+    assert_eq!(
+        published.cluster.pods[1].interface, None,
+        "not attached here yet"
+    );
+    // This node's attachment of x/b (CNI's K8S_POD_*) gives the API's pod its bridge port,
+    // for anti-spoofing; one with another name or address does not.
+    let attached = |name: &str, addr: &str, ifname: &str| crate::daemon::policy::PodIdentity {
+        interface: Some(ifname.into()),
+        ..pod_identity(name, "ignored", addr)
+    };
+    let (now, wall) = (net.now, net.wall());
+    net.n(1).node.handle_request(
+        now,
+        wall,
+        77,
+        Request::LocalPods(vec![
+            attached("b", "10.40.1.2", "vethb"),
+            attached("c", "10.40.1.3", "vethc"),
+            attached("a", "10.40.1.4", "vetha"),
+        ]),
+    );
+    net.pump(1);
+    let joined = net.n(1).node.poll_policy_inputs().expect("republished");
+    let ifaces: Vec<Option<&str>> = joined
+        .cluster
+        .pods
+        .iter()
+        .map(|p| p.interface.as_deref())
+        .collect();
+    assert_eq!(
+        ifaces,
+        [None, Some("vethb")],
+        "a is on n2, b is attached here"
+    );
+    assert_eq!(
+        joined.cluster.pods[0].labels["app"], "a",
+        "labels are the API's"
+    );
     // The same inputs again change nothing; a relabelled pod does.
     net.n(1).node.handle_kube_policy(inputs.clone());
     assert!(net.n(1).node.poll_policy_inputs().is_none());

@@ -421,6 +421,29 @@ fn policies_applied_on_one_node_govern_pods_on_another() {
     assert!(c
         .log(1)
         .contains("nftables table inet weft_policy missing: restored"));
+    // ... and so is a table edited in place (its forward chain emptied).
+    c.bed
+        .run_ok_in(
+            &host1,
+            &["nft", "flush", "chain", "inet", "weft_policy", "forward"],
+        )
+        .expect("nft flush chain");
+    c.wait(
+        "the edited table is reloaded",
+        Duration::from_secs(5),
+        || {
+            c.log(1)
+                .contains("nftables table inet weft_policy changed by someone else: reloaded")
+        },
+    );
+    c.wait(
+        "the second repair is counted",
+        Duration::from_secs(5),
+        || {
+            c.metric(1, "weft_drift_repairs_total{kind=\"policy\"}")
+                .is_some_and(|v| v >= 2.0)
+        },
+    );
 
     // `weft reset` takes the policy tables away with weft's other host state.
     let socket = c.nodes[1].socket.to_str().expect("utf-8").to_string();

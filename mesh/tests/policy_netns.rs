@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use nix::sched::{setns, CloneFlags};
 use weft_mesh::policy::{
-    self, Cluster, Compiled, NamedPort, Node, Pod, PolicyTable, Protocol, Scope,
+    self, Cluster, Compiled, Drift, NamedPort, Node, Pod, PolicyTable, Protocol, Scope,
 };
 use weft_testbed::{Host, TestBed};
 
@@ -215,6 +215,52 @@ fn generated_rulesets_pass_nft_check_and_load() {
         .run_ok(&["nft", "list", "table", "inet", "weft_policy"])
         .expect("list");
     assert_eq!(before, after);
+}
+
+#[test]
+fn any_change_to_the_loaded_tables_is_drift() {
+    if !weft_testbed::require_root("any_change_to_the_loaded_tables_is_drift") {
+        return;
+    }
+    let bed = TestBed::new(1).expect("test bed");
+    let h = bed.host(0);
+    let compiled = policy::compile(&rich_cluster(), Scope::Node("n1".into()));
+    let nft = |args: &str| {
+        let args: Vec<&str> = args.split(' ').collect();
+        h.run_ok(&[&["nft"][..], &args].concat())
+            .unwrap_or_else(|e| panic!("nft {args:?}: {e}"));
+    };
+    block_in(h.name(), || async {
+        let mut table = PolicyTable::new();
+        table.apply(&compiled).await.expect("apply");
+        // As loaded, however often it is asked (and with counters counting).
+        for _ in 0..3 {
+            assert_eq!(table.drift().await.expect("drift"), Drift::None);
+        }
+        let edits = [
+            ("flush chain inet weft_policy forward", Drift::Changed),
+            ("add rule inet weft_policy forward accept", Drift::Changed),
+            ("delete table bridge weft_policy", Drift::Missing),
+            ("flush ruleset", Drift::Missing),
+        ];
+        for (edit, want) in edits {
+            nft(edit);
+            assert_eq!(
+                table.drift().await.expect("drift"),
+                want,
+                "after nft {edit}"
+            );
+            table.apply(&compiled).await.expect("reload");
+            assert_eq!(
+                table.drift().await.expect("drift"),
+                Drift::None,
+                "reloaded after nft {edit}"
+            );
+        }
+        // Removed by weft itself: nothing to compare with.
+        table.remove().await.expect("remove");
+        assert_eq!(table.drift().await.expect("drift"), Drift::Missing);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

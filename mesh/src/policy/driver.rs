@@ -26,6 +26,20 @@ pub struct PolicyTable {
     loaded: BTreeMap<String, PolicyName>,
     /// Drops counted by tables already replaced, per policy.
     earlier: BTreeMap<PolicyName, CounterValue>,
+    /// What the kernel listed for both tables right after the last load, without counts
+    /// and handles ([`fingerprint`]): a later listing that differs is drift.
+    fingerprint: Option<u64>,
+}
+
+/// Whether the tables in the kernel are still the ones loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    /// As loaded.
+    None,
+    /// A table is gone (a `nft flush ruleset`, a `delete table`).
+    Missing,
+    /// Both are there but their rules, chains, sets or elements differ from what was loaded.
+    Changed,
 }
 
 impl PolicyTable {
@@ -49,6 +63,7 @@ impl PolicyTable {
             total.packets += value.packets;
             total.bytes += value.bytes;
         }
+        self.fingerprint = fingerprint().await.ok().flatten();
         // Policies that are gone take their count with them.
         self.loaded = compiled
             .counters()
@@ -64,7 +79,19 @@ impl PolicyTable {
         run_nft(&["-f", "-"], Some(nft::remove_script())).await?;
         self.loaded.clear();
         self.earlier.clear();
+        self.fingerprint = None;
         Ok(())
+    }
+
+    /// Compares both tables in the kernel with what the last [`PolicyTable::apply`] loaded
+    /// (one `nft -j list` of each): a rule deleted, a set element added or a chain flushed
+    /// is [`Drift::Changed`], as a table gone is [`Drift::Missing`].
+    pub async fn drift(&self) -> Result<Drift> {
+        match (fingerprint().await?, self.fingerprint) {
+            (None, _) => Ok(Drift::Missing),
+            (Some(now), Some(then)) if now != then => Ok(Drift::Changed),
+            _ => Ok(Drift::None),
+        }
     }
 
     /// Packets and bytes each policy has dropped since it was first applied.
@@ -117,6 +144,39 @@ impl PolicyTable {
             .into_iter()
             .filter_map(|(name, v)| self.loaded.get(&name).map(|id| (id.clone(), v)))
             .collect())
+    }
+}
+
+/// A hash of both policy tables as the kernel lists them, without what changes by itself
+/// (counter values) or on an identical reload (handles); `None` if either is missing.
+async fn fingerprint() -> Result<Option<u64>> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for family in ["inet", "bridge"] {
+        let listing = match run_nft(&["-j", "list", "table", family, TABLE], None).await {
+            Ok(out) => out,
+            Err(NftError::Refused(_, stderr)) if is_missing_table(&stderr) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut listing: Value = serde_json::from_str(&listing)
+            .map_err(|e| crate::Error::io("parsing nft -j list table", std::io::Error::other(e)))?;
+        strip_volatile(&mut listing);
+        listing.to_string().hash(&mut hasher);
+    }
+    Ok(Some(hasher.finish()))
+}
+
+/// Removes counter values, handles and nft's own version block from a JSON listing.
+pub fn strip_volatile(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for key in ["packets", "bytes", "handle", "metainfo"] {
+                map.remove(key);
+            }
+            map.values_mut().for_each(strip_volatile);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_volatile),
+        _ => {}
     }
 }
 

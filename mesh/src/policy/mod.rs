@@ -50,7 +50,7 @@ pub mod nft;
 pub mod ranges;
 pub mod spec;
 
-pub use driver::PolicyTable;
+pub use driver::{Drift, PolicyTable};
 pub use model::{
     compile, Cluster, Compiled, Decision, Direction, Endpoint, NamedPort, Node, Pod, RuleRef,
     Scope, Why, NAMESPACE_NAME_LABEL,

@@ -3,7 +3,8 @@
 //!
 //! On every change of the inputs, and every [`ROUND`] against the kernel: compile this
 //! node's ruleset (`weft_mesh::policy::compile`, pure), and if it differs from the one in
-//! force, or the tables are gone (a `nft flush ruleset`), load it with one `nft -f`
+//! force, or the tables in the kernel are gone or differ from what was loaded (a `nft flush
+//! ruleset`, a rule deleted: [`PolicyTable::drift`]), load it with one `nft -f`
 //! ([`PolicyTable::apply`]). A repair of drift is logged once as a warning and counted. With
 //! no policy at all there is no table (nothing is filtered, as in Kubernetes). Each round
 //! also reads the per-policy drop counters for `weft policy list` and /metrics.
@@ -18,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use weft_mesh::policy::{self, nft, Cluster, PolicyTable, Scope};
+use weft_mesh::policy::{self, nft, Cluster, Drift, PolicyTable, Scope};
 
 /// How often the kernel's tables are checked and the counters read.
 pub const ROUND: Duration = Duration::from_secs(1);
@@ -130,21 +131,26 @@ impl Reconciler {
         }
         let compiled = policy::compile(&inputs.cluster, Scope::Node(inputs.node.clone()));
         let script = nft::replace_script(&compiled);
-        let mut drifted = false;
+        let mut drifted = Drift::None;
         if round && self.loaded.is_some() {
-            match list_tables().await {
-                Ok((true, true)) => {}
-                Ok(_) => drifted = true,
-                Err(e) => self.failed(format!("listing nftables tables: {e}")),
+            match self.table.drift().await {
+                Ok(d) => drifted = d,
+                Err(e) => self.failed(format!("listing the policy tables: {e}")),
             }
         }
-        if drifted || self.loaded.as_deref() != Some(script.as_str()) {
+        if drifted != Drift::None || self.loaded.as_deref() != Some(script.as_str()) {
             self.ensure_sysctls();
             match self.table.apply(&compiled).await {
                 Ok(stats) => {
-                    if drifted {
+                    if drifted == Drift::Missing {
                         self.report.repairs += 1;
                         warn!("nftables table inet {} missing: restored", nft::TABLE);
+                    } else if drifted == Drift::Changed {
+                        self.report.repairs += 1;
+                        warn!(
+                            "nftables table inet {} changed by someone else: reloaded",
+                            nft::TABLE
+                        );
                     } else if self.loaded.is_none() {
                         info!(
                             source = ?inputs.source,

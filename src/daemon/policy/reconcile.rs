@@ -21,8 +21,13 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use weft_mesh::policy::{self, nft, Cluster, Drift, PolicyTable, Scope};
 
-/// How often the kernel's tables are checked and the counters read.
+/// How often the kernel's tables are checked for presence and the counters read.
 pub const ROUND: Duration = Duration::from_secs(1);
+/// The full comparison of the tables' contents ([`PolicyTable::drift`]) lists them whole,
+/// which takes from 15 ms (a few policies) to over a second (thousands): it runs at most
+/// every this many times its own last duration (at most 5% of a core), and every round when
+/// that is shorter.
+const FULL_CHECK_SPACING: u32 = 20;
 
 /// Where the policy inputs came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +107,8 @@ struct Reconciler {
     logged: Option<String>,
     /// The first inputs were taken (tables left from before a restart were dealt with).
     started: bool,
+    /// When the tables' contents are compared next (their presence is, every round).
+    next_full_check: Option<std::time::Instant>,
 }
 
 impl Reconciler {
@@ -133,9 +140,19 @@ impl Reconciler {
         let script = nft::replace_script(&compiled);
         let mut drifted = Drift::None;
         if round && self.loaded.is_some() {
-            match self.table.drift().await {
-                Ok(d) => drifted = d,
-                Err(e) => self.failed(format!("listing the policy tables: {e}")),
+            let now = std::time::Instant::now();
+            if self.next_full_check.is_none_or(|t| now >= t) {
+                match self.table.drift().await {
+                    Ok(d) => drifted = d,
+                    Err(e) => self.failed(format!("listing the policy tables: {e}")),
+                }
+                self.next_full_check = Some(now + now.elapsed() * FULL_CHECK_SPACING);
+            } else {
+                match list_tables().await {
+                    Ok((true, true)) => {}
+                    Ok(_) => drifted = Drift::Missing,
+                    Err(e) => self.failed(format!("listing nftables tables: {e}")),
+                }
             }
         }
         if drifted != Drift::None || self.loaded.as_deref() != Some(script.as_str()) {

@@ -29,18 +29,19 @@ mod fixture;
 #[allow(dead_code)]
 mod flows;
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Container, BIN};
+use cluster::{Cluster, Container};
 use fixture::{apply_manifests, binaries, node, ADMIN_TOKEN, WEFT_TOKEN};
 use flows::{reaches, serve, until, Proto, StopOnDrop};
 use serde_json::{json, Value};
 use weft_kube::k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use weft_kube::k8s_openapi::api::networking::v1::NetworkPolicy;
 use weft_kube::kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use weft_kube::kube::Api;
+use weft_kube::kube::{Api, Client};
 use weft_kube::status;
 use weft_testbed::{require_root, TestBed};
 
@@ -86,17 +87,24 @@ fn routes(c: &Cluster, i: usize) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn weft_daemons_on_a_real_api_server() {
-    if !require_root("weft_daemons_on_a_real_api_server") {
-        return;
-    }
-    let Some((apiserver, etcd)) = binaries() else {
-        return;
-    };
-    let mut c = Cluster::with_bed(TestBed::new(4).expect("test bed"));
-    let api_host = c.bed.host(3).name().to_owned();
-    let api_ip = c.bed.host(3).underlay_ip();
+/// A real API server and `n` weft daemons, as both tests start.
+struct OnKubernetes {
+    c: Cluster,
+    runtime: tokio::runtime::Runtime,
+    api: fixture::Cluster,
+    admin: Client,
+    nodes: Api<Node>,
+}
+
+/// kube-apiserver and etcd in test-bed host `n` (this thread enters its network namespace:
+/// the runtime's clients live there), weft's ServiceAccount, ClusterRole and binding, a
+/// Node per weft host (InternalIP its address, podCIDR `pod_cidr(i)`), and `n` daemons
+/// launched as that service account with `--kubeconfig --node-name nI --range` and no seed
+/// flags, in a full mesh with their spaces.
+fn on_kubernetes(n: usize, apiserver: &Path, etcd: &Path) -> OnKubernetes {
+    let mut c = Cluster::with_bed(TestBed::new(n + 1).expect("test bed"));
+    let api_host = c.bed.host(n).name().to_owned();
+    let api_ip = c.bed.host(n).underlay_ip();
     enter(&api_host);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -104,7 +112,7 @@ fn weft_daemons_on_a_real_api_server() {
         .build()
         .expect("runtime");
     let started = Instant::now();
-    let mut api = fixture::Cluster::start_on(&apiserver, &etcd, api_ip.into()).expect("API server");
+    let mut api = fixture::Cluster::start_on(apiserver, etcd, api_ip.into()).expect("API server");
     let admin = runtime
         .block_on(api.client("admin", ADMIN_TOKEN))
         .expect("admin client");
@@ -121,7 +129,8 @@ fn weft_daemons_on_a_real_api_server() {
         .expect("weft's ServiceAccount, ClusterRole and binding");
     let kubeconfig = api.kubeconfig("weft", WEFT_TOKEN).expect("kubeconfig");
     let nodes: Api<Node> = Api::all(admin.clone());
-    for i in 0..3 {
+    let all: Vec<usize> = (0..n).collect();
+    for &i in &all {
         let ip = c.bed.host(i).public_ip().to_string();
         runtime
             .block_on(nodes.create(
@@ -129,10 +138,6 @@ fn weft_daemons_on_a_real_api_server() {
                 &node(&format!("n{i}"), &ip, &[&pod_cidr(i)]),
             ))
             .expect("create Node");
-    }
-
-    // Three daemons, no seed flags: the Node list seeds them, the pod CIDRs are their spaces.
-    for i in 0..3 {
         c.nodes[i].extra_args = vec![
             "--kubeconfig".into(),
             kubeconfig.display().to_string(),
@@ -141,10 +146,37 @@ fn weft_daemons_on_a_real_api_server() {
             "--range".into(),
             RANGE.into(),
         ];
+    }
+    for &i in &all {
         c.launch(i, &[]);
     }
-    c.wait_full_mesh(&[0, 1, 2], GENEROUS);
-    c.wait_space(&[0, 1, 2], GENEROUS);
+    c.wait_full_mesh(&all, GENEROUS);
+    c.wait_space(&all, GENEROUS);
+    OnKubernetes {
+        c,
+        runtime,
+        api,
+        admin,
+        nodes,
+    }
+}
+
+#[test]
+fn weft_daemons_on_a_real_api_server() {
+    if !require_root("weft_daemons_on_a_real_api_server") {
+        return;
+    }
+    let Some((apiserver, etcd)) = binaries() else {
+        return;
+    };
+    // Three daemons, no seed flags: the Node list seeds them, the pod CIDRs are their spaces.
+    let OnKubernetes {
+        mut c,
+        runtime,
+        mut api,
+        admin,
+        nodes,
+    } = on_kubernetes(3, &apiserver, &etcd);
     for i in 0..3 {
         let status = c.status(i).expect("status");
         assert_eq!(
@@ -315,24 +347,6 @@ fn weft_daemons_on_a_real_api_server() {
 /// What the issue asks: a pod pair's reachability changes within 2 s of the API change.
 const WITHIN: Duration = Duration::from_secs(2);
 
-/// `weft policy ARGS -o json` against node `i`.
-fn weft_policy(c: &Cluster, i: usize, args: &[&str]) -> Result<Value, String> {
-    let n = &c.nodes[i];
-    let socket = n.socket.to_str().expect("utf-8").to_string();
-    let mut all = vec![BIN, "policy"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--api-socket", &socket, "-o", "json"]);
-    let out = c.bed.host(n.host).run(&all).expect("run weft policy");
-    if !out.status.success() {
-        return Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))
-}
-
 /// The Pod object kubelet would have made for `pod` (scheduled on its node, its address
 /// in the status): created, then its status set, as kubelet does after CNI ADD.
 async fn create_pod(
@@ -428,49 +442,13 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
     let Some((apiserver, etcd)) = binaries() else {
         return;
     };
-    let mut c = Cluster::with_bed(TestBed::new(3).expect("test bed"));
-    let api_host = c.bed.host(2).name().to_owned();
-    let api_ip = c.bed.host(2).underlay_ip();
-    enter(&api_host);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut api = fixture::Cluster::start_on(&apiserver, &etcd, api_ip.into()).expect("API server");
-    let admin = runtime
-        .block_on(api.client("admin", ADMIN_TOKEN))
-        .expect("admin client");
-    runtime
-        .block_on(api.wait_ready(&admin))
-        .expect("API server ready");
-    runtime
-        .block_on(apply_manifests(&admin))
-        .expect("weft's ServiceAccount, ClusterRole and binding");
-    let kubeconfig = api.kubeconfig("weft", WEFT_TOKEN).expect("kubeconfig");
-    let nodes: Api<Node> = Api::all(admin.clone());
-    for i in 0..2 {
-        let ip = c.bed.host(i).public_ip().to_string();
-        runtime
-            .block_on(nodes.create(
-                &PostParams::default(),
-                &node(&format!("n{i}"), &ip, &[&pod_cidr(i)]),
-            ))
-            .expect("create Node");
-    }
-    for i in 0..2 {
-        c.nodes[i].extra_args = vec![
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--node-name".into(),
-            format!("n{i}"),
-            "--range".into(),
-            RANGE.into(),
-        ];
-        c.launch(i, &[]);
-    }
-    c.wait_full_mesh(&[0, 1], GENEROUS);
-    c.wait_space(&[0, 1], GENEROUS);
+    let OnKubernetes {
+        mut c,
+        runtime,
+        api,
+        admin,
+        nodes: _,
+    } = on_kubernetes(2, &apiserver, &etcd);
 
     // shop/web on n1 (named port http = TCP 80); client/a, client/b and later client/late
     // on n0. The pods are attached by weft; the API says who they are.
@@ -515,7 +493,7 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
     // Every node has the API's lists before the first policy comes.
     for i in 0..2 {
         c.wait(&format!("n{i} has the API's lists"), GENEROUS, || {
-            weft_policy(&c, i, &["namespace"])
+            c.weft_policy(i, &["namespace"])
                 .is_ok_and(|v| v["namespaces"].get("client").is_some())
         });
     }
@@ -569,13 +547,15 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
     // Both nodes' engines have it, from the API; weft policy does not change it there.
     for i in 0..2 {
         c.wait(&format!("n{i} lists the policy"), GENEROUS, || {
-            weft_policy(&c, i, &["list"]).is_ok_and(|list| {
+            c.weft_policy(i, &["list"]).is_ok_and(|list| {
                 list["policies"][0]["name"] == "web"
                     && list["policies"][0]["applied_by"] == "kubernetes"
             })
         });
     }
-    let refused = weft_policy(&c, 0, &["delete", "shop/web"]).expect_err("delete refused");
+    let refused = c
+        .weft_policy(0, &["delete", "shop/web"])
+        .expect_err("delete refused");
     assert!(refused.contains("kubectl"), "{refused}");
     // Anti-spoofing, from the API's pods joined with n0's attachments: b sending with a's
     // address is dropped at n0's bridge and counted.
@@ -588,7 +568,7 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
     };
     on_b("add");
     let spoofed = |c: &Cluster| {
-        weft_policy(c, 0, &["list"])
+        c.weft_policy(0, &["list"])
             .ok()
             .and_then(|l| l["spoofed"].as_u64())
             .unwrap_or(0)
@@ -619,8 +599,7 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
     stays_closed("namespace labelled", (&b, &web, Proto::Tcp, 80));
     stays_closed("namespace labelled", (&a, &web, Proto::Tcp, 81));
     c.wait("why on n0 agrees", GENEROUS, || {
-        weft_policy(
-            &c,
+        c.weft_policy(
             0,
             &[
                 "why", "--from", "client/a", "--to", "shop/web", "--port", "80/tcp",

@@ -76,20 +76,7 @@ fn pod_name(c: &Container) -> String {
 
 /// `weft policy ARGS -o json` against node `i`.
 fn policy(c: &Cluster, i: usize, args: &[&str]) -> Result<Value, String> {
-    let n = &c.nodes[i];
-    let socket = n.socket.to_str().expect("utf-8").to_string();
-    let mut all = vec![BIN, "policy"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--api-socket", &socket, "-o", "json"]);
-    let out = c.bed.host(n.host).run(&all).expect("run weft policy");
-    if !out.status.success() {
-        return Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))
+    c.weft_policy(i, args)
 }
 
 /// `weft policy apply -f FILE` with `yaml`, against node `i`.

@@ -368,6 +368,24 @@ impl Cluster {
             .map(|v| v["status"].clone())
     }
 
+    /// `weft policy ARGS -o json` against node `i`: the answer, or what it printed on
+    /// failure.
+    pub fn weft_policy(&self, i: usize, args: &[&str]) -> Result<Value, String> {
+        let n = &self.nodes[i];
+        let mut all = vec![BIN, "policy"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--api-socket", utf8(&n.socket), "-o", "json"]);
+        let out = self.bed.host(n.host).run(&all).expect("run weft policy");
+        if !out.status.success() {
+            return Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))
+    }
+
     /// `peers` of node `i` (itself included), if it answers.
     pub fn peers(&self, i: usize) -> Option<Vec<Value>> {
         let v = self.api(i, &json!({"cmd": "peers"})).ok()?;

@@ -11,8 +11,9 @@
 //! - The watches' health goes to /readyz and /metrics ([`Kubernetes::health`]).
 //! - The Pod, Namespace and NetworkPolicy stores are the policy engine's inputs: once all
 //!   three have listed, every change becomes a [`KubePolicy`] input ([`kube_policy`] maps
-//!   them), which the node publishes to the policy reconciler instead of what `weft policy`
-//!   and gossip give on plain hosts. While the API server is away the last lists stay.
+//!   them; a burst goes on at most every 100 ms), which the node publishes to the policy
+//!   reconciler instead of what `weft policy` and gossip give on plain hosts. While the
+//!   API server is away the last lists stay.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -44,6 +45,8 @@ pub const SPACE_FILE: &str = "kube-space";
 const START_WAIT: Duration = Duration::from_secs(10);
 /// How long a start waits for this Node to show up in a complete Node list.
 const OWN_NODE_WAIT: Duration = Duration::from_secs(60);
+/// How long the policy feed pauses after handing inputs on (changes meanwhile go on together).
+const POLICY_SETTLE: Duration = Duration::from_millis(100);
 /// The watches the policy engine's inputs come from.
 const POLICY_KINDS: [&str; 3] = ["Pod", "Namespace", "NetworkPolicy"];
 /// How often readiness is checked for the `NetworkUnavailable` condition.
@@ -107,7 +110,7 @@ impl Kubernetes {
                     );
                     for why in &inputs.refused {
                         if logged.insert(why.clone()) {
-                            warn!(policy = %why, "a NetworkPolicy weft cannot enforce is left out");
+                            warn!(policy = %why, "a NetworkPolicy weft cannot take: the pods it selects are isolated with nothing allowed");
                         }
                     }
                     logged.retain(|why| inputs.refused.contains(why));
@@ -116,6 +119,11 @@ impl Kubernetes {
                         if tx.send(inputs).await.is_err() {
                             return;
                         }
+                        // A rollout is a burst of Pod events: the first change goes on at
+                        // once, the rest of the burst together after this pause (the change
+                        // signal keeps them), so the node recompiles at most about ten
+                        // times a second, not once per event.
+                        tokio::time::sleep(POLICY_SETTLE).await;
                     }
                 }
                 if changes.changed().await.is_err() {

@@ -16,6 +16,12 @@
 //! relabelled and deleted change what real TCP connections between pods on two nodes do,
 //! each within 2 s of the API call, with ingress enforced on one node and egress on the other.
 //!
+//! And in a third, weft's image (deploy/kubernetes/Containerfile, tests/kube/image.rs) run by
+//! Podman as the DaemonSet says, on a third node beside two daemons of this build: the init
+//! container installs the CNI plugin and conflist, the daemon container (only NET_ADMIN and
+//! NET_RAW, in-cluster service account) joins the mesh, and a pod the installed plugin
+//! attaches reaches pods on the other nodes.
+//!
 //! Needs root and the binaries (else prints "skipped" and why; `WEFT_REQUIRE_KUBE=1` fails).
 //! Run: `cargo test --test kubernetes -- --nocapture` (as root).
 
@@ -28,8 +34,14 @@ mod fixture;
 #[path = "mesh/flows.rs"]
 #[allow(dead_code)]
 mod flows;
+#[path = "kube/image.rs"]
+mod image;
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,6 +114,17 @@ struct OnKubernetes {
 /// launched as that service account with `--kubeconfig --node-name nI --range` and no seed
 /// flags, in a full mesh with their spaces.
 fn on_kubernetes(n: usize, apiserver: &Path, etcd: &Path) -> OnKubernetes {
+    on_kubernetes_launching(n, n, apiserver, etcd)
+}
+
+/// [`on_kubernetes`] with Nodes for `n` hosts but daemons launched (from this build) only on
+/// the first `launched`: the test runs the others its own way.
+fn on_kubernetes_launching(
+    n: usize,
+    launched: usize,
+    apiserver: &Path,
+    etcd: &Path,
+) -> OnKubernetes {
     let mut c = Cluster::with_bed(TestBed::new(n + 1).expect("test bed"));
     let api_host = c.bed.host(n).name().to_owned();
     let api_ip = c.bed.host(n).underlay_ip();
@@ -147,11 +170,12 @@ fn on_kubernetes(n: usize, apiserver: &Path, etcd: &Path) -> OnKubernetes {
             RANGE.into(),
         ];
     }
-    for &i in &all {
+    let launch: Vec<usize> = (0..launched).collect();
+    for &i in &launch {
         c.launch(i, &[]);
     }
-    c.wait_full_mesh(&all, GENEROUS);
-    c.wait_space(&all, GENEROUS);
+    c.wait_full_mesh(&launch, GENEROUS);
+    c.wait_space(&launch, GENEROUS);
     OnKubernetes {
         c,
         runtime,
@@ -767,4 +791,252 @@ fn pods_namespaces_and_network_policies_from_the_api_govern_pod_traffic() {
         "unexpected warnings: {unexpected:#?}"
     );
     drop(api);
+}
+
+#[test]
+fn the_image_runs_as_the_daemonset_says_and_carries_pod_traffic() {
+    if !require_root("the_image_runs_as_the_daemonset_says_and_carries_pod_traffic") {
+        return;
+    }
+    let Some((apiserver, etcd)) = binaries() else {
+        return;
+    };
+    let Some(archive) = image::archive() else {
+        return;
+    };
+    // Nodes n0, n1, n2; daemons of this build on n0 and n1, the image's on n2.
+    let OnKubernetes {
+        mut c,
+        runtime,
+        api,
+        admin: _admin,
+        nodes,
+    } = on_kubernetes_launching(3, 2, &apiserver, &etcd);
+    // After the cluster: its containers are removed before the cluster's namespaces.
+    let mut podman = image::Podman::new();
+    let loading = Instant::now();
+    podman.load(&archive);
+    eprintln!("image loaded in {:?}", loading.elapsed());
+    let i = 2;
+    let daemonset = fixture::manifest("weft.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("the DaemonSet");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"].as_bool(), Some(true));
+
+    // n2's host paths: the node's files in the cluster's directory; hostPath
+    // DirectoryOrCreate makes them 0755, as here.
+    let node = &c.nodes[i];
+    let base = c.dir.path().join("n2");
+    let dir = |p: &Path| {
+        std::fs::create_dir_all(p).expect("host path");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        p.to_path_buf()
+    };
+    let state = dir(&node.state_dir);
+    let run = dir(node.socket.parent().expect("run dir"));
+    let wireguard = dir(node.wg_socket.parent().expect("wireguard dir"));
+    let cni_bin = dir(&base.join("opt/cni/bin"));
+    let cni_conf = dir(&base.join("etc/cni/net.d"));
+    // The Secret volume (key `secret`, mode 0400) and the service account's projection.
+    let secret = dir(&base.join("secret-volume"));
+    std::fs::copy(&node.secret, secret.join("secret")).expect("secret");
+    std::fs::set_permissions(
+        secret.join("secret"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .expect("chmod secret");
+    let account = dir(&base.join("serviceaccount"));
+    std::fs::write(account.join("token"), WEFT_TOKEN).expect("token");
+    std::fs::copy(api.dir.path().join("ca.pem"), account.join("ca.crt")).expect("ca.crt");
+    std::fs::write(account.join("namespace"), "kube-system").expect("namespace");
+    let volumes: BTreeMap<&str, PathBuf> = [
+        ("secret", secret),
+        ("state", state.clone()),
+        ("run", run.clone()),
+        ("wireguard", wireguard),
+        ("tun", PathBuf::from("/dev/net/tun")),
+        ("cni-bin", cni_bin.clone()),
+        ("cni-conf", cni_conf.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let host = c.bed.host(i).name().to_owned();
+    let network = format!("ns:/run/netns/{host}");
+
+    // The init container: state directories closed, plugin and conflist installed.
+    let init = &pod["initContainers"][0];
+    let mut args = vec!["run".to_owned(), "--rm".into()];
+    args.extend(image::container_args(
+        init,
+        &BTreeMap::new(),
+        &volumes,
+        &network,
+    ));
+    podman.run_ok(&args);
+    for d in [&state, &run] {
+        let mode = std::fs::metadata(d).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} after the init container", d.display());
+    }
+    let plugin = cni_bin.join("weft");
+    let mode = std::fs::metadata(&plugin)
+        .expect("installed plugin")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "the plugin is executable");
+    assert_eq!(
+        std::fs::read(cni_conf.join("10-weft.conflist")).expect("installed conflist"),
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cni/10-weft.conflist"))
+            .expect("deploy/cni/10-weft.conflist"),
+    );
+    let version = Command::new(&plugin)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the installed plugin");
+    let version: Value = serde_json::from_slice(&version.stdout).expect("VERSION answer");
+    assert!(
+        version["supportedVersions"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!("1.1.0"))),
+        "{version}"
+    );
+
+    // The daemon container. The node has IP forwarding on, as kubeadm's preflight and k3s
+    // require (the container's /proc/sys is read-only).
+    c.bed
+        .host(i)
+        .run_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .expect("ip_forward");
+    let (api_host, api_port) = api
+        .url
+        .strip_prefix("https://")
+        .and_then(|a| a.rsplit_once(':'))
+        .expect("API server URL https://IP:PORT");
+    let env: BTreeMap<&str, String> = [
+        ("NODE_NAME", "n2".to_owned()),
+        ("WEFT_RANGE", RANGE.to_owned()),
+        // The ConfigMap's peers: none, the Nodes seed the mesh.
+        ("WEFT_PEERS", String::new()),
+        ("KUBERNETES_SERVICE_HOST", api_host.to_owned()),
+        ("KUBERNETES_SERVICE_PORT", api_port.to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    let mut daemon = image::container_args(&pod["containers"][0], &env, &volumes, &network);
+    // The service account's token and CA, where kubelet projects them.
+    let at = daemon.iter().position(|a| a == image::TAG).expect("image");
+    daemon.insert(at, "--volume".into());
+    daemon.insert(
+        at + 1,
+        format!(
+            "{}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
+            account.display()
+        ),
+    );
+    let log = base.join("daemon.log");
+    let name = format!("weft-{host}");
+    podman.spawn(&name, &daemon, &log);
+    let _print_log = PrintOnPanic(log.clone());
+
+    let all = [0, 1, 2];
+    c.wait_full_mesh(&all, GENEROUS);
+    c.wait_space(&all, GENEROUS);
+    let status = c.status(i).expect("status");
+    assert_eq!(status["address_space"], json!([pod_cidr(i)]), "{status}");
+    c.wait("n2 ready", GENEROUS, || http(&c, i, "/readyz").0 == 200);
+    c.wait("NetworkUnavailable=False on n2", GENEROUS, || {
+        runtime
+            .block_on(nodes.get("n2"))
+            .is_ok_and(|n| status::network_available(&n))
+    });
+
+    // A pod attached by the installed plugin with the installed conflist (its socket and
+    // state directory are this node's host paths) reaches pods on n0 and n1 and back.
+    let conflist: Value = serde_json::from_slice(
+        &std::fs::read(cni_conf.join("10-weft.conflist")).expect("conflist"),
+    )
+    .expect("conflist JSON");
+    let mut conf = conflist["plugins"][0].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    conf["name"] = conflist["name"].clone();
+    conf["apiSocket"] = json!(node_path(&run.join("weft.sock")));
+    conf["stateDir"] = json!(node_path(&state));
+    let netns = c.bed.container().expect("pod namespace");
+    let mut add = Command::new("ip")
+        .args(["netns", "exec", &host])
+        .arg(&plugin)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "image-pod")
+        .env("CNI_NETNS", format!("/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", node_path(&cni_bin))
+        .env(
+            "CNI_ARGS",
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=image-pod",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the plugin");
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("write the conf");
+    let out = add.wait_with_output().expect("plugin ADD");
+    assert!(
+        out.status.success(),
+        "ADD: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).expect("ADD result");
+    let addr: ipnet::Ipv4Net = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {result}"));
+    let net: ipnet::Ipv4Net = pod_cidr(i).parse().expect("cidr");
+    assert!(net.contains(&addr.addr()), "{addr} not in {net}");
+    let on_image = Container {
+        netns,
+        id: "image-pod".into(),
+        node: i,
+        addr: addr.addr(),
+    };
+    for j in [0, 1] {
+        let other = c.attach(j, &format!("pod-{j}"));
+        c.wait_ping(&on_image, &other, GENEROUS);
+        c.wait_ping(&other, &on_image, GENEROUS);
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains(" ERROR ") && !text.contains(" WARN "),
+        "the image's daemon warned:\n{text}"
+    );
+    c.assert_no_warnings();
+}
+
+fn node_path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Prints a log file if the test fails.
+struct PrintOnPanic(PathBuf);
+
+impl Drop for PrintOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {}\n{}",
+                self.0.display(),
+                std::fs::read_to_string(&self.0).unwrap_or_default()
+            );
+        }
+    }
 }

@@ -45,7 +45,8 @@ pub const SPACE_FILE: &str = "kube-space";
 const START_WAIT: Duration = Duration::from_secs(10);
 /// How long a start waits for this Node to show up in a complete Node list.
 const OWN_NODE_WAIT: Duration = Duration::from_secs(60);
-/// How long the policy feed pauses after handing inputs on (changes meanwhile go on together).
+/// How long the policy feed pauses after handing inputs on (a rollout is a burst of Pod
+/// events: the node recompiles at most about ten times a second, not once per event).
 const POLICY_SETTLE: Duration = Duration::from_millis(100);
 /// The watches the policy engine's inputs come from.
 const POLICY_KINDS: [&str; 3] = ["Pod", "Namespace", "NetworkPolicy"];
@@ -88,50 +89,29 @@ impl Kubernetes {
     /// NetworkPolicies change (once all three have listed); ends when the receiver does.
     /// Each NetworkPolicy the engine refuses is logged once (per reason).
     pub fn spawn_policy_feed(&self) -> (mpsc::Receiver<KubePolicy>, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(1);
-        let watchers = Arc::clone(&self.watchers);
         let own = self.node_name.clone();
-        let task = tokio::spawn(async move {
-            let mut changes = watchers.changes();
-            let mut last: Option<KubePolicy> = None;
-            let mut logged = BTreeSet::new();
-            loop {
-                let listed = watchers
-                    .health(Instant::now())
-                    .iter()
-                    .filter(|h| POLICY_KINDS.contains(&h.kind))
-                    .all(|h| h.synced);
-                if listed {
-                    let inputs = kube_policy(
-                        &own,
-                        watchers.pods.state().iter().map(|p| &**p),
-                        watchers.namespaces.state().iter().map(|n| &**n),
-                        watchers.policies.state().iter().map(|p| &**p),
-                    );
-                    for why in &inputs.refused {
-                        if logged.insert(why.clone()) {
-                            warn!(policy = %why, "a NetworkPolicy weft cannot take: the pods it selects are isolated with nothing allowed");
-                        }
-                    }
-                    logged.retain(|why| inputs.refused.contains(why));
-                    if last.as_ref() != Some(&inputs) {
-                        last = Some(inputs.clone());
-                        if tx.send(inputs).await.is_err() {
-                            return;
-                        }
-                        // A rollout is a burst of Pod events: the first change goes on at
-                        // once, the rest of the burst together after this pause (the change
-                        // signal keeps them), so the node recompiles at most about ten
-                        // times a second, not once per event.
-                        tokio::time::sleep(POLICY_SETTLE).await;
+        let mut logged = BTreeSet::new();
+        spawn_feed(
+            Arc::clone(&self.watchers),
+            &POLICY_KINDS,
+            POLICY_SETTLE,
+            1,
+            move |watchers| {
+                let inputs = kube_policy(
+                    &own,
+                    watchers.pods.state().iter().map(|p| &**p),
+                    watchers.namespaces.state().iter().map(|n| &**n),
+                    watchers.policies.state().iter().map(|p| &**p),
+                );
+                for why in &inputs.refused {
+                    if logged.insert(why.clone()) {
+                        warn!(policy = %why, "a NetworkPolicy weft cannot take: the pods it selects are isolated with nothing allowed");
                     }
                 }
-                if changes.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        (rx, task)
+                logged.retain(|why| inputs.refused.contains(why));
+                inputs
+            },
+        )
     }
 
     /// The watches' health, for /readyz and /metrics.
@@ -211,33 +191,17 @@ impl Kubernetes {
     /// Hands the Node list to the node whenever it changes (once listed); ends when the
     /// receiver does.
     pub fn spawn_node_feed(&self, port: u16) -> (mpsc::Receiver<ClusterNodes>, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(4);
-        let watchers = Arc::clone(&self.watchers);
         let own = self.node_name.clone();
-        let task = tokio::spawn(async move {
-            let mut changes = watchers.changes();
-            let mut last: Option<ClusterNodes> = None;
-            loop {
-                let synced = watchers
-                    .health(Instant::now())
-                    .first()
-                    .is_some_and(|h| h.synced);
-                if synced {
-                    let state = watchers.nodes.state();
-                    let nodes = cluster_nodes(state.iter().map(|n| &**n), &own, port);
-                    if last.as_ref() != Some(&nodes) {
-                        last = Some(nodes.clone());
-                        if tx.send(nodes).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                if changes.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        (rx, task)
+        spawn_feed(
+            Arc::clone(&self.watchers),
+            &["Node"],
+            Duration::ZERO,
+            4,
+            move |watchers| {
+                let state = watchers.nodes.state();
+                cluster_nodes(state.iter().map(|n| &**n), &own, port)
+            },
+        )
     }
 
     /// Sets `NetworkUnavailable=False` on this Node whenever the node is ready and the
@@ -285,6 +249,51 @@ impl Kubernetes {
             }
         })
     }
+}
+
+/// The loop of the feeds: whenever a store changes, once every watch of `kinds` has listed,
+/// `inputs` is made from the stores and sent if it differs from what was sent last; after a
+/// send it pauses `settle`, so the rest of a burst of changes goes on together (the change
+/// signal keeps them). Ends when the receiver does.
+fn spawn_feed<T, F>(
+    watchers: Arc<Watchers>,
+    kinds: &'static [&'static str],
+    settle: Duration,
+    capacity: usize,
+    mut inputs: F,
+) -> (mpsc::Receiver<T>, JoinHandle<()>)
+where
+    T: PartialEq + Clone + Send + 'static,
+    F: FnMut(&Watchers) -> T + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(capacity);
+    let task = tokio::spawn(async move {
+        let mut changes = watchers.changes();
+        let mut last: Option<T> = None;
+        loop {
+            let listed = watchers
+                .health(Instant::now())
+                .iter()
+                .filter(|h| kinds.contains(&h.kind))
+                .all(|h| h.synced);
+            if listed {
+                let next = inputs(&watchers);
+                if last.as_ref() != Some(&next) {
+                    last = Some(next.clone());
+                    if tx.send(next).await.is_err() {
+                        return;
+                    }
+                    if !settle.is_zero() {
+                        tokio::time::sleep(settle).await;
+                    }
+                }
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, task)
 }
 
 /// Whether the node says it is ready (joined, space, datapath in line).

@@ -580,6 +580,73 @@ mod tests {
         );
     }
 
+    /// Fuzz target: NetworkPolicies from the API, built from arbitrary strings where the
+    /// API has them (selector labels and expressions, policy types, ports and protocols,
+    /// CIDRs) and from raw JSON: no panic, and a policy is either taken as it is or refused
+    /// with a deny-all of the same name in its place, never dropped (fail closed)
+    /// (`cargo bolero test --bin weft daemon::kube::tests::fuzz_network_policies`).
+    #[test]
+    fn fuzz_network_policies() {
+        use serde_json::json;
+        bolero::check!()
+            .with_type::<(
+                Vec<(String, String)>,
+                Vec<String>,
+                Vec<(u16, String)>,
+                Vec<String>,
+                Vec<u8>,
+            )>()
+            .for_each(|(labels, types, ports, cidrs, raw)| {
+                let match_labels: serde_json::Map<_, _> = labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                let expressions: Vec<_> = labels
+                    .iter()
+                    .map(|(k, op)| json!({"key": k, "operator": op, "values": [k]}))
+                    .collect();
+                let ports: Vec<_> = ports
+                    .iter()
+                    .map(|(n, proto)| {
+                        let port = if n % 2 == 0 { json!(n / 2) } else { json!(proto) };
+                        json!({"port": port, "protocol": proto})
+                    })
+                    .collect();
+                let mut peers: Vec<_> = cidrs
+                    .iter()
+                    .map(|c| json!({"ipBlock": {"cidr": c, "except": [c]}}))
+                    .collect();
+                peers.push(json!({"podSelector": {"matchExpressions": expressions.clone()}}));
+                let rule = json!([{"from": peers, "to": peers, "ports": ports}]);
+                let built = json!({
+                    "metadata": {"name": "fuzzed", "namespace": "shop"},
+                    "spec": {
+                        "podSelector": {"matchLabels": match_labels, "matchExpressions": expressions},
+                        "policyTypes": types,
+                        "ingress": rule,
+                        "egress": rule
+                    }
+                });
+                let built: NetworkPolicy =
+                    serde_json::from_value(built).expect("the API's shape");
+                let mut objects = vec![built];
+                objects.extend(serde_json::from_slice::<NetworkPolicy>(raw).ok());
+                let out = kube_policy("n1", [], [], objects.iter());
+                assert!(out.policies.len() <= objects.len());
+                assert!(out.refused.len() <= objects.len());
+                let taken = out
+                    .policies
+                    .iter()
+                    .find(|p| p.id.namespace == "shop" && p.id.name == "fuzzed")
+                    .expect("the built policy, or a deny-all in its place");
+                if out.refused.iter().any(|r| r.starts_with("shop/fuzzed: ")) {
+                    let denies = |rules: &Option<Vec<_>>| rules.as_ref().is_none_or(Vec::is_empty);
+                    assert!(denies(&taken.ingress) && denies(&taken.egress), "{taken:?}");
+                    assert!(taken.ingress.is_some() || taken.egress.is_some(), "{taken:?}");
+                }
+            });
+    }
+
     #[test]
     fn pods_namespaces_and_policies_become_the_policy_engines_inputs() {
         let pod = |name: &str, extra: serde_json::Value| -> Pod {
